@@ -1,0 +1,93 @@
+"""The admin API app: one Quart app, one error shape, basic auth, CORS.
+
+Middleware order, in one place: OPTIONS -> 204 (public), ``GET /admin/health`` public, basic
+auth for everything else, then the blueprints; every error leaves as ``{"error": ..., "code":
+...}``; CORS headers are added to every answer that came with an ``Origin``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
+from agw.admin import gateway, resources
+from agw.auth.admin_basic import BasicAuth
+from agw.errors import AgwError
+from agw.runtime.manager import ConfigManager
+from agw.settings import ADMIN_REALM, MAX_ADMIN_BODY
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
+    import json
+
+    return Response(
+        json.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def create_admin_app(manager: ConfigManager, auth: BasicAuth | None) -> Quart:
+    app = Quart(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_ADMIN_BODY
+    app.config["BODY_TIMEOUT"] = 60
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+
+    @app.before_request
+    async def gate() -> Response | None:
+        if request.method == "OPTIONS":
+            return Response("", status=204)
+        if request.method == "GET" and request.path == "/admin/health":
+            return None
+        if auth is not None and not await auth.check(request.headers.get("Authorization")):
+            log.info("admin_auth_failed", extra={"path": request.path})
+            return _json(
+                {"error": "unauthorized", "code": "unauthorized"},
+                401,
+                {"WWW-Authenticate": f'Basic realm="{ADMIN_REALM}"'},
+            )
+        return None
+
+    @app.after_request
+    async def cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Max-Age"] = "86400"
+            response.headers["Vary"] = "Origin"
+        return response
+
+    @app.errorhandler(AgwError)
+    async def agw_error(exc: AgwError) -> Response:
+        if exc.status >= 500:
+            log.error("admin_request_failed", extra={"path": request.path, "error": exc.message})
+        return _json(resources.family_error(exc), exc.status)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if status == 404:
+            message = f"no admin endpoint at {request.path}"
+        elif status == 405:
+            message = f"method {request.method} not allowed on {request.path}"
+        elif status == 413:
+            message = f"request body larger than {MAX_ADMIN_BODY} bytes"
+        else:
+            message = exc.description or exc.name
+        return _json({"error": message, "code": _HTTP_CODES.get(status, "http_error")}, status)
+
+    @app.errorhandler(Exception)
+    async def internal(exc: Exception) -> Response:
+        log.exception("admin_internal_error", extra={"path": request.path})
+        return _json({"error": "internal error", "code": "internal_error"}, 500)
+
+    gateway.register(app, manager)
+    resources.register(app, manager)
+    return app

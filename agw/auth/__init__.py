@@ -1,0 +1,1 @@
+"""L3: admin basic auth (virtual keys come with the data plane)."""

@@ -1,0 +1,63 @@
+"""agw: the gateway runtime's command line (``hash-password``, ``validate``, ``version``)."""
+
+from __future__ import annotations
+
+from importlib.metadata import version as dist_version
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agw.auth.admin_basic import hash_password
+from agw.config.loader import load_bundle_text
+from agw.errors import ConfigInvalid
+
+app = typer.Typer(
+    add_completion=False,
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command("hash-password")
+def hash_password_cmd(
+    plaintext: Annotated[
+        str, typer.Option(prompt=True, hide_input=True, help="the password to hash")
+    ],
+) -> None:
+    """Print the bcrypt hash of a password, for agwd --admin-basic-auth-hash user:HASH."""
+    if not plaintext:
+        typer.echo("agw: password must not be empty", err=True)
+        raise typer.Exit(1)
+    typer.echo(hash_password(plaintext))
+
+
+@app.command()
+def validate(
+    config: Annotated[Path, typer.Option("--config", "-c", help="GatewayBundle YAML file")],
+) -> None:
+    """Validate a GatewayBundle file (structure, env references, cross references)."""
+    try:
+        load_bundle_text(config.read_text())
+    except OSError as exc:
+        typer.echo(f"agw: cannot read {config}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
+    except ConfigInvalid as exc:
+        typer.echo(f"agw: {config}: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"valid configuration: {config}")
+
+
+@app.command()
+def version() -> None:
+    """Print the agw version."""
+    typer.echo(f"agw {dist_version('agw')}")
+
+
+def main() -> None:
+    app(prog_name="agw")
+
+
+if __name__ == "__main__":
+    main()

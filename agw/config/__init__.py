@@ -1,0 +1,1 @@
+"""L1: GatewayBundle models, loading, validation."""

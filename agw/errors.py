@@ -1,0 +1,102 @@
+"""The one error tree of agw.
+
+Every error the gateway raises on purpose is an :class:`AgwError`. Each class fixes the HTTP
+status it maps to and a stable snake_case ``code``; the admin API renders them as
+``{"error": message, "code": code}`` and the data plane in the caller's own dialect.
+
+    AgwError                      500 internal_error
+    +-- InvalidRequest            400 invalid_request
+    |   +-- ConfigInvalid         400 config_invalid      (carries every problem found)
+    +-- Unauthorized              401 unauthorized
+    +-- Forbidden                 403 forbidden
+    +-- NotFound                  404 not_found
+    +-- Conflict                  409 conflict
+    |   +-- ReadOnly              409 read_only           (static objects)
+    +-- PayloadTooLarge           413 payload_too_large
+    +-- StoreError                500 store_error
+        +-- SchemaTooNew          500 schema_too_new
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class AgwError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(AgwError):
+    status = 400
+    code = "invalid_request"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a configuration, with where it is."""
+
+    path: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = self.path or "<root>"
+        if self.line is not None:
+            where += f" (line {self.line}"
+            where += f", column {self.column})" if self.column is not None else ")"
+        return f"{where}: {self.message}"
+
+
+class ConfigInvalid(InvalidRequest):
+    code = "config_invalid"
+
+    def __init__(self, problems: Sequence[Problem], what: str = "gateway bundle") -> None:
+        self.problems = list(problems)
+        n = len(self.problems)
+        noun = "error" if n == 1 else "errors"
+        body = "; ".join(str(p) for p in self.problems)
+        super().__init__(f"{what} validation failed ({n} {noun}): {body}")
+
+
+class Unauthorized(AgwError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(AgwError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(AgwError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(AgwError):
+    status = 409
+    code = "conflict"
+
+
+class ReadOnly(Conflict):
+    code = "read_only"
+
+
+class PayloadTooLarge(AgwError):
+    status = 413
+    code = "payload_too_large"
+
+
+class StoreError(AgwError):
+    code = "store_error"
+
+
+class SchemaTooNew(StoreError):
+    code = "schema_too_new"

@@ -1,0 +1,1 @@
+"""L3: configuration state, compiled snapshots, the config manager, apply planning."""

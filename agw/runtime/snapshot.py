@@ -1,0 +1,124 @@
+"""compile(config state) -> an immutable Snapshot the data plane reads without touching the store.
+
+Compiling is also the last validation gate: a state that does not compile is never committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from agw.config import families as f
+from agw.config import models as m
+from agw.config import validate
+from agw.errors import ConfigInvalid, Problem
+from agw.runtime.state import ConfigState, Record
+
+
+@dataclass(frozen=True)
+class CompiledRoute:
+    id: str
+    kind: str  # llm | mcp | acp
+    protocol: str
+    host: str
+    path_prefix: str
+    methods: frozenset[str]
+    disabled: bool
+    require_virtual_key: bool
+    config: Any
+
+    @property
+    def rank(self) -> tuple[int, int, int]:
+        return (len(self.path_prefix), 1 if self.host else 0, 1 if self.methods else 0)
+
+    def matches(self, host: str, path: str, method: str) -> bool:
+        if self.host and self.host != host:
+            return False
+        if not path.startswith(self.path_prefix):
+            return False
+        return not self.methods or method in self.methods
+
+
+@dataclass(frozen=True)
+class VirtualKeyEntry:
+    id: str
+    key: str
+    config: m.VirtualKey
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    routes: tuple[CompiledRoute, ...] = ()
+    virtual_keys: MappingProxyType[str, VirtualKeyEntry] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    providers: MappingProxyType[str, m.Provider] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    state: ConfigState = field(default_factory=ConfigState)
+
+    def match(self, host: str, path: str, method: str) -> CompiledRoute | None:
+        """Longest path prefix, then host-specific, then method-specific (reference §4.1).
+        Disabled routes take part, so a disabled longer prefix shadows a shorter one."""
+        host = host.split(":", 1)[0].lower() if not host.startswith("[") else host.lower()
+        for route in self.routes:
+            if route.matches(host, path, method.upper()):
+                return route
+        return None
+
+
+def _compile_routes(state: ConfigState) -> tuple[CompiledRoute, ...]:
+    routes: list[CompiledRoute] = []
+    for family in (f.LLM_ROUTE, f.MCP_ROUTE, f.ACP_ROUTE):
+        for oid, rec in state.records(family):
+            cfg = rec.obj
+            routes.append(
+                CompiledRoute(
+                    id=oid,
+                    kind=family.route_kind or "",
+                    protocol=cfg.protocol,
+                    host=cfg.match_policy.host,
+                    path_prefix=cfg.match_policy.path_prefix,
+                    methods=frozenset(cfg.match_policy.methods),
+                    disabled=cfg.disabled,
+                    require_virtual_key=cfg.auth_policy.require_virtual_key,
+                    config=cfg,
+                )
+            )
+    routes.sort(key=lambda r: (r.rank, r.id), reverse=True)
+    return tuple(routes)
+
+
+def compile_snapshot(state: ConfigState, enabled_provider_types: Iterable[str]) -> Snapshot:
+    """Validate the whole state (every reference must resolve) and build the snapshot."""
+    problems: list[Problem] = validate.check(state.catalog(), partial=False)
+    enabled = set(enabled_provider_types)
+    for oid, rec in state.records(f.PROVIDER):
+        if rec.obj.provider_type not in enabled:
+            problems.append(
+                Problem(
+                    f'provider "{oid}".provider_type',
+                    f"provider type {rec.obj.provider_type!r} is not enabled on this gateway "
+                    f"(enabled: {', '.join(sorted(enabled))})",
+                )
+            )
+    for oid, rec in state.records(f.CREDENTIAL):
+        provider: Record | None = state.get(f.PROVIDER, rec.obj.provider_id)
+        if provider is not None and rec.obj.provider_type != provider.obj.provider_type:
+            problems.append(
+                Problem(f'credential "{oid}".provider_type', "does not match its provider")
+            )
+    if problems:
+        raise ConfigInvalid(sorted(problems, key=lambda p: (p.path, p.message)), "configuration")
+    vks = {
+        rec.key: VirtualKeyEntry(oid, rec.key, rec.obj) for oid, rec in state.records(f.VIRTUAL_KEY)
+    }
+    providers = {oid: rec.obj for oid, rec in state.records(f.PROVIDER)}
+    return Snapshot(
+        routes=_compile_routes(state),
+        virtual_keys=MappingProxyType(vks),
+        providers=MappingProxyType(providers),
+        state=state,
+    )

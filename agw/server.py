@@ -1,0 +1,197 @@
+"""Composition root: settings -> store -> config manager -> admin app + data-plane app -> servers.
+
+Listeners are bound here (so port 0 works and the real port is known before serving), handed to
+hypercorn as file descriptors, and served until the shutdown event is set; in-flight requests
+then get ``shutdown_grace_seconds`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from agw.admin.app import create_admin_app
+from agw.auth.admin_basic import BasicAuth
+from agw.dataplane import Receive, Scope, Send, create_data_app
+from agw.runtime.manager import ConfigManager
+from agw.settings import Settings, split_host_port
+from agw.store.db import Database
+
+log = logging.getLogger(__name__)
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def bind(addr: str) -> socket.socket:
+    host, port = split_host_port(addr)
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(sockaddr)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def shares_listener(settings: Settings) -> bool:
+    """One listener serves both when the addresses are equal (port 0 always means two)."""
+    return settings.admin_addr == settings.addr and split_host_port(settings.addr)[1] != 0
+
+
+def bound_addr(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def combined_app(admin: ASGIApp, data: ASGIApp) -> ASGIApp:
+    """One listener for both (``--admin-addr`` equal to ``--addr``): ``/admin`` and
+    ``/admin/*`` go to the admin API, everything else to the data plane."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _fan_out_lifespan(scope, receive, send, (admin, data))
+            return
+        path = scope.get("path", "")
+        target = admin if path == "/admin" or path.startswith("/admin/") else data
+        await target(scope, receive, send)
+
+    return app
+
+
+async def _fan_out_lifespan(
+    scope: Scope, receive: Receive, send: Send, apps: tuple[ASGIApp, ...]
+) -> None:
+    """Run the lifespan protocol of several apps behind one."""
+    queues = [asyncio.Queue[dict[str, Any]]() for _ in apps]
+    replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def run(app: ASGIApp, q: asyncio.Queue[dict[str, Any]]) -> None:
+        async def recv() -> dict[str, Any]:
+            return await q.get()
+
+        async def snd(msg: Any) -> None:
+            await replies.put(dict(msg))
+
+        await app(scope, recv, snd)
+
+    tasks = [asyncio.create_task(run(a, q)) for a, q in zip(apps, queues, strict=True)]
+    try:
+        while True:
+            message = await receive()
+            for q in queues:
+                await q.put(dict(message))
+            results = [await replies.get() for _ in apps]
+            failed = [r for r in results if r["type"].endswith(".failed")]
+            await send(failed[0] if failed else results[0])
+            if message["type"] == "lifespan.shutdown" or failed:
+                break
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    db: Database
+    manager: ConfigManager
+    admin_sock: socket.socket | None
+    data_sock: socket.socket
+    shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Gateway:
+        db = await Database.open(settings.config_store)
+        try:
+            manager = ConfigManager(
+                db, provider_types=settings.provider_types, static_path=settings.static_config
+            )
+            await manager.start()
+            data_sock = bind(settings.addr)
+            try:
+                admin_sock = None if shares_listener(settings) else bind(settings.admin_addr)
+            except OSError:
+                data_sock.close()
+                raise
+        except BaseException:
+            await db.close()
+            raise
+        return cls(settings, db, manager, admin_sock, data_sock)
+
+    @property
+    def data_addr(self) -> str:
+        return bound_addr(self.data_sock)
+
+    @property
+    def admin_addr(self) -> str:
+        return bound_addr(self.admin_sock or self.data_sock)
+
+    def _config(self, sock: socket.socket) -> Config:
+        config = Config()
+        config.bind = [f"fd://{sock.detach()}"]
+        config.graceful_timeout = self.settings.shutdown_grace_seconds
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+        config.keep_alive_timeout = 75
+        return config
+
+    async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
+        auth = (
+            BasicAuth(self.settings.admin_basic_auth_hash)
+            if self.settings.admin_basic_auth_hash
+            else None
+        )
+        admin: Any = create_admin_app(self.manager, auth)
+        data: Any = create_data_app(self.manager)
+        servers: list[tuple[Any, socket.socket]] = []
+        if self.admin_sock is None:
+            servers.append((combined_app(admin, data), self.data_sock))
+        else:
+            servers.append((data, self.data_sock))
+            servers.append((admin, self.admin_sock))
+        addrs = [bound_addr(s) for _, s in servers]
+        tasks = [
+            asyncio.create_task(serve(app, self._config(sock), shutdown_trigger=self.shutdown.wait))
+            for app, sock in servers
+        ]
+        try:
+            await self._wait_accepting(addrs, tasks)
+            log.info("agwd_ready", extra={"addr": addrs[0], "admin_addr": addrs[-1]})
+            if on_ready is not None:
+                on_ready()
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.db.close()
+
+    async def _wait_accepting(self, addrs: list[str], tasks: list[asyncio.Task[None]]) -> None:
+        """Both listeners answer HTTP (bounded: 100 tries, 10 s)."""
+        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
+            for addr in addrs:
+                local = addr.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]")
+                url = f"http://{local}/admin/health"
+                for _ in range(100):
+                    if any(t.done() for t in tasks):
+                        for t in tasks:
+                            if t.done():
+                                t.result()
+                    try:
+                        await client.get(url)
+                        break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.1)

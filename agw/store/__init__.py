@@ -1,0 +1,1 @@
+"""L2: the SQLite store (connection, migrations, configuration rows)."""

@@ -1,0 +1,202 @@
+"""agwd: the standalone gateway daemon (reference §2.2).
+
+Flags and env as the Go agwd; ``.env.local`` and ``.env`` are loaded first without overriding the
+environment. Under systemd (``NOTIFY_SOCKET`` set) it reports ``READY=1`` once both listeners
+answer and ``STOPPING=1`` on shutdown; ``SIGTERM``/``SIGINT`` drain in-flight requests (bounded),
+``SIGHUP`` reloads the static config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agw.auth.admin_basic import AdminAuthConfigError, BasicAuth
+from agw.config.models import PROVIDER_TYPES
+from agw.envfile import load_env_files
+from agw.errors import AgwError
+from agw.server import Gateway
+from agw.settings import (
+    DEFAULT_ADDR,
+    DEFAULT_ADMIN_ADDR,
+    DEFAULT_CONFIG_STORE,
+    Settings,
+    is_loopback,
+    split_host_port,
+)
+from agw.telemetry import setup_logging
+
+log = logging.getLogger("agwd")
+app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
+
+
+def sd_notify(message: str) -> None:
+    """Send a systemd notification if NOTIFY_SOCKET is set (abstract sockets start with @)."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    if target.startswith("@"):
+        target = "\0" + target[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(target)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("sd_notify_failed", extra={"error": str(exc)})
+
+
+def fail(message: str) -> None:
+    typer.echo(f"agwd: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def build_settings(
+    addr: str,
+    admin_addr: str,
+    admin_basic_auth_hash: str,
+    admin_insecure: bool,
+    config_store: str,
+    static_config: str,
+    provider_type: list[str],
+    metrics_retention_days: int,
+    max_agent_depth: int,
+) -> Settings:
+    for name, value in (("--addr", addr), ("--admin-addr", admin_addr)):
+        try:
+            split_host_port(value)
+        except ValueError as exc:
+            fail(f"{name}: {exc}")
+    types = [t.strip().lower() for t in provider_type]
+    if any(not t for t in types):
+        fail("--provider-type must not be empty")
+    if len(set(types)) != len(types):
+        fail("--provider-type must not repeat a type")
+    unknown = sorted(set(types) - set(PROVIDER_TYPES))
+    if unknown:
+        fail(f"--provider-type {unknown[0]!r} is not a provider type ({', '.join(PROVIDER_TYPES)})")
+    if metrics_retention_days < 0 or max_agent_depth < 0:
+        fail("--metrics-retention-days and --max-agent-depth must not be negative")
+    if admin_basic_auth_hash:
+        try:
+            BasicAuth(admin_basic_auth_hash)
+        except AdminAuthConfigError as exc:
+            fail(str(exc))
+    else:
+        host = split_host_port(admin_addr)[0]
+        if not is_loopback(host) and not admin_insecure:
+            fail(
+                f"refusing to serve the admin API on {admin_addr} without authentication; set "
+                "--admin-basic-auth-hash (see agw hash-password) or pass --admin-insecure"
+            )
+    return Settings(
+        addr=addr,
+        admin_addr=admin_addr,
+        admin_basic_auth_hash=admin_basic_auth_hash,
+        admin_insecure=admin_insecure,
+        config_store=Path(config_store),
+        static_config=Path(static_config) if static_config else None,
+        provider_types=tuple(sorted(types)) or PROVIDER_TYPES,
+        metrics_retention_days=metrics_retention_days or 30,
+        max_agent_depth=max_agent_depth,
+    )
+
+
+async def run(settings: Settings) -> None:
+    gateway = await Gateway.open(settings)
+    loop = asyncio.get_running_loop()
+
+    def stop(signame: str) -> None:
+        if not gateway.shutdown.is_set():
+            log.info("agwd_stopping", extra={"signal": signame})
+            sd_notify("STOPPING=1")
+            gateway.shutdown.set()
+
+    def reload() -> None:
+        async def do() -> None:
+            sd_notify("RELOADING=1")
+            try:
+                await gateway.manager.reload_static()
+            except AgwError as exc:
+                log.error("config_reload_failed", extra={"error": exc.message})
+            finally:
+                sd_notify("READY=1")
+
+        task = asyncio.create_task(do())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    tasks: set[asyncio.Task[None]] = set()
+    loop.add_signal_handler(signal.SIGTERM, stop, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, stop, "SIGINT")
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    await gateway.serve(on_ready=lambda: sd_notify(f"READY=1\nMAINPID={os.getpid()}"))
+    log.info("agwd_stopped")
+
+
+@app.command()
+def agwd(
+    addr: Annotated[str, typer.Option(help="data-plane listener")] = DEFAULT_ADDR,
+    admin_addr: Annotated[
+        str, typer.Option(help="admin API listener; equal to --addr serves both on one")
+    ] = DEFAULT_ADMIN_ADDR,
+    admin_basic_auth_hash: Annotated[
+        str,
+        typer.Option(
+            envvar="AGW_ADMIN_BASIC_AUTH_HASH",
+            help="user:bcrypt-hash for admin basic auth (make the hash with agw hash-password)",
+        ),
+    ] = "",
+    admin_insecure: Annotated[
+        bool, typer.Option(help="allow an unauthenticated admin API on a non-loopback address")
+    ] = False,
+    config_store: Annotated[
+        str, typer.Option(help="SQLite config store (created with its parent directories)")
+    ] = DEFAULT_CONFIG_STORE,
+    static_config: Annotated[
+        str, typer.Option(help="GatewayBundle YAML loaded read-only (reloaded on SIGHUP)")
+    ] = "",
+    provider_type: Annotated[
+        list[str] | None,
+        typer.Option(help="enable only these provider types (repeatable; default: all)"),
+    ] = None,
+    metrics_retention_days: Annotated[int, typer.Option(help="usage-event retention")] = 30,
+    max_agent_depth: Annotated[
+        int, typer.Option(help="reject requests whose X-Agent-Depth reaches this (0: off)")
+    ] = 0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the agw gateway daemon: data plane, admin API and SQLite config store."""
+    settings = build_settings(
+        addr,
+        admin_addr,
+        admin_basic_auth_hash,
+        admin_insecure,
+        config_store,
+        static_config,
+        provider_type or [],
+        metrics_retention_days,
+        max_agent_depth,
+    )
+    setup_logging(log_level)
+    try:
+        asyncio.run(run(settings))
+    except AgwError as exc:
+        fail(exc.message)
+    except OSError as exc:
+        fail(str(exc))
+
+
+def main() -> None:
+    load_env_files()
+    app(prog_name="agwd")
+
+
+if __name__ == "__main__":
+    main()
