@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-from agw.config.models import PROVIDER_TYPES
 
 DEFAULT_ADDR = "127.0.0.1:8080"
 DEFAULT_ADMIN_ADDR = "localhost:8019"
@@ -22,7 +20,7 @@ class Settings:
     admin_insecure: bool = False
     config_store: Path = Path(DEFAULT_CONFIG_STORE)
     static_config: Path | None = None
-    provider_types: tuple[str, ...] = field(default=PROVIDER_TYPES)
+    provider_types: tuple[str, ...] = ()  # empty: every provider type is enabled
     metrics_retention_days: int = 30
     max_agent_depth: int = 0
     shutdown_grace_seconds: float = 10.0

@@ -102,7 +102,7 @@ def build_settings(
         admin_insecure=admin_insecure,
         config_store=Path(config_store),
         static_config=Path(static_config) if static_config else None,
-        provider_types=tuple(sorted(types)) or PROVIDER_TYPES,
+        provider_types=tuple(sorted(types)),
         metrics_retention_days=metrics_retention_days or 30,
         max_agent_depth=max_agent_depth,
     )

@@ -52,14 +52,20 @@ def reveal_requested() -> bool:
     return request.args.get("reveal", "").lower() in ("1", "true", "yes")
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 async def json_body() -> dict[str, Any]:
     raw = await request.get_data()
     if not raw.strip():
         raise InvalidRequest("request body must be a JSON object")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"invalid JSON body: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("invalid JSON body: nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidRequest(f"request body must be a JSON object, not {type(body).__name__}")
     return body
@@ -142,7 +148,10 @@ class ResourceHandlers:
         for key in _SERVER_FIELDS:
             if key in body:
                 raise InvalidRequest(f"{key} is managed by the server and must be omitted")
-        for key in ("source", "read_only"):
+        view_only = ("source", "read_only")
+        if self.family is f.MANAGED_MODEL:
+            view_only += ("provider_type",)  # derived from the provider in the view
+        for key in view_only:
             body.pop(key, None)
 
     def _prepare(self, body: dict[str, Any], current: Record | None) -> Any:

@@ -14,7 +14,14 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 API_VERSION = "gateway.agw/v1alpha1"
 KIND = "GatewayBundle"
@@ -544,7 +551,10 @@ class AcpService(Stamped):
     default_model: str = ""
     env: dict[str, str] = Field(default_factory=dict)
     config_overrides: dict[str, str] = Field(default_factory=dict)
-    idle_ttl: int = Field(default=0, description="nanoseconds, or a duration string like 10m")
+    idle_ttl: Annotated[
+        int,
+        WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]}),
+    ] = Field(default=0, description="nanoseconds, or a Go duration string like 10m or 1h30m")
     max_instances: NonNegInt = 0
     permission_mode: Literal["deny", "auto_approve", "interactive"] = "deny"
     disabled: bool = False

@@ -77,6 +77,8 @@ class Database:
             raise StoreError(f"cannot open config store {path}: {exc}") from exc
         db = cls(conn, path)
         try:
+            await db.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            await db.check_version()  # before any pragma that writes the file header
             await db._configure()
             await db.migrate()
         except BaseException:
@@ -98,7 +100,7 @@ class Database:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    async def migrate(self) -> None:
+    async def check_version(self) -> int:
         files = migration_files()
         latest = files[-1][0] if files else 0
         current = await self.user_version()
@@ -107,6 +109,11 @@ class Database:
                 f"config store {self.path} has schema version {current}, newer than this "
                 f"agw supports ({latest}); upgrade agw or use another --config-store"
             )
+        return current
+
+    async def migrate(self) -> None:
+        files = migration_files()
+        current = await self.check_version()
         for number, path in files:
             if number <= current:
                 continue

@@ -1,0 +1,162 @@
+"""An apply is all or nothing: bad bundles change no byte, kill -9 mid-apply leaves old or new."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Agwd, AgwdLauncher
+
+API = {"apiVersion": "gateway.agw/v1alpha1", "kind": "GatewayBundle"}
+
+
+def store_digest(db: Path) -> str:
+    h = hashlib.sha256()
+    for suffix in ("", "-wal"):
+        p = Path(str(db) + suffix)
+        h.update(p.read_bytes() if p.exists() else b"-")
+    return h.hexdigest()
+
+
+def good_bundle() -> dict[str, Any]:
+    return {
+        **API,
+        "providers": [{"id": "p1", "provider_type": "openai", "api_key": "sk-good-123456"}],
+        "llmRoutes": [
+            {
+                "id": "r1",
+                "protocol": "openai",
+                "match_policy": {"path_prefix": "/v1"},
+                "target_policy": {"provider_id": "p1"},
+            }
+        ],
+        "virtualKeys": [{"id": "k1", "allowed_route_ids": ["r1"]}],
+    }
+
+
+BAD_BUNDLES = {
+    "wrong_type": {
+        **API,
+        "providers": [{"id": "p2", "provider_type": "openai", "disabled": "sometimes"}],
+    },
+    "unknown_field": {**API, "providers": [{"id": "p2", "provider_type": "openai", "apikey": "x"}]},
+    "duplicate_id": {
+        **API,
+        "providers": [
+            {"id": "p2", "provider_type": "openai"},
+            {"id": "p2", "provider_type": "gemini"},
+        ],
+    },
+    "dangling_reference": {
+        **API,
+        "llmRoutes": [
+            {
+                "id": "r2",
+                "protocol": "openai",
+                "match_policy": {"path_prefix": "/x"},
+                "target_policy": {"provider_id": "ghost"},
+            }
+        ],
+    },
+    "partly_good": {
+        **API,
+        "providers": [{"id": "p3", "provider_type": "openai"}],
+        "mcpRoutes": [{"service_id": "nowhere"}],
+    },
+    "wrong_kind": {"apiVersion": "gateway.agw/v1alpha1", "kind": "Other"},
+    "not_an_object": ["a"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_BUNDLES))
+def test_bad_bundle_changes_nothing(module_agwd: Agwd, name: str) -> None:
+    with module_agwd.client() as c:
+        first = c.post("/admin/gateway/apply", json={"bundle": good_bundle()})
+        assert first.status_code == 200, first.text
+        before = store_digest(module_agwd.db_path)
+        r = c.post("/admin/gateway/apply", json={"bundle": BAD_BUNDLES[name]})
+        assert r.status_code == 400
+        assert r.json()["error"]
+        assert store_digest(module_agwd.db_path) == before
+        assert [p["id"] for p in c.get("/admin/llm/providers").json()["items"]] == ["p1"]
+        assert c.get("/admin/health").json() == {"status": "ok"}
+
+
+def test_noop_apply_writes_nothing(module_agwd: Agwd) -> None:
+    with module_agwd.client() as c:
+        c.post("/admin/gateway/apply", json={"bundle": good_bundle()})
+        before = store_digest(module_agwd.db_path)
+        r = c.post("/admin/gateway/apply", json={"bundle": good_bundle()}).json()
+        assert r["changed"] is False
+        assert r["counts"] == {"create": 0, "update": 0, "skip": 3, "delete": 0, "error": 0}
+        assert store_digest(module_agwd.db_path) == before
+
+
+def big_bundle(n: int, model: str) -> dict[str, Any]:
+    return {
+        **API,
+        "providers": [
+            {"id": f"p{i:05d}", "provider_type": "openai", "default_model": model} for i in range(n)
+        ],
+        "llmRoutes": [
+            {
+                "id": f"r{i:05d}",
+                "protocol": "openai",
+                "match_policy": {"path_prefix": f"/r{i}"},
+                "target_policy": {"provider_id": f"p{i:05d}"},
+                "description": model,
+            }
+            for i in range(n)
+        ],
+    }
+
+
+def test_kill_9_during_apply_leaves_old_or_new(agwd_factory: AgwdLauncher) -> None:
+    n = 1500
+    agwd = agwd_factory.start()
+    with agwd.client() as c:
+        assert (
+            c.post(
+                "/admin/gateway/apply", json={"bundle": big_bundle(n, "old")}, timeout=120
+            ).status_code
+            == 200
+        )
+    outcomes: set[str] = set()
+    for attempt, delay in enumerate((0.05, 0.2, 0.4, 0.7, 1.0, 1.5)):
+        model = f"new{attempt}"
+
+        def post(m: str = model, url: str = agwd.admin_url, auth: str | None = agwd.auth) -> None:
+            user, _, pw = (auth or ":").partition(":")
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(
+                    url + "/admin/gateway/apply",
+                    json={"bundle": big_bundle(n, m)},
+                    auth=(user, pw),
+                    timeout=120,
+                    trust_env=False,
+                )
+
+        t = threading.Thread(target=post, daemon=True)
+        t.start()
+        time.sleep(delay)
+        agwd.kill()
+        t.join(30)
+        with sqlite3.connect(agwd.db_path) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        agwd = agwd_factory.start(db_path=agwd.db_path)
+        with agwd.client() as c:
+            providers = c.get("/admin/llm/providers").json()["items"]
+            routes = c.get("/admin/llm/routes").json()["items"]
+        models = {p["default_model"] for p in providers} | {r["description"] for r in routes}
+        assert len(providers) == n and len(routes) == n
+        assert len(models) == 1, f"mixed config after kill -9: {sorted(models)[:5]}"
+        outcomes.add("new" if models == {model} else "old")
+    print("kill -9 outcomes:", sorted(outcomes))
