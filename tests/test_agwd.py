@@ -327,3 +327,28 @@ def test_static_config_rejects_virtual_keys_and_store_collisions(
     )
     assert proc.returncode == 1
     assert 'provider "dup": defined in the static config and also stored' in proc.stderr
+
+
+def test_hash_password_output_is_accepted_and_the_hash_is_not_a_password(
+    agwd_factory: AgwdLauncher,
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "agw.cli", "hash-password", "--plaintext", "hunter2-long"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env=base_env(),
+    )
+    hashed = out.stdout.strip()
+    assert hashed.startswith("$2b$12$") and len(hashed) == 60
+    agwd = agwd_factory.start("--admin-basic-auth-hash", f"ops:{hashed}", auth=False)
+    url = agwd.admin_url + "/admin/llm/providers"
+    ok = httpx.get(url, auth=("ops", "hunter2-long"), trust_env=False)
+    assert ok.status_code == 200
+    for user, password in (("ops", hashed), ("ops", "wrong"), ("admin", "hunter2-long")):
+        r = httpx.get(url, auth=(user, password), trust_env=False)
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"] == 'Basic realm="agent-gateway-admin"'
+        assert "items" not in r.text
+    assert hashed not in agwd.logs()

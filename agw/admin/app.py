@@ -37,6 +37,7 @@ def create_admin_app(manager: ConfigManager, auth: BasicAuth | None) -> Quart:
     app.config["MAX_CONTENT_LENGTH"] = MAX_ADMIN_BODY
     app.config["BODY_TIMEOUT"] = 60
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep model field order
 
     @app.before_request
     async def gate() -> Response | None:
@@ -81,7 +82,11 @@ def create_admin_app(manager: ConfigManager, auth: BasicAuth | None) -> Quart:
             message = f"request body larger than {MAX_ADMIN_BODY} bytes"
         else:
             message = exc.description or exc.name
-        return _json({"error": message, "code": _HTTP_CODES.get(status, "http_error")}, status)
+        # The unread rest of a too-large body leaves the connection unusable: say so, or a
+        # keep-alive client sends its next request into a connection the server then drops.
+        headers = {"Connection": "close"} if status == 413 else None
+        body = {"error": message, "code": _HTTP_CODES.get(status, "http_error")}
+        return _json(body, status, headers)
 
     @app.errorhandler(Exception)
     async def internal(exc: Exception) -> Response:

@@ -110,9 +110,12 @@ def register(app: Quart, manager: ConfigManager) -> None:
         if name not in AUTHENTICATORS:
             raise NotFound(f"cliauth authenticator {name!r} not found")
         body = await json_body()
+        unknown = set(body) - {"enabled", "config"}
+        if unknown:
+            raise InvalidRequest(f"unknown field {sorted(unknown)[0]!r}; expected enabled, config")
         if "enabled" not in body and "config" not in body:
             raise InvalidRequest("enabled or config is required")
-        enabled = body.get("enabled", True)
+        enabled = _flag(body, "enabled") if "enabled" in body else True
         if enabled is False and body.get("config") is not None:
             raise InvalidRequest("config cannot be set while disabling an authenticator")
         if enabled and body.get("config") is None:

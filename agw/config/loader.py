@@ -25,7 +25,7 @@ from agw.config import validate
 from agw.config.models import API_VERSION, KIND, Bundle
 from agw.errors import ConfigInvalid, Problem
 
-_ENV_REF = re.compile(r"\$\{([^}]*)\}")
+_ENV_REF = re.compile(r"\$(\$?)\{([^}]*)\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 Loc = tuple[str | int, ...]
 
@@ -56,6 +56,15 @@ def parse_yaml(text: str) -> Any:
         raise ConfigInvalid([Problem("", msg, line, col)]) from None
     except YAMLError as exc:
         raise ConfigInvalid([Problem("", f"invalid YAML: {exc}")]) from None
+
+
+def escape_env(data: Any) -> Any:
+    """The inverse of expansion for literal text: ``${`` becomes ``$${`` in every string."""
+    if isinstance(data, dict):
+        return {k: escape_env(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [escape_env(v) for v in data]
+    return data.replace("${", "$${") if isinstance(data, str) else data
 
 
 def line_of(tree: Any, loc: Loc) -> int | None:
@@ -89,7 +98,8 @@ def to_plain(node: Any) -> Any:
 def expand_env(
     data: Any, env: Mapping[str, str], problems: list[Problem], tree: Any = None, loc: Loc = ()
 ) -> Any:
-    """Expand ``${NAME}`` in every string value; an unset or malformed name is a problem."""
+    """Expand ``${NAME}`` in every string value; an unset or malformed name is a problem.
+    ``$${`` is a literal ``${`` (export writes stored values that way)."""
     if isinstance(data, dict):
         return {k: expand_env(v, env, problems, tree, (*loc, k)) for k, v in data.items()}
     if isinstance(data, list):
@@ -98,7 +108,9 @@ def expand_env(
         return data
 
     def sub(match: re.Match[str]) -> str:
-        name = match.group(1)
+        if match.group(1):
+            return match.group(0)[1:]
+        name = match.group(2)
         if not _ENV_NAME.match(name):
             problems.append(
                 Problem(

@@ -86,6 +86,20 @@ def test_env_expansion_in_every_string() -> None:
     assert any('"TEAM" is not set' in m for m in msgs)
 
 
+def test_double_dollar_is_a_literal_and_escape_round_trips() -> None:
+    from agw.config.loader import escape_env
+
+    text = HEAD + "providers:\n  - id: p\n    provider_type: openai\n    api_key: a$${X}b${Y}\n"
+    assert load_bundle_text(text, {"Y": "y"}).providers[0].api_key == "a${X}by"
+    stored = {"api_key": "lit${HOME}"}
+    escaped = escape_env(stored)
+    assert escaped == {"api_key": "lit$${HOME}"}
+    problems_: list[object] = []
+    from agw.config.loader import expand_env
+
+    assert expand_env(escaped, {}, problems_) == stored and not problems_
+
+
 def test_provider_types_key_is_rejected() -> None:
     (msg,) = problems(HEAD + "providerTypes: [openai]\n")
     assert msg.startswith("providerTypes (line 3): not allowed in a bundle")

@@ -1,0 +1,169 @@
+"""A small synchronous client of the agw admin API, and the one error agwctl reports.
+
+Every failure a user can cause or meet (an unreachable gateway, rejected credentials, an HTTP
+error, a file that cannot be read) becomes a :class:`CliError`: one ``agwctl: ...`` line on
+stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import typer
+
+DEFAULT_ADMIN_ADDR = "http://localhost:8019"
+TIMEOUT_S = 30.0
+
+JSONObject = dict[str, Any]
+
+
+class CliError(Exception):
+    """An error reported as ``agwctl: <message>`` on stderr, exit status 1 (by ``main``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    addr: str = DEFAULT_ADMIN_ADDR
+    basic_auth: tuple[str, str] | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Ctl:
+    """What the root and ``gateway`` callbacks parsed, shared with every command."""
+
+    output: str = "table"
+    admin: AdminSettings = field(default_factory=AdminSettings)
+
+    @property
+    def json(self) -> bool:
+        return self.output == "json"
+
+
+def normalize_addr(addr: str) -> str:
+    addr = addr.strip().rstrip("/")
+    if not addr:
+        return DEFAULT_ADMIN_ADDR
+    if "://" not in addr:
+        addr = "http://" + addr
+    return addr
+
+
+def parse_basic_auth(value: str) -> tuple[str, str]:
+    user, sep, password = value.partition(":")
+    if not sep or not user:
+        raise typer.BadParameter("must be user:password", param_hint="'--admin-basic-auth'")
+    return user, password
+
+
+def parse_header(value: str) -> tuple[str, str]:
+    name, sep, val = value.partition(":")
+    name = name.strip()
+    if not sep or not name or any(c.isspace() for c in name):
+        raise typer.BadParameter(
+            f"{value!r} must look like 'Name: value'", param_hint="'--admin-header'"
+        )
+    return name, val.strip()
+
+
+def segment(value: str, *, keep_slashes: bool = False) -> str:
+    """A path segment for an id (a managed model's upstream model keeps its slashes)."""
+    return quote(value, safe=":@/" if keep_slashes else ":@")
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    lowered = text.lower()
+    if "refused" in lowered:
+        return "connection refused"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer within {TIMEOUT_S:g}s ({type(exc).__name__})"
+    if "name or service not known" in lowered or "nodename nor servname" in lowered:
+        return "unknown host"
+    return text
+
+
+class AdminClient:
+    """Talks to the admin API. Use as a context manager."""
+
+    def __init__(self, settings: AdminSettings) -> None:
+        self.addr = normalize_addr(settings.addr)
+        self._http = httpx.Client(
+            base_url=self.addr,
+            auth=settings.basic_auth,
+            headers=dict(settings.headers),
+            timeout=TIMEOUT_S,
+            trust_env=False,
+        )
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.close()
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: JSONObject | None = None,
+    ) -> tuple[int, Any]:
+        """One request; returns the status and the decoded JSON body (the text when it is not
+        JSON). Raises only when the gateway cannot be reached or rejects the credentials."""
+        try:
+            resp = self._http.request(method, path, params=params, json=body)
+        except httpx.InvalidURL as exc:
+            raise CliError(f"invalid admin address {self.addr!r}: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach admin API at {self.addr}: {_reason(exc)}") from None
+        try:
+            data = resp.json() if resp.content else None
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if resp.status_code == 401:
+            raise CliError(
+                "admin API rejected the credentials (401); "
+                "set --admin-basic-auth or AGW_ADMIN_BASIC_AUTH"
+            )
+        return resp.status_code, (data if data is not None else resp.text)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: JSONObject | None = None,
+    ) -> JSONObject:
+        """A request that must succeed with a JSON object."""
+        status, data = self.send(method, path, params=params, body=body)
+        if status >= 400:
+            raise CliError(f"{method} {path}: {status} {error_of(data)}")
+        if not isinstance(data, dict):
+            raise CliError(f"{method} {path}: the admin API did not answer with a JSON object")
+        return data
+
+    def items(self, path: str, params: dict[str, str] | None = None) -> list[JSONObject]:
+        data = self.call("GET", path, params=params)
+        items = data.get("items")
+        if not isinstance(items, list):
+            raise CliError(f"GET {path}: the admin API answer has no items list")
+        return [item for item in items if isinstance(item, dict)]
+
+
+def error_of(data: Any) -> str:
+    """The message of an error answer: its ``error`` field, else its text."""
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return str(data["error"])
+    text = " ".join((data if isinstance(data, str) else json.dumps(data)).split())
+    return text[:300] if text else "(empty response)"
