@@ -10,6 +10,7 @@ import typer
 
 from agw.auth.admin_basic import hash_password
 from agw.config.loader import load_bundle_text
+from agw.envfile import load_env_files
 from agw.errors import ConfigInvalid
 
 app = typer.Typer(
@@ -56,6 +57,7 @@ def version() -> None:
 
 
 def main() -> None:
+    load_env_files()
     app(prog_name="agw")
 
 

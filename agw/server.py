@@ -21,7 +21,7 @@ from hypercorn.config import Config
 from agw.admin.app import create_admin_app
 from agw.auth.admin_basic import BasicAuth
 from agw.dataplane import Receive, Scope, Send, create_data_app
-from agw.runtime.manager import ConfigManager
+from agw.runtime.manager import ConfigManager, load_static
 from agw.settings import Settings, split_host_port
 from agw.store.db import Database
 
@@ -114,6 +114,8 @@ class Gateway:
 
     @classmethod
     async def open(cls, settings: Settings) -> Gateway:
+        if settings.static_config is not None:
+            load_static(settings.static_config)  # fail before the store is created or migrated
         db = await Database.open(settings.config_store)
         try:
             manager = ConfigManager(

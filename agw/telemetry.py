@@ -44,3 +44,5 @@ def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore"):  # the readiness probe's own requests
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

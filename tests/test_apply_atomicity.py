@@ -160,3 +160,59 @@ def test_kill_9_during_apply_leaves_old_or_new(agwd_factory: AgwdLauncher) -> No
         assert len(models) == 1, f"mixed config after kill -9: {sorted(models)[:5]}"
         outcomes.add("new" if models == {model} else "old")
     print("kill -9 outcomes:", sorted(outcomes))
+
+
+GOOD_YAML = """apiVersion: gateway.agw/v1alpha1
+kind: GatewayBundle
+providers:
+  - {id: p1, provider_type: openai, api_key: sk-good-123456}
+llmRoutes:
+  - {id: r1, protocol: openai, match_policy: {path_prefix: /v1}, target_policy: {provider_id: p1}}
+"""
+BAD_YAML = {
+    "yaml_syntax": (GOOD_YAML + "  - {id: r2, protocol: [\n", "invalid YAML"),
+    "unknown_field": (GOOD_YAML.replace("api_key:", "apikey:"), "did you mean api_key?"),
+    "wrong_type": (GOOD_YAML + "virtualKeys:\n  - {id: k, disabled: perhaps}\n", "disabled"),
+    "missing_env": (
+        GOOD_YAML.replace("sk-good-123456", "'${AGW_TEST_UNSET_KEY}'"),
+        'environment variable "AGW_TEST_UNSET_KEY" is not set',
+    ),
+    "duplicate_id": (
+        GOOD_YAML.replace("providers:\n", "providers:\n  - {id: p1, provider_type: gemini}\n"),
+        "duplicate provider id 'p1'",
+    ),
+    "dangling_reference": (
+        GOOD_YAML.replace("{provider_id: p1}", "{provider_id: ghost}"),
+        "provider 'ghost' does not exist",
+    ),
+    "server_side_dangling": (
+        "apiVersion: gateway.agw/v1alpha1\nkind: GatewayBundle\n"
+        "mcpRoutes:\n  - {service_id: ghost}\n",
+        "mcp service 'ghost' does not exist",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_YAML))
+def test_bad_bundle_through_agwctl_changes_no_byte(
+    module_agwd: Agwd, tmp_path: Path, name: str
+) -> None:
+    from tests.agwctl.agwctl_support import run_agwctl
+
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD_YAML)
+    assert (
+        run_agwctl(
+            "gateway", "apply", "-f", str(good), env=module_agwd.env, cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    before = store_digest(module_agwd.db_path)
+    text, expected = BAD_YAML[name]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    proc = run_agwctl("gateway", "apply", "-f", str(bad), env=module_agwd.env, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert expected in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert store_digest(module_agwd.db_path) == before

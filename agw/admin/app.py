@@ -33,7 +33,7 @@ def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = No
 
 
 def create_admin_app(manager: ConfigManager, auth: BasicAuth | None) -> Quart:
-    app = Quart(__name__)
+    app = Quart(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_ADMIN_BODY
     app.config["BODY_TIMEOUT"] = 60
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -42,7 +42,9 @@ def create_admin_app(manager: ConfigManager, auth: BasicAuth | None) -> Quart:
     @app.before_request
     async def gate() -> Response | None:
         if request.method == "OPTIONS":
-            return Response("", status=204)
+            response = Response("", status=204)
+            del response.headers["Content-Type"]
+            return response
         if request.method == "GET" and request.path == "/admin/health":
             return None
         if auth is not None and not await auth.check(request.headers.get("Authorization")):

@@ -10,7 +10,7 @@ from agw.admin.resources import JSONResponse, json_body, parse, view
 from agw.config import families as f
 from agw.config.loader import load_bundle_data
 from agw.config.models import API_VERSION, AUTHENTICATORS, KIND, LLM_PROTOCOLS, PROVIDER_TYPES
-from agw.errors import ConfigInvalid, InvalidRequest, NotFound
+from agw.errors import ConfigInvalid, InvalidRequest, NotFound, ReadOnly
 from agw.runtime import apply
 from agw.runtime.manager import ConfigManager
 from agw.runtime.state import ConfigState, Record, dump, touched
@@ -76,6 +76,7 @@ def register(app: Quart, manager: ConfigManager) -> None:
             counts = apply.counts(actions)
             return {
                 "status": "error",
+                "code": exc.code,
                 "error": f"gateway apply failed with {counts['error']} error(s); "
                 "nothing was changed",
                 "dry_run": dry_run,
@@ -124,6 +125,10 @@ def register(app: Quart, manager: ConfigManager) -> None:
 
         def build(state: ConfigState) -> tuple[ConfigState, Record | None]:
             current = state.get(f.CLIAUTH, name)
+            if current is not None and current.static:
+                raise ReadOnly(
+                    f'cliauth authenticator "{name}" is read-only (defined in the static config)'
+                )
             return state.put(f.CLIAUTH, touched(current, obj)), current
 
         previous, _ = await manager.change(build)

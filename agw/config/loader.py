@@ -64,7 +64,7 @@ def escape_env(data: Any) -> Any:
         return {k: escape_env(v) for k, v in data.items()}
     if isinstance(data, list):
         return [escape_env(v) for v in data]
-    return data.replace("${", "$${") if isinstance(data, str) else data
+    return _ENV_REF.sub(lambda m: "$" + m.group(0), data) if isinstance(data, str) else data
 
 
 def line_of(tree: Any, loc: Loc) -> int | None:

@@ -146,11 +146,11 @@ def _check_agents(
             svc = acp_route_service.get(rid)
             want = rt.acp.service_id if rt.acp else None
             if svc is not None and svc != want:
+                mine = f"the agent's runtime service {want!r}" if want else "an acp runtime"
                 problems.append(
                     Problem(
                         f"{label}.routes.acp_route_ids[{i}]",
-                        f"acp route {rid!r} targets service {svc!r}, not the agent's runtime "
-                        f"service {want!r}",
+                        f"acp route {rid!r} targets service {svc!r}, not {mine}",
                     )
                 )
     return problems
