@@ -44,5 +44,7 @@ def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore"):  # the readiness probe's own requests
+    # aiosqlite logs every statement with its parameters (whole objects, secrets included) at
+    # debug; httpx and httpcore log the readiness probe's own requests.
+    for noisy in ("aiosqlite", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

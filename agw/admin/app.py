@@ -32,6 +32,13 @@ def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = No
     )
 
 
+def _body_left_unread() -> bool:
+    """An answer given before the handler read the body (auth, routing errors) leaves the body
+    on the wire, and hypercorn then drops the connection: tell the client not to reuse it."""
+    length = request.headers.get("Content-Length", "")
+    return length not in ("", "0") or "Transfer-Encoding" in request.headers
+
+
 def create_admin_app(manager: ConfigManager, auth: BasicAuth | None) -> Quart:
     app = Quart(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_ADMIN_BODY
@@ -44,6 +51,8 @@ def create_admin_app(manager: ConfigManager, auth: BasicAuth | None) -> Quart:
         if request.method == "OPTIONS":
             response = Response("", status=204)
             del response.headers["Content-Type"]
+            if _body_left_unread():
+                response.headers["Connection"] = "close"
             return response
         if request.method == "GET" and request.path == "/admin/health":
             return None
@@ -52,7 +61,8 @@ def create_admin_app(manager: ConfigManager, auth: BasicAuth | None) -> Quart:
             return _json(
                 {"error": "unauthorized", "code": "unauthorized"},
                 401,
-                {"WWW-Authenticate": f'Basic realm="{ADMIN_REALM}"'},
+                {"WWW-Authenticate": f'Basic realm="{ADMIN_REALM}"'}
+                | ({"Connection": "close"} if _body_left_unread() else {}),
             )
         return None
 
@@ -84,9 +94,8 @@ def create_admin_app(manager: ConfigManager, auth: BasicAuth | None) -> Quart:
             message = f"request body larger than {MAX_ADMIN_BODY} bytes"
         else:
             message = exc.description or exc.name
-        # The unread rest of a too-large body leaves the connection unusable: say so, or a
-        # keep-alive client sends its next request into a connection the server then drops.
-        headers = {"Connection": "close"} if status == 413 else None
+        # A body too large, or never read (routing errors), leaves the connection unusable.
+        headers = {"Connection": "close"} if status == 413 or _body_left_unread() else None
         body = {"error": message, "code": _HTTP_CODES.get(status, "http_error")}
         return _json(body, status, headers)
 

@@ -148,7 +148,7 @@ class ResourceHandlers:
         for key in _SERVER_FIELDS:
             if key in body:
                 raise InvalidRequest(f"{key} is managed by the server and must be omitted")
-        view_only = ("source", "read_only")
+        view_only: tuple[str, ...] = ("source", "read_only")
         if self.family is f.MANAGED_MODEL:
             view_only += ("provider_type",)  # derived from the provider in the view
         for key in view_only:
@@ -181,10 +181,11 @@ class ResourceHandlers:
             oid, _ = await self.m.change(build)
         except ConfigInvalid as exc:
             if deleting:
+                # Each problem is '<kind> "<id>".<field>: <kind> '<deleted>' does not exist'.
+                users = sorted({p.path for p in exc.problems})
                 raise Conflict(
-                    f'cannot delete {self.family.title} "{deleting}": it is still referenced ('
-                    + "; ".join(str(p) for p in exc.problems)
-                    + ")"
+                    f'cannot delete {self.family.title} "{deleting}": still referenced by '
+                    + ", ".join(users)
                 ) from None
             raise
         return oid

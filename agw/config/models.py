@@ -471,6 +471,11 @@ class _ServiceRoute(Stamped):
     auth_policy: AuthPolicy = Field(default_factory=AuthPolicy)
     service_id: str
 
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return _check_id(v) if v else v
+
     @model_validator(mode="after")
     def _default_id(self) -> Self:
         if not self.service_id.strip():

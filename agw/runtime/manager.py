@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class CommitResult:
-    changed: bool
+    changed: bool  # for a dry run: would change
     writes: int
     deletes: int
 
@@ -147,7 +147,7 @@ class ConfigManager:
             puts, deletes = diff(old, new)
             changed = bool(puts or deletes) or _runtime_changed(old, new)
             if dry_run or not changed:
-                return result, CommitResult(False, len(puts), len(deletes))
+                return result, CommitResult(changed, len(puts), len(deletes))
             if puts or deletes:
                 await config_repo.write(self.db, puts, deletes)
             self._swap(snapshot)
