@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agw.config import models as m
+from agw.config import services as svc
 
 REDACTED = "<redacted>"
 _SENSITIVE_NAME = re.compile(
@@ -81,7 +82,7 @@ MCP_SERVICE = Family(
     "mcp_service",
     "mcp service",
     "mcpServices",
-    m.McpService,
+    svc.McpService,
     "mcp_services",
     "config_store",
     secrets=(
@@ -91,23 +92,23 @@ MCP_SERVICE = Family(
     ),
     tag_of=lambda o: o.transport,
 )
-MCP_ROUTE = Family("mcp_route", "mcp route", "mcpRoutes", m.McpRoute, "routes", "store", "mcp")
+MCP_ROUTE = Family("mcp_route", "mcp route", "mcpRoutes", svc.McpRoute, "routes", "store", "mcp")
 ACP_SERVICE = Family(
     "acp_service",
     "acp service",
     "acpServices",
-    m.AcpService,
+    svc.AcpService,
     "acp_services",
     "config_store",
     secrets=(SecretPath(("env",), True),),
     tag_of=lambda o: o.agent_type,
 )
-ACP_ROUTE = Family("acp_route", "acp route", "acpRoutes", m.AcpRoute, "routes", "store", "acp")
+ACP_ROUTE = Family("acp_route", "acp route", "acpRoutes", svc.AcpRoute, "routes", "store", "acp")
 AGENT = Family(
     "agent",
     "agent",
     "agents",
-    m.Agent,
+    svc.Agent,
     "agents",
     "config_store",
     tag_of=lambda o: o.runtime.type,

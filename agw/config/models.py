@@ -10,17 +10,31 @@ Checks that span objects (duplicate ids, dangling references) live in ``validate
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
-    WithJsonSchema,
     field_validator,
     model_validator,
+)
+
+from agw.config.base import (
+    AuthPolicy,
+    MatchPolicy,
+    NonNegInt,
+    Stamped,
+    Strict,
+    check_id,
+    dedupe,
+)
+from agw.config.services import (
+    AcpRoute,
+    AcpService,
+    Agent,
+    McpRoute,
+    McpService,
 )
 
 API_VERSION = "gateway.agw/v1alpha1"
@@ -51,42 +65,6 @@ DEFAULT_BASE_URLS: dict[str, str] = {
 LLM_PROTOCOLS: tuple[str, ...] = ("anthropic", "cc", "openai")
 AUTHENTICATORS: tuple[str, ...] = ("claudecode", "codex", "gemini")
 COMPACT_MODES = ("cc", "codex", "none")
-
-_SLASHY = re.compile(r"/|\\|%2f|%5c", re.IGNORECASE)
-_ENV_KEY = re.compile(r"^[^=\x00]+$")
-
-NonNegInt = Annotated[int, Field(ge=0)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class Stamped(Strict):
-    """Objects with server-managed timestamps: accepted in bundles (Go exports carry them) and
-    ignored; the admin API reports them in its views."""
-
-    created_at: str | None = Field(default=None, exclude=True, description="server-managed")
-    updated_at: str | None = Field(default=None, exclude=True, description="server-managed")
-
-
-def _check_id(value: str, *, slash_free: bool = True) -> str:
-    value = value.strip()
-    if not value:
-        raise ValueError("id must not be empty")
-    if slash_free and _SLASHY.search(value):
-        raise ValueError(f"id {value!r} must not contain '/', '\\', '%2f' or '%5c'")
-    return value
-
-
-def _dedupe(values: list[str]) -> list[str]:
-    seen: dict[str, None] = {}
-    for v in values:
-        v = v.strip()
-        if v:
-            seen.setdefault(v, None)
-    return list(seen)
-
 
 # ---------------------------------------------------------------------------------- providers
 
@@ -130,7 +108,7 @@ class Provider(Stamped):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        return _check_id(v)
+        return check_id(v)
 
     @field_validator("options")
     @classmethod
@@ -179,24 +157,6 @@ class ManagedModel(Strict):
 
 
 # --------------------------------------------------------------------------------- llm routes
-
-
-class MatchPolicy(Strict):
-    host: str = ""
-    path_prefix: str = ""
-    methods: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _normalise(self) -> Self:
-        self.host = self.host.strip().lower()
-        self.methods = sorted(_dedupe([m.upper() for m in self.methods]))
-        if self.path_prefix and not self.path_prefix.startswith("/"):
-            raise ValueError(f"path_prefix must start with '/' (got {self.path_prefix!r})")
-        return self
-
-
-class AuthPolicy(Strict):
-    require_virtual_key: bool = False
 
 
 class ProviderTarget(Strict):
@@ -308,7 +268,7 @@ class TargetPolicy(Strict):
     def provider_ids(self) -> list[str]:
         if self.type == "direct-provider":
             return [self.provider_id]
-        return _dedupe([c.provider_id for t in self.model_targets for c in t.candidates])
+        return dedupe([c.provider_id for t in self.model_targets for c in t.candidates])
 
 
 class LLMRoute(Stamped):
@@ -324,7 +284,7 @@ class LLMRoute(Stamped):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        return _check_id(v)
+        return check_id(v)
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -347,14 +307,14 @@ class VirtualKey(Stamped):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        return _check_id(v)
+        return check_id(v)
 
     @field_validator("allowed_route_ids")
     @classmethod
     def _routes(cls, v: list[str]) -> list[str]:
         if any(not r.strip() for r in v):
             raise ValueError("allowed_route_ids must not contain empty entries")
-        return sorted(_dedupe(v))
+        return sorted(dedupe(v))
 
     @field_validator("expires_at")
     @classmethod
@@ -390,314 +350,6 @@ class CliAuthAuthenticator(Strict):
         return self.name
 
 
-# ---------------------------------------------------------------------------------------- MCP
-
-
-class McpAuth(Strict):
-    type: Literal["", "api_key", "bearer", "oauth2", "basic"] = ""
-    api_key: str = ""
-    username: str = ""
-    password: str = ""
-
-
-class McpAudit(Strict):
-    capture_tool_args: bool = False
-
-
-def _check_env(env: dict[str, str]) -> dict[str, str]:
-    for key, value in env.items():
-        if not _ENV_KEY.match(key):
-            raise ValueError(f"env key {key!r} must be non-empty without '=' or NUL")
-        if "\x00" in value:
-            raise ValueError(f"env value of {key!r} must not contain NUL")
-    return env
-
-
-class McpService(Stamped):
-    id: str
-    name: str
-    transport: Literal["streamable_http", "sse", "stdio"]
-    command: str = ""
-    args: list[str] = Field(default_factory=list)
-    url: str = ""
-    post_url: str = ""
-    env: dict[str, str] = Field(default_factory=dict)
-    auto_auth: bool = False
-    auth: McpAuth = Field(default_factory=McpAuth)
-    audit: McpAudit = Field(default_factory=McpAudit)
-    disabled: bool = False
-    description: str = ""
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        return _check_id(v)
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        return _check_env(v)
-
-    @model_validator(mode="after")
-    def _transport(self) -> Self:
-        if not self.name.strip():
-            raise ValueError("name is required")
-        if self.transport == "stdio":
-            if not self.command:
-                raise ValueError("stdio transport requires command")
-        else:
-            if not self.url:
-                raise ValueError(f"{self.transport} transport requires url")
-            if not self.url.startswith(("http://", "https://")):
-                raise ValueError(f"url must be http(s) (got {self.url!r})")
-        if self.transport == "sse" and not self.post_url:
-            base = self.url.rstrip("/")
-            self.post_url = (
-                base[: -len("/sse")] + "/message" if base.endswith("/sse") else (base + "/message")
-            )
-        return self
-
-
-def route_slug(path_prefix: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", path_prefix.lower()).strip("-")
-    return slug or "root"
-
-
-class _ServiceRoute(Stamped):
-    id: str = Field(default="", description="default <kind>:<service_id>:<path-slug>")
-    description: str = ""
-    disabled: bool = False
-    match_policy: MatchPolicy = Field(default_factory=MatchPolicy)
-    auth_policy: AuthPolicy = Field(default_factory=AuthPolicy)
-    service_id: str
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        return _check_id(v) if v else v
-
-    @model_validator(mode="after")
-    def _default_id(self) -> Self:
-        if not self.service_id.strip():
-            raise ValueError("service_id is required")
-        if not self.id:
-            kind = getattr(self, "kind", "mcp")
-            self.id = f"{kind}:{self.service_id}:{route_slug(self.match_policy.path_prefix)}"
-        self.id = _check_id(self.id)
-        return self
-
-
-class McpRoute(_ServiceRoute):
-    kind: Literal["mcp"] = "mcp"
-    protocol: Literal["mcp"] = "mcp"
-
-
-class AcpRoute(_ServiceRoute):
-    kind: Literal["acp"] = "acp"
-    protocol: Literal["acp"] = "acp"
-
-
-# ---------------------------------------------------------------------------------------- ACP
-
-
-class CodexOptions(Strict):
-    mode: Literal["adapter", "app_server"] = "adapter"
-    adapter_command: str = "codex-acp"
-    adapter_args: list[str] = Field(default_factory=list)
-    app_server_command: str = ""
-    app_server_args: list[str] = Field(default_factory=list)
-    default_profile: str = ""
-    initial_auth_mode: str = ""
-    trace_json: bool = False
-    retry_turn_on_crash: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        if self.mode == "app_server":
-            raise ValueError("codex.mode app_server is not implemented; use adapter")
-        if self.adapter_command.replace("\\", "/").rsplit("/", 1)[-1] != "codex-acp":
-            raise ValueError("codex.adapter_command must be a codex-acp binary")
-        return self
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9}
-_UNIT_NS["h"] = 3600 * 10**9
-
-
-def parse_duration_ns(value: int | str) -> int:
-    """A Go duration (``90s``, ``1h30m``) or integer nanoseconds, as nanoseconds."""
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("duration must not be negative")
-        return value
-    text = value.strip()
-    if text in ("", "0"):
-        return 0
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT_NS[m.group(2)]
-        pos = m.end()
-    if pos != len(text):
-        raise ValueError(f"invalid duration {value!r} (use e.g. 90s, 10m, 1h30m or nanoseconds)")
-    return int(total)
-
-
-class AcpService(Stamped):
-    id: str
-    name: str
-    agent_type: Literal["codex", "opencode", "command"]
-    command: str = Field(default="", description="agent_type command: the ACP agent binary")
-    args: list[str] = Field(default_factory=list)
-    cwd: str
-    allowed_roots: list[str] = Field(default_factory=list)
-    default_model: str = ""
-    env: dict[str, str] = Field(default_factory=dict)
-    config_overrides: dict[str, str] = Field(default_factory=dict)
-    idle_ttl: Annotated[
-        int,
-        WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]}),
-    ] = Field(default=0, description="nanoseconds, or a Go duration string like 10m or 1h30m")
-    max_instances: NonNegInt = 0
-    permission_mode: Literal["deny", "auto_approve", "interactive"] = "deny"
-    disabled: bool = False
-    description: str = ""
-    codex: CodexOptions | None = None
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        return _check_id(v)
-
-    @field_validator("idle_ttl", mode="before")
-    @classmethod
-    def _ttl(cls, v: Any) -> Any:
-        return parse_duration_ns(v) if isinstance(v, int | str) and not isinstance(v, bool) else v
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        return _check_env(v)
-
-    @model_validator(mode="after")
-    def _paths(self) -> Self:
-        if not self.name.strip():
-            raise ValueError("name is required")
-        if not self.cwd.startswith("/"):
-            raise ValueError(f"cwd must be an absolute path (got {self.cwd!r})")
-        if not self.allowed_roots:
-            self.allowed_roots = [self.cwd]
-        for root in self.allowed_roots:
-            if not root.startswith("/"):
-                raise ValueError(f"allowed_roots entry {root!r} must be absolute")
-        if not any(_within(self.cwd, root) for root in self.allowed_roots):
-            raise ValueError(f"cwd {self.cwd!r} is not inside any of allowed_roots")
-        if self.agent_type == "command" and not self.command:
-            raise ValueError("agent_type command requires command")
-        if self.agent_type != "command" and (self.command or self.args):
-            raise ValueError("command and args are only for agent_type command")
-        if self.codex is not None and self.agent_type != "codex":
-            raise ValueError("codex options are only for agent_type codex")
-        return self
-
-
-def _within(path: str, root: str) -> bool:
-    path, root = path.rstrip("/") or "/", root.rstrip("/") or "/"
-    return path == root or path.startswith(root if root == "/" else root + "/")
-
-
-# ------------------------------------------------------------------------------------- agents
-
-
-class AgentAcpRuntime(Strict):
-    service_id: str = ""
-
-
-class AgentHttpRuntime(Strict):
-    endpoint: str = ""
-    auth_ref: str = ""
-
-
-class AgentRuntime(Strict):
-    type: Literal["acp", "http"]
-    acp: AgentAcpRuntime | None = None
-    http: AgentHttpRuntime | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> Self:
-        if self.type == "acp":
-            if not self.acp or not self.acp.service_id:
-                raise ValueError("runtime.acp.service_id is required for runtime type acp")
-            if self.http and (self.http.endpoint or self.http.auth_ref):
-                raise ValueError("runtime.http must be empty for runtime type acp")
-            self.http = None
-        else:
-            if not self.http or not self.http.endpoint:
-                raise ValueError("runtime.http.endpoint is required for runtime type http")
-            if self.acp and self.acp.service_id:
-                raise ValueError("runtime.acp must be empty for runtime type http")
-            self.acp = None
-        return self
-
-
-class AgentRoutes(Strict):
-    acp_route_ids: list[str] = Field(default_factory=list)
-    llm_route_ids: list[str] = Field(default_factory=list)
-    mcp_route_ids: list[str] = Field(default_factory=list)
-
-    @field_validator("*")
-    @classmethod
-    def _clean(cls, v: list[str]) -> list[str]:
-        return _dedupe(v)
-
-
-class AgentResources(Strict):
-    provider_ids: list[str] = Field(default_factory=list)
-    mcp_service_ids: list[str] = Field(default_factory=list)
-    virtual_key_ids: list[str] = Field(default_factory=list)
-
-    @field_validator("*")
-    @classmethod
-    def _clean(cls, v: list[str]) -> list[str]:
-        return _dedupe(v)
-
-
-class AgentBudget(Strict):
-    max_turns_per_day: NonNegInt = 0
-    max_tokens_per_day: NonNegInt = 0
-
-
-class AgentPolicy(Strict):
-    max_agent_depth: NonNegInt = 0
-    budget: AgentBudget = Field(default_factory=AgentBudget)
-
-
-class Agent(Stamped):
-    id: str
-    name: str
-    description: str = ""
-    runtime: AgentRuntime
-    routes: AgentRoutes = Field(default_factory=AgentRoutes)
-    resources: AgentResources = Field(default_factory=AgentResources)
-    policy: AgentPolicy = Field(default_factory=AgentPolicy)
-    disabled: bool = False
-    owns_service: bool = Field(default=False, description="server-controlled; ignored on input")
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        return _check_id(v)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("name is required")
-        return v
-
-
 # --------------------------------------------------------------- credentials (admin API only)
 
 
@@ -718,7 +370,7 @@ class Credential(Stamped):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        return _check_id(v)
+        return check_id(v)
 
     @model_validator(mode="after")
     def _scope(self) -> Self:

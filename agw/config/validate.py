@@ -13,6 +13,8 @@ from typing import Any
 
 from agw.config import families as f
 from agw.config import models as m
+from agw.config.base import MatchPolicy
+from agw.config.services import AgentRuntime
 from agw.errors import Problem
 
 # A labelled object: the label is where a problem is reported ("llmRoutes[1]" in a bundle,
@@ -86,7 +88,7 @@ def _check_routes(catalog: Catalog) -> list[Problem]:
             if other is not None and not other.startswith(name):
                 problems.append(Problem(label, f"route id {route.id!r} is already used by {other}"))
             by_id.setdefault(route.id, f"{name} {route.id!r}")
-            mp: m.MatchPolicy = route.match_policy
+            mp: MatchPolicy = route.match_policy
             key = (mp.host, mp.path_prefix, tuple(mp.methods))
             if key in by_match and by_match[key] != route.id:
                 problems.append(
@@ -110,7 +112,7 @@ def _check_agents(
     route_owner: dict[str, str] = {}
     acp_route_service = {r.id: r.service_id for _, r in catalog.get(f.ACP_ROUTE.name, ())}
     for label, agent in catalog.get(f.AGENT.name, ()):
-        rt: m.AgentRuntime = agent.runtime
+        rt: AgentRuntime = agent.runtime
         if rt.type == "acp" and rt.acp is not None:
             sid = rt.acp.service_id
             ref(label, "runtime.acp.service_id", f.ACP_SERVICE, sid)

@@ -1,0 +1,110 @@
+"""Building blocks shared by the bundle models: strict bases, ids, match policies, durations."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+SLASHY = re.compile(r"/|\\|%2f|%5c", re.IGNORECASE)
+ENV_KEY = re.compile(r"^[^=\x00]+$")
+
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class Stamped(Strict):
+    """Objects with server-managed timestamps: accepted in bundles (Go exports carry them) and
+    ignored; the admin API reports them in its views."""
+
+    created_at: str | None = Field(default=None, exclude=True, description="server-managed")
+    updated_at: str | None = Field(default=None, exclude=True, description="server-managed")
+
+
+def check_id(value: str, *, slash_free: bool = True) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("id must not be empty")
+    if slash_free and SLASHY.search(value):
+        raise ValueError(f"id {value!r} must not contain '/', '\\', '%2f' or '%5c'")
+    return value
+
+
+def dedupe(values: list[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for v in values:
+        v = v.strip()
+        if v:
+            seen.setdefault(v, None)
+    return list(seen)
+
+
+class MatchPolicy(Strict):
+    host: str = ""
+    path_prefix: str = ""
+    methods: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _normalise(self) -> Self:
+        self.host = self.host.strip().lower()
+        self.methods = sorted(dedupe([m.upper() for m in self.methods]))
+        if self.path_prefix and not self.path_prefix.startswith("/"):
+            raise ValueError(f"path_prefix must start with '/' (got {self.path_prefix!r})")
+        return self
+
+
+class AuthPolicy(Strict):
+    require_virtual_key: bool = False
+
+
+def check_env(env: dict[str, str]) -> dict[str, str]:
+    for key, value in env.items():
+        if not ENV_KEY.match(key):
+            raise ValueError(f"env key {key!r} must be non-empty without '=' or NUL")
+        if "\x00" in value:
+            raise ValueError(f"env value of {key!r} must not contain NUL")
+    return env
+
+
+def route_slug(path_prefix: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", path_prefix.lower()).strip("-")
+    return slug or "root"
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9}
+_UNIT_NS["h"] = 3600 * 10**9
+
+
+def parse_duration_ns(value: int | str) -> int:
+    """A Go duration (``90s``, ``1h30m``) or integer nanoseconds, as nanoseconds."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("duration must not be negative")
+        return value
+    text = value.strip()
+    if text in ("", "0"):
+        return 0
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT_NS[m.group(2)]
+        pos = m.end()
+    if pos != len(text):
+        raise ValueError(f"invalid duration {value!r} (use e.g. 90s, 10m, 1h30m or nanoseconds)")
+    return int(total)
+
+
+def within(path: str, root: str) -> bool:
+    path, root = path.rstrip("/") or "/", root.rstrip("/") or "/"
+    return path == root or path.startswith(root if root == "/" else root + "/")
