@@ -1,0 +1,191 @@
+"""Usage events: one frozen value per dispatched request, one class per usage table.
+
+A handler builds the event it knows about (reference §7.1) and hands it to the recorder; the
+fields are exactly the columns of the table (reference §7.2 plus migration 0002), common columns
+first, in table order. Python types are the natural ones: ``bool`` for the 0/1 columns, ``list``
+for the JSON-array columns, ``dict`` for the ``*_json`` columns, unix milliseconds for times.
+:meth:`UsageEvent.row` turns an event into the values of its ``INSERT``:
+
+- booleans become 0/1 (``fresh_session`` stays NULL when unknown);
+- a name list becomes a JSON array, an empty one NULL (most requests carry no tools);
+- a ``*_json`` payload becomes compact JSON, cut to :data:`PAYLOAD_LIMIT_BYTES` (what does not fit
+  is lost: the stored text is then a prefix, not valid JSON).
+
+Only ``started_at`` and ``finished_at`` are required; ``event_id`` and ``span_id`` are generated,
+``latency_ms`` defaults to ``finished_at - started_at`` and ``route_kind`` to the table's kind.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, Literal
+
+PAYLOAD_LIMIT_BYTES = 4096
+
+UsageSource = Literal["provider", "estimated", "missing"]
+
+
+def new_event_id() -> str:
+    """A fresh ``event_id``: a random UUID in its canonical text form."""
+    return str(uuid.uuid4())
+
+
+def new_span_id() -> str:
+    """A fresh span id: 8 random bytes as 16 hex digits, as W3C trace context spells them."""
+    return secrets.token_hex(8)
+
+
+def now_ms() -> int:
+    """Wall-clock time in unix milliseconds, the unit of every usage timestamp."""
+    return time.time_ns() // 1_000_000
+
+
+def encode_payload(value: Mapping[str, object]) -> str:
+    """Compact JSON of a free-form payload, at most :data:`PAYLOAD_LIMIT_BYTES` bytes.
+
+    The text is ASCII (non-ASCII characters escaped), so a cut never splits a character; values
+    JSON cannot encode are written as their ``str``.
+    """
+    text = json.dumps(value, separators=(",", ":"), default=str)
+    return text[:PAYLOAD_LIMIT_BYTES]
+
+
+def _sql_value(value: object) -> object:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, list):
+        return json.dumps(value, separators=(",", ":"), default=str) if value else None
+    if isinstance(value, Mapping):
+        return encode_payload(value)
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageEvent:
+    """The columns the three usage tables share. Build one of the subclasses, not this."""
+
+    table: ClassVar[str]
+
+    event_id: str = field(default_factory=new_event_id)
+    trace_id: str | None = None
+    span_id: str = field(default_factory=new_span_id)
+    parent_span_id: str | None = None
+    agent_depth: int = 0
+    started_at: int
+    finished_at: int
+    route_id: str | None = None
+    route_kind: str = ""
+    route_protocol: str | None = None
+    virtual_key_id: str | None = None
+    success: bool = False
+    status_code: int | None = None
+    error_type: str | None = None
+    latency_ms: int | None = None
+    agent_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not hasattr(type(self), "table"):
+            raise TypeError("UsageEvent is abstract: build an Llm/Mcp/AcpUsageEvent")
+        if self.latency_ms is None:
+            object.__setattr__(self, "latency_ms", max(0, self.finished_at - self.started_at))
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        """The column names, in table order (the order of :meth:`row`)."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def insert_sql(cls) -> str:
+        """``INSERT INTO <table> (<columns>) VALUES (?, ...)`` for :meth:`row` values."""
+        names = cls.columns()
+        marks = ", ".join("?" for _ in names)
+        return f"INSERT INTO {cls.table} ({', '.join(names)}) VALUES ({marks})"
+
+    def row(self) -> tuple[object, ...]:
+        """The column values in :meth:`columns` order, converted for SQLite."""
+        return tuple(_sql_value(getattr(self, f.name)) for f in fields(self))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LlmUsageEvent(UsageEvent):
+    """One LLM call (chat completions, responses, messages), stream or not."""
+
+    table: ClassVar[str] = "llm_usage_events"
+
+    route_kind: str = "llm"
+    llm_api: str | None = None
+    api_operation: str | None = None
+    provider_id: str | None = None
+    provider_type: str | None = None
+    logical_model: str | None = None
+    upstream_model: str | None = None
+    credential_source: str | None = None
+    credential_id: str | None = None
+    stream: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    usage_finalized: bool = True
+    request_tool_count: int = 0
+    request_tool_names: list[str] = field(default_factory=list)
+    tool_call_count: int = 0
+    tool_names: list[str] = field(default_factory=list)
+    # migration 0002
+    usage_source: UsageSource | None = None
+    cached_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class McpUsageEvent(UsageEvent):
+    """One MCP JSON-RPC request (``tools/call``, ``resources/read``, ...)."""
+
+    table: ClassVar[str] = "mcp_usage_events"
+
+    route_kind: str = "mcp"
+    request_id: str | None = None
+    service_id: str | None = None
+    method: str | None = None
+    tool_name: str | None = None
+    presented_tool_name: str | None = None
+    executed_tool_name: str | None = None
+    execution_mode: str | None = None
+    policy_action: str | None = None
+    resource_uri: str | None = None
+    prompt_name: str | None = None
+    completion_ref_type: str | None = None
+    completion_argument: str | None = None
+    arg_count: int | None = None
+    result_status: str | None = None
+    cancelled: bool = False
+    tool_args_json: dict[str, object] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcpUsageEvent(UsageEvent):
+    """One ACP call: a turn, a permission answer, a session or transcript read, an admin audit."""
+
+    table: ClassVar[str] = "acp_usage_events"
+
+    route_kind: str = "acp"
+    service_id: str | None = None
+    agent_type: str | None = None
+    operation: str | None = None
+    thread_id: str | None = None
+    session_id: str | None = None
+    permission_request_id: str | None = None
+    fresh_session: bool | None = None
+    event_counts_json: dict[str, int] | None = None
+    usage_json: dict[str, object] | None = None
+    result_status: str | None = None
+
+
+EVENT_TYPES: tuple[type[UsageEvent], ...] = (LlmUsageEvent, McpUsageEvent, AcpUsageEvent)
+USAGE_TABLES: tuple[str, ...] = tuple(cls.table for cls in EVENT_TYPES)

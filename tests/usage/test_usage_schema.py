@@ -1,0 +1,68 @@
+"""Migration 0002 and the event classes against the real tables."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+from usage_support import rows, table_columns
+
+from agw.store.db import Database, migrations_dir
+from agw.usage.events import EVENT_TYPES
+
+NEW_COLUMNS = {
+    "usage_source": (None, 0),
+    "cached_input_tokens": ("0", 1),
+    "cache_creation_input_tokens": ("0", 1),
+    "reasoning_tokens": ("0", 1),
+    "session_id": (None, 0),
+}
+
+
+def open_and_close(path: Path) -> None:
+    async def main() -> None:
+        db = await Database.open(path)
+        await db.close()
+
+    asyncio.run(main())
+
+
+def test_fresh_store_is_at_version_2_with_the_new_llm_columns(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    open_and_close(path)
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        info = {r[1]: (r[4], r[3]) for r in conn.execute("PRAGMA table_info(llm_usage_events)")}
+    for name, (default, notnull) in NEW_COLUMNS.items():
+        assert info[name] == (default, notnull), name
+
+
+def test_a_version_1_store_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript((migrations_dir() / "0001_initial.sql").read_text())
+        conn.execute(
+            "INSERT INTO llm_usage_events (event_id, span_id, started_at, finished_at, "
+            "input_tokens) VALUES ('old', 's', 1, 2, 7)"
+        )
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+    open_and_close(path)
+    (old,) = rows(path, "llm_usage_events")
+    assert old["event_id"] == "old"
+    assert old["input_tokens"] == 7
+    assert old["usage_source"] is None
+    assert old["session_id"] is None
+    assert (old["cached_input_tokens"], old["cache_creation_input_tokens"]) == (0, 0)
+    assert old["reasoning_tokens"] == 0
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_event_fields_are_exactly_the_table_columns_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    open_and_close(path)
+    for cls in EVENT_TYPES:
+        assert list(cls.columns()) == table_columns(path, cls.table), cls.__name__
