@@ -1,40 +1,106 @@
-"""The data-plane dispatcher: a lean ASGI app that matches a request against the runtime
-snapshot's route table.
+"""The data-plane dispatcher: a lean ASGI app over the runtime snapshot.
 
-This version matches routes and answers with clear JSON errors; the protocol handlers (LLM, MCP,
-ACP) plug in behind the match as their planes land.
+Per request: take the snapshot once -> match the route (longest path prefix, then host, then
+method) -> strip the prefix -> trace headers -> agent-depth gate -> disabled route -> virtual key
+-> the route kind's plane, which answers in its caller's dialect and records one usage event
+(rejections included). No database read happens here.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
+from agw.asgi import Receive, Request, Scope, Send, TraceContext
+from agw.llm.handler import LlmPlane, Reply
 from agw.runtime.manager import ConfigManager
+from agw.runtime.snapshot import CompiledRoute, Snapshot
+from agw.usage.recorder import UsageRecorder
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
-    payload = json.dumps(body).encode()
+def _headers(scope: Scope) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+def virtual_key_candidates(headers: dict[str, str]) -> list[str]:
+    """``x-api-key`` first, then ``Authorization: Bearer``; de-duplicated, empties skipped."""
+    found: list[str] = []
+    api_key = headers.get("x-api-key", "").strip()
+    if api_key:
+        found.append(api_key)
+    auth = headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token and token not in found:
+        found.append(token)
+    return found
+
+
+def authenticate(
+    snapshot: Snapshot, route: CompiledRoute, headers: dict[str, str]
+) -> tuple[str | None, Reply | None]:
+    """The virtual key id, or the rejection. The first candidate valid for this route wins, so
+    an unrelated key in the other header cannot shadow a valid one."""
+    if not route.require_virtual_key:
+        return None, None
+    candidates = virtual_key_candidates(headers)
+    if not candidates:
+        return None, Reply(401, "virtual key is required", "virtual_key_rejected")
+    refusal: tuple[str, Reply] | None = None
+    now = datetime.now(UTC)
+    for candidate in candidates:
+        entry = snapshot.virtual_keys.get(candidate)
+        if entry is None:
+            continue
+        vk = entry.config
+        if vk.disabled:
+            message = "virtual key is disabled"
+            if vk.status_message:
+                message += f": {vk.status_message}"
+            reply = Reply(403, message, "virtual_key_rejected")
+        elif vk.expires_at is not None and vk.expires_at <= now:
+            reply = Reply(403, "virtual key is expired", "virtual_key_rejected")
+        elif vk.allowed_route_ids and route.id not in vk.allowed_route_ids:
+            reply = Reply(
+                403, "virtual key is not allowed to access this route", "virtual_key_rejected"
+            )
+        else:
+            return entry.id, None
+        refusal = refusal or (entry.id, reply)
+    if refusal is not None:
+        return refusal
+    return None, Reply(401, "invalid virtual key", "virtual_key_rejected")
+
+
+async def _plain(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]]) -> None:
+    body = json.dumps({"error": message}).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
             ],
         }
     )
-    await send({"type": "http.response.body", "body": payload})
+    await send({"type": "http.response.body", "body": body})
 
 
-def create_data_app(manager: ConfigManager) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+def create_data_app(
+    manager: ConfigManager, recorder: UsageRecorder | None = None, *, max_agent_depth: int = 0
+) -> ASGIApp:
+    llm = LlmPlane(recorder)
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
@@ -42,26 +108,42 @@ def create_data_app(manager: ConfigManager) -> Callable[[Scope, Receive, Send], 
                 if message["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
+                    await llm.close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] != "http":
             return
-        host = ""
-        for name, value in scope["headers"]:
-            if name == b"host":
-                host = value.decode("latin-1")
-                break
-        route = manager.snapshot.match(host, scope["path"], scope["method"])
+        snapshot = manager.snapshot
+        headers = _headers(scope)
+        path: str = scope["path"]
+        method: str = scope["method"]
+        route = snapshot.match(headers.get("host", ""), path, method)
         if route is None:
-            await _send_json(send, 404, {"error": f"no route matches {scope['path']}"})
+            await _plain(send, 404, f"no route matches {path}", [])
             return
-        if route.disabled:
-            await _send_json(send, 403, {"error": f'route "{route.id}" is disabled'})
+        trace = TraceContext.from_headers(headers)
+        stripped = path[len(route.path_prefix) :]
+        if not stripped.startswith("/"):
+            stripped = "/" + stripped
+        req = Request(scope, receive, send, snapshot, route, stripped, method, headers, trace)
+        rejection: Reply | None = None
+        if max_agent_depth > 0 and trace.depth >= max_agent_depth:
+            rejection = Reply(403, "agent depth limit exceeded", "agent_depth_exceeded")
+        elif route.disabled:
+            rejection = Reply(403, f'route "{route.id}" is disabled', "route_disabled")
+        else:
+            req.virtual_key_id, rejection = authenticate(snapshot, route, headers)
+        if route.kind == "llm":
+            await llm.handle(req, rejection)
             return
-        await _send_json(
+        if rejection is not None:
+            await _plain(send, rejection.status, rejection.message, trace.response_headers())
+            return
+        await _plain(
             send,
             501,
-            {"error": f'route "{route.id}": {route.kind} routes are not served by this build yet'},
+            f'route "{route.id}": {route.kind} routes are not served by this build yet',
+            trace.response_headers(),
         )
 
     return app

@@ -19,11 +19,14 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from agw.admin.app import create_admin_app
+from agw.asgi import Receive, Scope, Send
 from agw.auth.admin_basic import BasicAuth
-from agw.dataplane import Receive, Scope, Send, create_data_app
+from agw.dataplane import create_data_app
 from agw.runtime.manager import ConfigManager, load_static
 from agw.settings import Settings, split_host_port
 from agw.store.db import Database
+from agw.usage.recorder import UsageRecorder
+from agw.usage.retention import RetentionJanitor
 
 log = logging.getLogger(__name__)
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -157,7 +160,13 @@ class Gateway:
             else None
         )
         admin: Any = create_admin_app(self.manager, auth)
-        data: Any = create_data_app(self.manager)
+        recorder = UsageRecorder(self.db)
+        recorder.start()
+        janitor = RetentionJanitor(self.db, self.settings.metrics_retention_days)
+        janitor.start()
+        data: Any = create_data_app(
+            self.manager, recorder, max_agent_depth=self.settings.max_agent_depth
+        )
         servers: list[tuple[Any, socket.socket]] = []
         if self.admin_sock is None:
             servers.append((combined_app(admin, data), self.data_sock))
@@ -179,6 +188,8 @@ class Gateway:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await janitor.close()
+            await recorder.close()
             await self.db.close()
 
     async def _wait_accepting(self, addrs: list[str], tasks: list[asyncio.Task[None]]) -> None:

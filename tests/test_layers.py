@@ -17,6 +17,7 @@ LAYERS = {
     "agw.runtime": 3,
     "agw.auth": 3,
     "agw.usage": 3,
+    "agw.asgi": 3,
     "agw.llm": 4,
     "agw.mcp": 4,
     "agw.acp": 4,

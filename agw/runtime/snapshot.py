@@ -57,6 +57,11 @@ class Snapshot:
     providers: MappingProxyType[str, m.Provider] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    # enabled managed credentials by scope ("id:<provider>", "type:<type>", custom), highest
+    # attributes.priority first
+    credentials: MappingProxyType[str, tuple[Any, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
     state: ConfigState = field(default_factory=ConfigState)
 
     def match(self, host: str, path: str, method: str) -> CompiledRoute | None:
@@ -116,9 +121,23 @@ def compile_snapshot(state: ConfigState, enabled_provider_types: Iterable[str]) 
         rec.key: VirtualKeyEntry(oid, rec.key, rec.obj) for oid, rec in state.records(f.VIRTUAL_KEY)
     }
     providers = {oid: rec.obj for oid, rec in state.records(f.PROVIDER)}
+    by_scope: dict[str, list[Any]] = {}
+    for _, rec in state.records(f.CREDENTIAL):
+        if not rec.obj.disabled:
+            by_scope.setdefault(rec.obj.scope, []).append(rec.obj)
+    credentials = {
+        scope: tuple(sorted(creds, key=lambda c: -credential_priority(c)))
+        for scope, creds in by_scope.items()
+    }
     return Snapshot(
         routes=_compile_routes(state),
         virtual_keys=MappingProxyType(vks),
         providers=MappingProxyType(providers),
+        credentials=MappingProxyType(credentials),
         state=state,
     )
+
+
+def credential_priority(cred: Any) -> int:
+    value = cred.attributes.get("priority", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -1,0 +1,166 @@
+"""The data plane's per-request context and raw ASGI response helpers, shared by the planes.
+
+The data plane is a plain ASGI callable (no framework routing): a request is matched against the
+runtime snapshot once, and the protocol handler writes its answer with these helpers, which add
+the trace headers of the request to every answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agw.errors import PayloadTooLarge
+from agw.runtime.snapshot import CompiledRoute, Snapshot
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was complete."""
+
+
+@dataclass(slots=True)
+class TraceContext:
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    depth: int  # inbound X-Agent-Depth
+    tracestate: str | None = None
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str]) -> TraceContext:
+        trace_id, parent = "", None
+        tp = headers.get("traceparent", "")
+        parts = tp.split("-")
+        if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16 and _hex(parts[1]):
+            trace_id, parent = parts[1].lower(), parts[2].lower()
+        elif _hex(headers.get("x-trace-id", "")) and len(headers["x-trace-id"]) == 32:
+            trace_id = headers["x-trace-id"].lower()
+            span = headers.get("x-span-id", "")
+            parent = span.lower() if len(span) == 16 and _hex(span) else None
+        if not trace_id or trace_id == "0" * 32:
+            trace_id = secrets.token_hex(16)
+        raw_depth = headers.get("x-agent-depth", "")
+        depth = int(raw_depth) if raw_depth.isdigit() else 0
+        return cls(trace_id, secrets.token_hex(8), parent, depth, headers.get("tracestate"))
+
+    def response_headers(self) -> Headers:
+        out = [
+            (b"traceparent", f"00-{self.trace_id}-{self.span_id}-01".encode()),
+            (b"x-trace-id", self.trace_id.encode()),
+            (b"x-span-id", self.span_id.encode()),
+            (b"x-agent-depth", str(self.depth + 1).encode()),
+        ]
+        if self.tracestate:
+            out.append((b"tracestate", self.tracestate.encode("latin-1")))
+        return out
+
+
+def _hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(slots=True)
+class Request:
+    scope: Scope
+    receive: Receive
+    send: Send
+    snapshot: Snapshot
+    route: CompiledRoute
+    path: str  # with the route's path_prefix stripped, always starting with "/"
+    method: str
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    trace: TraceContext
+    virtual_key_id: str | None = None
+    started: bool = False  # the response start has been sent
+    status: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def query(self) -> str:
+        return bytes(self.scope.get("query_string", b"")).decode("latin-1")
+
+    async def read_body(self, limit: int) -> bytes:
+        declared = self.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            body = message.get("body", b"")
+            size += len(body)
+            if size > limit:
+                raise PayloadTooLarge(f"request body larger than {limit} bytes")
+            chunks.append(body)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def start(self, status: int, headers: Headers) -> None:
+        self.started = True
+        self.status = status
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": headers + self.trace.response_headers(),
+            }
+        )
+
+    async def body(self, data: bytes, more: bool = False) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def respond(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes = b"application/json",
+        headers: Headers | None = None,
+    ) -> None:
+        await self.start(
+            status,
+            [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+            + (headers or []),
+        )
+        await self.body(body)
+
+    async def watch_disconnect(self) -> None:
+        """Returns when the client goes away (run as a task beside a long answer)."""
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+
+async def with_disconnect(req: Request, work: Awaitable[None]) -> bool:
+    """Run ``work``; cancel it as soon as the client disconnects. True when the client left."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(req.watch_disconnect())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+            return False
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return True
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()

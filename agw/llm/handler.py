@@ -1,0 +1,604 @@
+"""The LLM plane: one matched request -> provider(s) -> the answer, and one usage event.
+
+Passthrough first: when the client's wire format equals the provider's, the body goes upstream
+with only our edits (model, ``stream_options.include_usage``) and the upstream bytes come back
+unchanged, event by event, while an :class:`Observer` reads usage on the side. Only when the
+formats differ does ``agw.llm.translate`` convert, through its canonical model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from agw.asgi import ClientGone, Headers, Request, with_disconnect
+from agw.config.models import Provider
+from agw.errors import InvalidRequest, PayloadTooLarge
+from agw.llm import translate
+from agw.llm.dialect import error_body, stream_error_frame
+from agw.llm.observe import Observer, estimate_tokens, request_tools
+from agw.llm.providers import (
+    FORWARDED_HEADERS,
+    CredentialPicker,
+    Key,
+    auth_headers,
+    chat_wire,
+    compact,
+    responses_native,
+    url_for,
+)
+from agw.llm.routing import RouteRefusal, Target, resolve
+from agw.llm.sse import SSESplitter
+from agw.llm.upstream import UpstreamPool
+from agw.usage.events import LlmUsageEvent, UsageSource
+from agw.usage.recorder import UsageRecorder
+
+log = logging.getLogger(__name__)
+
+BODY_LIMIT = 16 * 1024 * 1024
+_OPENAI_PATHS = {
+    "/v1/chat/completions": "chat_completions",
+    "/chat/completions": "chat_completions",
+    "/v1/responses": "responses",
+    "/responses": "responses",
+    "/v1/models": "models",
+    "/models": "models",
+    "/v1/embeddings": "embeddings",
+    "/embeddings": "embeddings",
+}
+_ANTHROPIC_PATHS = {"/v1/messages": "messages", "/v1/messages/count_tokens": "count_tokens"}
+_CLIENT_WIRE = {"chat_completions": "chat", "responses": "responses", "messages": "messages"}
+_PASSED_RESPONSE_HEADERS = ("retry-after", "x-request-id", "request-id")
+_PASSED_PREFIXES = ("openai-", "anthropic-", "x-ratelimit-")
+_JSON = b"application/json"
+
+
+class Reply(Exception):
+    """Answer the client now with an error in its dialect."""
+
+    def __init__(self, status: int, message: str, error_type: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+
+
+@dataclass
+class Failure:
+    """A failed upstream attempt, kept to answer with when every attempt failed."""
+
+    status: int
+    message: str
+    error_type: str
+    body: bytes = b""
+    headers: Headers = field(default_factory=list)
+    wire: str = ""
+
+
+@dataclass
+class Call:
+    """What one request has learned so far: becomes the usage event."""
+
+    req: Request
+    operation: str = ""
+    started_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    stream: bool = False
+    target: Target | None = None
+    key: Key | None = None
+    observer: Observer | None = None
+    body: dict[str, Any] | None = None  # kept for the estimate when the provider reports none
+    raw: bytes = b""  # the client's request body as it came
+    request_tools: list[str] = field(default_factory=list)
+    error_type: str | None = None
+    status: int = 0
+    finalized: bool = True
+    client_wants_usage: bool = False  # chat clients: stream_options.include_usage
+
+
+def _passed_headers(resp: aiohttp.ClientResponse) -> Headers:
+    out: Headers = []
+    for name, value in resp.headers.items():
+        lname = name.lower()
+        if lname in _PASSED_RESPONSE_HEADERS or lname.startswith(_PASSED_PREFIXES):
+            out.append((lname.encode(), value.encode("latin-1", "replace")))
+    return out
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:300].decode("utf-8", "replace")
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        return str(err["message"])
+    if isinstance(err, str):
+        return err
+    return body[:300].decode("utf-8", "replace")
+
+
+class LlmPlane:
+    def __init__(self, recorder: UsageRecorder | None) -> None:
+        self.pool = UpstreamPool()
+        self.picker = CredentialPicker()
+        self.recorder = recorder
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # --------------------------------------------------------------------------------- entry
+
+    async def handle(self, req: Request, rejection: Reply | None = None) -> None:
+        call = Call(req)
+        try:
+            if rejection is not None:
+                raise rejection
+            await self._handle(call)
+        except Reply as exc:
+            call.status, call.error_type = exc.status, exc.error_type
+            if not req.started:
+                await req.respond(
+                    exc.status, error_body(req.route.protocol, exc.status, exc.message)
+                )
+        except ClientGone:
+            call.status, call.error_type, call.finalized = 499, "client_cancelled", False
+        except Exception:
+            log.exception("llm_request_failed", extra={"route_id": req.route.id})
+            call.status, call.error_type = 500, "internal_error"
+            if not req.started:
+                await req.respond(
+                    500, error_body(req.route.protocol, 500, "internal gateway error")
+                )
+        finally:
+            self._record(call)
+
+    async def _handle(self, call: Call) -> None:
+        req = call.req
+        protocol = req.route.protocol
+        if protocol == "cc" and req.method == "HEAD" and req.path in ("/", ""):
+            await req.respond(200, b"")
+            call.operation, call.status = "probe", 200
+            return
+        paths = _OPENAI_PATHS if protocol == "openai" else _ANTHROPIC_PATHS
+        operation = paths.get(req.path)
+        if operation is None:
+            raise Reply(404, f"no {protocol} endpoint at {req.path}", "route_not_found")
+        call.operation = operation
+        want = "GET" if operation == "models" else "POST"
+        if req.method != want:
+            raise Reply(
+                405, f"method {req.method} not allowed on {req.path}", "protocol_validation_failed"
+            )
+        try:
+            raw = await req.read_body(BODY_LIMIT)
+        except PayloadTooLarge as exc:
+            raise Reply(413, exc.message, "protocol_validation_failed") from None
+        if operation == "models":
+            await self._run(call, self._models(call))
+            return
+        body = _parse_body(raw)
+        model = body.get("model", "")
+        if not isinstance(model, str):
+            raise Reply(400, "model must be a string", "protocol_validation_failed")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise Reply(400, "stream must be a boolean", "protocol_validation_failed")
+        call.stream = stream and operation in _CLIENT_WIRE
+        opts = body.get("stream_options")
+        call.client_wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        call.request_tools = request_tools(body, _CLIENT_WIRE.get(operation, "chat"))
+        try:
+            targets = resolve(req.snapshot, req.route.config, model, stream=call.stream)
+        except RouteRefusal as exc:
+            raise Reply(exc.status, exc.message, exc.error_type) from None
+        if operation == "count_tokens":
+            await self._run(call, self._count_tokens(call, body, targets[0]))
+            return
+        call.body, call.raw = body, raw
+        await self._run(call, self._forward(call, body, targets))
+
+    async def _run(self, call: Call, work: Any) -> None:
+        if await with_disconnect(call.req, work):
+            call.status, call.error_type, call.finalized = 499, "client_cancelled", False
+
+    # ------------------------------------------------------------------------------ forward
+
+    def _upstream_wire(self, operation: str, provider: Provider) -> str:
+        if operation == "embeddings":
+            if chat_wire(provider) != "chat":
+                raise Reply(
+                    400,
+                    f"provider type {provider.provider_type} has no embeddings API",
+                    "protocol_validation_failed",
+                )
+            return "embeddings"
+        if operation == "responses" and responses_native(provider):
+            return "responses"
+        return chat_wire(provider)
+
+    def _payload(
+        self, call: Call, body: dict[str, Any], target: Target, wire: str
+    ) -> tuple[bytes, bool]:
+        """The upstream body, and whether we asked for a usage chunk the client did not.
+        When nothing needs editing, the client's own bytes go upstream as they came."""
+        client_wire = _CLIENT_WIRE.get(call.operation, "embeddings")
+        if (
+            client_wire == wire
+            and call.raw
+            and body.get("model") == target.upstream_model
+            and (not call.stream or (wire != "chat" and body.get("stream") is True))
+            and target.provider.options.get("compact") in (None, "none")
+        ):
+            return call.raw, False
+        if client_wire == wire:
+            out = dict(body)
+        else:
+            out = translate.translate_request(body, client_wire, wire)
+        injected = False
+        if wire == "gemini":
+            out.pop("model", None)
+            out.pop("stream", None)
+        elif target.upstream_model:
+            out["model"] = target.upstream_model
+        if call.stream and wire != "gemini":
+            out["stream"] = True
+        if call.stream and wire == "chat":
+            opts = out.get("stream_options")
+            opts = dict(opts) if isinstance(opts, dict) else {}
+            if opts.get("include_usage") is not True:
+                opts["include_usage"] = True
+                injected = client_wire == "chat"
+            out["stream_options"] = opts
+        compact(target.provider, wire, out)
+        return json.dumps(out).encode(), injected
+
+    async def _forward(self, call: Call, body: dict[str, Any], targets: list[Target]) -> None:
+        req = call.req
+        failure: Failure | None = None
+        for target in targets:
+            wire = self._upstream_wire(call.operation, target.provider)
+            try:
+                data, injected = self._payload(call, body, target, wire)
+            except InvalidRequest as exc:
+                raise Reply(400, exc.message, "protocol_validation_failed") from None
+            provider = target.provider
+            url = url_for(provider, wire, target.upstream_model, stream=call.stream)
+            if req.query and wire == _CLIENT_WIRE.get(call.operation) and wire == "messages":
+                url += ("&" if "?" in url else "?") + req.query
+            tp = req.route.config.target_policy
+            keys = self.picker.keys(
+                req.snapshot,
+                provider.id,
+                list(tp.credential_scope_order),
+                tp.credential_selector,
+                target.credential_scope,
+            )
+            for key in keys:
+                call.target, call.key = target, key
+                headers = {"content-type": "application/json", "accept": "application/json"}
+                if call.stream:
+                    headers["accept"] = "text/event-stream"
+                for name in FORWARDED_HEADERS.get(wire, ()):
+                    if name in req.headers and wire == _CLIENT_WIRE.get(call.operation):
+                        headers[name] = req.headers[name]
+                headers.update(auth_headers(provider, wire, key.value))
+                headers["traceparent"] = f"00-{req.trace.trace_id}-{req.trace.span_id}-01"
+                failure = await self._attempt(call, provider, wire, url, data, headers, injected)
+                if failure is None:
+                    return
+                log.info(
+                    "upstream_attempt_failed",
+                    extra={
+                        "route_id": req.route.id,
+                        "provider_id": provider.id,
+                        "status": failure.status,
+                        "error": failure.message[:200],
+                    },
+                )
+        assert failure is not None
+        await self._fail(call, failure)
+
+    async def _attempt(
+        self,
+        call: Call,
+        provider: Provider,
+        wire: str,
+        url: str,
+        data: bytes,
+        headers: dict[str, str],
+        injected: bool,
+    ) -> Failure | None:
+        """One upstream call. Returns a Failure worth retrying elsewhere, or None when the
+        client has its answer (success, or an upstream error that is not retryable)."""
+        session = self.pool.session(provider)
+        timeout = self.pool.timeout(provider, stream=call.stream)
+        proxy = provider.network.proxy_url or None
+        try:
+            resp = await session.post(url, data=data, headers=headers, timeout=timeout, proxy=proxy)
+        except TimeoutError:
+            return Failure(504, f"upstream {provider.id} timed out", "provider_request_failed")
+        except aiohttp.ClientError as exc:
+            return Failure(
+                502, f"upstream {provider.id} unreachable: {exc}", "provider_request_failed"
+            )
+        async with resp:
+            if resp.status >= 400:
+                try:
+                    raw = await resp.read()
+                except (aiohttp.ClientError, TimeoutError):
+                    raw = b""
+                fail = Failure(
+                    resp.status,
+                    _error_message(raw) or f"upstream answered {resp.status}",
+                    "provider_request_failed",
+                    raw,
+                    [
+                        (
+                            b"content-type",
+                            resp.headers.get("content-type", "application/json").encode(),
+                        ),
+                        *_passed_headers(resp),
+                    ],
+                    wire,
+                )
+                if resp.status == 429 or resp.status >= 500:
+                    return fail
+                await self._fail(call, fail)
+                return None
+            observer = Observer(wire)
+            call.observer = observer
+            if call.stream:
+                await self._stream(call, resp, wire, observer, injected)
+            else:
+                await self._json(call, resp, wire, observer)
+            return None
+
+    async def _json(
+        self, call: Call, resp: aiohttp.ClientResponse, wire: str, observer: Observer
+    ) -> None:
+        req = call.req
+        try:
+            raw = await resp.read()
+        except TimeoutError:
+            raise Reply(
+                504, f"upstream {resp.url.host} timed out", "provider_request_failed"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise Reply(502, f"upstream read failed: {exc}", "provider_request_failed") from None
+        observer.body(raw)
+        client_wire = _CLIENT_WIRE.get(call.operation, wire)
+        headers = _passed_headers(resp)
+        if client_wire != wire:
+            target = call.target
+            model = (target.logical_model or target.upstream_model) if target else None
+            try:
+                converted = translate.translate_response(
+                    json.loads(raw), wire, client_wire, model=model
+                )
+            except ValueError:
+                raise Reply(
+                    502, "upstream answered invalid JSON", "provider_request_failed"
+                ) from None
+            raw = json.dumps(converted).encode()
+            ctype = _JSON
+        else:
+            ctype = resp.headers.get("content-type", "application/json").encode()
+        call.status = resp.status
+        await req.respond(resp.status, raw, ctype, headers)
+
+    async def _stream(
+        self,
+        call: Call,
+        resp: aiohttp.ClientResponse,
+        wire: str,
+        observer: Observer,
+        injected: bool,
+    ) -> None:
+        req = call.req
+        client_wire = _CLIENT_WIRE.get(call.operation, wire)
+        translator = None
+        if client_wire != wire:
+            target = call.target
+            model = (target.logical_model or target.upstream_model) if target else ""
+            translator = translate.StreamTranslator(
+                wire, client_wire, model=model, include_usage=call.client_wants_usage
+            )
+        await req.start(
+            200,
+            [
+                (b"content-type", b"text/event-stream"),
+                (b"cache-control", b"no-cache"),
+                *_passed_headers(resp),
+            ],
+        )
+        call.status = 200
+        splitter = SSESplitter()
+        try:
+            async for chunk in resp.content.iter_any():
+                out: list[bytes] = []
+                for event in splitter.feed(chunk):
+                    observer.event(event.name, event.data)
+                    if translator is not None:
+                        out.append(translator.feed(event.name or None, event.data))
+                    elif not (injected and observer.usage_only_chunk):
+                        out.append(event.raw)
+                if out:
+                    await req.body(b"".join(out), more=True)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("upstream_stream_failed", extra={"route_id": req.route.id, "error": str(exc)})
+        if not observer.finished:
+            call.error_type, call.finalized = "provider_stream_failed", False
+            if translator is not None:
+                tail = translator.finish()
+            else:
+                tail = stream_error_frame(req.route.protocol, 502, "upstream stream ended early")
+                if wire == "chat":
+                    tail += b"data: [DONE]\n\n"
+            await req.body(tail, more=True)
+        elif translator is not None:
+            await req.body(translator.finish(), more=True)
+        await req.body(b"")
+
+    async def _fail(self, call: Call, failure: Failure) -> None:
+        """Answer with an upstream failure: unchanged when the client speaks the provider's
+        format, else its status and message in the client's dialect."""
+        req = call.req
+        call.status, call.error_type = failure.status, failure.error_type
+        client_wire = _CLIENT_WIRE.get(call.operation, "embeddings")
+        if failure.body and failure.wire == client_wire:
+            ctype = next((v for k, v in failure.headers if k == b"content-type"), _JSON)
+            rest = [(k, v) for k, v in failure.headers if k != b"content-type"]
+            await req.respond(failure.status, failure.body, ctype, rest)
+            return
+        await req.respond(
+            failure.status, error_body(req.route.protocol, failure.status, failure.message)
+        )
+
+    # ------------------------------------------------------------------- models, count_tokens
+
+    async def _models(self, call: Call) -> None:
+        req = call.req
+        tp = req.route.config.target_policy
+        if tp.type == "logical-model":
+            data = [
+                {"id": t.name, "object": "model", "created": 0, "owned_by": "agw"}
+                for t in tp.model_targets
+            ]
+            await req.respond(200, json.dumps({"object": "list", "data": data}).encode())
+            return
+        provider = req.snapshot.providers[tp.provider_id]
+        call.target = Target(provider, "")
+        if chat_wire(provider) == "chat" or provider.provider_type == "openai":
+            key = next(
+                iter(self.picker.keys(req.snapshot, provider.id, ["provider_id"], "round_robin"))
+            )
+            call.key = key
+            headers = auth_headers(provider, "chat", key.value)
+            session = self.pool.session(provider)
+            try:
+                async with session.get(
+                    url_for(provider, "models", "", stream=False),
+                    headers=headers,
+                    timeout=self.pool.timeout(provider, stream=False),
+                ) as resp:
+                    raw = await resp.read()
+                    call.status = resp.status
+                    ctype = resp.headers.get("content-type", "application/json").encode()
+                    await req.respond(resp.status, raw, ctype, _passed_headers(resp))
+                    return
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise Reply(
+                    502, f"upstream {provider.id} unreachable: {exc}", "provider_request_failed"
+                ) from None
+        ids = [provider.default_model] if provider.default_model else []
+        data = [
+            {"id": i, "object": "model", "created": 0, "owned_by": provider.provider_type}
+            for i in ids
+        ]
+        await req.respond(200, json.dumps({"object": "list", "data": data}).encode())
+
+    async def _count_tokens(self, call: Call, body: dict[str, Any], target: Target) -> None:
+        req = call.req
+        provider = target.provider
+        call.target = target
+        if provider.provider_type in ("anthropic", "claudecode"):
+            payload = dict(body)
+            if target.upstream_model:
+                payload["model"] = target.upstream_model
+            key = next(
+                iter(self.picker.keys(req.snapshot, provider.id, ["provider_id"], "round_robin"))
+            )
+            call.key = key
+            headers = {"content-type": "application/json"}
+            for name in FORWARDED_HEADERS["messages"]:
+                if name in req.headers:
+                    headers[name] = req.headers[name]
+            headers.update(auth_headers(provider, "count_tokens", key.value))
+            try:
+                async with self.pool.session(provider).post(
+                    url_for(provider, "count_tokens", "", stream=False),
+                    data=json.dumps(payload).encode(),
+                    headers=headers,
+                    timeout=self.pool.timeout(provider, stream=False),
+                ) as resp:
+                    raw = await resp.read()
+                    call.status = resp.status
+                    ctype = resp.headers.get("content-type", "application/json").encode()
+                    await req.respond(resp.status, raw, ctype, _passed_headers(resp))
+                    return
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise Reply(
+                    502, f"upstream {provider.id} unreachable: {exc}", "provider_request_failed"
+                ) from None
+        await req.respond(200, json.dumps({"input_tokens": estimate_tokens(body)}).encode())
+        call.status = 200
+
+    # --------------------------------------------------------------------------------- usage
+
+    def _record(self, call: Call) -> None:
+        if self.recorder is None:
+            return
+        req = call.req
+        obs = call.observer
+        tokens = obs.tokens if obs else None
+        source: UsageSource
+        if tokens is not None and tokens.seen:
+            source, tin, tout = "provider", tokens.input, tokens.output
+        elif call.body is not None and call.target is not None and call.status:
+            source, tin, tout = "estimated", estimate_tokens(call.body), 0
+        else:
+            source, tin, tout = "missing", 0, 0
+        status = call.status or req.status or 500
+        finished = time.time_ns() // 1_000_000
+        target = call.target
+        event = LlmUsageEvent(
+            trace_id=req.trace.trace_id,
+            span_id=req.trace.span_id,
+            parent_span_id=req.trace.parent_span_id,
+            agent_depth=req.trace.depth,
+            started_at=call.started_ms,
+            finished_at=finished,
+            route_id=req.route.id,
+            route_protocol=req.route.protocol,
+            virtual_key_id=req.virtual_key_id,
+            success=status < 400 and call.error_type is None,
+            status_code=status,
+            error_type=call.error_type,
+            llm_api=req.route.protocol,
+            api_operation=call.operation or None,
+            provider_id=target.provider.id if target else None,
+            provider_type=target.provider.provider_type if target else None,
+            logical_model=(target.logical_model or None) if target else None,
+            upstream_model=(target.upstream_model or None) if target else None,
+            credential_source=call.key.source if call.key else None,
+            credential_id=(call.key.credential_id or None) if call.key else None,
+            stream=call.stream,
+            input_tokens=tin,
+            output_tokens=tout,
+            total_tokens=(tokens.total_tokens if tokens and tokens.seen else tin + tout),
+            usage_finalized=call.finalized and (obs.finished if obs else True),
+            request_tool_count=len(call.request_tools),
+            request_tool_names=call.request_tools,
+            tool_call_count=len(obs.tool_names) if obs else 0,
+            tool_names=list(obs.tool_names) if obs else [],
+            usage_source=source,
+            cached_input_tokens=tokens.cached_input if tokens else 0,
+            cache_creation_input_tokens=tokens.cache_creation if tokens else 0,
+            reasoning_tokens=tokens.reasoning if tokens else 0,
+        )
+        self.recorder.emit(event)
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise Reply(400, f"invalid JSON body: {exc}", "protocol_validation_failed") from None
+    if not isinstance(body, dict):
+        raise Reply(400, "request body must be a JSON object", "protocol_validation_failed")
+    return body

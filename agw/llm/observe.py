@@ -1,0 +1,226 @@
+"""Read usage and tool calls out of upstream answers, JSON or streamed, without changing them.
+
+One :class:`Observer` per request watches the wire format the upstream speaks. It parses an event
+only when a cheap byte check says it may hold what we need, so passthrough streams stay cheap.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Tokens:
+    """One convention for every provider (the OpenAI one): ``input`` counts every input token,
+    cached ones included, and ``output`` every output token, reasoning included; the cached,
+    cache-creation and reasoning counts are breakdowns of those."""
+
+    input: int = 0
+    output: int = 0
+    cached_input: int = 0
+    cache_creation: int = 0
+    reasoning: int = 0
+    total: int = 0
+    seen: bool = False  # the provider reported usage
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total or self.input + self.output
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass(slots=True)
+class Observer:
+    wire: str  # chat | messages | responses | gemini | embeddings
+    tokens: Tokens = field(default_factory=Tokens)
+    tool_names: list[str] = field(default_factory=list)
+    finished: bool = False  # the stream reached its own end marker
+    usage_only_chunk: bool = False  # last chat event was the usage-only chunk
+    uncached_input: int = 0  # Anthropic's input_tokens, before cache reads and writes
+
+    # ---------------------------------------------------------------------------- JSON bodies
+
+    def body(self, raw: bytes) -> None:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return
+        if not isinstance(data, dict):
+            return
+        self.finished = True
+        if self.wire == "messages":
+            self._anthropic_usage(_dict(data.get("usage")))
+            for block in data.get("content") or ():
+                if _dict(block).get("type") == "tool_use":
+                    self.tool_names.append(str(block.get("name", "")))
+        elif self.wire == "responses":
+            self._responses(data)
+        elif self.wire == "gemini":
+            self._gemini(data)
+        else:
+            self._openai_usage(_dict(data.get("usage")))
+            for choice in data.get("choices") or ():
+                message = _dict(_dict(choice).get("message"))
+                for call in message.get("tool_calls") or ():
+                    self.tool_names.append(str(_dict(_dict(call).get("function")).get("name", "")))
+
+    # -------------------------------------------------------------------------------- streams
+
+    def event(self, name: str, data: str) -> None:
+        """One SSE event of the upstream stream."""
+        self.usage_only_chunk = False
+        if self.wire == "chat":
+            if data == "[DONE]":
+                self.finished = True
+                return
+            if '"tool_calls"' not in data and not (
+                '"usage"' in data and '"usage":null' not in data and '"usage": null' not in data
+            ):
+                return
+            chunk = _loads(data)
+            usage = chunk.get("usage")
+            if isinstance(usage, dict):
+                self._openai_usage(usage)
+                self.usage_only_chunk = not chunk.get("choices")
+            for choice in chunk.get("choices") or ():
+                for call in _dict(_dict(choice).get("delta")).get("tool_calls") or ():
+                    fn = _dict(_dict(call).get("function"))
+                    if fn.get("name"):
+                        self.tool_names.append(str(fn["name"]))
+        elif self.wire == "messages":
+            if name == "message_stop":
+                self.finished = True
+            elif name == "message_start":
+                self._anthropic_usage(_dict(_dict(_loads(data).get("message")).get("usage")))
+            elif name == "message_delta":
+                self._anthropic_usage(_dict(_loads(data).get("usage")), delta=True)
+            elif name == "content_block_start" and "tool_use" in data:
+                block = _dict(_loads(data).get("content_block"))
+                if block.get("type") == "tool_use":
+                    self.tool_names.append(str(block.get("name", "")))
+        elif self.wire == "responses":
+            if name in ("response.completed", "response.incomplete", "response.failed"):
+                self.finished = True
+                self._responses(_dict(_loads(data).get("response")), names=False)
+            elif name == "response.output_item.done" and "function_call" in data:
+                item = _dict(_loads(data).get("item"))
+                if item.get("type") == "function_call":
+                    self.tool_names.append(str(item.get("name", "")))
+        elif self.wire == "gemini" and ("usageMetadata" in data or "functionCall" in data):
+            chunk = _loads(data)
+            self._gemini(chunk)
+            for cand in chunk.get("candidates") or ():
+                if _dict(cand).get("finishReason"):
+                    self.finished = True
+
+    # -------------------------------------------------------------------------------- formats
+
+    def _openai_usage(self, usage: dict[str, Any]) -> None:
+        if not usage:
+            return
+        t = self.tokens
+        t.seen = True
+        t.input = _int(usage.get("prompt_tokens")) or _int(usage.get("input_tokens"))
+        t.output = _int(usage.get("completion_tokens")) or _int(usage.get("output_tokens"))
+        t.total = _int(usage.get("total_tokens"))
+        t.cached_input = _int(_dict(usage.get("prompt_tokens_details")).get("cached_tokens"))
+        t.reasoning = _int(_dict(usage.get("completion_tokens_details")).get("reasoning_tokens"))
+
+    def _anthropic_usage(self, usage: dict[str, Any], *, delta: bool = False) -> None:
+        if not usage:
+            return
+        t = self.tokens
+        t.seen = True
+        if "input_tokens" in usage and (not delta or _int(usage["input_tokens"])):
+            self.uncached_input = _int(usage.get("input_tokens"))
+        if "output_tokens" in usage:
+            t.output = _int(usage.get("output_tokens"))  # cumulative in message_delta
+        for key, attr in (
+            ("cache_read_input_tokens", "cached_input"),
+            ("cache_creation_input_tokens", "cache_creation"),
+        ):
+            if key in usage and (not delta or _int(usage[key])):
+                setattr(t, attr, _int(usage[key]))
+        # Anthropic's input_tokens leaves out cache reads and writes: add them back.
+        t.input = self.uncached_input + t.cached_input + t.cache_creation
+        t.total = 0
+
+    def _responses(self, data: dict[str, Any], *, names: bool = True) -> None:
+        usage = _dict(data.get("usage"))
+        if usage:
+            t = self.tokens
+            t.seen = True
+            t.input = _int(usage.get("input_tokens"))
+            t.output = _int(usage.get("output_tokens"))
+            t.total = _int(usage.get("total_tokens"))
+            t.cached_input = _int(_dict(usage.get("input_tokens_details")).get("cached_tokens"))
+            t.reasoning = _int(_dict(usage.get("output_tokens_details")).get("reasoning_tokens"))
+        if names:
+            for item in data.get("output") or ():
+                if _dict(item).get("type") == "function_call":
+                    self.tool_names.append(str(item.get("name", "")))
+
+    def _gemini(self, data: dict[str, Any]) -> None:
+        meta = _dict(data.get("usageMetadata"))
+        if meta:
+            t = self.tokens
+            t.seen = True
+            t.input = _int(meta.get("promptTokenCount"))
+            t.reasoning = _int(meta.get("thoughtsTokenCount"))
+            t.output = _int(meta.get("candidatesTokenCount")) + t.reasoning
+            t.total = _int(meta.get("totalTokenCount"))
+            t.cached_input = _int(meta.get("cachedContentTokenCount"))
+        for cand in data.get("candidates") or ():
+            for part in _dict(_dict(cand).get("content")).get("parts") or ():
+                call = _dict(_dict(part).get("functionCall"))
+                if call:
+                    self.tool_names.append(str(call.get("name", "")))
+
+
+def _loads(data: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def request_tools(body: dict[str, Any], wire: str) -> list[str]:
+    """Names of the tools a request offers, for the usage row."""
+    names: list[str] = []
+    if wire == "gemini":
+        for tool in body.get("tools") or ():
+            for decl in _dict(tool).get("functionDeclarations") or ():
+                names.append(str(_dict(decl).get("name", "")))
+        return names
+    for tool in body.get("tools") or ():
+        tool = _dict(tool)
+        fn = _dict(tool.get("function"))
+        name = fn.get("name") or tool.get("name") or tool.get("type")
+        if name:
+            names.append(str(name))
+    return names
+
+
+def estimate_tokens(body: dict[str, Any]) -> int:
+    """chars/4 over every string in the request (the Go cc profile's count_tokens estimate)."""
+    total = 0
+    stack: list[Any] = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            total += len(value)
+        elif isinstance(value, dict):
+            stack.extend(v for k, v in value.items() if k not in ("model", "stream", "max_tokens"))
+        elif isinstance(value, list):
+            stack.extend(value)
+    return max(1, total // 4)

@@ -1,0 +1,104 @@
+"""Which provider and upstream model serve a request: direct-provider or logical-model routes,
+with managed models as the eligibility gate and the fallback order."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from agw.config import families as f
+from agw.config.models import Candidate, LLMRoute, ModelTarget, Provider
+from agw.runtime.snapshot import Snapshot
+
+
+class RouteRefusal(Exception):
+    def __init__(self, status: int, message: str, error_type: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    provider: Provider
+    upstream_model: str
+    logical_model: str = ""
+    credential_scope: str = ""  # the managed model's custom scope (model_custom)
+
+
+def resolve(snapshot: Snapshot, route: LLMRoute, model: str, *, stream: bool) -> list[Target]:
+    """Targets in the order to try them; the first is the primary."""
+    tp = route.target_policy
+    if tp.type == "direct-provider":
+        provider = snapshot.providers[tp.provider_id]
+        if provider.disabled:
+            raise RouteRefusal(
+                403, f'route target provider "{provider.id}" is disabled', "provider_disabled"
+            )
+        return [Target(provider, model or provider.default_model)]
+    name = model or tp.default_model
+    if not name:
+        raise RouteRefusal(
+            400, f'route "{route.id}" requires a model', "protocol_validation_failed"
+        )
+    target = next((t for t in tp.model_targets if t.name == name), None)
+    if target is None:
+        raise RouteRefusal(
+            403, f'model "{name}" is not allowed on route "{route.id}"', "model_not_allowed"
+        )
+    eligible = [c for c in target.candidates if _eligible(snapshot, c, stream=stream)]
+    if not eligible:
+        raise RouteRefusal(
+            502, f'model target "{name}" has no eligible bindings', "provider_not_configured"
+        )
+    ordered = _order(eligible, target.strategy or tp.model_selector_strategy)
+    limit = 1 + (tp.fallback.max_num if tp.fallback.enabled else 0)
+    out = []
+    for cand in ordered[:limit]:
+        managed = snapshot.state.get(f.MANAGED_MODEL, f"{cand.provider_id}/{cand.upstream_model}")
+        scope = managed.obj.credential_scope if managed else ""
+        out.append(Target(snapshot.providers[cand.provider_id], cand.upstream_model, name, scope))
+    return out
+
+
+def _eligible(snapshot: Snapshot, cand: Candidate, *, stream: bool) -> bool:
+    provider = snapshot.providers.get(cand.provider_id)
+    if provider is None or provider.disabled:
+        return False
+    rec = snapshot.state.get(f.MANAGED_MODEL, f"{cand.provider_id}/{cand.upstream_model}")
+    if rec is None or not rec.obj.enabled:
+        return False
+    caps = rec.obj.capability_overrides
+    return not (stream and caps is not None and caps.streaming is False)
+
+
+def _order(cands: list[Candidate], strategy: str) -> list[Candidate]:
+    by_priority = sorted(cands, key=lambda c: -c.priority)
+    if strategy == "priority":
+        return by_priority
+    if strategy == "weighted":
+        return _weighted(cands)
+    top = [c for c in by_priority if c.priority == by_priority[0].priority]
+    rest = by_priority[len(top) :]
+    if any(c.weight > 0 for c in top):
+        top = _weighted(top)
+    return top + rest
+
+
+def _weighted(cands: list[Candidate]) -> list[Candidate]:
+    pool = list(cands)
+    out: list[Candidate] = []
+    while pool:
+        weights = [max(c.weight, 0) for c in pool]
+        if sum(weights) <= 0:
+            out.extend(pool)
+            break
+        pick = random.choices(range(len(pool)), weights=weights)[0]
+        out.append(pool.pop(pick))
+    return out
+
+
+def target_of(route: LLMRoute) -> ModelTarget | None:
+    tp = route.target_policy
+    return next((t for t in tp.model_targets if t.name == tp.default_model), None)

@@ -1,0 +1,80 @@
+"""Pooled upstream connections: one aiohttp session per provider, rebuilt when its network
+settings change, with connect/read/total timeouts from the provider's ``network`` block."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+
+from agw.config.models import NetworkConfig, Provider
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class _Entry:
+    network: NetworkConfig
+    session: aiohttp.ClientSession
+
+
+class UpstreamPool:
+    def __init__(self) -> None:
+        self._sessions: dict[str, _Entry] = {}
+        self._retired: list[aiohttp.ClientSession] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def session(self, provider: Provider) -> aiohttp.ClientSession:
+        entry = self._sessions.get(provider.id)
+        if entry is not None and entry.network == provider.network and not entry.session.closed:
+            return entry.session
+        if entry is not None:
+            self._retire(entry.session)
+        net = provider.network
+        connector = aiohttp.TCPConnector(
+            limit=0,  # concurrency is not capped here; the pool keeps idle connections
+            limit_per_host=0,
+            keepalive_timeout=float(net.idle_keep_alive_timeout_seconds or 90),
+            enable_cleanup_closed=False,
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,  # bytes pass through as the upstream sent them
+            skip_auto_headers=("User-Agent",),
+            trust_env=False,
+        )
+        self._sessions[provider.id] = _Entry(net, session)
+        return session
+
+    @staticmethod
+    def timeout(provider: Provider, *, stream: bool) -> aiohttp.ClientTimeout:
+        seconds = float(provider.network.request_timeout_seconds or 120)
+        return aiohttp.ClientTimeout(
+            total=None if stream else seconds,
+            connect=min(CONNECT_TIMEOUT_S, seconds),
+            sock_read=seconds,
+        )
+
+    def _retire(self, session: aiohttp.ClientSession) -> None:
+        """Close a replaced session after in-flight requests had time to finish."""
+
+        async def close_later() -> None:
+            await asyncio.sleep(300)
+            await session.close()
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._retired.append(session)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        sessions = [e.session for e in self._sessions.values()] + self._retired
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        self._sessions.clear()
+        self._retired.clear()

@@ -1,0 +1,215 @@
+"""Clients whose format differs from their provider's: the official SDKs through agwd to a fake
+upstream of another dialect, translated both ways, streaming included, usage exact."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from tests.conftest import Agwd, AgwdLauncher
+from tests.fakes.run import FakeUpstream, start_fake_upstream
+
+KEY = "sk-upstream-secret-0002"
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]:
+    with start_fake_upstream(tmp_path_factory.mktemp("fake"), "--require-key", KEY) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def gw(module_agwd_factory: AgwdLauncher, fake: FakeUpstream) -> Agwd:
+    agwd = module_agwd_factory.start()
+    route = lambda rid, proto, provider: {  # noqa: E731
+        "id": rid,
+        "protocol": proto,
+        "match_policy": {"path_prefix": f"/{rid}"},
+        "target_policy": {"provider_id": provider},
+    }
+    bundle = {
+        "apiVersion": "gateway.agw/v1alpha1",
+        "kind": "GatewayBundle",
+        "providers": [
+            {"id": "oa", "provider_type": "openai", "base_url": f"{fake.url}/v1", "api_key": KEY},
+            {"id": "ds", "provider_type": "deepseek", "base_url": f"{fake.url}/v1", "api_key": KEY},
+            {"id": "an", "provider_type": "anthropic", "base_url": fake.url, "api_key": KEY},
+            {"id": "gm", "provider_type": "gemini", "base_url": fake.url, "api_key": KEY},
+        ],
+        "llmRoutes": [
+            route("oa2an", "openai", "an"),
+            route("oa2gm", "openai", "gm"),
+            route("oa2ds", "openai", "ds"),
+            route("an2oa", "anthropic", "oa"),
+            route("cc2gm", "cc", "gm"),
+        ],
+    }
+    with agwd.client() as c:
+        r = c.post("/admin/gateway/apply", json={"bundle": bundle})
+        assert r.status_code == 200, r.text
+    return agwd
+
+
+TRACE: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def trace_id() -> str:
+    """Each test sends its own W3C trace id, so it finds exactly its own usage rows."""
+    TRACE["id"] = secrets.token_hex(16)
+    return TRACE["id"]
+
+
+def tp() -> dict[str, str]:
+    return {"traceparent": f"00-{TRACE['id']}-{'ab' * 8}-01"}
+
+
+def settle(gw: Agwd, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """This test's ``n`` usage rows, oldest first, once the recorder has written them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(gw.db_path) as db:
+            db.row_factory = sqlite3.Row
+            got = [
+                dict(r)
+                for r in db.execute(
+                    "SELECT * FROM llm_usage_events WHERE trace_id = ? ORDER BY rowid",
+                    (TRACE["id"],),
+                )
+            ]
+        if len(got) >= n or time.monotonic() > deadline:
+            assert len(got) == n, got
+            return got
+        time.sleep(0.05)
+
+
+def oa(gw: Agwd, rid: str) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{gw.data_url}/{rid}/v1",
+        api_key="unused",
+        max_retries=0,
+        default_headers=tp(),
+        timeout=20,
+    )
+
+
+@pytest.mark.parametrize("rid", ["oa2an", "oa2gm"])
+def test_openai_client_to_other_dialects(gw: Agwd, fake: FakeUpstream, rid: str) -> None:
+    client = oa(gw, rid)
+    r = client.chat.completions.create(
+        model="fake-x",
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "translate me"},
+        ],
+    )
+    assert r.choices[0].message.content == "echo: translate me"
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage is not None and r.usage.prompt_tokens > 0
+    (row,) = settle(gw, 1)
+    assert (row["input_tokens"], row["output_tokens"]) == (
+        r.usage.prompt_tokens,
+        r.usage.completion_tokens,
+    )
+    assert row["usage_source"] == "provider"
+    sent = fake.requests()[-1]
+    if rid == "oa2an":
+        assert sent["path"] == "/v1/messages" and sent["body"]["system"]
+    else:
+        assert sent["path"] == "/v1beta/models/fake-x:generateContent"
+    chunks = list(
+        client.chat.completions.create(
+            model="fake-x",
+            messages=[{"role": "user", "content": "stream translated"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo: stream translated"
+    assert chunks[-1].usage is not None
+    _, row = settle(gw, 2)
+    assert row["output_tokens"] == chunks[-1].usage.completion_tokens
+    assert row["usage_finalized"] == 1 and row["stream"] == 1
+
+
+def test_openai_tool_call_to_anthropic(gw: Agwd) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
+            },
+        }
+    ]
+    r = oa(gw, "oa2an").chat.completions.create(
+        model="fake-x", messages=[{"role": "user", "content": "find"}], tools=tools
+    )
+    call = r.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert call.function.name == "lookup" and r.choices[0].finish_reason == "tool_calls"  # type: ignore[union-attr]
+    chunks = list(
+        oa(gw, "oa2an").chat.completions.create(
+            model="fake-x", messages=[{"role": "user", "content": "find"}], tools=tools, stream=True
+        )
+    )
+    args = "".join(
+        tc.function.arguments or ""
+        for c in chunks
+        if c.choices
+        for tc in (c.choices[0].delta.tool_calls or [])
+        if tc.function
+    )
+    assert args == '{"text": "find"}' or args.replace(" ", "") == '{"text":"find"}'
+
+
+def test_anthropic_client_to_openai_provider(gw: Agwd) -> None:
+    client = anthropic.Anthropic(base_url=f"{gw.data_url}/an2oa", api_key="unused", max_retries=0)
+    msg = client.messages.create(
+        model="fake-gpt", max_tokens=50, messages=[{"role": "user", "content": "from claude"}]
+    )
+    assert msg.content[0].text == "echo: from claude"  # type: ignore[union-attr]
+    assert msg.stop_reason == "end_turn" and msg.usage.input_tokens > 0
+    with client.messages.stream(
+        model="fake-gpt",
+        max_tokens=50,
+        messages=[{"role": "user", "content": "stream from claude"}],
+    ) as s:
+        assert "".join(s.text_stream) == "echo: stream from claude"
+        final = s.get_final_message()
+    assert final.usage.output_tokens > 0
+
+
+def test_cc_client_to_gemini_and_openai_to_deepseek(gw: Agwd) -> None:
+    client = anthropic.Anthropic(base_url=f"{gw.data_url}/cc2gm", api_key="unused", max_retries=0)
+    with client.messages.stream(
+        model="fake-gemini", max_tokens=50, messages=[{"role": "user", "content": "gemini please"}]
+    ) as s:
+        assert "".join(s.text_stream) == "echo: gemini please"
+    r = oa(gw, "oa2ds").responses.create(model="fake-ds", input="responses to chat")
+    assert r.output_text == "echo: responses to chat"
+    events = list(oa(gw, "oa2ds").responses.create(model="fake-ds", input="stream it", stream=True))
+    assert events[-1].type == "response.completed"
+    assert (
+        "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        == "echo: stream it"
+    )
+
+
+def test_translated_upstream_error_in_client_dialect(gw: Agwd, fake: FakeUpstream) -> None:
+    fake.configure(status=400)
+    try:
+        with pytest.raises(openai.BadRequestError) as info:
+            oa(gw, "oa2an").chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "x"}]
+            )
+        assert info.value.status_code == 400
+    finally:
+        fake.configure(status=0)
