@@ -86,6 +86,7 @@ class Request:
     trace: TraceContext
     virtual_key_id: str | None = None
     started: bool = False  # the response start has been sent
+    body_read: bool = False  # the whole request body has been received
     status: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -109,6 +110,7 @@ class Request:
                 raise PayloadTooLarge(f"request body larger than {limit} bytes")
             chunks.append(body)
             if not message.get("more_body", False):
+                self.body_read = True
                 return b"".join(chunks)
 
     async def start(self, status: int, headers: Headers) -> None:
@@ -124,6 +126,13 @@ class Request:
 
     async def body(self, data: bytes, more: bool = False) -> None:
         await self.send({"type": "http.response.body", "body": data, "more_body": more})
+
+    def close_if_unread(self) -> Headers:
+        """``Connection: close`` for an answer sent before the request body was read: the rest
+        of the body would otherwise be taken for the next request on a kept-alive connection."""
+        if self.body_read or self.method in ("GET", "HEAD"):
+            return []
+        return [(b"connection", b"close")]
 
     async def respond(
         self,

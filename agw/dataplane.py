@@ -119,7 +119,8 @@ def create_data_app(
         method: str = scope["method"]
         route = snapshot.match(headers.get("host", ""), path, method)
         if route is None:
-            await _plain(send, 404, f"no route matches {path}", [])
+            unread = [] if method in ("GET", "HEAD") else [(b"connection", b"close")]
+            await _plain(send, 404, f"no route matches {path}", unread)
             return
         trace = TraceContext.from_headers(headers)
         stripped = path[len(route.path_prefix) :]
@@ -137,13 +138,18 @@ def create_data_app(
             await llm.handle(req, rejection)
             return
         if rejection is not None:
-            await _plain(send, rejection.status, rejection.message, trace.response_headers())
+            await _plain(
+                send,
+                rejection.status,
+                rejection.message,
+                trace.response_headers() + req.close_if_unread(),
+            )
             return
         await _plain(
             send,
             501,
             f'route "{route.id}": {route.kind} routes are not served by this build yet',
-            trace.response_headers(),
+            trace.response_headers() + req.close_if_unread(),
         )
 
     return app

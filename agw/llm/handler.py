@@ -8,6 +8,7 @@ formats differ does ``agw.llm.translate`` convert, through its canonical model.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -28,12 +29,18 @@ from agw.llm.providers import (
     Key,
     auth_headers,
     chat_wire,
-    compact,
     responses_native,
     url_for,
 )
 from agw.llm.routing import RouteRefusal, Target, resolve
-from agw.llm.sse import SSESplitter
+from agw.llm.shaping import (
+    CLAUDE_CODE_HEADERS,
+    needs_shaping,
+    restore_event,
+    restore_tool_names,
+    shape,
+)
+from agw.llm.sse import Event, SSESplitter, frame
 from agw.llm.upstream import UpstreamPool
 from agw.usage.events import LlmUsageEvent, UsageSource
 from agw.usage.recorder import UsageRecorder
@@ -78,6 +85,7 @@ class Failure:
     body: bytes = b""
     headers: Headers = field(default_factory=list)
     wire: str = ""
+    timed_out: bool = False
 
 
 @dataclass
@@ -98,6 +106,7 @@ class Call:
     status: int = 0
     finalized: bool = True
     client_wants_usage: bool = False  # chat clients: stream_options.include_usage
+    renamed: dict[str, str] = field(default_factory=dict)  # upstream tool name -> the client's
 
 
 def _passed_headers(resp: aiohttp.ClientResponse) -> Headers:
@@ -143,7 +152,9 @@ class LlmPlane:
             call.status, call.error_type = exc.status, exc.error_type
             if not req.started:
                 await req.respond(
-                    exc.status, error_body(req.route.protocol, exc.status, exc.message)
+                    exc.status,
+                    error_body(req.route.protocol, exc.status, exc.message),
+                    headers=req.close_if_unread(),
                 )
         except ClientGone:
             call.status, call.error_type, call.finalized = 499, "client_cancelled", False
@@ -196,6 +207,12 @@ class LlmPlane:
             targets = resolve(req.snapshot, req.route.config, model, stream=call.stream)
         except RouteRefusal as exc:
             raise Reply(exc.status, exc.message, exc.error_type) from None
+        if operation != "count_tokens" and not targets[0].upstream_model:
+            raise Reply(
+                400,
+                "model is required (the route's provider has no default_model)",
+                "protocol_validation_failed",
+            )
         if operation == "count_tokens":
             await self._run(call, self._count_tokens(call, body, targets[0]))
             return
@@ -232,7 +249,7 @@ class LlmPlane:
             and call.raw
             and body.get("model") == target.upstream_model
             and (not call.stream or (wire != "chat" and body.get("stream") is True))
-            and target.provider.options.get("compact") in (None, "none")
+            and not needs_shaping(target.provider, wire)
         ):
             return call.raw, False
         if client_wire == wire:
@@ -254,10 +271,29 @@ class LlmPlane:
                 opts["include_usage"] = True
                 injected = client_wire == "chat"
             out["stream_options"] = opts
-        compact(target.provider, wire, out)
+        call.renamed = shape(target.provider, wire, out)
         return json.dumps(out).encode(), injected
 
     async def _forward(self, call: Call, body: dict[str, Any], targets: list[Target]) -> None:
+        """Every credential of every target in order; when all failed with a retryable error
+        other than a timeout, the whole order again, up to the primary provider's
+        ``network.max_retries`` times, ``retry_delay_seconds`` apart."""
+        net = targets[0].provider.network
+        failure: Failure | None = None
+        for round_ in range(1 + net.max_retries):
+            if round_:
+                await asyncio.sleep(net.retry_delay_seconds)
+            failure = await self._round(call, body, targets)
+            if failure is None:
+                return
+            if failure.timed_out:
+                break
+        assert failure is not None
+        await self._fail(call, failure)
+
+    async def _round(
+        self, call: Call, body: dict[str, Any], targets: list[Target]
+    ) -> Failure | None:
         req = call.req
         failure: Failure | None = None
         for target in targets:
@@ -286,11 +322,14 @@ class LlmPlane:
                 for name in FORWARDED_HEADERS.get(wire, ()):
                     if name in req.headers and wire == _CLIENT_WIRE.get(call.operation):
                         headers[name] = req.headers[name]
+                if provider.provider_type == "claudecode":
+                    for name, value in CLAUDE_CODE_HEADERS.items():
+                        headers.setdefault(name, value)
                 headers.update(auth_headers(provider, wire, key.value))
                 headers["traceparent"] = f"00-{req.trace.trace_id}-{req.trace.span_id}-01"
                 failure = await self._attempt(call, provider, wire, url, data, headers, injected)
                 if failure is None:
-                    return
+                    return None
                 log.info(
                     "upstream_attempt_failed",
                     extra={
@@ -300,8 +339,7 @@ class LlmPlane:
                         "error": failure.message[:200],
                     },
                 )
-        assert failure is not None
-        await self._fail(call, failure)
+        return failure
 
     async def _attempt(
         self,
@@ -321,7 +359,9 @@ class LlmPlane:
         try:
             resp = await session.post(url, data=data, headers=headers, timeout=timeout, proxy=proxy)
         except TimeoutError:
-            return Failure(504, f"upstream {provider.id} timed out", "provider_request_failed")
+            return Failure(
+                504, f"upstream {provider.id} timed out", "provider_request_failed", timed_out=True
+            )
         except aiohttp.ClientError as exc:
             return Failure(
                 502, f"upstream {provider.id} unreachable: {exc}", "provider_request_failed"
@@ -370,6 +410,13 @@ class LlmPlane:
             ) from None
         except aiohttp.ClientError as exc:
             raise Reply(502, f"upstream read failed: {exc}", "provider_request_failed") from None
+        if call.renamed:
+            try:
+                answer = json.loads(raw)
+            except ValueError:
+                answer = None
+            if isinstance(answer, dict) and restore_tool_names(answer, call.renamed):
+                raw = json.dumps(answer).encode()
         observer.body(raw)
         client_wire = _CLIENT_WIRE.get(call.operation, wire)
         headers = _passed_headers(resp)
@@ -422,6 +469,8 @@ class LlmPlane:
             async for chunk in resp.content.iter_any():
                 out: list[bytes] = []
                 for event in splitter.feed(chunk):
+                    if call.renamed:
+                        event = _restored(event, call.renamed)
                     observer.event(event.name, event.data)
                     if translator is not None:
                         out.append(translator.feed(event.name or None, event.data))
@@ -592,6 +641,11 @@ class LlmPlane:
             reasoning_tokens=tokens.reasoning if tokens else 0,
         )
         self.recorder.emit(event)
+
+
+def _restored(event: Event, renamed: dict[str, str]) -> Event:
+    data = restore_event(event.name, event.data, renamed)
+    return event if data is None else Event(frame(data, event.name), event.name, data)
 
 
 def _parse_body(raw: bytes) -> dict[str, Any]:

@@ -11,12 +11,10 @@ import itertools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from agw.config.models import Credential, Provider
 from agw.runtime.snapshot import Snapshot, credential_priority
 
-OPENAI_COMPATIBLE = frozenset({"openai", "openrouter", "deepseek", "zhipu", "ollama"})
 ANTHROPIC_VERSION = "2023-06-01"
 
 # Client headers worth passing upstream (never the client's own credentials).
@@ -88,18 +86,6 @@ def auth_headers(provider: Provider, wire: str, key: str) -> dict[str, str]:
         headers["openai-organization"] = str(provider.options["organization"])
     headers.update({k.lower(): v for k, v in provider.network.extra_headers.items()})
     return headers
-
-
-def compact(provider: Provider, wire: str, body: dict[str, Any]) -> None:
-    """``options.compact: cc`` on OpenAI-compatible chat providers: drop ``metadata`` and
-    ``user`` (Claude Code always sends metadata.user_id, which some upstreams reject)."""
-    if (
-        provider.options.get("compact") == "cc"
-        and wire == "chat"
-        and provider.provider_type in OPENAI_COMPATIBLE
-    ):
-        body.pop("metadata", None)
-        body.pop("user", None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,9 +63,23 @@ def gw(module_agwd_factory: AgwdLauncher, fake: FakeUpstream) -> Agwd:
                 "provider_type": "openai",
                 "base_url": "http://127.0.0.1:9/v1",
                 "api_key": "x",
+                "network": {"max_retries": 0},
+            },
+            {
+                "id": "flaky",
+                "provider_type": "openai",
+                "base_url": f"{fake.url}/v1",
+                "api_key": UPSTREAM_KEY,
+                "network": {"max_retries": 2, "retry_delay_seconds": 0},
             },
         ],
         "llmRoutes": [
+            {
+                "id": "flaky",
+                "protocol": "openai",
+                "match_policy": {"path_prefix": "/flaky"},
+                "target_policy": {"provider_id": "flaky"},
+            },
             {
                 "id": "oa",
                 "protocol": "openai",
@@ -507,3 +521,20 @@ def test_agwctl_chat_errors_are_one_line(gw: Agwd, tmp_path: Path) -> None:
         proc.stderr.startswith("agwctl: API error 401: ") and "invalid virtual key" in proc.stderr
     )
     assert proc.stderr.count("\n") == 1
+
+
+def test_network_max_retries_repeat_a_single_credential(gw: Agwd, fake: FakeUpstream) -> None:
+    fake.configure(fail_first=2)
+    fake.reset()
+    fake.clear()
+    url = f"{gw.data_url}/flaky/v1/chat/completions"
+    body = {"model": "fake-gpt", "messages": [{"role": "user", "content": "third time"}]}
+    r = httpx.post(url, json=body, headers=tp(), timeout=20)
+    assert (
+        r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "echo: third time"
+    )
+    assert len(fake.requests()) == 3
+    fake.configure(fail_first=5)
+    fake.reset()
+    r = httpx.post(url, json=body, timeout=20)
+    assert r.status_code == 503  # the upstream's own error, after 1 + 2 attempts

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -42,6 +43,12 @@ def gw(module_agwd_factory: AgwdLauncher, fake: FakeUpstream) -> Agwd:
             {"id": "ds", "provider_type": "deepseek", "base_url": f"{fake.url}/v1", "api_key": KEY},
             {"id": "an", "provider_type": "anthropic", "base_url": fake.url, "api_key": KEY},
             {"id": "gm", "provider_type": "gemini", "base_url": fake.url, "api_key": KEY},
+            {
+                "id": "dead",
+                "provider_type": "openai",
+                "base_url": "http://127.0.0.1:9/v1",
+                "api_key": KEY,
+            },
         ],
         "llmRoutes": [
             route("oa2an", "openai", "an"),
@@ -49,6 +56,43 @@ def gw(module_agwd_factory: AgwdLauncher, fake: FakeUpstream) -> Agwd:
             route("oa2ds", "openai", "ds"),
             route("an2oa", "anthropic", "oa"),
             route("cc2gm", "cc", "gm"),
+            route("oa2oa", "openai", "oa"),
+            {
+                "id": "smart",
+                "protocol": "openai",
+                "match_policy": {"path_prefix": "/smart"},
+                "target_policy": {
+                    "model_selector_strategy": "priority",
+                    "fallback": {"enabled": True, "max_num": 1},
+                    "model_targets": [
+                        {
+                            "name": "smart",
+                            "candidates": [
+                                {
+                                    "provider_id": "dead",
+                                    "upstream_model": "fake-gpt",
+                                    "priority": 10,
+                                },
+                                {
+                                    "provider_id": "an",
+                                    "upstream_model": "fake-claude",
+                                    "priority": 1,
+                                },
+                            ],
+                        },
+                        {
+                            "name": "cheap",
+                            "candidates": [
+                                {"provider_id": "oa", "upstream_model": "not-managed"},
+                            ],
+                        },
+                    ],
+                },
+            },
+        ],
+        "managedModels": [
+            {"provider_id": "dead", "upstream_model": "fake-gpt"},
+            {"provider_id": "an", "upstream_model": "fake-claude"},
         ],
     }
     with agwd.client() as c:
@@ -213,3 +257,68 @@ def test_translated_upstream_error_in_client_dialect(gw: Agwd, fake: FakeUpstrea
         assert info.value.status_code == 400
     finally:
         fake.configure(status=0)
+
+
+def test_missing_model_is_a_clear_400(gw: Agwd) -> None:
+    r = httpx.post(
+        f"{gw.data_url}/oa2an/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "x"}]},
+    )
+    assert r.status_code == 400
+    assert (
+        r.json()["error"]["message"]
+        == "model is required (the route's provider has no default_model)"
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_passthrough_usage_is_exact(gw: Agwd, stream: bool) -> None:
+    client = openai.OpenAI(
+        base_url=f"{gw.data_url}/oa2oa/v1",
+        api_key="unused",
+        max_retries=0,
+        default_headers=tp(),
+        timeout=20,
+    )
+    if stream:
+        events = list(client.responses.create(model="fake-gpt", input="count these", stream=True))
+        usage = events[-1].response.usage  # type: ignore[union-attr]
+    else:
+        usage = client.responses.create(model="fake-gpt", input="count these").usage
+    assert usage is not None
+    (row,) = settle(gw, 1)
+    assert (row["input_tokens"], row["output_tokens"], row["total_tokens"]) == (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.total_tokens,
+    )
+    assert row["cached_input_tokens"] == usage.input_tokens_details.cached_tokens
+    assert row["reasoning_tokens"] == usage.output_tokens_details.reasoning_tokens
+    assert row["api_operation"] == "responses" and row["usage_finalized"] == 1
+
+
+def test_logical_model_priority_and_fallback(gw: Agwd, fake: FakeUpstream) -> None:
+    client = openai.OpenAI(
+        base_url=f"{gw.data_url}/smart/v1",
+        api_key="unused",
+        max_retries=0,
+        default_headers=tp(),
+        timeout=20,
+    )
+    r = client.chat.completions.create(
+        model="smart", messages=[{"role": "user", "content": "pick"}]
+    )
+    assert r.choices[0].message.content == "echo: pick"
+    # the dead provider has the higher priority: the answer came from the fallback candidate
+    (row,) = settle(gw, 1)
+    assert (row["logical_model"], row["provider_id"], row["upstream_model"]) == (
+        "smart",
+        "an",
+        "fake-claude",
+    )
+    assert fake.requests()[-1]["body"]["model"] == "fake-claude"
+    with pytest.raises(openai.PermissionDeniedError, match='model "other" is not allowed'):
+        client.chat.completions.create(model="other", messages=[{"role": "user", "content": "x"}])
+    assert [m.id for m in client.models.list()] == ["smart", "cheap"]
+    with pytest.raises(openai.APIStatusError, match="has no eligible bindings"):
+        client.chat.completions.create(model="cheap", messages=[{"role": "user", "content": "x"}])
