@@ -8,7 +8,6 @@ the trace headers of the request to every answer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -157,19 +156,25 @@ class Request:
 
 
 async def with_disconnect(req: Request, work: Awaitable[None]) -> bool:
-    """Run ``work``; cancel it as soon as the client disconnects. True when the client left."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(req.watch_disconnect())
+    """Run ``work`` in this task; a watcher cancels it as soon as the client disconnects.
+    True when the client left (one extra task per request, no asyncio.wait)."""
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await req.watch_disconnect()
+        gone = True
+        current.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()
-            return False
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        return True
+        await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        current.uncancel()
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
+    return gone

@@ -8,13 +8,15 @@ then get ``shutdown_grace_seconds`` to finish.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import uvicorn
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
@@ -38,6 +40,9 @@ def bind(addr: str) -> socket.socket:
     family, _, _, _, sockaddr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted connections inherit it: answers are written in several small pieces (head, body,
+    # stream events) and must not wait for the client's delayed ACK
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind(sockaddr)
         sock.listen(1024)
@@ -104,6 +109,14 @@ async def _fan_out_lifespan(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _QuietUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: agwd owns SIGTERM, SIGINT and SIGHUP."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 @dataclass
@@ -174,10 +187,15 @@ class Gateway:
             servers.append((data, self.data_sock))
             servers.append((admin, self.admin_sock))
         addrs = [bound_addr(s) for _, s in servers]
-        tasks = [
-            asyncio.create_task(serve(app, self._config(sock), shutdown_trigger=self.shutdown.wait))
-            for app, sock in servers
-        ]
+        tasks = []
+        for i, (app, sock) in enumerate(servers):
+            if i == 0 and self.settings.data_server == "uvicorn":
+                tasks.append(asyncio.create_task(self._uvicorn(app, sock)))
+            else:
+                config = self._config(sock)
+                tasks.append(
+                    asyncio.create_task(serve(app, config, shutdown_trigger=self.shutdown.wait))
+                )
         try:
             await self._wait_accepting(addrs, tasks)
             log.info("agwd_ready", extra={"addr": addrs[0], "admin_addr": addrs[-1]})
@@ -191,6 +209,31 @@ class Gateway:
             await janitor.close()
             await recorder.close()
             await self.db.close()
+
+    async def _uvicorn(self, app: Any, sock: socket.socket) -> None:
+        """The data listener on uvicorn (httptools): what scripts/bench measured fastest for
+        the data plane (docs/performance.md). Signals stay with agwd."""
+        config = uvicorn.Config(
+            app,
+            lifespan="on",
+            loop="none",
+            http="httptools",
+            log_config=None,
+            access_log=False,
+            timeout_keep_alive=75,
+            timeout_graceful_shutdown=int(self.settings.shutdown_grace_seconds),
+        )
+        server = _QuietUvicorn(config)
+
+        async def stop_on_shutdown() -> None:
+            await self.shutdown.wait()
+            server.should_exit = True
+
+        stopper = asyncio.create_task(stop_on_shutdown())
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            stopper.cancel()
 
     async def _wait_accepting(self, addrs: list[str], tasks: list[asyncio.Task[None]]) -> None:
         """Both listeners answer HTTP (bounded: 100 tries, 10 s)."""

@@ -24,6 +24,7 @@ class Settings:
     metrics_retention_days: int = 30
     max_agent_depth: int = 0
     shutdown_grace_seconds: float = 10.0
+    data_server: str = "uvicorn"  # uvicorn | hypercorn (the admin API is always hypercorn)
 
 
 def split_host_port(addr: str) -> tuple[str, int]:

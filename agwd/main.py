@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -52,6 +53,15 @@ def sd_notify(message: str) -> None:
         log.warning("sd_notify_failed", extra={"error": str(exc)})
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (Linux, macOS): the faster event loop for both listeners."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def fail(message: str) -> None:
     typer.echo(f"agwd: {message}", err=True)
     raise typer.Exit(1)
@@ -67,6 +77,7 @@ def build_settings(
     provider_type: list[str],
     metrics_retention_days: int,
     max_agent_depth: int,
+    data_server: str = "uvicorn",
 ) -> Settings:
     for name, value in (("--addr", addr), ("--admin-addr", admin_addr)):
         try:
@@ -81,6 +92,8 @@ def build_settings(
     unknown = sorted(set(types) - set(PROVIDER_TYPES))
     if unknown:
         fail(f"--provider-type {unknown[0]!r} is not a provider type ({', '.join(PROVIDER_TYPES)})")
+    if data_server not in ("uvicorn", "hypercorn"):
+        fail(f"--data-server must be uvicorn or hypercorn (got {data_server!r})")
     if metrics_retention_days < 0 or max_agent_depth < 0:
         fail("--metrics-retention-days and --max-agent-depth must not be negative")
     if admin_basic_auth_hash:
@@ -105,6 +118,7 @@ def build_settings(
         provider_types=tuple(sorted(types)),
         metrics_retention_days=metrics_retention_days or 30,
         max_agent_depth=max_agent_depth,
+        data_server=data_server,
     )
 
 
@@ -171,6 +185,10 @@ def agwd(
         int, typer.Option(help="reject requests whose X-Agent-Depth reaches this (0: off)")
     ] = 0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    data_server: Annotated[
+        str,
+        typer.Option(help="HTTP server of the data listener: uvicorn or hypercorn"),
+    ] = "uvicorn",
 ) -> None:
     """Run the agw gateway daemon: data plane, admin API and SQLite config store."""
     settings = build_settings(
@@ -183,10 +201,12 @@ def agwd(
         provider_type or [],
         metrics_retention_days,
         max_agent_depth,
+        data_server,
     )
     setup_logging(log_level)
     try:
-        asyncio.run(run(settings))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(run(settings))
     except AgwError as exc:
         fail(exc.message)
     except OSError as exc:

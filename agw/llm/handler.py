@@ -471,7 +471,7 @@ class LlmPlane:
                 for event in splitter.feed(chunk):
                     if call.renamed:
                         event = _restored(event, call.renamed)
-                    observer.event(event.name, event.data)
+                    observer.raw_event(event)
                     if translator is not None:
                         out.append(translator.feed(event.name or None, event.data))
                     elif not (injected and observer.usage_only_chunk):

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from agw.llm.sse import Event
+
 
 @dataclass(slots=True)
 class Tokens:
@@ -74,6 +76,14 @@ class Observer:
                     self.tool_names.append(str(_dict(_dict(call).get("function")).get("name", "")))
 
     # -------------------------------------------------------------------------------- streams
+
+    def raw_event(self, event: Event) -> None:
+        """One SSE event of the upstream stream, looked inside only when its bytes may hold
+        something we read (usage, tool calls, the end marker)."""
+        if not _worth_parsing(self.wire, event.raw):
+            self.usage_only_chunk = False
+            return
+        self.event(event.name, event.data)
 
     def event(self, name: str, data: str) -> None:
         """One SSE event of the upstream stream."""
@@ -184,6 +194,26 @@ class Observer:
                 call = _dict(_dict(part).get("functionCall"))
                 if call:
                     self.tool_names.append(str(call.get("name", "")))
+
+
+_MARKERS = {
+    "messages": (b"message_", b"tool_use"),
+    "responses": (
+        b"response.completed",
+        b"response.incomplete",
+        b"response.failed",
+        b"function_call",
+    ),
+}
+
+
+def _worth_parsing(wire: str, raw: bytes) -> bool:
+    if wire == "chat":
+        if b"[DONE]" in raw or b'"tool_calls"' in raw:
+            return True
+        return b'"usage"' in raw and b'"usage":null' not in raw and b'"usage": null' not in raw
+    markers = _MARKERS.get(wire)
+    return markers is None or any(m in raw for m in markers)
 
 
 def _loads(data: str) -> dict[str, Any]:

@@ -6,25 +6,46 @@ inside an event when it must (usage, tool names, the usage chunk it asked for it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
-
-@dataclass(slots=True)
 class Event:
-    raw: bytes  # the whole event, terminator included
-    name: str  # "" when the event has no ``event:`` line
-    data: str  # ``data:`` lines joined with "\n"
+    """One event: its raw bytes (terminator included), and its ``event:`` name ("" when none)
+    and ``data:`` lines (joined with "\n"), decoded only when asked for: a passthrough stream
+    forwards most events without ever looking inside."""
+
+    __slots__ = ("_data", "_name", "raw")
+
+    def __init__(self, raw: bytes, name: str | None = None, data: str | None = None) -> None:
+        self.raw = raw
+        self._name = name
+        self._data = data
+
+    def _parse(self) -> None:
+        name = ""
+        data: list[str] = []
+        for line in self.raw.decode("utf-8", "replace").splitlines():
+            if line.startswith("data:"):
+                data.append(line[6:] if line.startswith("data: ") else line[5:])
+            elif line.startswith("event:"):
+                name = line[6:].strip()
+        self._name, self._data = name, "\n".join(data)
+
+    @property
+    def name(self) -> str:
+        if self._name is None:
+            self._parse()
+        assert self._name is not None
+        return self._name
+
+    @property
+    def data(self) -> str:
+        if self._data is None:
+            self._parse()
+        assert self._data is not None
+        return self._data
 
 
 def parse_event(raw: bytes) -> Event:
-    name = ""
-    data: list[str] = []
-    for line in raw.decode("utf-8", "replace").splitlines():
-        if line.startswith("data:"):
-            data.append(line[6:] if line.startswith("data: ") else line[5:])
-        elif line.startswith("event:"):
-            name = line[6:].strip()
-    return Event(raw, name, "\n".join(data))
+    return Event(raw)
 
 
 class SSESplitter:
