@@ -64,12 +64,11 @@ class TraceContext:
         return out
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
 def _hex(text: str) -> bool:
-    try:
-        int(text, 16)
-    except ValueError:
-        return False
-    return True
+    return bool(text) and _HEX.issuperset(text)
 
 
 @dataclass(slots=True)

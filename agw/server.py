@@ -220,6 +220,7 @@ class Gateway:
             http="httptools",
             log_config=None,
             access_log=False,
+            proxy_headers=False,  # X-Forwarded-* are not trusted for anything here
             timeout_keep_alive=75,
             timeout_graceful_shutdown=int(self.settings.shutdown_grace_seconds),
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -538,3 +539,33 @@ def test_network_max_retries_repeat_a_single_credential(gw: Agwd, fake: FakeUpst
     fake.reset()
     r = httpx.post(url, json=body, timeout=20)
     assert r.status_code == 503  # the upstream's own error, after 1 + 2 attempts
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "hypercorn"])
+def test_sigterm_drains_a_stream_in_flight(
+    agwd_factory: AgwdLauncher, fake: FakeUpstream, server: str
+) -> None:
+    static = agwd_factory.base / f"static-{server}.yaml"
+    static.write_text(
+        "apiVersion: gateway.agw/v1alpha1\nkind: GatewayBundle\nproviders:\n"
+        f"  - {{id: p, provider_type: openai, base_url: '{fake.url}/v1', "
+        f"api_key: {UPSTREAM_KEY}}}\n"
+        "llmRoutes:\n  - {id: r, protocol: openai, match_policy: {path_prefix: /}, "
+        "target_policy: {provider_id: p}}\n"
+    )
+    agwd = agwd_factory.start("--data-server", server, static=static)
+    fake.configure(chunk_delay_ms=150)
+    body = {
+        "model": "m",
+        "stream": True,
+        "messages": [{"role": "user", "content": "one two three four five six"}],
+    }
+    with httpx.stream("POST", f"{agwd.data_url}/v1/chat/completions", json=body, timeout=20) as r:
+        it = r.iter_bytes()
+        first = next(it)
+        agwd.proc.send_signal(signal.SIGTERM)
+        rest = b"".join(it)
+    text = (first + rest).decode()
+    assert '"six"' in text or " six" in text
+    assert text.rstrip().endswith("data: [DONE]")
+    assert agwd.proc.wait(15) == 0
