@@ -16,7 +16,6 @@ from agw.asgi import Receive, Request, Scope, Send, TraceContext
 from agw.llm.handler import LlmPlane, Reply
 from agw.runtime.manager import ConfigManager
 from agw.runtime.snapshot import CompiledRoute, Snapshot
-from agw.usage.recorder import UsageRecorder
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -96,10 +95,7 @@ async def _plain(send: Send, status: int, message: str, headers: list[tuple[byte
     await send({"type": "http.response.body", "body": body})
 
 
-def create_data_app(
-    manager: ConfigManager, recorder: UsageRecorder | None = None, *, max_agent_depth: int = 0
-) -> ASGIApp:
-    llm = LlmPlane(recorder)
+def create_data_app(manager: ConfigManager, llm: LlmPlane, *, max_agent_depth: int = 0) -> ASGIApp:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -13,6 +13,7 @@ status it maps to and a stable snake_case ``code``; the admin API renders them a
     +-- Conflict                  409 conflict
     |   +-- ReadOnly              409 read_only           (static objects)
     +-- PayloadTooLarge           413 payload_too_large
+    +-- UpstreamFailed            502 upstream_failed     (a provider call made for the admin)
     +-- StoreError                500 store_error
         +-- SchemaTooNew          500 schema_too_new
 """
@@ -92,6 +93,11 @@ class ReadOnly(Conflict):
 class PayloadTooLarge(AgwError):
     status = 413
     code = "payload_too_large"
+
+
+class UpstreamFailed(AgwError):
+    status = 502
+    code = "upstream_failed"
 
 
 class StoreError(AgwError):

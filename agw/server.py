@@ -24,6 +24,7 @@ from agw.admin.app import create_admin_app
 from agw.asgi import Receive, Scope, Send
 from agw.auth.admin_basic import BasicAuth
 from agw.dataplane import create_data_app
+from agw.llm.handler import LlmPlane
 from agw.runtime.manager import ConfigManager, load_static
 from agw.settings import Settings, split_host_port
 from agw.store.db import Database
@@ -172,13 +173,14 @@ class Gateway:
             if self.settings.admin_basic_auth_hash
             else None
         )
-        admin: Any = create_admin_app(self.manager, auth)
         recorder = UsageRecorder(self.db)
         recorder.start()
+        llm = LlmPlane(recorder)
+        admin: Any = create_admin_app(self.manager, auth, llm.catalog)
         janitor = RetentionJanitor(self.db, self.settings.metrics_retention_days)
         janitor.start()
         data: Any = create_data_app(
-            self.manager, recorder, max_agent_depth=self.settings.max_agent_depth
+            self.manager, llm, max_agent_depth=self.settings.max_agent_depth
         )
         servers: list[tuple[Any, socket.socket]] = []
         if self.admin_sock is None:

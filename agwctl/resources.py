@@ -151,6 +151,13 @@ MANAGED_MODEL_COLUMNS: tuple[Column, ...] = (
     SOURCE,
 )
 
+DISCOVERED_COLUMNS: tuple[Column, ...] = (
+    _col("UPSTREAM-MODEL", "upstream_model"),
+    _col("DISPLAY-NAME", "display_name"),
+    _col("STATUS", "status"),
+    _col("FETCHED-AT", "fetched_at"),
+)
+
 
 # ------------------------------------------------------------------------- generic families
 
@@ -312,6 +319,31 @@ def model_app() -> typer.Typer:
     @managed.command("disable", help="Disable a managed model.")
     def disable_managed(ctx: typer.Context, provider_id: ProviderArg, model: ModelArg) -> None:
         show_call(ctx, "POST", _managed_path(provider_id, model) + "/disable")
+
+    discovered = typer.Typer(
+        help="Models a provider says it serves (discovery snapshots, in memory).",
+        no_args_is_help=True,
+        rich_markup_mode=None,
+    )
+    app.add_typer(discovered, name="discovered")
+
+    def _discovery(provider_id: str) -> str:
+        return f"/admin/llm/models/providers/{segment(provider_id)}"
+
+    @discovered.command("list", help="List the last discovered models of a provider.")
+    def list_discovered(ctx: typer.Context, provider_id: ProviderArg) -> None:
+        show_list(ctx, _discovery(provider_id) + "/discovered", DISCOVERED_COLUMNS, {})
+
+    @discovered.command("refresh", help="Ask the provider for its models now, then list them.")
+    def refresh_discovered(ctx: typer.Context, provider_id: ProviderArg) -> None:
+        with admin(ctx) as client:
+            result = client.call("POST", _discovery(provider_id) + "/refresh")
+        items = result.get("items", []) if isinstance(result, dict) else []
+        if state(ctx).json:
+            render.print_json(result)
+        else:
+            headers = [name for name, _ in DISCOVERED_COLUMNS]
+            render.print_table(headers, render.rows_of(items, DISCOVERED_COLUMNS))
 
     return app
 

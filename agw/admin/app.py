@@ -13,9 +13,10 @@ from typing import Any
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
-from agw.admin import gateway, resources
+from agw.admin import gateway, models, resources
 from agw.auth.admin_basic import BasicAuth
 from agw.errors import AgwError
+from agw.llm.discovery import ModelCatalog
 from agw.runtime.manager import ConfigManager
 from agw.settings import ADMIN_REALM, MAX_ADMIN_BODY
 
@@ -39,7 +40,9 @@ def _body_left_unread() -> bool:
     return length not in ("", "0") or "Transfer-Encoding" in request.headers
 
 
-def create_admin_app(manager: ConfigManager, auth: BasicAuth | None) -> Quart:
+def create_admin_app(
+    manager: ConfigManager, auth: BasicAuth | None, catalog: ModelCatalog | None = None
+) -> Quart:
     app = Quart(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_ADMIN_BODY
     app.config["BODY_TIMEOUT"] = 60
@@ -105,5 +108,7 @@ def create_admin_app(manager: ConfigManager, auth: BasicAuth | None) -> Quart:
         return _json({"error": "internal error", "code": "internal_error"}, 500)
 
     gateway.register(app, manager)
-    resources.register(app, manager)
+    resources.register(app, manager, catalog)
+    if catalog is not None:
+        models.register(app, manager, catalog)
     return app

@@ -19,11 +19,21 @@ from quart import Quart, request
 from agw.config import families as f
 from agw.config.loader import problems_from_validation
 from agw.errors import AgwError, ConfigInvalid, Conflict, InvalidRequest, NotFound, ReadOnly
+from agw.llm.discovery import ModelCatalog
 from agw.runtime.apply import prepare
 from agw.runtime.manager import ConfigManager
 from agw.runtime.state import ConfigState, Record, dump, new_virtual_key, touched
 
 JSONResponse = tuple[dict[str, Any], int]
+MANAGED_MODEL_VIEW_FIELDS = (
+    "provider_type",
+    "display_name",
+    "description",
+    "capabilities",
+    "snapshot_status",
+    "fetched_at",
+    "last_error",
+)
 _SERVER_FIELDS = ("created_at", "updated_at")
 
 
@@ -118,10 +128,13 @@ RESOURCES: tuple[Resource, ...] = (
 
 
 class ResourceHandlers:
-    def __init__(self, manager: ConfigManager, res: Resource) -> None:
+    def __init__(
+        self, manager: ConfigManager, res: Resource, catalog: ModelCatalog | None = None
+    ) -> None:
         self.m = manager
         self.res = res
         self.family = res.family
+        self.catalog = catalog
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -150,7 +163,8 @@ class ResourceHandlers:
                 raise InvalidRequest(f"{key} is managed by the server and must be omitted")
         view_only: tuple[str, ...] = ("source", "read_only")
         if self.family is f.MANAGED_MODEL:
-            view_only += ("provider_type",)  # derived from the provider in the view
+            # derived in the view: from the provider and from model discovery
+            view_only += MANAGED_MODEL_VIEW_FIELDS
         for key in view_only:
             body.pop(key, None)
 
@@ -209,6 +223,17 @@ class ResourceHandlers:
         if self.family is f.MANAGED_MODEL:
             provider = self.m.state.get(f.PROVIDER, rec.obj.provider_id)
             data["provider_type"] = provider.obj.provider_type if provider else ""
+            found = (
+                self.catalog.find(rec.obj.provider_id, rec.obj.upstream_model)
+                if self.catalog
+                else None
+            )
+            data["display_name"] = found.display_name if found else ""
+            data["description"] = found.description if found else ""
+            data["capabilities"] = found.capabilities if found else {}
+            data["snapshot_status"] = found.status if found else "not_discovered"
+            data["fetched_at"] = found.fetched_at if found else None
+            data["last_error"] = found.last_error if found else ""
         return data
 
     async def get(self, **kw: str) -> JSONResponse:
@@ -296,9 +321,9 @@ class ResourceHandlers:
         return toggle
 
 
-def register(app: Quart, manager: ConfigManager) -> None:
+def register(app: Quart, manager: ConfigManager, catalog: ModelCatalog | None = None) -> None:
     for res in RESOURCES:
-        h = ResourceHandlers(manager, res)
+        h = ResourceHandlers(manager, res, catalog)
         name = res.family.name
         one = f"{res.base}/{res.id_rule}"
         app.add_url_rule(res.base, f"{name}_list", h.list, methods=["GET"])

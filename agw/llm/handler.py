@@ -22,6 +22,7 @@ from agw.config.models import Provider
 from agw.errors import InvalidRequest, PayloadTooLarge
 from agw.llm import translate
 from agw.llm.dialect import error_body, stream_error_frame
+from agw.llm.discovery import ModelCatalog
 from agw.llm.observe import Observer, estimate_tokens, request_tools
 from agw.llm.providers import (
     FORWARDED_HEADERS,
@@ -136,6 +137,7 @@ class LlmPlane:
         self.pool = UpstreamPool()
         self.picker = CredentialPicker()
         self.recorder = recorder
+        self.catalog = ModelCatalog(self.pool, self.picker)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -204,7 +206,9 @@ class LlmPlane:
         call.client_wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
         call.request_tools = request_tools(body, _CLIENT_WIRE.get(operation, "chat"))
         try:
-            targets = resolve(req.snapshot, req.route.config, model, stream=call.stream)
+            targets = resolve(
+                req.snapshot, req.route.config, model, stream=call.stream, catalog=self.catalog
+            )
         except RouteRefusal as exc:
             raise Reply(exc.status, exc.message, exc.error_type) from None
         if operation != "count_tokens" and not targets[0].upstream_model:

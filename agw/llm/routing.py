@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from agw.config import families as f
 from agw.config.models import Candidate, LLMRoute, ModelTarget, Provider
+from agw.llm.discovery import ModelCatalog
 from agw.runtime.snapshot import Snapshot
 
 
@@ -27,7 +28,14 @@ class Target:
     credential_scope: str = ""  # the managed model's custom scope (model_custom)
 
 
-def resolve(snapshot: Snapshot, route: LLMRoute, model: str, *, stream: bool) -> list[Target]:
+def resolve(
+    snapshot: Snapshot,
+    route: LLMRoute,
+    model: str,
+    *,
+    stream: bool,
+    catalog: ModelCatalog | None = None,
+) -> list[Target]:
     """Targets in the order to try them; the first is the primary."""
     tp = route.target_policy
     if tp.type == "direct-provider":
@@ -47,7 +55,9 @@ def resolve(snapshot: Snapshot, route: LLMRoute, model: str, *, stream: bool) ->
         raise RouteRefusal(
             403, f'model "{name}" is not allowed on route "{route.id}"', "model_not_allowed"
         )
-    eligible = [c for c in target.candidates if _eligible(snapshot, c, stream=stream)]
+    eligible = [
+        c for c in target.candidates if _eligible(snapshot, c, stream=stream, catalog=catalog)
+    ]
     if not eligible:
         raise RouteRefusal(
             502, f'model target "{name}" has no eligible bindings', "provider_not_configured"
@@ -62,15 +72,24 @@ def resolve(snapshot: Snapshot, route: LLMRoute, model: str, *, stream: bool) ->
     return out
 
 
-def _eligible(snapshot: Snapshot, cand: Candidate, *, stream: bool) -> bool:
+def _eligible(
+    snapshot: Snapshot, cand: Candidate, *, stream: bool, catalog: ModelCatalog | None
+) -> bool:
+    """Enabled provider, enabled managed model, and for a stream: streaming not ruled out by
+    the managed model's override or, without one, by the discovered capabilities."""
     provider = snapshot.providers.get(cand.provider_id)
     if provider is None or provider.disabled:
         return False
     rec = snapshot.state.get(f.MANAGED_MODEL, f"{cand.provider_id}/{cand.upstream_model}")
     if rec is None or not rec.obj.enabled:
         return False
+    if not stream:
+        return True
     caps = rec.obj.capability_overrides
-    return not (stream and caps is not None and caps.streaming is False)
+    if caps is not None and caps.streaming is not None:
+        return bool(caps.streaming)
+    found = catalog.find(cand.provider_id, cand.upstream_model) if catalog else None
+    return not (found is not None and found.capabilities.get("streaming") is False)
 
 
 def _order(cands: list[Candidate], strategy: str) -> list[Candidate]:

@@ -15,7 +15,8 @@ Endpoints (deterministic answers):
 - Anthropic: ``POST /v1/messages`` (JSON or SSE), ``POST /v1/messages/count_tokens``;
   ``GET /v1/models`` answers in Anthropic's shape when the request carries ``anthropic-version``.
 - Gemini: ``POST /v1beta/models/{model}:generateContent``, ``:streamGenerateContent``
-  (``?alt=sse`` for SSE, else one JSON array), ``:countTokens``.
+  (``?alt=sse`` for SSE, else one JSON array), ``:countTokens``; ``GET /v1beta/models`` lists
+  the models in Gemini's shape.
 - ``GET|HEAD /health`` and ``GET|HEAD /``: 200 ``ok`` (logged, but no knobs apply and they do
   not count as requests). Anything else: 404 in OpenAI's error shape.
 
@@ -364,6 +365,22 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return error_response(dialect, knobs.status, f"fake status {knobs.status}", fake)
     if request.method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
         return list_models(request, path)
+    if request.method == "GET" and path == "/v1beta/models":
+        return web.json_response(
+            {
+                "models": [
+                    {
+                        "name": f"models/{m}",
+                        "displayName": m.replace("-", " ").title(),
+                        "description": f"the fake's {m}",
+                        "inputTokenLimit": 32768,
+                        "outputTokenLimit": 8192,
+                        "supportedGenerationMethods": ["generateContent", "streamGenerateContent"],
+                    }
+                    for m in MODELS
+                ]
+            }
+        )
     if request.method == "POST" and wants_json_object(path):
         if not isinstance(body, dict):
             return error_response(dialect, 400, "request body must be a JSON object", fake)

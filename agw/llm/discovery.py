@@ -1,0 +1,174 @@
+"""Model discovery: ask a provider which models it serves, keep the answer in memory.
+
+Snapshots are in-memory only (as in the Go project): refreshed with
+``POST /admin/llm/models/providers/{id}/refresh``, read by ``.../discovered``, shown in managed
+model views, and used by logical-model routing for the ``streaming`` capability when a managed
+model does not override it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from agw.config.models import Provider
+from agw.llm.providers import ANTHROPIC_VERSION, CredentialPicker
+from agw.llm.upstream import UpstreamPool
+from agw.runtime.snapshot import Snapshot
+
+
+class DiscoveryFailed(Exception):
+    pass
+
+
+@dataclass
+class ModelSnapshot:
+    provider_id: str
+    provider_type: str
+    upstream_model: str
+    display_name: str = ""
+    description: str = ""
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    status: str = "ok"  # ok | error
+    fetched_at: str = ""
+    last_error: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "provider_id": self.provider_id,
+            "provider_type": self.provider_type,
+            "upstream_model": self.upstream_model,
+            "display_name": self.display_name,
+            "description": self.description,
+            "capabilities": self.capabilities,
+            "status": self.status,
+            "fetched_at": self.fetched_at,
+            "last_error": self.last_error,
+        }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def parse_models(provider: Provider, body: Any) -> list[ModelSnapshot]:
+    """The provider's own model list, whatever its shape (OpenAI, Anthropic or Gemini)."""
+    stamp = _now()
+    out: list[ModelSnapshot] = []
+    data = body if isinstance(body, dict) else {}
+    if provider.provider_type == "gemini":
+        for m in _dicts(data.get("models")):
+            name = str(m.get("name", "")).removeprefix("models/")
+            methods = m.get("supportedGenerationMethods") or []
+            caps: dict[str, Any] = {"streaming": "streamGenerateContent" in methods}
+            if isinstance(m.get("inputTokenLimit"), int):
+                caps["context_window"] = m["inputTokenLimit"]
+            if isinstance(m.get("outputTokenLimit"), int):
+                caps["max_output_tokens"] = m["outputTokenLimit"]
+            if "embedContent" in methods:
+                caps["embeddings"] = True
+            out.append(
+                ModelSnapshot(
+                    provider.id,
+                    provider.provider_type,
+                    name,
+                    str(m.get("displayName", "")),
+                    str(m.get("description", "")),
+                    caps,
+                    fetched_at=stamp,
+                )
+            )
+        return out
+    for m in _dicts(data.get("data")):
+        model_id = str(m.get("id", ""))
+        if model_id:
+            out.append(
+                ModelSnapshot(
+                    provider.id,
+                    provider.provider_type,
+                    model_id,
+                    str(m.get("display_name", "")),
+                    "",
+                    {},
+                    fetched_at=stamp,
+                )
+            )
+    return out
+
+
+class ModelCatalog:
+    """Discovered models per provider, in memory."""
+
+    def __init__(self, pool: UpstreamPool, picker: CredentialPicker) -> None:
+        self.pool = pool
+        self.picker = picker
+        self._by_provider: dict[str, list[ModelSnapshot]] = {}
+
+    def discovered(self, provider_id: str) -> list[ModelSnapshot]:
+        return list(self._by_provider.get(provider_id, ()))
+
+    def find(self, provider_id: str, model: str) -> ModelSnapshot | None:
+        for snap in self._by_provider.get(provider_id, ()):
+            if snap.upstream_model == model:
+                return snap
+        return None
+
+    def forget(self, provider_ids: set[str]) -> None:
+        """Drop snapshots of providers that no longer exist."""
+        for pid in list(self._by_provider):
+            if pid not in provider_ids:
+                del self._by_provider[pid]
+
+    async def refresh(self, snapshot: Snapshot, provider_id: str) -> list[ModelSnapshot]:
+        provider = snapshot.providers[provider_id]
+        key = next(iter(self.picker.keys(snapshot, provider_id, ["provider_id"], "round_robin")))
+        base = provider.effective_base_url.rstrip("/")
+        headers = {k.lower(): v for k, v in provider.network.extra_headers.items()}
+        if provider.provider_type == "gemini":
+            prefix = base if base.endswith(("/v1beta", "/v1")) else base + "/v1beta"
+            url = prefix + "/models"
+            if key.value:
+                headers["x-goog-api-key"] = key.value
+        elif provider.provider_type in ("anthropic", "claudecode"):
+            url = base + ("/models" if base.endswith("/v1") else "/v1/models")
+            headers["anthropic-version"] = ANTHROPIC_VERSION
+            if key.value:
+                if provider.provider_type == "anthropic":
+                    headers["x-api-key"] = key.value
+                else:
+                    headers["authorization"] = f"Bearer {key.value}"
+        else:
+            url = base + "/models"
+            if key.value:
+                headers["authorization"] = f"Bearer {key.value}"
+        try:
+            async with self.pool.session(provider).get(
+                url,
+                headers=headers,
+                timeout=self.pool.timeout(provider, stream=False),
+                proxy=provider.network.proxy_url or None,
+            ) as resp:
+                raw = await resp.json(content_type=None)
+                if resp.status >= 400:
+                    raise DiscoveryFailed(f"{url} answered {resp.status}")
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self._failed(provider, f"{type(exc).__name__}: {exc}")
+            raise DiscoveryFailed(f"model discovery for {provider_id} failed: {exc}") from None
+        except DiscoveryFailed as exc:
+            self._failed(provider, str(exc))
+            raise
+        models = parse_models(provider, raw)
+        self._by_provider[provider_id] = models
+        return models
+
+    def _failed(self, provider: Provider, error: str) -> None:
+        """Keep earlier snapshots, marked with the error."""
+        for snap in self._by_provider.get(provider.id, ()):
+            snap.status, snap.last_error = "error", error
