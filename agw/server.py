@@ -176,7 +176,7 @@ class Gateway:
         recorder = UsageRecorder(self.db)
         recorder.start()
         llm = LlmPlane(recorder)
-        admin: Any = create_admin_app(self.manager, auth, llm.catalog)
+        admin: Any = create_admin_app(self.manager, auth, llm.catalog, llm.health)
         janitor = RetentionJanitor(self.db, self.settings.metrics_retention_days)
         janitor.start()
         data: Any = create_data_app(

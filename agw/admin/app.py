@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from agw.admin import gateway, models, resources
 from agw.auth.admin_basic import BasicAuth
 from agw.errors import AgwError
+from agw.llm.credstate import CredentialHealth
 from agw.llm.discovery import ModelCatalog
 from agw.runtime.manager import ConfigManager
 from agw.settings import ADMIN_REALM, MAX_ADMIN_BODY
@@ -41,8 +42,13 @@ def _body_left_unread() -> bool:
 
 
 def create_admin_app(
-    manager: ConfigManager, auth: BasicAuth | None, catalog: ModelCatalog | None = None
+    manager: ConfigManager,
+    auth: BasicAuth | None,
+    catalog: ModelCatalog | None = None,
+    health: CredentialHealth | None = None,
 ) -> Quart:
+    """``catalog`` and ``health`` are the LLM plane's model snapshots and credential states,
+    shown in the views when given."""
     app = Quart(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_ADMIN_BODY
     app.config["BODY_TIMEOUT"] = 60
@@ -108,7 +114,7 @@ def create_admin_app(
         return _json({"error": "internal error", "code": "internal_error"}, 500)
 
     gateway.register(app, manager)
-    resources.register(app, manager, catalog)
+    resources.register(app, manager, catalog, health)
     if catalog is not None:
         models.register(app, manager, catalog)
     return app

@@ -19,12 +19,21 @@ from quart import Quart, request
 from agw.config import families as f
 from agw.config.loader import problems_from_validation
 from agw.errors import AgwError, ConfigInvalid, Conflict, InvalidRequest, NotFound, ReadOnly
+from agw.llm.credstate import CredentialHealth
 from agw.llm.discovery import ModelCatalog
 from agw.runtime.apply import prepare
 from agw.runtime.manager import ConfigManager
 from agw.runtime.state import ConfigState, Record, dump, new_virtual_key, touched
 
 JSONResponse = tuple[dict[str, Any], int]
+CREDENTIAL_VIEW_FIELDS = (  # runtime state, from the LLM plane
+    "unavailable",
+    "next_retry_after",
+    "quota",
+    "last_error",
+    "auth_invalid",
+    "state_updated_at",
+)
 MANAGED_MODEL_VIEW_FIELDS = (
     "provider_type",
     "display_name",
@@ -129,12 +138,17 @@ RESOURCES: tuple[Resource, ...] = (
 
 class ResourceHandlers:
     def __init__(
-        self, manager: ConfigManager, res: Resource, catalog: ModelCatalog | None = None
+        self,
+        manager: ConfigManager,
+        res: Resource,
+        catalog: ModelCatalog | None = None,
+        health: CredentialHealth | None = None,
     ) -> None:
         self.m = manager
         self.res = res
         self.family = res.family
         self.catalog = catalog
+        self.health = health
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -162,6 +176,8 @@ class ResourceHandlers:
             if key in body:
                 raise InvalidRequest(f"{key} is managed by the server and must be omitted")
         view_only: tuple[str, ...] = ("source", "read_only")
+        if self.family is f.CREDENTIAL:
+            view_only += CREDENTIAL_VIEW_FIELDS
         if self.family is f.MANAGED_MODEL:
             # derived in the view: from the provider and from model discovery
             view_only += MANAGED_MODEL_VIEW_FIELDS
@@ -234,6 +250,8 @@ class ResourceHandlers:
             data["snapshot_status"] = found.status if found else "not_discovered"
             data["fetched_at"] = found.fetched_at if found else None
             data["last_error"] = found.last_error if found else ""
+        elif self.family is f.CREDENTIAL and self.health is not None:
+            data.update(self.health.view(oid))
         return data
 
     async def get(self, **kw: str) -> JSONResponse:
@@ -321,9 +339,14 @@ class ResourceHandlers:
         return toggle
 
 
-def register(app: Quart, manager: ConfigManager, catalog: ModelCatalog | None = None) -> None:
+def register(
+    app: Quart,
+    manager: ConfigManager,
+    catalog: ModelCatalog | None = None,
+    health: CredentialHealth | None = None,
+) -> None:
     for res in RESOURCES:
-        h = ResourceHandlers(manager, res, catalog)
+        h = ResourceHandlers(manager, res, catalog, health)
         name = res.family.name
         one = f"{res.base}/{res.id_rule}"
         app.add_url_rule(res.base, f"{name}_list", h.list, methods=["GET"])

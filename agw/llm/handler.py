@@ -21,6 +21,7 @@ from agw.asgi import ClientGone, Headers, Request, with_disconnect
 from agw.config.models import Provider
 from agw.errors import InvalidRequest, PayloadTooLarge
 from agw.llm import translate
+from agw.llm.credstate import CredentialHealth
 from agw.llm.dialect import error_body, stream_error_frame
 from agw.llm.discovery import ModelCatalog
 from agw.llm.observe import Observer, estimate_tokens, request_tools
@@ -138,6 +139,7 @@ class LlmPlane:
         self.picker = CredentialPicker()
         self.recorder = recorder
         self.catalog = ModelCatalog(self.pool, self.picker)
+        self.health = CredentialHealth()
 
     async def close(self) -> None:
         await self.pool.close()
@@ -317,9 +319,20 @@ class LlmPlane:
                 list(tp.credential_scope_order),
                 tp.credential_selector,
                 target.credential_scope,
+                self.health,
             )
             for key in keys:
                 call.target, call.key = target, key
+                if key.source == "cooling":
+                    nxt = self.health.next_available(key.credential_id.split(","))
+                    wait = f" (the first is back in {max(0, (nxt or 0) - time.time()):.0f}s)"
+                    failure = Failure(
+                        429,
+                        f'every credential of provider "{provider.id}" is cooling down after '
+                        f"upstream errors{wait if nxt else ''}",
+                        "provider_request_failed",
+                    )
+                    continue
                 headers = {"content-type": "application/json", "accept": "application/json"}
                 if call.stream:
                     headers["accept"] = "text/event-stream"
@@ -376,6 +389,13 @@ class LlmPlane:
                     raw = await resp.read()
                 except (aiohttp.ClientError, TimeoutError):
                     raw = b""
+                if call.key is not None and call.key.credential_id:
+                    self.health.failed(
+                        call.key.credential_id,
+                        resp.status,
+                        _error_message(raw) or f"upstream answered {resp.status}",
+                        resp.headers.get("retry-after"),
+                    )
                 fail = Failure(
                     resp.status,
                     _error_message(raw) or f"upstream answered {resp.status}",
@@ -394,6 +414,8 @@ class LlmPlane:
                     return fail
                 await self._fail(call, fail)
                 return None
+            if call.key is not None and call.key.credential_id:
+                self.health.succeeded(call.key.credential_id)
             observer = Observer(wire)
             call.observer = observer
             if call.stream:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from agw.config.models import Credential, Provider
+from agw.llm.credstate import CredentialHealth
 from agw.runtime.snapshot import Snapshot, credential_priority
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -91,7 +92,9 @@ def auth_headers(provider: Provider, wire: str, key: str) -> dict[str, str]:
 @dataclass(frozen=True, slots=True)
 class Key:
     value: str
-    source: str  # api_key (managed credential) | static (the provider's own api_key) | none
+    # api_key (managed credential) | static (the provider's own api_key) | none (no key at all)
+    # | cooling (every managed credential is backing off; credential_id lists them)
+    source: str
     credential_id: str = ""
 
 
@@ -110,9 +113,13 @@ class CredentialPicker:
         scope_order: list[str],
         selector: str,
         custom_scope: str = "",
+        health: CredentialHealth | None = None,
     ) -> Iterator[Key]:
+        """Keys to try in order. Credentials cooling down (``health``) are skipped; when only
+        those remain and the provider has no key of its own, one ``cooling`` key says so."""
         provider = snapshot.providers[provider_id]
         seen: set[str] = set()
+        cooling: list[str] = []
         for scope_kind in scope_order:
             if scope_kind == "provider_id":
                 scope = f"id:{provider_id}"
@@ -134,8 +141,13 @@ class CredentialPicker:
                 tier = top[start:] + top[:start] + tier[len(top) :]
             for cred in tier:
                 seen.add(cred.id)
+                if health is not None and not health.available(cred.id):
+                    cooling.append(cred.id)
+                    continue
                 yield Key(str(cred.attributes.get("api_key", "")), "api_key", cred.id)
         if provider.api_key:
             yield Key(provider.api_key, "static")
+        elif cooling and len(cooling) == len(seen):
+            yield Key("", "cooling", ",".join(cooling))
         elif not seen:
             yield Key("", "none")
