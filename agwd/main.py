@@ -9,6 +9,7 @@ answer and ``STOPPING=1`` on shutdown; ``SIGTERM``/``SIGINT`` drain in-flight re
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -124,6 +125,8 @@ def build_settings(
 
 async def run(settings: Settings) -> None:
     gateway = await Gateway.open(settings)
+    gc.collect()
+    gc.freeze()  # what start-up built lives for the whole process: keep it out of GC passes
     loop = asyncio.get_running_loop()
 
     def stop(signame: str) -> None:

@@ -18,6 +18,7 @@ Only ``started_at`` and ``finished_at`` are required; ``event_id`` and ``span_id
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 import uuid
@@ -31,8 +32,14 @@ UsageSource = Literal["provider", "estimated", "missing"]
 
 
 def new_event_id() -> str:
-    """A fresh ``event_id``: a random UUID in its canonical text form."""
-    return str(uuid.uuid4())
+    """A fresh ``event_id``: a UUID version 7 (RFC 9562) in its canonical text form. Its first
+    48 bits are the unix time in milliseconds, so ids sort by time (to the millisecond) and each
+    insert lands at the end of the primary-key index instead of at a random page of it."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
+    value |= 0b10 << 62 | (rand & (2**62 - 1))
+    return str(uuid.UUID(int=value))
 
 
 def new_span_id() -> str:

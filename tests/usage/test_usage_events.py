@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import uuid
 
 import pytest
@@ -19,17 +20,23 @@ from agw.usage.events import (
 )
 
 
-def test_new_event_id_is_a_fresh_uuid4() -> None:
+def test_new_event_id_is_a_fresh_time_ordered_uuid7() -> None:
+    before_ms = time.time_ns() // 1_000_000
     first, second = new_event_id(), new_event_id()
     assert first != second
-    assert uuid.UUID(first).version == 4
-    assert str(uuid.UUID(first)) == first
+    parsed = uuid.UUID(first)
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert str(parsed) == first
+    stamp_ms = parsed.int >> 80
+    assert before_ms <= stamp_ms <= time.time_ns() // 1_000_000
+    time.sleep(0.002)
+    assert new_event_id() > first  # later milliseconds sort later
 
 
 def test_an_event_needs_only_its_times() -> None:
     event = LlmUsageEvent(started_at=NOW_MS, finished_at=NOW_MS + 250)
     values = dict(zip(event.columns(), event.row(), strict=True))
-    assert uuid.UUID(values["event_id"]).version == 4
+    assert uuid.UUID(values["event_id"]).version == 7
     assert len(values["span_id"]) == 16
     assert values["route_kind"] == "llm"
     assert values["latency_ms"] == 250
