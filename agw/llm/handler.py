@@ -87,7 +87,7 @@ class Failure:
     body: bytes = b""
     headers: Headers = field(default_factory=list)
     wire: str = ""
-    timed_out: bool = False
+    repeatable: bool = True  # worth another round (not a timeout, not a credential cool-down)
 
 
 @dataclass
@@ -282,8 +282,8 @@ class LlmPlane:
 
     async def _forward(self, call: Call, body: dict[str, Any], targets: list[Target]) -> None:
         """Every credential of every target in order; when all failed with a retryable error
-        other than a timeout, the whole order again, up to the primary provider's
-        ``network.max_retries`` times, ``retry_delay_seconds`` apart."""
+        other than a timeout or a credential cool-down, the whole order again, up to the primary
+        provider's ``network.max_retries`` times, ``retry_delay_seconds`` apart."""
         net = targets[0].provider.network
         failure: Failure | None = None
         for round_ in range(1 + net.max_retries):
@@ -292,7 +292,7 @@ class LlmPlane:
             failure = await self._round(call, body, targets)
             if failure is None:
                 return
-            if failure.timed_out:
+            if not failure.repeatable:
                 break
         assert failure is not None
         await self._fail(call, failure)
@@ -331,6 +331,7 @@ class LlmPlane:
                         f'every credential of provider "{provider.id}" is cooling down after '
                         f"upstream errors{wait if nxt else ''}",
                         "provider_request_failed",
+                        repeatable=False,
                     )
                     continue
                 headers = {"content-type": "application/json", "accept": "application/json"}
@@ -377,7 +378,10 @@ class LlmPlane:
             resp = await session.post(url, data=data, headers=headers, timeout=timeout, proxy=proxy)
         except TimeoutError:
             return Failure(
-                504, f"upstream {provider.id} timed out", "provider_request_failed", timed_out=True
+                504,
+                f"upstream {provider.id} timed out",
+                "provider_request_failed",
+                repeatable=False,
             )
         except aiohttp.ClientError as exc:
             return Failure(

@@ -32,7 +32,7 @@ def gw(agwd_factory: AgwdLauncher, fake: FakeUpstream) -> Iterator[Agwd]:
                 "id": "p",
                 "provider_type": "openai",
                 "base_url": f"{fake.url}/v1",
-                "network": {"max_retries": 0},
+                "network": {"retry_delay_seconds": 0},
             },
         ],
         "llmRoutes": [
@@ -106,9 +106,11 @@ def test_rate_limited_credentials_back_off_then_recover(gw: Agwd, fake: FakeUpst
         assert view["unavailable"] is True and isinstance(quota, dict) and quota["exceeded"] is True
         assert quota["backoff_level"] == 1 and view["next_retry_after"]
     fake.clear()
+    t0 = time.monotonic()
     r = chat(gw)
     assert r.status_code == 429 and "cooling down" in r.json()["error"]["message"]
     assert fake.requests() == []  # nothing sent while every credential backs off
+    assert time.monotonic() - t0 < 0.5  # and no retry rounds spent waiting for them
     fake.configure(status=0)
     time.sleep(1.2)  # first backoff: 1 s
     assert chat(gw).status_code == 200
