@@ -3,11 +3,7 @@ upstream of another dialect, translated both ways, streaming included, usage exa
 
 from __future__ import annotations
 
-import secrets
-import sqlite3
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import anthropic
 import httpx
@@ -16,6 +12,7 @@ import pytest
 
 from tests.conftest import Agwd, AgwdLauncher
 from tests.fakes.run import FakeUpstream, start_fake_upstream
+from tests.llm.llm_support import settle, tp
 
 KEY = "sk-upstream-secret-0002"
 
@@ -99,39 +96,6 @@ def gw(module_agwd_factory: AgwdLauncher, fake: FakeUpstream) -> Agwd:
         r = c.post("/admin/gateway/apply", json={"bundle": bundle})
         assert r.status_code == 200, r.text
     return agwd
-
-
-TRACE: dict[str, str] = {}
-
-
-@pytest.fixture(autouse=True)
-def trace_id() -> str:
-    """Each test sends its own W3C trace id, so it finds exactly its own usage rows."""
-    TRACE["id"] = secrets.token_hex(16)
-    return TRACE["id"]
-
-
-def tp() -> dict[str, str]:
-    return {"traceparent": f"00-{TRACE['id']}-{'ab' * 8}-01"}
-
-
-def settle(gw: Agwd, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """This test's ``n`` usage rows, oldest first, once the recorder has written them."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with sqlite3.connect(gw.db_path) as db:
-            db.row_factory = sqlite3.Row
-            got = [
-                dict(r)
-                for r in db.execute(
-                    "SELECT * FROM llm_usage_events WHERE trace_id = ? ORDER BY rowid",
-                    (TRACE["id"],),
-                )
-            ]
-        if len(got) >= n or time.monotonic() > deadline:
-            assert len(got) == n, got
-            return got
-        time.sleep(0.05)
 
 
 def oa(gw: Agwd, rid: str) -> openai.OpenAI:
