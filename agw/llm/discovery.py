@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from agw.config.models import Provider
-from agw.llm.providers import ANTHROPIC_VERSION, CredentialPicker
+from agw.llm.providers import CredentialPicker, auth_headers, url_for
 from agw.llm.upstream import UpstreamPool
 from agw.runtime.snapshot import Snapshot
 
@@ -129,25 +129,8 @@ class ModelCatalog:
     async def refresh(self, snapshot: Snapshot, provider_id: str) -> list[ModelSnapshot]:
         provider = snapshot.providers[provider_id]
         key = next(iter(self.picker.keys(snapshot, provider_id, ["provider_id"], "round_robin")))
-        base = provider.effective_base_url.rstrip("/")
-        headers = {k.lower(): v for k, v in provider.network.extra_headers.items()}
-        if provider.provider_type == "gemini":
-            prefix = base if base.endswith(("/v1beta", "/v1")) else base + "/v1beta"
-            url = prefix + "/models"
-            if key.value:
-                headers["x-goog-api-key"] = key.value
-        elif provider.provider_type in ("anthropic", "claudecode"):
-            url = base + ("/models" if base.endswith("/v1") else "/v1/models")
-            headers["anthropic-version"] = ANTHROPIC_VERSION
-            if key.value:
-                if provider.provider_type == "anthropic":
-                    headers["x-api-key"] = key.value
-                else:
-                    headers["authorization"] = f"Bearer {key.value}"
-        else:
-            url = base + "/models"
-            if key.value:
-                headers["authorization"] = f"Bearer {key.value}"
+        url = url_for(provider, "models", "", stream=False)
+        headers = auth_headers(provider, "models", key.value)
         try:
             async with self.pool.session(provider).get(
                 url,

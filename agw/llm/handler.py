@@ -553,33 +553,48 @@ class LlmPlane:
         provider = req.snapshot.providers[tp.provider_id]
         call.target = Target(provider, "")
         if chat_wire(provider) == "chat" or provider.provider_type == "openai":
-            key = next(
-                iter(self.picker.keys(req.snapshot, provider.id, ["provider_id"], "round_robin"))
-            )
-            call.key = key
-            headers = auth_headers(provider, "chat", key.value)
-            session = self.pool.session(provider)
-            try:
-                async with session.get(
-                    url_for(provider, "models", "", stream=False),
-                    headers=headers,
-                    timeout=self.pool.timeout(provider, stream=False),
-                ) as resp:
-                    raw = await resp.read()
-                    call.status = resp.status
-                    ctype = resp.headers.get("content-type", "application/json").encode()
-                    await req.respond(resp.status, raw, ctype, _passed_headers(resp))
-                    return
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise Reply(
-                    502, f"upstream {provider.id} unreachable: {exc}", "provider_request_failed"
-                ) from None
+            await self._relay(call, provider, "models", {})
+            return
         ids = [provider.default_model] if provider.default_model else []
         data = [
             {"id": i, "object": "model", "created": 0, "owned_by": provider.provider_type}
             for i in ids
         ]
         await req.respond(200, json.dumps({"object": "list", "data": data}).encode())
+
+    async def _relay(
+        self,
+        call: Call,
+        provider: Provider,
+        wire: str,
+        headers: dict[str, str],
+        data: bytes | None = None,
+    ) -> None:
+        """One call to the provider with its first key, the answer passed back unchanged
+        (``models`` is a GET, ``count_tokens`` a POST of ``data``)."""
+        req = call.req
+        key = next(
+            iter(self.picker.keys(req.snapshot, provider.id, ["provider_id"], "round_robin"))
+        )
+        call.key = key
+        headers = {**headers, **auth_headers(provider, wire, key.value)}
+        method = "GET" if data is None else "POST"
+        try:
+            async with self.pool.session(provider).request(
+                method,
+                url_for(provider, wire, "", stream=False),
+                data=data,
+                headers=headers,
+                timeout=self.pool.timeout(provider, stream=False),
+            ) as resp:
+                raw = await resp.read()
+                call.status = resp.status
+                ctype = resp.headers.get("content-type", "application/json").encode()
+                await req.respond(resp.status, raw, ctype, _passed_headers(resp))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Reply(
+                502, f"upstream {provider.id} unreachable: {exc}", "provider_request_failed"
+            ) from None
 
     async def _count_tokens(self, call: Call, body: dict[str, Any], target: Target) -> None:
         req = call.req
@@ -589,31 +604,12 @@ class LlmPlane:
             payload = dict(body)
             if target.upstream_model:
                 payload["model"] = target.upstream_model
-            key = next(
-                iter(self.picker.keys(req.snapshot, provider.id, ["provider_id"], "round_robin"))
-            )
-            call.key = key
             headers = {"content-type": "application/json"}
             for name in FORWARDED_HEADERS["messages"]:
                 if name in req.headers:
                     headers[name] = req.headers[name]
-            headers.update(auth_headers(provider, "count_tokens", key.value))
-            try:
-                async with self.pool.session(provider).post(
-                    url_for(provider, "count_tokens", "", stream=False),
-                    data=json.dumps(payload).encode(),
-                    headers=headers,
-                    timeout=self.pool.timeout(provider, stream=False),
-                ) as resp:
-                    raw = await resp.read()
-                    call.status = resp.status
-                    ctype = resp.headers.get("content-type", "application/json").encode()
-                    await req.respond(resp.status, raw, ctype, _passed_headers(resp))
-                    return
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise Reply(
-                    502, f"upstream {provider.id} unreachable: {exc}", "provider_request_failed"
-                ) from None
+            await self._relay(call, provider, "count_tokens", headers, json.dumps(payload).encode())
+            return
         await req.respond(200, json.dumps({"input_tokens": estimate_tokens(body)}).encode())
         call.status = 200
 

@@ -57,6 +57,8 @@ def url_for(provider: Provider, wire: str, model: str, *, stream: bool) -> str:
     if wire == "models":
         if provider.provider_type in ("anthropic", "claudecode"):
             return base + ("/models" if base.endswith("/v1") else "/v1/models")
+        if provider.provider_type == "gemini":
+            return (base if base.endswith(("/v1beta", "/v1")) else base + "/v1beta") + "/models"
         return base + "/models"
     if wire == "count_tokens":
         return base + (
@@ -81,7 +83,9 @@ def auth_headers(provider: Provider, wire: str, key: str) -> dict[str, str]:
                 headers["authorization"] = f"Bearer {key}"
         else:
             headers["authorization"] = f"Bearer {key}"
-    if wire in ("messages", "count_tokens"):
+    if wire in ("messages", "count_tokens") or (
+        wire == "models" and provider.provider_type in ("anthropic", "claudecode")
+    ):
         headers["anthropic-version"] = ANTHROPIC_VERSION
     if provider.provider_type == "openai" and provider.options.get("organization"):
         headers["openai-organization"] = str(provider.options["organization"])
