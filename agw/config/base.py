@@ -9,6 +9,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    field_validator,
     model_validator,
 )
 
@@ -23,11 +24,17 @@ class Strict(BaseModel):
 
 
 class Stamped(Strict):
-    """Objects with server-managed timestamps: accepted in bundles (Go exports carry them) and
-    ignored; the admin API reports them in its views."""
+    """Stored objects with an ``id`` and server-managed timestamps. The timestamps are accepted
+    in bundles (Go exports carry them) and ignored; the admin API reports them in its views.
+    Every ``id`` is checked by :func:`check_id`."""
 
     created_at: str | None = Field(default=None, exclude=True, description="server-managed")
     updated_at: str | None = Field(default=None, exclude=True, description="server-managed")
+
+    @field_validator("id", check_fields=False)
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_id(v)
 
 
 def check_id(value: str, *, slash_free: bool = True) -> str:

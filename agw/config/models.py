@@ -26,7 +26,6 @@ from agw.config.base import (
     NonNegInt,
     Stamped,
     Strict,
-    check_id,
     dedupe,
 )
 from agw.config.services import (
@@ -104,11 +103,6 @@ class Provider(Stamped):
     @classmethod
     def _lower_type(cls, v: Any) -> Any:
         return v.strip().lower() if isinstance(v, str) else v
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        return check_id(v)
 
     @field_validator("options")
     @classmethod
@@ -281,11 +275,6 @@ class LLMRoute(Stamped):
     auth_policy: AuthPolicy = Field(default_factory=AuthPolicy)
     target_policy: TargetPolicy
 
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        return check_id(v)
-
     @field_validator("protocol", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
@@ -303,11 +292,6 @@ class VirtualKey(Stamped):
     allowed_route_ids: list[str] = Field(default_factory=list)
     status_message: str = ""
     expires_at: datetime | None = None
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        return check_id(v)
 
     @field_validator("allowed_route_ids")
     @classmethod
@@ -366,11 +350,6 @@ class Credential(Stamped):
     attributes: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     disabled: bool = False
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        return check_id(v)
 
     @model_validator(mode="after")
     def _scope(self) -> Self:

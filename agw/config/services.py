@@ -55,11 +55,6 @@ class McpService(Stamped):
     disabled: bool = False
     description: str = ""
 
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        return check_id(v)
-
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
@@ -162,11 +157,6 @@ class AcpService(Stamped):
     disabled: bool = False
     description: str = ""
     codex: CodexOptions | None = None
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        return check_id(v)
 
     @field_validator("idle_ttl", mode="before")
     @classmethod
@@ -276,11 +266,6 @@ class Agent(Stamped):
     policy: AgentPolicy = Field(default_factory=AgentPolicy)
     disabled: bool = False
     owns_service: bool = Field(default=False, description="server-controlled; ignored on input")
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        return check_id(v)
 
     @field_validator("name")
     @classmethod
