@@ -8,12 +8,12 @@ the trace headers of the request to every answer.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from agw.errors import PayloadTooLarge
+from agw.ids import new_span_id, new_trace_id
 from agw.runtime.snapshot import CompiledRoute, Snapshot
 
 Scope = MutableMapping[str, Any]
@@ -47,10 +47,10 @@ class TraceContext:
             span = headers.get("x-span-id", "")
             parent = span.lower() if len(span) == 16 and _hex(span) else None
         if not trace_id or trace_id == "0" * 32:
-            trace_id = secrets.token_hex(16)
+            trace_id = new_trace_id()
         raw_depth = headers.get("x-agent-depth", "")
         depth = int(raw_depth) if raw_depth.isdigit() else 0
-        return cls(trace_id, secrets.token_hex(8), parent, depth, headers.get("tracestate"))
+        return cls(trace_id, new_span_id(), parent, depth, headers.get("tracestate"))
 
     def response_headers(self) -> Headers:
         out = [

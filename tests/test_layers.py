@@ -12,6 +12,7 @@ LAYERS = {
     "agw.settings": 0,
     "agw.telemetry": 0,
     "agw.envfile": 0,
+    "agw.ids": 0,
     "agw.config": 1,
     "agw.store": 2,
     "agw.runtime": 3,

@@ -90,7 +90,7 @@ class Failure:
     repeatable: bool = True  # worth another round (not a timeout, not a credential cool-down)
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """What one request has learned so far: becomes the usage event."""
 

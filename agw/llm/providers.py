@@ -122,6 +122,9 @@ class CredentialPicker:
         """Keys to try in order. Credentials cooling down (``health``) are skipped; when only
         those remain and the provider has no key of its own, one ``cooling`` key says so."""
         provider = snapshot.providers[provider_id]
+        if not snapshot.credentials:  # no managed credentials at all: the provider's own key
+            yield Key(provider.api_key, "static") if provider.api_key else Key("", "none")
+            return
         seen: set[str] = set()
         cooling: list[str] = []
         for scope_kind in scope_order:

@@ -4,6 +4,7 @@ settings change, with connect/read/total timeouts from the provider's ``network`
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -29,7 +30,11 @@ class UpstreamPool:
 
     def session(self, provider: Provider) -> aiohttp.ClientSession:
         entry = self._sessions.get(provider.id)
-        if entry is not None and entry.network == provider.network and not entry.session.closed:
+        if (
+            entry is not None
+            and (entry.network is provider.network or entry.network == provider.network)
+            and not entry.session.closed
+        ):
             return entry.session
         if entry is not None:
             self._retire(entry.session)
@@ -51,12 +56,7 @@ class UpstreamPool:
 
     @staticmethod
     def timeout(provider: Provider, *, stream: bool) -> aiohttp.ClientTimeout:
-        seconds = float(provider.network.request_timeout_seconds or 120)
-        return aiohttp.ClientTimeout(
-            total=None if stream else seconds,
-            connect=min(CONNECT_TIMEOUT_S, seconds),
-            sock_read=seconds,
-        )
+        return _timeout(float(provider.network.request_timeout_seconds or 120), stream)
 
     def _retire(self, session: aiohttp.ClientSession) -> None:
         """Close a replaced session after in-flight requests had time to finish."""
@@ -78,3 +78,13 @@ class UpstreamPool:
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
         self._sessions.clear()
         self._retired.clear()
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(seconds: float, stream: bool) -> aiohttp.ClientTimeout:
+    """ClientTimeout is immutable: one per (timeout, stream) instead of one per request."""
+    return aiohttp.ClientTimeout(
+        total=None if stream else seconds,
+        connect=min(CONNECT_TIMEOUT_S, seconds),
+        sock_read=seconds,
+    )

@@ -17,34 +17,19 @@ Only ``started_at`` and ``finished_at`` are required; ``event_id`` and ``span_id
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import secrets
+import operator
 import time
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Literal
+
+from agw.ids import new_event_id, new_span_id
 
 PAYLOAD_LIMIT_BYTES = 4096
 
 UsageSource = Literal["provider", "estimated", "missing"]
-
-
-def new_event_id() -> str:
-    """A fresh ``event_id``: a UUID version 7 (RFC 9562) in its canonical text form. Its first
-    48 bits are the unix time in milliseconds, so ids sort by time (to the millisecond) and each
-    insert lands at the end of the primary-key index instead of at a random page of it."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
-    value |= 0b10 << 62 | (rand & (2**62 - 1))
-    return str(uuid.UUID(int=value))
-
-
-def new_span_id() -> str:
-    """A fresh span id: 8 random bytes as 16 hex digits, as W3C trace context spells them."""
-    return secrets.token_hex(8)
 
 
 def now_ms() -> int:
@@ -115,7 +100,15 @@ class UsageEvent:
 
     def row(self) -> tuple[object, ...]:
         """The column values in :meth:`columns` order, converted for SQLite."""
-        return tuple(_sql_value(getattr(self, f.name)) for f in fields(self))
+        return tuple(
+            v if (t := type(v)) is str or t is int or v is None else _sql_value(v)
+            for v in _getter(type(self))(self)
+        )
+
+
+@functools.cache
+def _getter(cls: type[UsageEvent]) -> Callable[[UsageEvent], tuple[object, ...]]:
+    return operator.attrgetter(*cls.columns())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
