@@ -13,6 +13,7 @@ LAYERS = {
     "agw.telemetry": 0,
     "agw.envfile": 0,
     "agw.ids": 0,
+    "agw.jsonfast": 0,
     "agw.config": 1,
     "agw.store": 2,
     "agw.runtime": 3,

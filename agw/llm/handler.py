@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from agw import jsonfast
 from agw.asgi import ClientGone, Headers, Request, with_disconnect
 from agw.config.models import Provider
 from agw.errors import InvalidRequest, PayloadTooLarge
@@ -122,7 +123,7 @@ def _passed_headers(resp: aiohttp.ClientResponse) -> Headers:
 
 def _error_message(body: bytes) -> str:
     try:
-        data = json.loads(body)
+        data = jsonfast.loads(body)
     except ValueError:
         return body[:300].decode("utf-8", "replace")
     err = data.get("error") if isinstance(data, dict) else None
@@ -442,7 +443,7 @@ class LlmPlane:
             raise Reply(502, f"upstream read failed: {exc}", "provider_request_failed") from None
         if call.renamed:
             try:
-                answer = json.loads(raw)
+                answer = jsonfast.loads(raw)
             except ValueError:
                 answer = None
             if isinstance(answer, dict) and restore_tool_names(answer, call.renamed):
@@ -455,7 +456,7 @@ class LlmPlane:
             model = (target.logical_model or target.upstream_model) if target else None
             try:
                 converted = translate.translate_response(
-                    json.loads(raw), wire, client_wire, model=model
+                    jsonfast.loads(raw), wire, client_wire, model=model
                 )
             except ValueError:
                 raise Reply(
@@ -676,7 +677,7 @@ def _restored(event: Event, renamed: dict[str, str]) -> Event:
 
 def _parse_body(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
+        body = jsonfast.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise Reply(400, f"invalid JSON body: {exc}", "protocol_validation_failed") from None
     if not isinstance(body, dict):

@@ -6,10 +6,10 @@ only when a cheap byte check says it may hold what we need, so passthrough strea
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from agw import jsonfast
 from agw.llm.sse import Event
 
 
@@ -53,7 +53,7 @@ class Observer:
 
     def body(self, raw: bytes) -> None:
         try:
-            data = json.loads(raw)
+            data = jsonfast.loads(raw)
         except ValueError:
             return
         if not isinstance(data, dict):
@@ -218,7 +218,7 @@ def _worth_parsing(wire: str, raw: bytes) -> bool:
 
 def _loads(data: str) -> dict[str, Any]:
     try:
-        value = json.loads(data)
+        value = jsonfast.loads(data)
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}

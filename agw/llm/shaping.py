@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from agw import jsonfast
 from agw.config.models import Provider
 from agw.errors import InvalidRequest
 
@@ -166,7 +167,7 @@ def restore_event(name: str, data: str, renamed: dict[str, str]) -> str | None:
     if name != "content_block_start" or "tool_use" not in data:
         return None
     try:
-        parsed = json.loads(data)
+        parsed = jsonfast.loads(data)
     except ValueError:
         return None
     if isinstance(parsed, dict) and restore_tool_names(parsed, renamed):

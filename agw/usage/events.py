@@ -1,4 +1,4 @@
-"""Usage events: one frozen value per dispatched request, one class per usage table.
+"""Usage events: one value per dispatched request, one class per usage table.
 
 A handler builds the event it knows about (reference §7.1) and hands it to the recorder; the
 fields are exactly the columns of the table (reference §7.2 plus migration 0002), common columns
@@ -11,13 +11,14 @@ for the JSON-array columns, ``dict`` for the ``*_json`` columns, unix millisecon
 - a ``*_json`` payload becomes compact JSON, cut to :data:`PAYLOAD_LIMIT_BYTES` (what does not fit
   is lost: the stored text is then a prefix, not valid JSON).
 
-Only ``started_at`` and ``finished_at`` are required; ``event_id`` and ``span_id`` are generated,
+Events are slotted, not frozen (a frozen dataclass pays a ``object.__setattr__`` per field at
+construction, measurable on the hot path): a handler builds one and never changes it after
+:meth:`UsageRecorder.emit`. Only ``started_at`` and ``finished_at`` are required; ``event_id`` and ``span_id`` are generated,
 ``latency_ms`` defaults to ``finished_at - started_at`` and ``route_kind`` to the table's kind.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import operator
 import time
@@ -25,7 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Literal
 
-from agw.ids import new_event_id, new_span_id
+from agw.ids import new_event_id as new_event_id
+from agw.ids import new_span_id
 
 PAYLOAD_LIMIT_BYTES = 4096
 
@@ -57,7 +59,7 @@ def _sql_value(value: object) -> object:
     return value
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class UsageEvent:
     """The columns the three usage tables share. Build one of the subclasses, not this."""
 
@@ -84,7 +86,7 @@ class UsageEvent:
         if not hasattr(type(self), "table"):
             raise TypeError("UsageEvent is abstract: build an Llm/Mcp/AcpUsageEvent")
         if self.latency_ms is None:
-            object.__setattr__(self, "latency_ms", max(0, self.finished_at - self.started_at))
+            self.latency_ms = max(0, self.finished_at - self.started_at)
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:
@@ -106,12 +108,17 @@ class UsageEvent:
         )
 
 
-@functools.cache
+_GETTERS: dict[str, Callable[[UsageEvent], tuple[object, ...]]] = {}
+
+
 def _getter(cls: type[UsageEvent]) -> Callable[[UsageEvent], tuple[object, ...]]:
-    return operator.attrgetter(*cls.columns())
+    getter = _GETTERS.get(cls.table)
+    if getter is None:
+        getter = _GETTERS[cls.table] = operator.attrgetter(*cls.columns())
+    return getter
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class LlmUsageEvent(UsageEvent):
     """One LLM call (chat completions, responses, messages), stream or not."""
 
@@ -143,7 +150,7 @@ class LlmUsageEvent(UsageEvent):
     session_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class McpUsageEvent(UsageEvent):
     """One MCP JSON-RPC request (``tools/call``, ``resources/read``, ...)."""
 
@@ -168,7 +175,7 @@ class McpUsageEvent(UsageEvent):
     tool_args_json: dict[str, object] | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class AcpUsageEvent(UsageEvent):
     """One ACP call: a turn, a permission answer, a session or transcript read, an admin audit."""
 

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from agw import jsonfast
 from agw.llm.translate.canonical import (
     BlockStop,
     Error,
@@ -49,7 +50,7 @@ class StreamDecoder:
         if data.strip() == "[DONE]":
             return self._end()
         try:
-            r = Reader(json.loads(data))
+            r = Reader(jsonfast.loads(data))
         except ValueError:
             return []
         out: list[Event] = []

@@ -12,11 +12,11 @@ another format get Google's documented placeholder, ``skip_thought_signature_val
 
 from __future__ import annotations
 
-import json
 import mimetypes
 from collections import defaultdict, deque
 from typing import Any
 
+from agw import jsonfast
 from agw.errors import InvalidRequest
 from agw.llm.translate.canonical import (
     Ids,
@@ -455,6 +455,6 @@ def render_response(resp: Response, *, ids: Ids | None = None) -> dict[str, Any]
 
 def loads_or_none(data: str) -> Any:
     try:
-        return json.loads(data)
+        return jsonfast.loads(data)
     except ValueError:
         return None

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
+from agw import jsonfast
 from agw.llm.translate.canonical import (
     BlockStop,
     Error,
@@ -53,7 +53,7 @@ class StreamDecoder:
 
     def feed(self, event: str | None, data: str) -> list[Event]:
         try:
-            r = Reader(json.loads(data))
+            r = Reader(jsonfast.loads(data))
         except ValueError:
             return []
         kind = r.text("type") or event

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agw import jsonfast
 from agw.llm.translate.canonical import (
     BlockStop,
     Error,
@@ -58,7 +58,7 @@ class StreamDecoder:
         if self._done:
             return []
         try:
-            r = Reader(json.loads(data))
+            r = Reader(jsonfast.loads(data))
         except ValueError:
             return []
         kind = r.text("type") or event or ""
