@@ -27,6 +27,16 @@ class ClientGone(Exception):
     """The client disconnected before the answer was complete."""
 
 
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """The dispatcher refused the request (depth gate, disabled route, virtual key): the route's
+    plane answers it in its own dialect and records it."""
+
+    status: int
+    message: str
+    error_type: str
+
+
 @dataclass(slots=True)
 class TraceContext:
     trace_id: str

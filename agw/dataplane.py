@@ -11,13 +11,23 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Protocol
 
-from agw.asgi import Receive, Request, Scope, Send, TraceContext
+from agw.asgi import Receive, Rejection, Request, Scope, Send, TraceContext
 from agw.llm.handler import LlmPlane, Reply
 from agw.runtime.manager import ConfigManager
 from agw.runtime.snapshot import CompiledRoute, Snapshot
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class Plane(Protocol):
+    """What serves one route kind (mcp, acp): answers every request of its routes, rejections
+    included, in its own dialect, and records the usage event."""
+
+    async def handle(self, req: Request, rejection: Rejection | None) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -95,7 +105,16 @@ async def _plain(send: Send, status: int, message: str, headers: list[tuple[byte
     await send({"type": "http.response.body", "body": body})
 
 
-def create_data_app(manager: ConfigManager, llm: LlmPlane, *, max_agent_depth: int = 0) -> ASGIApp:
+def create_data_app(
+    manager: ConfigManager,
+    llm: LlmPlane,
+    *,
+    max_agent_depth: int = 0,
+    planes: dict[str, Plane] | None = None,
+) -> ASGIApp:
+    """``planes``: the handlers of the other route kinds (``mcp``, ``acp``); a kind without one
+    answers 501."""
+    others = dict(planes or {})
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -105,6 +124,8 @@ def create_data_app(manager: ConfigManager, llm: LlmPlane, *, max_agent_depth: i
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     await llm.close()
+                    for plane in others.values():
+                        await plane.close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] != "http":
@@ -132,6 +153,15 @@ def create_data_app(manager: ConfigManager, llm: LlmPlane, *, max_agent_depth: i
             req.virtual_key_id, rejection = authenticate(snapshot, route, headers)
         if route.kind == "llm":
             await llm.handle(req, rejection)
+            return
+        other = others.get(route.kind)
+        if other is not None:
+            await other.handle(
+                req,
+                None
+                if rejection is None
+                else Rejection(rejection.status, rejection.message, rejection.error_type),
+            )
             return
         if rejection is not None:
             await _plain(

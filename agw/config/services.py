@@ -93,20 +93,87 @@ class _ServiceRoute(Stamped):
     def _id(cls, v: str) -> str:
         return check_id(v) if v else v
 
+    def _id_service(self) -> str:
+        return self.service_id
+
     @model_validator(mode="after")
     def _default_id(self) -> Self:
-        if not self.service_id.strip():
-            raise ValueError("service_id is required")
+        if not self._id_service().strip():
+            raise ValueError(
+                "service_id or service_ids is required"
+                if hasattr(self, "service_ids")
+                else "service_id is required"
+            )
         if not self.id:
             kind = getattr(self, "kind", "mcp")
-            self.id = f"{kind}:{self.service_id}:{route_slug(self.match_policy.path_prefix)}"
+            self.id = f"{kind}:{self._id_service()}:{route_slug(self.match_policy.path_prefix)}"
         self.id = check_id(self.id)
         return self
+
+
+# A name an MCP client is shown: what the 2025-11-25 tool-name guidance allows, at most 64 long.
+PRESENTED_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class McpToolPolicy(Strict):
+    allow: list[str] = Field(
+        default_factory=list,
+        description="glob patterns on presented tool names; empty allows every tool",
+    )
+    deny: list[str] = Field(
+        default_factory=list, description="glob patterns on presented tool names; wins over allow"
+    )
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        return dedupe(v)
 
 
 class McpRoute(_ServiceRoute):
     kind: Literal["mcp"] = "mcp"
     protocol: Literal["mcp"] = "mcp"
+    service_id: str = Field(default="", description="the one service of this route")
+    service_ids: list[str] = Field(
+        default_factory=list, description="several services multiplexed behind this route"
+    )
+    prefix_mode: Literal["", "always", "conditional", "never"] = Field(
+        default="",
+        description=(
+            "service-id prefix on presented names: always, conditional (only names that "
+            "collide), never; empty means never for one service and always for several"
+        ),
+    )
+    fail_closed: bool = Field(
+        default=False,
+        description="one failing service fails the whole list call instead of being skipped",
+    )
+    tool_policy: McpToolPolicy = Field(default_factory=McpToolPolicy)
+
+    @field_validator("service_ids")
+    @classmethod
+    def _service_ids(cls, v: list[str]) -> list[str]:
+        return dedupe(v)
+
+    @model_validator(mode="after")
+    def _services(self) -> Self:
+        if self.service_id.strip() and self.service_ids:
+            raise ValueError("set service_id or service_ids, not both")
+        return self
+
+    def _id_service(self) -> str:
+        return self.service_id.strip() or "+".join(self.service_ids)
+
+    @property
+    def services(self) -> list[str]:
+        """The services behind this route, in the order their names are listed."""
+        return [self.service_id] if self.service_id.strip() else list(self.service_ids)
+
+    @property
+    def effective_prefix_mode(self) -> str:
+        if self.prefix_mode:
+            return self.prefix_mode
+        return "always" if len(self.services) > 1 else "never"
 
 
 class AcpRoute(_ServiceRoute):

@@ -63,7 +63,10 @@ def check(catalog: Catalog, *, partial: bool, incomplete: Iterable[str] = ()) ->
                 where = f"target_policy.model_targets[{ti}].candidates[{ci}].provider_id"
                 ref(label, where, f.PROVIDER, cand.provider_id)
     for label, route in catalog.get(f.MCP_ROUTE.name, ()):
-        ref(label, "service_id", f.MCP_SERVICE, route.service_id)
+        if route.service_id:
+            ref(label, "service_id", f.MCP_SERVICE, route.service_id)
+        for si, sid in enumerate(route.service_ids):
+            ref(label, f"service_ids[{si}]", f.MCP_SERVICE, sid)
     for label, route in catalog.get(f.ACP_ROUTE.name, ()):
         ref(label, "service_id", f.ACP_SERVICE, route.service_id)
     routes_present = any(n in present for n in _ROUTE_FAMILIES)

@@ -62,6 +62,9 @@ class Snapshot:
     credentials: MappingProxyType[str, tuple[Any, ...]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    mcp_services: MappingProxyType[str, Any] = field(
+        default_factory=lambda: MappingProxyType({})
+    )  # McpService by id, disabled ones included
     state: ConfigState = field(default_factory=ConfigState)
 
     def match(self, host: str, path: str, method: str) -> CompiledRoute | None:
@@ -134,6 +137,7 @@ def compile_snapshot(state: ConfigState, enabled_provider_types: Iterable[str]) 
         virtual_keys=MappingProxyType(vks),
         providers=MappingProxyType(providers),
         credentials=MappingProxyType(credentials),
+        mcp_services=MappingProxyType({oid: rec.obj for oid, rec in state.records(f.MCP_SERVICE)}),
         state=state,
     )
 

@@ -13,8 +13,9 @@ for the JSON-array columns, ``dict`` for the ``*_json`` columns, unix millisecon
 
 Events are slotted, not frozen (a frozen dataclass pays a ``object.__setattr__`` per field at
 construction, measurable on the hot path): a handler builds one and never changes it after
-:meth:`UsageRecorder.emit`. Only ``started_at`` and ``finished_at`` are required; ``event_id`` and ``span_id`` are generated,
-``latency_ms`` defaults to ``finished_at - started_at`` and ``route_kind`` to the table's kind.
+:meth:`UsageRecorder.emit`. Only ``started_at`` and ``finished_at`` are required; ``event_id``
+and ``span_id`` are generated, ``latency_ms`` defaults to ``finished_at - started_at`` and
+``route_kind`` to the table's kind.
 """
 
 from __future__ import annotations
