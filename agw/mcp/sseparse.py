@@ -1,0 +1,125 @@
+"""An incremental Server-Sent Events parser: bytes in, events out (the WHATWG rules).
+
+    parser = SseParser()
+    for chunk in stream:
+        for event in parser.feed(chunk):
+            ...  # event.event, event.data, event.id, event.retry
+    for event in parser.close():
+        ...
+
+Lines end with ``\\r\\n``, ``\\n`` or ``\\r`` (also split across chunks); ``:`` lines are comments;
+a field without a colon has an empty value; one space after the colon is dropped. ``data`` lines
+are joined with ``\\n``; an event is dispatched at a blank line when it had at least one ``data``
+line (so an event with only ``id:`` or ``retry:`` updates :attr:`SseParser.last_event_id` /
+:attr:`SseParser.retry_ms` but yields nothing). ``id`` is the last event id in force when the event
+was dispatched (the stream's, as browsers keep it); ``retry`` is the value this event block set, if
+any. Unlike a browser, :meth:`SseParser.close` also dispatches an event cut short by the end of
+the stream (a server that closes right after its last ``data:`` line loses nothing). An event (or a
+line) larger than ``max_event_bytes`` raises :class:`SseError`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from dataclasses import dataclass
+
+DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
+_EOL = re.compile(r"\r\n|\r|\n")
+
+
+class SseError(ValueError):
+    """The stream broke a limit of the parser."""
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    retry: int | None = None
+
+
+class SseParser:
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        self.last_event_id: str | None = None
+        self.retry_ms: int | None = None
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buf = ""  # text not yet split into lines
+        self._first = True  # a BOM is dropped at the very start only
+        self._event = ""
+        self._data: list[str] = []
+        self._size = 0  # characters held for the pending event
+        self._retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        """Parse a chunk; the events it completed, in order."""
+        text = self._decoder.decode(chunk)
+        if not text:
+            return []
+        if self._first:
+            self._first = False
+            if text.startswith("\ufeff"):
+                text = text[1:]
+        buf = self._buf + text if self._buf else text
+        out: list[SseEvent] = []
+        pos = 0
+        end = len(buf)
+        for match in _EOL.finditer(buf):
+            if match.group() == "\r" and match.end() == end:
+                break  # maybe the first half of \r\n: wait for the next chunk
+            self._line(buf[pos : match.start()], out)
+            pos = match.end()
+        self._buf = buf[pos:]
+        if len(self._buf) + self._size > self.max_event_bytes:
+            raise SseError(f"SSE event larger than {self.max_event_bytes} bytes")
+        return out
+
+    def close(self) -> list[SseEvent]:
+        """The end of the stream: flush what is pending (see module docstring)."""
+        out: list[SseEvent] = []
+        rest = self._buf + self._decoder.decode(b"", final=True)
+        self._buf = ""
+        for line in _EOL.split(rest):
+            if line:
+                self._line(line, out)
+        self._dispatch(out)
+        return out
+
+    def _line(self, line: str, out: list[SseEvent]) -> None:
+        if not line:
+            self._dispatch(out)
+            return
+        if line[0] == ":":
+            return
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+            self._size += len(value) + 1
+            if self._size > self.max_event_bytes:
+                raise SseError(f"SSE event larger than {self.max_event_bytes} bytes")
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\x00" not in value:
+                self.last_event_id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self._retry = self.retry_ms = int(value)
+
+    def _dispatch(self, out: list[SseEvent]) -> None:
+        if self._data:
+            out.append(
+                SseEvent(
+                    event=self._event or "message",
+                    data="\n".join(self._data),
+                    id=self.last_event_id,
+                    retry=self._retry,
+                )
+            )
+        self._event = ""
+        self._data = []
+        self._size = 0
+        self._retry = None

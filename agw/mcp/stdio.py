@@ -1,0 +1,267 @@
+"""The stdio upstream: one process per service, shared by every client of the gateway.
+
+:class:`StdioUpstream` starts the process on first use (``ensure_ready``), speaks
+newline-delimited JSON on stdin/stdout, keeps the last 8 KiB of stderr, and when the process
+exits fails every call in flight at once; the next call restarts it after a backoff (0.5 s
+doubling to 30 s, reset once a process ran 60 s). ``close()`` closes stdin, then SIGTERMs and
+SIGKILLs the process group. Message routing is :class:`agw.mcp.channel.ChannelUpstream`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from agw.config.services import McpService
+from agw.mcp.channel import (
+    ChannelUpstream,
+)
+from agw.mcp.jsonrpc import (
+    JsonObj,
+)
+from agw.mcp.upstream import (
+    Listener,
+    UpstreamError,
+)
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL_BYTES = 8 * 1024
+LINE_LIMIT = 16 * 1024 * 1024
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+HEALTHY_AFTER_S = 60.0
+CLOSE_GRACE_S = 2.0
+
+
+class StdioUpstream(ChannelUpstream):
+    """One stdio MCP server process (see the module docstring)."""
+
+    def __init__(self, service: McpService, listener: Listener | None = None) -> None:
+        super().__init__(service, listener)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._readers: list[asyncio.Task[None]] = []
+        self._stderr = bytearray()
+        self._started_at = 0.0
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._exit_reason = ""
+        self.restarts = 0  # processes started after the first
+        self.exit_code: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
+    @property
+    def stderr_tail(self) -> str:
+        """The last 8 KiB the process wrote on stderr."""
+        return self._stderr.decode("utf-8", errors="replace")
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out |= {"pid": self.pid, "restarts": self.restarts, "exit_code": self.exit_code}
+        return out
+
+    # ------------------------------------------------------------------------------ channel
+
+    async def _open(self) -> None:
+        sid = self.service.id
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            raise UpstreamError(f"{self._exit_reason}; restarting in {wait:.1f}s")
+        if self._proc is not None:
+            self.restarts += 1
+            await self._reap(self._proc)
+        env = {**os.environ, **self.service.env}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.service.command,
+                *self.service.args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+                limit=LINE_LIMIT,
+            )
+        except OSError as exc:
+            reason = f"mcp service {sid} could not start {self.service.command!r}: {exc}"
+            self._schedule_retry(reason, ran=0.0)
+            raise UpstreamError(reason) from None
+        self._proc = proc
+        self._started_at = time.monotonic()
+        if self._stderr:  # the crash reason stays readable after the restart
+            self._stderr += f"\n--- restarted ({self.restarts}) ---\n".encode()
+            del self._stderr[: max(0, len(self._stderr) - STDERR_TAIL_BYTES)]
+        self.exit_code = None
+        self._connected = True
+        self._readers = [
+            asyncio.create_task(self._read_stdout(proc)),
+            asyncio.create_task(self._read_stderr(proc)),
+            asyncio.create_task(self._watch_exit(proc)),
+        ]
+        log.info("mcp_stdio_started", extra={"service_id": sid, "pid": proc.pid})
+
+    async def _send(self, msg: JsonObj) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or not self._connected:
+            raise UpstreamError(
+                self._exit_reason or f"mcp service {self.service.id} is not running"
+            )
+        data = json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        try:
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise UpstreamError(f"mcp service {self.service.id} is not running: {exc}") from None
+
+    async def _abort(self, reason: str) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        alive = proc.returncode is None
+        await self._stop_readers()
+        if alive:  # (a reaped leader's pid may belong to someone else by now)
+            self._killpg(proc, signal.SIGKILL)
+        await self._reap(proc)
+        if alive:  # a failed handshake of a live process counts as a failure too
+            self._schedule_retry(reason, ran=time.monotonic() - self._started_at)
+
+    async def _shutdown(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            if proc.stdin is not None:
+                with contextlib.suppress(Exception):
+                    proc.stdin.close()
+            if not await self._wait(proc, CLOSE_GRACE_S):
+                self._killpg(proc, signal.SIGTERM)
+                if not await self._wait(proc, CLOSE_GRACE_S):
+                    self._killpg(proc, signal.SIGKILL)
+            self._killpg(proc, signal.SIGKILL)  # whatever it left in its group
+        await self._stop_readers()
+        await self._reap(proc)
+        log.info("mcp_stdio_stopped", extra={"service_id": self.service.id, "pid": proc.pid})
+
+    # ------------------------------------------------------------------------------ process
+
+    async def _read_stdout(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except ValueError:  # a line over LINE_LIMIT: the protocol is broken
+                log.warning("mcp_stdio_line_too_long", extra={"service_id": self.service.id})
+                self._killpg(proc, signal.SIGKILL)
+                continue
+            if not line:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                log.debug(
+                    "mcp_stdio_noise", extra={"service_id": self.service.id, "line": line[:200]}
+                )
+                continue
+            for item in msg if isinstance(msg, list) else [msg]:
+                await self._receive(item)
+        # stdout closed: the process is ending (or closed stdout on its own: then end it)
+        if not await self._wait(proc, CLOSE_GRACE_S):
+            self._killpg(proc, signal.SIGKILL)
+            await proc.wait()
+        with contextlib.suppress(BaseException):  # its last stderr words, for the error
+            await asyncio.wait_for(asyncio.shield(self._readers[1]), 1.0)
+        self._exited(proc)
+
+    async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        partial = b""
+        while True:
+            chunk = await proc.stderr.read(4096)
+            if not chunk:
+                break
+            self._stderr += chunk
+            if len(self._stderr) > STDERR_TAIL_BYTES:
+                del self._stderr[: len(self._stderr) - STDERR_TAIL_BYTES]
+            *lines, partial = (partial + chunk).split(b"\n")
+            partial = partial[-STDERR_TAIL_BYTES:]
+            for raw in lines:
+                if raw.strip():
+                    log.debug(
+                        "mcp_stdio_stderr",
+                        extra={"service_id": self.service.id, "line": raw.decode(errors="replace")},
+                    )
+
+    async def _watch_exit(self, proc: asyncio.subprocess.Process) -> None:
+        """A process whose leader exited while a child keeps stdout open still ends: the
+        group is killed a second later, which closes stdout."""
+        await proc.wait()
+        await asyncio.sleep(1.0)
+        self._killpg(proc, signal.SIGKILL)
+
+    def _exited(self, proc: asyncio.subprocess.Process) -> None:
+        if proc is not self._proc or self._closed:
+            return
+        code = proc.returncode
+        self.exit_code = code
+        last = ""
+        for raw in reversed(self.stderr_tail.splitlines()):
+            if raw.strip():
+                last = raw.strip()[:300]
+                break
+        reason = f"mcp service {self.service.id} exited (code {code})" + (
+            f": {last}" if last else ""
+        )
+        log.warning(
+            "mcp_stdio_exited", extra={"service_id": self.service.id, "pid": proc.pid, "code": code}
+        )
+        self._schedule_retry(reason, ran=time.monotonic() - self._started_at)
+        self._lost(reason)
+
+    def _schedule_retry(self, reason: str, *, ran: float) -> None:
+        if self._backoff == 0.0 or ran >= HEALTHY_AFTER_S:
+            self._backoff = BACKOFF_FIRST_S
+        else:
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+        self._retry_at = time.monotonic() + self._backoff
+        self._exit_reason = reason
+
+    async def _stop_readers(self) -> None:
+        current = asyncio.current_task()
+        readers = [t for t in self._readers if t is not current]
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+    @staticmethod
+    async def _wait(proc: asyncio.subprocess.Process, timeout: float) -> bool:  # noqa: ASYNC109
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _reap(self, proc: asyncio.subprocess.Process) -> None:
+        if proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                proc.stdin.close()
+        if not await self._wait(proc, CLOSE_GRACE_S):
+            self._killpg(proc, signal.SIGKILL)
+            await proc.wait()
+
+    @staticmethod
+    def _killpg(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)

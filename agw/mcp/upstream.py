@@ -1,0 +1,147 @@
+"""The interface every upstream MCP transport implements, and the factory that picks one.
+
+An :class:`Upstream` is one MCP client session with one upstream server: it does the handshake
+(``initialize`` + ``notifications/initialized``, or ``server/discover`` for a modern-only server),
+numbers its own requests (so concurrent calls never share an id), and gives each call's
+upstream-side messages (progress, logging, server->client requests) to that call's ``on_message``.
+Messages that belong to no call (``list_changed``, logging between calls, a server->client request
+with no call in flight) go to the ``listener`` given at construction.
+
+Who owns an upstream (see :mod:`agw.mcp.runtime`): a stdio server is one process per service,
+shared by every client of the gateway; an HTTP upstream session belongs to one downstream
+session, so no client's upstream session state reaches another.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from agw.config.services import McpService
+from agw.mcp.jsonrpc import JsonObj, RequestId
+
+# The protocol version the gateway asks its upstreams for first (newest of the handshake era).
+UPSTREAM_PROTOCOL_VERSION = "2025-11-25"
+MODERN_PROTOCOL_VERSION = "2026-07-28"
+CLIENT_INFO = {"name": "agw", "version": "0.1.0"}
+# Declared to upstreams so they may ask; the gateway relays a request only to a client that
+# declared the capability itself and answers the others with an error.
+CLIENT_CAPABILITIES: JsonObj = {"roots": {"listChanged": True}, "sampling": {}, "elicitation": {}}
+DEFAULT_CALL_TIMEOUT_S = 300.0
+
+# An upstream message addressed to the client side while a call runs: a notification
+# (progress, logging, ...) or a server->client request (sampling, elicitation, roots). The
+# callee answers a request later with :meth:`Upstream.reply`, using the message's own id.
+OnMessage = Callable[[JsonObj], Awaitable[None]]
+Listener = Callable[["Upstream", JsonObj], Awaitable[None]]
+
+
+class UpstreamError(Exception):
+    """The upstream could not be used: unreachable, died, timed out, spoke nonsense. (A JSON-RPC
+    error the upstream answered is an :class:`agw.mcp.jsonrpc.RpcError` instead.)"""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status  # the upstream's HTTP status, when it answered one
+
+
+class Upstream(ABC):
+    """One client session with one upstream MCP server."""
+
+    def __init__(self, service: McpService, listener: Listener | None = None) -> None:
+        self.service = service
+        self.listener = listener
+        self.state = "connecting"  # connecting | ready | error | closed
+        self.session_id: str | None = None  # the upstream's own session id (HTTP transports)
+        self.init_result: JsonObj | None = None  # InitializeResult (or discover result, adapted)
+        self.protocol_version: str | None = None
+        self.last_error: str | None = None
+        self.created_at_ms = 0
+        self.last_used_at_ms = 0
+
+    @property
+    def transport(self) -> str:
+        return self.service.transport
+
+    @abstractmethod
+    async def ensure_ready(self) -> JsonObj:
+        """Connect and do the handshake once (concurrent callers share it); the initialize
+        result: ``protocolVersion``, ``capabilities``, ``serverInfo``, ``instructions``.
+        Raises UpstreamError (or RpcError when the upstream refused the handshake)."""
+
+    @abstractmethod
+    async def request(
+        self,
+        method: str,
+        params: JsonObj | None = None,
+        *,
+        on_message: OnMessage | None = None,
+        timeout: float | None = DEFAULT_CALL_TIMEOUT_S,  # noqa: ASYNC109  # per call, set by the caller
+    ) -> Any:
+        """Send one request (after :meth:`ensure_ready`) and return its ``result``.
+
+        Raises RpcError for a JSON-RPC error answer and UpstreamError for everything else. If
+        the awaiting task is cancelled, the upstream gets ``notifications/cancelled`` with the
+        upstream-side request id (handshake era; closing the stream in the modern era) and the
+        cancellation propagates. An HTTP upstream whose session expired (404) is initialised
+        again once, transparently, and the request re-sent."""
+
+    @abstractmethod
+    async def notify(self, method: str, params: JsonObj | None = None) -> None:
+        """Send one notification."""
+
+    @abstractmethod
+    async def reply(
+        self, request_id: RequestId, result: Any = None, error: JsonObj | None = None
+    ) -> None:
+        """Answer a server->client request the upstream sent (by its own id)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """End the session (HTTP DELETE where the upstream has a session; stdio: close stdin,
+        then SIGTERM, then SIGKILL to the process group). Idempotent; in-flight calls fail
+        with UpstreamError."""
+
+    def describe(self) -> dict[str, Any]:
+        """The admin view of this session (reference §5.8 ``sessions``)."""
+        sid = self.session_id
+        return {
+            "service_id": self.service.id,
+            "upstream_session_id": (sid[:8] + "****") if sid else None,
+            "transport": self.transport,
+            "state": self.state,
+            "protocol_version": self.protocol_version,
+            "last_error": self.last_error,
+            "created_at": self.created_at_ms,
+            "last_used_at": self.last_used_at_ms,
+        }
+
+
+def create_upstream(service: McpService, listener: Listener | None = None) -> Upstream:
+    """The transport the service asks for."""
+    if service.transport == "stdio":
+        from agw.mcp.stdio import StdioUpstream
+
+        return StdioUpstream(service, listener)
+    if service.transport == "sse":
+        from agw.mcp.sse import SseUpstream
+
+        return SseUpstream(service, listener)
+    from agw.mcp.http import StreamableHttpUpstream
+
+    return StreamableHttpUpstream(service, listener)
+
+
+def auth_headers(service: McpService) -> dict[str, str]:
+    """The service's own credentials (never the client's)."""
+    auth = service.auth
+    if auth.type in ("api_key", "bearer", "oauth2") and auth.api_key:
+        return {"authorization": f"Bearer {auth.api_key}"}
+    if auth.type == "basic":
+        import base64
+
+        token = base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
+        return {"authorization": f"Basic {token}"}
+    return {}
