@@ -25,6 +25,8 @@ from agw.asgi import Receive, Scope, Send
 from agw.auth.admin_basic import BasicAuth
 from agw.dataplane import create_data_app
 from agw.llm.handler import LlmPlane
+from agw.mcp.plane import McpPlane
+from agw.mcp.runtime import McpRuntime
 from agw.runtime.manager import ConfigManager, load_static
 from agw.settings import Settings, split_host_port
 from agw.store.db import Database
@@ -176,11 +178,18 @@ class Gateway:
         recorder = UsageRecorder(self.db)
         recorder.start()
         llm = LlmPlane(recorder)
-        admin: Any = create_admin_app(self.manager, auth, llm.catalog, llm.health)
+        mcp_runtime = McpRuntime(self.manager)
+        mcp = McpPlane(recorder, mcp_runtime)
+        admin: Any = create_admin_app(
+            self.manager, auth, llm.catalog, llm.health, mcp_runtime=mcp_runtime
+        )
         janitor = RetentionJanitor(self.db, self.settings.metrics_retention_days)
         janitor.start()
         data: Any = create_data_app(
-            self.manager, llm, max_agent_depth=self.settings.max_agent_depth
+            self.manager,
+            llm,
+            max_agent_depth=self.settings.max_agent_depth,
+            planes={"mcp": mcp},
         )
         servers: list[tuple[Any, socket.socket]] = []
         if self.admin_sock is None:
@@ -190,6 +199,14 @@ class Gateway:
             servers.append((admin, self.admin_sock))
         addrs = [bound_addr(s) for _, s in servers]
         tasks = []
+
+        async def drain_on_shutdown() -> None:
+            # the standalone MCP streams never end by themselves: end them as the servers
+            # stop, or they would hold the graceful shutdown for its whole grace period
+            await self.shutdown.wait()
+            mcp_runtime.drain()
+
+        drainer = asyncio.create_task(drain_on_shutdown())
         for i, (app, sock) in enumerate(servers):
             if i == 0 and self.settings.data_server == "uvicorn":
                 tasks.append(asyncio.create_task(self._uvicorn(app, sock)))
@@ -205,9 +222,11 @@ class Gateway:
                 on_ready()
             await asyncio.gather(*tasks)
         finally:
+            drainer.cancel()
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, drainer, return_exceptions=True)
+            await mcp_runtime.close()  # idempotent; the lifespan shutdown closed it already
             await janitor.close()
             await recorder.close()
             await self.db.close()
