@@ -109,6 +109,14 @@ SERVICE_ROUTE_COLUMNS: tuple[Column, ...] = (
     DISABLED,
     SOURCE,
 )
+MCP_ROUTE_COLUMNS: tuple[Column, ...] = (
+    _col("ID", "id"),
+    _col("PATH-PREFIX", "match_policy", "path_prefix"),
+    ("SERVICE-ID", lambda route: route.get("service_id") or route.get("service_ids")),
+    _col("VIRTUALKEY", "auth_policy", "require_virtual_key"),
+    DISABLED,
+    SOURCE,
+)
 ACP_SERVICE_COLUMNS: tuple[Column, ...] = (
     _col("ID", "id"),
     _col("NAME", "name"),
@@ -175,7 +183,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("provider", "provider", "/admin/llm/providers", PROVIDER_COLUMNS, custom_list=True),
     Family("llm-route", "LLM route", "/admin/llm/routes", LLM_ROUTE_COLUMNS),
     Family("mcp-service", "MCP service", "/admin/mcp/services", MCP_SERVICE_COLUMNS),
-    Family("mcp-route", "MCP route", "/admin/mcp/routes", SERVICE_ROUTE_COLUMNS),
+    Family("mcp-route", "MCP route", "/admin/mcp/routes", MCP_ROUTE_COLUMNS),
     Family("acp-service", "ACP service", "/admin/acp/services", ACP_SERVICE_COLUMNS),
     Family("acp-route", "ACP route", "/admin/acp/routes", SERVICE_ROUTE_COLUMNS),
     Family("agent", "agent", "/admin/agents", AGENT_COLUMNS),
@@ -404,8 +412,9 @@ def cliauth_app() -> typer.Typer:
     return app
 
 
-def register(gateway: typer.Typer) -> None:
-    """Add every resource group to the ``gateway`` group."""
+def register(gateway: typer.Typer) -> dict[str, typer.Typer]:
+    """Add every resource group to the ``gateway`` group; returns the family groups by command
+    name, for the planes that add commands to them (:mod:`agwctl.mcp`)."""
     apps = {fam.command: family_app(fam) for fam in FAMILIES}
     _filtered_lists(apps)
     for fam in FAMILIES:
@@ -415,3 +424,4 @@ def register(gateway: typer.Typer) -> None:
     gateway.add_typer(provider_type_app(), name="provider-type")
     gateway.add_typer(handler_type_app(), name="llm-api-handler-type")
     gateway.add_typer(cliauth_app(), name="cliauth")
+    return apps

@@ -8,18 +8,21 @@ auth for everything else, then the blueprints; every error leaves as ``{"error":
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
-from agw.admin import gateway, models, resources
+from agw.admin import gateway, mcp, models, resources
 from agw.auth.admin_basic import BasicAuth
 from agw.errors import AgwError
 from agw.llm.credstate import CredentialHealth
 from agw.llm.discovery import ModelCatalog
 from agw.runtime.manager import ConfigManager
 from agw.settings import ADMIN_REALM, MAX_ADMIN_BODY
+
+if TYPE_CHECKING:
+    from agw.mcp.runtime import McpRuntime
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +49,12 @@ def create_admin_app(
     auth: BasicAuth | None,
     catalog: ModelCatalog | None = None,
     health: CredentialHealth | None = None,
+    mcp_runtime: McpRuntime | None = None,
 ) -> Quart:
     """``catalog`` and ``health`` are the LLM plane's model snapshots and credential states,
-    shown in the views when given."""
+    shown in the views when given; ``mcp_runtime`` is the MCP plane's, which the
+    ``/admin/mcp/services/{id}/...`` calls and ``/admin/mcp/runtime`` views use (without it they
+    answer 404)."""
     app = Quart(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_ADMIN_BODY
     app.config["BODY_TIMEOUT"] = 60
@@ -117,4 +123,5 @@ def create_admin_app(
     resources.register(app, manager, catalog, health)
     if catalog is not None:
         models.register(app, manager, catalog)
+    mcp.register(app, manager, mcp_runtime)
     return app
