@@ -149,12 +149,15 @@ class Request:
         content_type: bytes = b"application/json",
         headers: Headers | None = None,
     ) -> None:
-        await self.start(
-            status,
-            [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-            + (headers or []),
-        )
-        await self.body(body)
+        self.started = True
+        self.status = status
+        out = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        if headers:
+            out += headers
+        out += self.trace.response_headers()
+        send = self.send  # no start()/body() frames: this is every JSON answer
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def watch_disconnect(self) -> None:
         """Returns when the client goes away (run as a task beside a long answer)."""
@@ -164,26 +167,38 @@ class Request:
                 return
 
 
-async def with_disconnect(req: Request, work: Awaitable[None]) -> bool:
-    """Run ``work`` in this task; a watcher cancels it as soon as the client disconnects.
-    True when the client left (one extra task per request, no asyncio.wait)."""
-    current = asyncio.current_task()
-    assert current is not None
-    gone = False
+class DisconnectWatch:
+    """``async with DisconnectWatch(req) as watch: await work``: a watcher task cancels this
+    task as soon as the client disconnects, and the block ends quietly with ``watch.gone`` set.
 
-    async def watch() -> None:
-        nonlocal gone
-        await req.watch_disconnect()
-        gone = True
-        current.cancel()
+    A context manager, not a wrapper coroutine, so the work runs with no extra frame between it
+    and the request's task: every resumption of a coroutine walks the whole chain of awaiting
+    frames, and on the hot path each level is measurable. Start it only once the request body
+    has been read (the watcher consumes ``receive``)."""
 
-    watcher = asyncio.get_running_loop().create_task(watch())
-    try:
-        await work
-    except asyncio.CancelledError:
-        if not gone:
-            raise
-        current.uncancel()
-    finally:
-        watcher.cancel()
-    return gone
+    __slots__ = ("_current", "_req", "_watcher", "gone")
+
+    def __init__(self, req: Request) -> None:
+        self._req = req
+        self.gone = False
+        self._current: asyncio.Task[Any] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        await self._req.watch_disconnect()
+        self.gone = True
+        assert self._current is not None
+        self._current.cancel()
+
+    async def __aenter__(self) -> DisconnectWatch:
+        self._current = asyncio.current_task()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> bool:
+        assert self._watcher is not None and self._current is not None
+        self._watcher.cancel()
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError) and self.gone:
+            self._current.uncancel()
+            return True
+        return False

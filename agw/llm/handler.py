@@ -12,13 +12,14 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from agw import jsonfast
-from agw.asgi import ClientGone, Headers, Request, with_disconnect
+from agw.asgi import ClientGone, DisconnectWatch, Headers, Request
 from agw.config.models import Provider
 from agw.errors import InvalidRequest, PayloadTooLarge
 from agw.llm import translate
@@ -66,6 +67,9 @@ _CLIENT_WIRE = {"chat_completions": "chat", "responses": "responses", "messages"
 _PASSED_RESPONSE_HEADERS = ("retry-after", "x-request-id", "request-id")
 _PASSED_PREFIXES = ("openai-", "anthropic-", "x-ratelimit-")
 _JSON = b"application/json"
+
+
+_Plan = tuple[Provider, str, str, bytes, dict[str, str], bool]
 
 
 class Reply(Exception):
@@ -152,7 +156,20 @@ class LlmPlane:
         try:
             if rejection is not None:
                 raise rejection
-            await self._handle(call)
+            if self._probe(call):
+                await req.respond(200, b"")
+                return
+            try:
+                raw = await req.read_body(BODY_LIMIT)
+            except PayloadTooLarge as exc:
+                raise Reply(413, exc.message, "protocol_validation_failed") from None
+            work = self._work(call, raw)
+            # The work is awaited here, not in a helper: every resumption of a coroutine walks
+            # the whole chain of awaiting frames, and on the hot path each level is measurable.
+            async with DisconnectWatch(req) as watch:
+                await work
+            if watch.gone:
+                call.status, call.error_type, call.finalized = 499, "client_cancelled", False
         except Reply as exc:
             call.status, call.error_type = exc.status, exc.error_type
             if not req.started:
@@ -173,13 +190,13 @@ class LlmPlane:
         finally:
             self._record(call)
 
-    async def _handle(self, call: Call) -> None:
+    def _probe(self, call: Call) -> bool:
+        """Checks the path and method; True for Claude Code's ``HEAD /`` reachability probe."""
         req = call.req
         protocol = req.route.protocol
         if protocol == "cc" and req.method == "HEAD" and req.path in ("/", ""):
-            await req.respond(200, b"")
             call.operation, call.status = "probe", 200
-            return
+            return True
         paths = _OPENAI_PATHS if protocol == "openai" else _ANTHROPIC_PATHS
         operation = paths.get(req.path)
         if operation is None:
@@ -190,13 +207,14 @@ class LlmPlane:
             raise Reply(
                 405, f"method {req.method} not allowed on {req.path}", "protocol_validation_failed"
             )
-        try:
-            raw = await req.read_body(BODY_LIMIT)
-        except PayloadTooLarge as exc:
-            raise Reply(413, exc.message, "protocol_validation_failed") from None
+        return False
+
+    def _work(self, call: Call, raw: bytes) -> Coroutine[Any, Any, None]:
+        """Validates the request and resolves its targets; the coroutine that answers it."""
+        req = call.req
+        operation = call.operation
         if operation == "models":
-            await self._run(call, self._models(call))
-            return
+            return self._models(call)
         body = _parse_body(raw)
         model = body.get("model", "")
         if not isinstance(model, str):
@@ -221,14 +239,9 @@ class LlmPlane:
                 "protocol_validation_failed",
             )
         if operation == "count_tokens":
-            await self._run(call, self._count_tokens(call, body, targets[0]))
-            return
+            return self._count_tokens(call, body, targets[0])
         call.body, call.raw = body, raw
-        await self._run(call, self._forward(call, body, targets))
-
-    async def _run(self, call: Call, work: Any) -> None:
-        if await with_disconnect(call.req, work):
-            call.status, call.error_type, call.finalized = 499, "client_cancelled", False
+        return self._forward(call, body, targets)
 
     # ------------------------------------------------------------------------------ forward
 
@@ -285,12 +298,29 @@ class LlmPlane:
         """Every credential of every target in order; when all failed with a retryable error
         other than a timeout or a credential cool-down, the whole order again, up to the primary
         provider's ``network.max_retries`` times, ``retry_delay_seconds`` apart."""
+        req = call.req
         net = targets[0].provider.network
         failure: Failure | None = None
         for round_ in range(1 + net.max_retries):
             if round_:
                 await asyncio.sleep(net.retry_delay_seconds)
-            failure = await self._round(call, body, targets)
+            failure = None
+            for plan in self._attempts(call, body, targets):
+                if isinstance(plan, Failure):
+                    failure = plan
+                    continue
+                failure = await self._attempt(call, *plan)
+                if failure is None:
+                    return
+                log.info(
+                    "upstream_attempt_failed",
+                    extra={
+                        "route_id": req.route.id,
+                        "provider_id": plan[0].id,
+                        "status": failure.status,
+                        "error": failure.message[:200],
+                    },
+                )
             if failure is None:
                 return
             if not failure.repeatable:
@@ -298,11 +328,13 @@ class LlmPlane:
         assert failure is not None
         await self._fail(call, failure)
 
-    async def _round(
+    def _attempts(
         self, call: Call, body: dict[str, Any], targets: list[Target]
-    ) -> Failure | None:
+    ) -> Iterator[Failure | _Plan]:
+        """One round: each credential of each target, as what to send (a plain generator, not
+        a coroutine, so the upstream call is awaited one frame up). A credential cooling down
+        is a Failure to answer with if nothing else works."""
         req = call.req
-        failure: Failure | None = None
         for target in targets:
             wire = self._upstream_wire(call.operation, target.provider)
             try:
@@ -327,7 +359,7 @@ class LlmPlane:
                 if key.source == "cooling":
                     nxt = self.health.next_available(key.credential_id.split(","))
                     wait = f" (the first is back in {max(0, (nxt or 0) - time.time()):.0f}s)"
-                    failure = Failure(
+                    yield Failure(
                         429,
                         f'every credential of provider "{provider.id}" is cooling down after '
                         f"upstream errors{wait if nxt else ''}",
@@ -346,19 +378,7 @@ class LlmPlane:
                         headers.setdefault(name, value)
                 headers.update(auth_headers(provider, wire, key.value))
                 headers["traceparent"] = f"00-{req.trace.trace_id}-{req.trace.span_id}-01"
-                failure = await self._attempt(call, provider, wire, url, data, headers, injected)
-                if failure is None:
-                    return None
-                log.info(
-                    "upstream_attempt_failed",
-                    extra={
-                        "route_id": req.route.id,
-                        "provider_id": provider.id,
-                        "status": failure.status,
-                        "error": failure.message[:200],
-                    },
-                )
-        return failure
+                yield provider, wire, url, data, headers, injected
 
     async def _attempt(
         self,
