@@ -50,6 +50,9 @@ class UpstreamPool:
             auto_decompress=False,  # bytes pass through as the upstream sent them
             skip_auto_headers=("User-Agent",),
             trust_env=False,
+            # One session serves every client: a cookie one upstream answer sets must not ride
+            # along on another client's request (and no jar is also less work per request).
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._sessions[provider.id] = _Entry(net, session)
         return session

@@ -102,21 +102,34 @@ class UsageEvent:
         return f"INSERT INTO {cls.table} ({', '.join(names)}) VALUES ({marks})"
 
     def row(self) -> tuple[object, ...]:
-        """The column values in :meth:`columns` order, converted for SQLite."""
-        return tuple(
-            v if (t := type(v)) is str or t is int or v is None else _sql_value(v)
-            for v in _getter(type(self))(self)
+        """The column values in :meth:`columns` order, converted for SQLite (booleans bind as
+        the integers they are; only the list and payload columns need encoding)."""
+        getter, encoded = _plan(type(self))
+        values = getter(self)
+        if not encoded:
+            return values
+        out = list(values)
+        for i in encoded:
+            if out[i] is not None:
+                out[i] = _sql_value(out[i])
+        return tuple(out)
+
+
+_PLANS: dict[str, tuple[Callable[[UsageEvent], tuple[object, ...]], tuple[int, ...]]] = {}
+
+
+def _plan(
+    cls: type[UsageEvent],
+) -> tuple[Callable[[UsageEvent], tuple[object, ...]], tuple[int, ...]]:
+    """Per table, once: a getter of every column value, and the indexes of the columns whose
+    values are lists or mappings (JSON text in the table)."""
+    plan = _PLANS.get(cls.table)
+    if plan is None:
+        encoded = tuple(
+            i for i, f in enumerate(fields(cls)) if "list[" in str(f.type) or "dict[" in str(f.type)
         )
-
-
-_GETTERS: dict[str, Callable[[UsageEvent], tuple[object, ...]]] = {}
-
-
-def _getter(cls: type[UsageEvent]) -> Callable[[UsageEvent], tuple[object, ...]]:
-    getter = _GETTERS.get(cls.table)
-    if getter is None:
-        getter = _GETTERS[cls.table] = operator.attrgetter(*cls.columns())
-    return getter
+        plan = _PLANS[cls.table] = (operator.attrgetter(*cls.columns()), encoded)
+    return plan
 
 
 @dataclass(slots=True, kw_only=True)
