@@ -47,6 +47,7 @@ from agw.mcp.sessions import (
     DownstreamSession,
     Exchange,
     Handler,
+    InFlight,
     Stream,
     sse_event,
 )
@@ -439,12 +440,14 @@ class Ingress:
                 await req.respond(202, b"")
             return
         calls = [Call() for _ in requests]
+        entries: list[InFlight] = []  # this POST's calls, filled in by _run
         watcher = None
+        gone = asyncio.Event()
         if not exchange.legacy:
-            watcher = asyncio.create_task(self._watch(req, session, requests))
+            watcher = asyncio.create_task(self._watch(req, entries, gone))
         try:
             answers = await asyncio.gather(
-                *(self._run(ctx, m, c) for m, c in zip(requests, calls, strict=True))
+                *(self._run(ctx, m, c, entries) for m, c in zip(requests, calls, strict=True))
             )
         finally:
             if watcher is not None:
@@ -457,20 +460,22 @@ class Ingress:
         ]
         await exchange.finish(responses, batch=batch, cancelled=cancelled)
         for call in calls:
-            call.status_code = 202 if exchange.legacy else (req.status or 200)
+            if gone.is_set():  # as the LLM plane records a client that left mid-answer
+                call.status_code = 499
+            else:
+                call.status_code = 202 if exchange.legacy else (req.status or 200)
             self.handler.record(req, call)
 
-    async def _watch(
-        self, req: Request, session: DownstreamSession, requests: list[JsonObj]
-    ) -> None:
-        """The client went away: cancel its calls (their answers have nowhere to go)."""
+    async def _watch(self, req: Request, entries: list[InFlight], gone: asyncio.Event) -> None:
+        """The client went away: cancel this POST's calls (their answers have nowhere to go)."""
         await req.watch_disconnect()
-        for msg in requests:
-            entry = session.inflight.get(str(msg["id"]))
-            if entry is not None:
-                entry.cancel("client disconnected")
+        gone.set()
+        for entry in entries:
+            entry.cancel("client disconnected")
 
-    async def _run(self, ctx: Context, msg: JsonObj, call: Call) -> JsonObj | None:
+    async def _run(
+        self, ctx: Context, msg: JsonObj, call: Call, entries: list[InFlight] | None = None
+    ) -> JsonObj | None:
         """One request in its own task, so a cancellation (the client's, an admin's) stops just
         it. None: the client cancelled it, so it gets no answer."""
         call.request_id, call.method = str(msg["id"]), msg["method"]
@@ -479,6 +484,8 @@ class Ingress:
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         registry = self.runtime.registry
         entry = registry.begin(ctx.session, ctx.req.route.id, msg["id"], msg["method"], token)
+        if entries is not None:
+            entries.append(entry)
         task = asyncio.create_task(self.handler.request(ctx, msg, call, entry))
         entry.task = task
         current = asyncio.current_task()

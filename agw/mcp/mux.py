@@ -244,19 +244,24 @@ class Multiplexer:
 
     # ------------------------------------------------------------------------- upstream pages
 
-    def _failure(self, service_id: str, method: str, exc: Exception) -> None:
+    def _failure(self, service_id: str, method: str, exc: Exception, closed: bool) -> None:
         message = exc.message if isinstance(exc, UpstreamError | RpcError) else str(exc)
-        if self.route.fail_closed:
+        if closed:
             raise RpcError(UPSTREAM_FAILED, f"mcp service {service_id} failed: {message}")
         self.backend.failed(service_id, method, message)
 
-    async def _page(self, index: int, kind: ListKind, cursor: str | None) -> Page | None:
-        """One upstream page; None when the service was skipped (failed, or lacks the kind)."""
+    async def _page(
+        self, index: int, kind: ListKind, cursor: str | None, closed: bool | None = None
+    ) -> Page | None:
+        """One upstream page; None when the service was skipped (failed, or lacks the kind).
+        ``closed``: a failure fails the call (default: the route's ``fail_closed``)."""
         sid = self.services[index]
+        if closed is None:
+            closed = self.route.fail_closed
         try:
             caps = await self.backend.capabilities(sid)
         except (UpstreamError, RpcError) as exc:
-            self._failure(sid, kind.method, exc)
+            self._failure(sid, kind.method, exc, closed)
             return None
         if kind.capability not in caps:
             return Page([], None)
@@ -268,24 +273,28 @@ class Multiplexer:
                 return Page([], None)
             if exc.code == INVALID_PARAMS and cursor is not None:
                 raise RpcError(INVALID_PARAMS, "invalid cursor") from None
-            self._failure(sid, kind.method, exc)
+            self._failure(sid, kind.method, exc, closed)
             return None
         except UpstreamError as exc:
-            self._failure(sid, kind.method, exc)
+            self._failure(sid, kind.method, exc, closed)
             return None
         if not isinstance(result, dict):
-            self._failure(sid, kind.method, UpstreamError(f"malformed {kind.method} result"))
+            self._failure(
+                sid, kind.method, UpstreamError(f"malformed {kind.method} result"), closed
+            )
             return None
         raw = result.get(kind.key)
         items = [i for i in raw if isinstance(i, dict)] if isinstance(raw, list) else []
         nxt = result.get("nextCursor")
         return Page(items, nxt if isinstance(nxt, str) and nxt else None)
 
-    async def _full(self, index: int, kind: ListKind) -> list[JsonObj] | None:
+    async def _full(
+        self, index: int, kind: ListKind, closed: bool | None = None
+    ) -> list[JsonObj] | None:
         items: list[JsonObj] = []
         cursor: str | None = None
         for _ in range(MAX_PAGES_PER_SERVICE):
-            page = await self._page(index, kind, cursor)
+            page = await self._page(index, kind, cursor, closed)
             if page is None:
                 return None
             items += page.items
@@ -310,7 +319,11 @@ class Multiplexer:
             if fresh and current is not None and not (refresh and current is stale):
                 return current
             kind = NAMED_LISTS[named]
-            lists = await asyncio.gather(*(self._full(i, kind) for i in range(len(self.services))))
+            # Always fail-open: fail_closed is about list answers; a call to one service's tool
+            # must not fail because another service of the route is down.
+            lists = await asyncio.gather(
+                *(self._full(i, kind, closed=False) for i in range(len(self.services)))
+            )
             entries: list[tuple[str, str]] = []
             for sid, items in zip(self.services, lists, strict=True):
                 for item in items or ():

@@ -277,6 +277,7 @@ class Registry:
         self._progress: dict[str, JsonObj] = {}
         self._history: deque[JsonObj] = deque(maxlen=HISTORY)
         self._failures: deque[JsonObj] = deque(maxlen=FAILURES)
+        self._serial = 0
 
     def begin(
         self,
@@ -288,11 +289,18 @@ class Registry:
     ) -> InFlight:
         rid = str(request_id)
         key = f"{session.short}:{rid}"
+        if session.era == "modern":
+            # Stateless clients sharing one (route, key) session pick their ids independently
+            # (small counters): each call gets its own key, and none is findable by its id
+            # alone (the modern era cancels by closing the stream, not by notification).
+            self._serial += 1
+            key = f"{key}#{self._serial}"
         entry = InFlight(
             route_id, rid, key, method, session.key, session.short, now_ms(), progress_token
         )
         self._inflight[key] = entry
-        session.inflight[rid] = entry
+        if session.era != "modern":
+            session.inflight[rid] = entry
         return entry
 
     def end(self, session: DownstreamSession, entry: InFlight, error: str | None) -> None:
@@ -319,7 +327,7 @@ class Registry:
 
     @staticmethod
     def _progress_key(entry: InFlight) -> str:
-        return f"{entry.route_id}\x00{entry.session_key}\x00{entry.progress_token}"
+        return f"{entry.route_id}\x00{entry.request_key}\x00{entry.progress_token}"
 
     def progress(self) -> list[JsonObj]:
         return list(self._progress.values())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -144,6 +145,10 @@ def test_down_upstream_fail_open_and_fail_closed(http: httpx.Client, gw: Gateway
     err = r.json()["error"]
     assert r.status_code == 200 and err["code"] == -32001
     assert err["message"].startswith("mcp service down failed: ")
+    # fail_closed is about lists: a call to the healthy service's tool still works
+    call = rpc("tools/call", {"name": "alpha_echo", "arguments": {"message": "still here"}})
+    r = post(http, "/closed", call, session=sid)
+    assert r.status_code == 200 and "still here" in json.dumps(r.json()["result"]), r.text
 
 
 def test_http_upstream_down_then_restarted(

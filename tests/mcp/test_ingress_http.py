@@ -454,3 +454,65 @@ def test_modern_client_closing_its_stream_cancels_the_call(
     assert len(alpha.events("cancelled")) > before, "closing the stream did not cancel upstream"
     row = gw.rows("request_id = ?", ("m-1",))[0]
     assert row["cancelled"] == 1 and row["error_type"] == "client_cancelled"
+
+
+def test_stateless_clients_sharing_a_key_never_cancel_each_other(
+    http: httpx.Client, gw: Gateway
+) -> None:
+    """Two modern clients on one (route, key) pick the same request id; the one that leaves
+    cancels its own call only, and its row says 499."""
+    alpha = gw.servers["alpha"]
+    before = len(alpha.events("cancelled"))
+    headers = {
+        "accept": BOTH,
+        "content-type": "application/json",
+        "mcp-protocol-version": MODERN,
+        "mcp-method": "tools/call",
+        "mcp-name": "alpha_slow",
+    }
+
+    def slow(token: str, seconds: int) -> bytes:
+        params = {
+            "name": "alpha_slow",
+            "arguments": {"seconds": seconds, "steps": seconds * 2},
+            "_meta": {**META, "progressToken": token},
+        }
+        return json.dumps(rpc("tools/call", params, msg_id="same-id")).encode()
+
+    outcome: dict[str, Any] = {}
+
+    def stayer() -> None:
+        with httpx.Client(base_url=gw.agwd.data_url, timeout=30, trust_env=False) as other:
+            r = other.post("/mcp", content=slow("stay", 2), headers=headers)
+            outcome["status"] = r.status_code
+            outcome["body"] = r.text
+
+    thread = threading.Thread(target=stayer)
+    try:
+        with http.stream("POST", "/mcp", content=slow("leave", 20), headers=headers) as r:
+            lines = r.iter_lines()
+            next(line for line in lines if line.startswith("data:"))  # its call is running
+            thread.start()  # the second call, same id, registered after the first
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with gw.admin() as admin:
+                    items = admin.get("/admin/mcp/runtime/inflight").json()["items"]
+                if sum(i["request_id"] == "same-id" for i in items) == 2:
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the second call never got in flight")
+    finally:
+        if thread.is_alive() or thread.ident is not None:
+            thread.join(timeout=30)
+    assert outcome["status"] == 200, outcome
+    events = [json.loads(line[5:]) for line in outcome["body"].splitlines() if line[:5] == "data:"]
+    final = events[-1] if events else json.loads(outcome["body"])
+    assert "result" in final and not final["result"].get("isError"), outcome["body"]
+    deadline = time.monotonic() + 10
+    while len(alpha.events("cancelled")) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(alpha.events("cancelled")) == before + 1
+    rows = gw.rows("request_id = 'same-id' AND method = 'tools/call'", count=2)
+    by_status = sorted((r["status_code"], r["result_status"]) for r in rows[-2:])
+    assert by_status == [(200, "success"), (499, "cancelled")], rows
