@@ -204,6 +204,27 @@ class CodexOptions(Strict):
         return self
 
 
+class GatewayOrigin(Strict):
+    """Make the gateway the agent's only origin: its MCP server and its LLM endpoint."""
+
+    mcp_route_id: str = Field(
+        default="",
+        description="an MCP route of this gateway given to every session as its MCP server",
+    )
+    llm_route_id: str = Field(
+        default="", description="an LLM route of this gateway set as the agent's LLM base URL"
+    )
+    virtual_key_id: str = Field(
+        description="the virtual key the agent presents on both (its bearer is never stored here)"
+    )
+
+    @model_validator(mode="after")
+    def _some(self) -> Self:
+        if not self.mcp_route_id and not self.llm_route_id:
+            raise ValueError("gateway_origin needs mcp_route_id, llm_route_id or both")
+        return self
+
+
 class AcpService(Stamped):
     id: str
     name: str
@@ -224,6 +245,11 @@ class AcpService(Stamped):
     disabled: bool = False
     description: str = ""
     codex: CodexOptions | None = None
+    fs_access: Literal["none", "read", "read_write"] = Field(
+        default="none",
+        description="fs/read_text_file and fs/write_text_file for the agent, inside allowed_roots",
+    )
+    gateway_origin: GatewayOrigin | None = None
 
     @field_validator("idle_ttl", mode="before")
     @classmethod

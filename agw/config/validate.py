@@ -69,6 +69,14 @@ def check(catalog: Catalog, *, partial: bool, incomplete: Iterable[str] = ()) ->
             ref(label, f"service_ids[{si}]", f.MCP_SERVICE, sid)
     for label, route in catalog.get(f.ACP_ROUTE.name, ()):
         ref(label, "service_id", f.ACP_SERVICE, route.service_id)
+    for label, svc in catalog.get(f.ACP_SERVICE.name, ()):
+        origin = svc.gateway_origin
+        if origin is not None:
+            if origin.mcp_route_id:
+                ref(label, "gateway_origin.mcp_route_id", f.MCP_ROUTE, origin.mcp_route_id)
+            if origin.llm_route_id:
+                ref(label, "gateway_origin.llm_route_id", f.LLM_ROUTE, origin.llm_route_id)
+            ref(label, "gateway_origin.virtual_key_id", f.VIRTUAL_KEY, origin.virtual_key_id)
     routes_present = any(n in present for n in _ROUTE_FAMILIES)
     for label, vk in catalog.get(f.VIRTUAL_KEY.name, ()):
         for rid in vk.allowed_route_ids:  # kept sorted, so no index: it would not match the file

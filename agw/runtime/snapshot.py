@@ -65,6 +65,9 @@ class Snapshot:
     mcp_services: MappingProxyType[str, Any] = field(
         default_factory=lambda: MappingProxyType({})
     )  # McpService by id, disabled ones included
+    acp_services: MappingProxyType[str, Any] = field(
+        default_factory=lambda: MappingProxyType({})
+    )  # AcpService by id, disabled ones included
     state: ConfigState = field(default_factory=ConfigState)
 
     def match(self, host: str, path: str, method: str) -> CompiledRoute | None:
@@ -138,6 +141,7 @@ def compile_snapshot(state: ConfigState, enabled_provider_types: Iterable[str]) 
         providers=MappingProxyType(providers),
         credentials=MappingProxyType(credentials),
         mcp_services=MappingProxyType({oid: rec.obj for oid, rec in state.records(f.MCP_SERVICE)}),
+        acp_services=MappingProxyType({oid: rec.obj for oid, rec in state.records(f.ACP_SERVICE)}),
         state=state,
     )
 

@@ -162,6 +162,7 @@ class LlmUsageEvent(UsageEvent):
     cache_creation_input_tokens: int = 0
     reasoning_tokens: int = 0
     session_id: str | None = None
+    acp_session_id: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -187,6 +188,8 @@ class McpUsageEvent(UsageEvent):
     result_status: str | None = None
     cancelled: bool = False
     tool_args_json: dict[str, object] | None = None
+    acp_session_id: str | None = None
+    session_id: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)

@@ -152,6 +152,7 @@ def test_events_round_trip_into_their_tables(tmp_path: Path) -> None:
             "cache_creation_input_tokens": 3,
             "reasoning_tokens": 2,
             "session_id": "sess-1",
+            "acp_session_id": None,
         }
     ]
     (mcp_row,) = rows(path, "mcp_usage_events")
@@ -183,6 +184,8 @@ def test_events_round_trip_into_their_tables(tmp_path: Path) -> None:
         "result_status": "error",
         "cancelled": 1,
         "tool_args_json": '{"city":"Paris"}',
+        "acp_session_id": None,
+        "session_id": None,
     }
     (acp_row,) = rows(path, "acp_usage_events")
     assert acp_row == {

@@ -33,7 +33,7 @@ def test_fresh_store_is_at_version_2_with_the_new_llm_columns(tmp_path: Path) ->
     path = tmp_path / "c.db"
     open_and_close(path)
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
         info = {r[1]: (r[4], r[3]) for r in conn.execute("PRAGMA table_info(llm_usage_events)")}
     for name, (default, notnull) in NEW_COLUMNS.items():
         assert info[name] == (default, notnull), name
@@ -58,7 +58,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(tmp_path: Path) -> Non
     assert (old["cached_input_tokens"], old["cache_creation_input_tokens"]) == (0, 0)
     assert old["reasoning_tokens"] == 0
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_event_fields_are_exactly_the_table_columns_in_order(tmp_path: Path) -> None:
