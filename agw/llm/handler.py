@@ -46,6 +46,7 @@ from agw.llm.shaping import (
 )
 from agw.llm.sse import Event, SSESplitter, frame
 from agw.llm.upstream import UpstreamPool
+from agw.runtime.sessions import SessionDirectory, attribute
 from agw.usage.events import LlmUsageEvent, UsageSource
 from agw.usage.recorder import UsageRecorder
 
@@ -139,7 +140,10 @@ def _error_message(body: bytes) -> str:
 
 
 class LlmPlane:
-    def __init__(self, recorder: UsageRecorder | None) -> None:
+    def __init__(
+        self, recorder: UsageRecorder | None, directory: SessionDirectory | None = None
+    ) -> None:
+        self.directory = directory  # ACP sessions, for attribution (agw/runtime/sessions.py)
         self.pool = UpstreamPool()
         self.picker = CredentialPicker()
         self.recorder = recorder
@@ -652,6 +656,7 @@ class LlmPlane:
         status = call.status or req.status or 500
         finished = time.time_ns() // 1_000_000
         target = call.target
+        client_session, acp_session = attribute(req.headers, self.directory)
         event = LlmUsageEvent(
             trace_id=req.trace.trace_id,
             span_id=req.trace.span_id,
@@ -686,6 +691,8 @@ class LlmPlane:
             cached_input_tokens=tokens.cached_input if tokens else 0,
             cache_creation_input_tokens=tokens.cache_creation if tokens else 0,
             reasoning_tokens=tokens.reasoning if tokens else 0,
+            session_id=client_session,
+            acp_session_id=acp_session,
         )
         self.recorder.emit(event)
 

@@ -411,7 +411,7 @@ class Ingress:
     async def _initialize(self, req: Request, msg: JsonObj) -> None:
         session = self.runtime.new_session("handshake", req.route.id, req.virtual_key_id)
         exchange = Exchange(req, session, sse_ok=False)
-        call = Call()
+        call = Call(session=session.short)
         response = await self._run(Context(req, session, exchange), msg, call)
         ok = response is not None and "result" in response
         if ok:
@@ -439,7 +439,8 @@ class Ingress:
             if not exchange.legacy:
                 await req.respond(202, b"")
             return
-        calls = [Call() for _ in requests]
+        handle = None if session.era == "modern" else session.short
+        calls = [Call(session=handle) for _ in requests]
         entries: list[InFlight] = []  # this POST's calls, filled in by _run
         watcher = None
         gone = asyncio.Event()

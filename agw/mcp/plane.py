@@ -29,6 +29,7 @@ from agw.mcp.mux import LIST_KINDS, Multiplexer, has_policy, namespace_uri, tool
 from agw.mcp.runtime import McpRuntime, SessionBackend
 from agw.mcp.sessions import Call, Context, DownstreamSession, InFlight, Relay, now_ms
 from agw.mcp.upstream import CLIENT_INFO, Upstream, UpstreamError
+from agw.runtime.sessions import SessionDirectory, attribute
 from agw.usage.events import McpUsageEvent
 from agw.usage.recorder import UsageRecorder
 
@@ -76,9 +77,15 @@ def upstream_params(params: JsonObj) -> JsonObj:
 class McpServer:
     """The methods (ingress :class:`~agw.mcp.ingress.Handler`)."""
 
-    def __init__(self, runtime: McpRuntime, recorder: UsageRecorder | None) -> None:
+    def __init__(
+        self,
+        runtime: McpRuntime,
+        recorder: UsageRecorder | None,
+        directory: SessionDirectory | None = None,
+    ) -> None:
         self.runtime = runtime
         self.recorder = recorder
+        self.directory = directory  # ACP sessions, for attribution (agw/runtime/sessions.py)
         common: dict[str, Method] = {
             "ping": self._ping,
             "tools/list": self._list,
@@ -551,6 +558,8 @@ class McpServer:
                 result_status=call.result_status or ("error" if call.error_type else "success"),
                 cancelled=call.cancelled,
                 tool_args_json=call.tool_args,
+                session_id=call.session,
+                acp_session_id=attribute(req.headers, self.directory)[1],
             )
         )
 
@@ -558,9 +567,14 @@ class McpServer:
 class McpPlane:
     """The data plane's handler of ``mcp`` routes."""
 
-    def __init__(self, recorder: UsageRecorder | None, runtime: McpRuntime) -> None:
+    def __init__(
+        self,
+        recorder: UsageRecorder | None,
+        runtime: McpRuntime,
+        directory: SessionDirectory | None = None,
+    ) -> None:
         self.runtime = runtime
-        self.server = McpServer(runtime, recorder)
+        self.server = McpServer(runtime, recorder, directory)
         self.ingress = Ingress(runtime, self.server)
         runtime.bind(self.server.upstream_message)
 

@@ -394,6 +394,7 @@ class Call:
     """The usage of one client JSON-RPC request (one ``mcp_usage_events`` row)."""
 
     started_ms: int = field(default_factory=now_ms)
+    session: str | None = None  # the downstream session's handle (DownstreamSession.short)
     request_id: str | None = None
     method: str | None = None
     service_id: str | None = None

@@ -535,3 +535,20 @@ def test_sigterm_drains_a_stream_in_flight(
     assert '"six"' in text or " six" in text
     assert text.rstrip().endswith("data: [DONE]")
     assert agwd.proc.wait(15) == 0
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["x-claude-code-session-id", "x-session-id", "session-id", "goose-session-id"],
+)
+def test_the_agents_own_session_id_is_recorded(gw: Agwd, header: str) -> None:
+    """Claude Code, opencode, Codex and goose send their session id on every LLM request."""
+    with oa(gw) as client:
+        client.chat.completions.create(
+            model="fake-gpt",
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={header: f"sess-{header}"},
+        )
+    (row,) = settle(gw, 1)
+    assert row["session_id"] == f"sess-{header}"
+    assert row["acp_session_id"] is None  # no ACP session of this gateway sent it
