@@ -24,7 +24,9 @@ Token counts (see :func:`prompt_tokens`, :func:`completion_tokens`): prompt = 7 
 all message text // 3; completion = words in the reply + 3; cached = 2, reasoning = 1,
 Anthropic cache creation = 4. The reply is ``"echo: " + last user text[:60]``. With tools
 offered and no tool result in the conversation, the answer is one call of the first tool with
-arguments ``{"text": last user text[:60]}``. Anthropic ``thinking: {type: enabled}`` adds a
+arguments ``{"text": last user text[:60]}``; env ``FAKE_LLM_TOOL=<suffix>`` picks the first
+offered tool whose name ends with it instead (none matching: no call) and ``FAKE_LLM_TOOL_ARGS``
+gives the arguments JSON. Anthropic ``thinking: {type: enabled}`` adds a
 thinking block first.
 
 Knobs, per process (CLI flag, or env var ``FAKE_LLM_<FLAG>`` such as ``FAKE_LLM_FAIL_FIRST``)
@@ -495,7 +497,9 @@ class EventStream:
 
 
 def offered_tool(body: dict[str, Any], dialect: str) -> str | None:
-    """The name of the first offered function tool, or None."""
+    """The name of the first offered function tool (with ``FAKE_LLM_TOOL`` set: the first whose
+    name ends with it, as agents prefix MCP tool names), or None."""
+    wanted = os.environ.get("FAKE_LLM_TOOL", "")
     for tool in _list(body.get("tools")):
         if not isinstance(tool, dict):
             continue
@@ -508,7 +512,7 @@ def offered_tool(body: dict[str, Any], dialect: str) -> str | None:
             name = None
         else:
             name = tool.get("name")
-        if isinstance(name, str) and name:
+        if isinstance(name, str) and name and (not wanted or name.endswith(wanted)):
             return name
     return None
 
@@ -543,7 +547,9 @@ def tool_call(body: dict[str, Any], dialect: str) -> tuple[str, str] | None:
     name = offered_tool(body, dialect)
     if name is None or has_tool_result(body, dialect):
         return None
-    args = json.dumps({"text": last_user_text(body, dialect)[:60]})
+    args = os.environ.get("FAKE_LLM_TOOL_ARGS") or json.dumps(
+        {"text": last_user_text(body, dialect)[:60]}
+    )
     return name, args
 
 
