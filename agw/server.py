@@ -20,6 +20,8 @@ import uvicorn
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
+from agw.acp.plane import AcpPlane
+from agw.acp.runtime import AcpRuntime
 from agw.admin.app import create_admin_app
 from agw.asgi import Receive, Scope, Send
 from agw.auth.admin_basic import BasicAuth
@@ -28,6 +30,7 @@ from agw.llm.handler import LlmPlane
 from agw.mcp.plane import McpPlane
 from agw.mcp.runtime import McpRuntime
 from agw.runtime.manager import ConfigManager, load_static
+from agw.runtime.sessions import SessionDirectory
 from agw.settings import Settings, split_host_port
 from agw.store.db import Database
 from agw.usage.recorder import UsageRecorder
@@ -54,6 +57,11 @@ def bind(addr: str) -> socket.socket:
         raise OSError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
+
+
+def local_addr(addr: str) -> str:
+    """A bound address as this host reaches it (every-interface addresses become loopback)."""
+    return addr.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]")
 
 
 def shares_listener(settings: Settings) -> bool:
@@ -177,11 +185,24 @@ class Gateway:
         )
         recorder = UsageRecorder(self.db)
         recorder.start()
-        llm = LlmPlane(recorder)
+        directory = SessionDirectory()  # ACP sessions, for LLM and MCP usage attribution
+        llm = LlmPlane(recorder, directory)
         mcp_runtime = McpRuntime(self.manager)
-        mcp = McpPlane(recorder, mcp_runtime)
+        mcp = McpPlane(recorder, mcp_runtime, directory)
+        # what agents are told to call back (gateway_origin): the data listener, on loopback
+        # when it listens on every interface
+        data_url = "http://" + local_addr(self.data_addr)
+        acp_runtime = AcpRuntime(self.manager, directory=directory, gateway_url=lambda: data_url)
+        acp = AcpPlane(recorder, acp_runtime)
         admin: Any = create_admin_app(
-            self.manager, auth, llm.catalog, llm.health, mcp_runtime=mcp_runtime
+            self.manager,
+            auth,
+            llm.catalog,
+            llm.health,
+            mcp_runtime=mcp_runtime,
+            acp_runtime=acp_runtime,
+            acp_permissions=acp.permissions,
+            recorder=recorder,
         )
         janitor = RetentionJanitor(self.db, self.settings.metrics_retention_days)
         janitor.start()
@@ -189,7 +210,7 @@ class Gateway:
             self.manager,
             llm,
             max_agent_depth=self.settings.max_agent_depth,
-            planes={"mcp": mcp},
+            planes={"mcp": mcp, "acp": acp},
         )
         servers: list[tuple[Any, socket.socket]] = []
         if self.admin_sock is None:
@@ -201,10 +222,12 @@ class Gateway:
         tasks = []
 
         async def drain_on_shutdown() -> None:
-            # the standalone MCP streams never end by themselves: end them as the servers
-            # stop, or they would hold the graceful shutdown for its whole grace period
+            # the standalone MCP streams and the ACP HTTP transport's streams never end by
+            # themselves: end them as the servers stop, or they would hold the graceful
+            # shutdown for its whole grace period
             await self.shutdown.wait()
             mcp_runtime.drain()
+            acp.drain()
 
         drainer = asyncio.create_task(drain_on_shutdown())
         for i, (app, sock) in enumerate(servers):
@@ -227,6 +250,7 @@ class Gateway:
                 t.cancel()
             await asyncio.gather(*tasks, drainer, return_exceptions=True)
             await mcp_runtime.close()  # idempotent; the lifespan shutdown closed it already
+            await acp.close()  # idempotent too: no agent process outlives the gateway
             await janitor.close()
             await recorder.close()
             await self.db.close()
@@ -261,8 +285,7 @@ class Gateway:
         """Both listeners answer HTTP (bounded: 100 tries, 10 s)."""
         async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
             for addr in addrs:
-                local = addr.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]")
-                url = f"http://{local}/admin/health"
+                url = f"http://{local_addr(addr)}/admin/health"
                 for _ in range(100):
                     if any(t.done() for t in tasks):
                         for t in tasks:
