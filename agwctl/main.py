@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from agw.envfile import load_env_files
-from agwctl import bundle, chat, mcp, resources
+from agwctl import acp, bundle, chat, mcp, resources
 from agwctl.client import (
     DEFAULT_ADMIN_ADDR,
     AdminSettings,
@@ -107,6 +107,7 @@ def create_app() -> typer.Typer:
     bundle.register(gateway)
     apps = resources.register(gateway)
     mcp.register(gateway, apps)
+    acp.register(gateway, apps)
     app.add_typer(gateway, name="gateway")
     chat.register(app)
     return app
