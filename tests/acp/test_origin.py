@@ -1,0 +1,124 @@
+"""The gateway as an agent's only origin, end to end through a real agwd: an ACP service with
+``gateway_origin`` gets the gateway's MCP route as its MCP server and the gateway's LLM route as
+its LLM endpoint, under one virtual key; the agent's LLM call reaches a fake upstream through
+the gateway, and the LLM and MCP usage rows carry the ACP session of the turn."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.acp.conftest import FakeAgentHandle
+from tests.acp.test_turns import AcpGateway
+from tests.conftest import AgwdLauncher
+from tests.fakes.run import start_fake_upstream
+from tests.mcp.conftest import run_mcp_server
+
+
+def rows(db: Path, table: str, where: str, count: int = 1) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 10
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            conn.row_factory = sqlite3.Row
+            found = [dict(r) for r in conn.execute(f"SELECT * FROM {table} WHERE {where}")]
+        if len(found) >= count:
+            break
+        time.sleep(0.05)
+    return found
+
+
+def test_agent_llm_and_tool_calls_come_back_through_the_gateway(
+    agwd_factory: AgwdLauncher, fake_agent: FakeAgentHandle, tmp_path: Path
+) -> None:
+    with (
+        start_fake_upstream(tmp_path / "llm") as fake,
+        run_mcp_server(tmp_path / "mcp", "streamable-http", "alpha") as alpha,
+    ):
+        agwd = agwd_factory.start()
+        with agwd.client() as admin:
+            r = admin.post("/admin/virtual_keys", json={"id": "agent-key"})
+            assert r.status_code in (200, 201), r.text
+            bearer = r.json()["key"]
+            bundle = {
+                "apiVersion": "gateway.agw/v1alpha1",
+                "kind": "GatewayBundle",
+                "providers": [
+                    {"id": "fake", "provider_type": "openai", "base_url": f"{fake.url}/v1"},
+                ],
+                "llmRoutes": [
+                    {"id": "llm", "protocol": "openai", "match_policy": {"path_prefix": "/llm"},
+                     "auth_policy": {"require_virtual_key": True},
+                     "target_policy": {"provider_id": "fake"}},
+                ],
+                "mcpServices": [alpha.service_config("alpha")],
+                "mcpRoutes": [
+                    {"id": "tools", "service_id": "alpha",
+                     "match_policy": {"path_prefix": "/tools"},
+                     "auth_policy": {"require_virtual_key": True}},
+                ],
+                "acpServices": [
+                    fake_agent.service_config(
+                        "agent",
+                        gateway_origin={"mcp_route_id": "tools", "llm_route_id": "llm",
+                                        "virtual_key_id": "agent-key"},
+                    )
+                ],
+                "acpRoutes": [
+                    {"id": "agent", "service_id": "agent",
+                     "match_policy": {"path_prefix": "/agent"}},
+                ],
+            }  # fmt: skip
+            r = admin.post("/admin/gateway/apply", json={"bundle": bundle})
+            assert r.status_code == 200, r.text
+        gw = AcpGateway(agwd, fake_agent)
+
+        first = gw.turn("/agent", {"thread_id": "t1", "input": "mcp"})
+        assert first.names[-1] == "done", first.events
+        session = first.session_id
+        (server,) = json.loads(first.text.strip())
+        assert server["type"] == "http" and server["name"] == "agw"
+        assert server["url"] == f"{agwd.data_url}/tools"
+        headers = {h["name"].lower(): h["value"] for h in server["headers"]}
+        assert headers["authorization"] == f"Bearer {bearer}"
+        token = headers["x-agw-acp-session"]
+        assert token and token != session and bearer not in token
+
+        second = gw.turn("/agent", {"thread_id": "t1", "input": "llm hello there"})
+        assert second.session_id == session  # the same pooled agent
+        assert "llm: echo: hello there" in second.text, second.events
+        (sent,) = [r for r in fake.requests() if r["path"] == "/v1/chat/completions"]
+        assert bearer not in json.dumps(sent)  # the virtual key stays at the gateway
+        (llm,) = rows(agwd.db_path, "llm_usage_events", "route_id = 'llm'")
+        assert llm["acp_session_id"] == session and llm["virtual_key_id"] == "agent-key"
+        assert llm["status_code"] == 200 and llm["usage_source"] == "provider"
+
+        # the agent's MCP client, as it was told to connect: every call is attributed
+        with httpx.Client(trust_env=False, timeout=30) as client:
+            r = client.post(
+                server["url"],
+                headers={**headers, "accept": "application/json, text/event-stream"},
+                json={"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                 "clientInfo": {"name": "agent", "version": "1"}}},
+            )  # fmt: skip
+            assert r.status_code == 200, r.text
+        (mcp,) = rows(agwd.db_path, "mcp_usage_events", "route_id = 'tools'")
+        assert mcp["acp_session_id"] == session and mcp["virtual_key_id"] == "agent-key"
+
+        # a request without the token is not attributed
+        with httpx.Client(trust_env=False, timeout=30) as client:
+            r = client.post(
+                f"{agwd.data_url}/llm/v1/chat/completions",
+                headers={"authorization": f"Bearer {bearer}"},
+                json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+            )
+            assert r.status_code == 200
+        found = rows(agwd.db_path, "llm_usage_events", "route_id = 'llm'", count=2)
+        assert sorted(str(r["acp_session_id"]) for r in found) == sorted([session, "None"])
