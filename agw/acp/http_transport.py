@@ -71,6 +71,7 @@ CONNECTION_HEADER = "acp-connection-id"
 SESSION_HEADER = "acp-session-id"
 KEEPALIVE_S = 15.0
 IDLE_CLOSE_S = 1800.0
+SWEEP_EVERY_S = 60.0
 BUFFER_LIMIT = 4096  # messages waiting for a stream's GET; beyond, the oldest are dropped
 REQUEST_TIMEOUT_S = 30.0  # set_mode / set_config_option to the agent
 SESSION_SCOPED = frozenset(
@@ -173,6 +174,18 @@ class HttpTransport:
         self.connections: dict[str, HttpConnection] = {}
         self._init_cache: dict[str, tuple[str, JsonObj]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def _watch_idle(self) -> None:
+        """While connections exist, look for idle ones every minute: an abandoned connection
+        must not keep its agents running until some other client happens to connect."""
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep_loop())
+
+    async def _sweep_loop(self) -> None:
+        while self.connections:
+            await asyncio.sleep(SWEEP_EVERY_S)
+            self._sweep()
 
     def drain(self) -> None:
         """End every open stream (the server is stopping: they would hold its shutdown)."""
@@ -182,6 +195,8 @@ class HttpTransport:
                 session.outbox.close()
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conn in list(self.connections.values()):
             await self._drop(conn, "shutdown")
         if self._background:
@@ -291,6 +306,7 @@ class HttpTransport:
             result["agentInfo"] = agent["agentInfo"]
         conn = HttpConnection(secrets.token_hex(16), req.route.id, service.id, req.virtual_key_id)
         self.connections[conn.id] = conn
+        self._watch_idle()
         op.status = 200
         op.result_status = "success"
         await json_reply(

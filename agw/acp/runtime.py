@@ -512,6 +512,10 @@ class AcpRuntime:
             return
         for option in instance.config_options():
             if option.get("id") == "model" or option.get("category") == "model":
+                offered = _option_values(option)
+                if offered and model not in offered and f"agw/{model}" in offered:
+                    # opencode names models <provider>/<model>; gateway_origin's provider is agw
+                    model = f"agw/{model}"
                 if option.get("currentValue") != model:
                     await self.apply_overrides(instance, {str(option.get("id")): model})
                 return
@@ -699,3 +703,16 @@ def _scope_view(scope: str) -> JsonObj:
     parts = scope.split(SCOPE_SEP)
     names = ("service_id", "cwd", "thread_id", "session_id", "model")
     return {"scope": scope, **dict(zip(names, parts, strict=False))}
+
+
+def _option_values(option: JsonObj) -> set[str]:
+    """The values a select config option offers (flat, or in groups of ``options``)."""
+    out: set[str] = set()
+    stack = list(option.get("options") or [])
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("value"), str):
+                out.add(item["value"])
+            stack.extend(item.get("options") or [])
+    return out

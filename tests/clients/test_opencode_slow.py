@@ -113,7 +113,7 @@ def test_opencode_turn_through_agw_with_llm_and_tool_calls_through_agw(
                 ],
                 "acpServices": [
                     {"id": "oc", "name": "opencode", "agent_type": "opencode", "cwd": str(work),
-                     "env": agent_env, "default_model": "agw/fake-gpt",
+                     "env": agent_env, "default_model": "fake-gpt",  # agw/ added
                      "permission_mode": "auto_approve",
                      "gateway_origin": {"mcp_route_id": "tools", "llm_route_id": "llm",
                                         "virtual_key_id": "opencode"}},
