@@ -16,6 +16,7 @@ from typing import Protocol
 from agw.asgi import Receive, Rejection, Request, Scope, Send, TraceContext
 from agw.llm.handler import LlmPlane, Reply
 from agw.runtime.manager import ConfigManager
+from agw.runtime.sessions import SessionDirectory
 from agw.runtime.snapshot import CompiledRoute, Snapshot
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -54,7 +55,10 @@ def virtual_key_candidates(headers: dict[str, str]) -> list[str]:
 
 
 def authenticate(
-    snapshot: Snapshot, route: CompiledRoute, headers: dict[str, str]
+    snapshot: Snapshot,
+    route: CompiledRoute,
+    headers: dict[str, str],
+    directory: SessionDirectory | None = None,
 ) -> tuple[str | None, Reply | None]:
     """The virtual key id, or the rejection. The first candidate valid for this route wins, so
     an unrelated key in the other header cannot shadow a valid one."""
@@ -67,6 +71,9 @@ def authenticate(
     now = datetime.now(UTC)
     for candidate in candidates:
         entry = snapshot.virtual_keys.get(candidate)
+        if entry is None and directory is not None:  # a gateway-run agent's session credential
+            key = directory.credential(candidate)
+            entry = snapshot.virtual_keys.get(key) if key else None
         if entry is None:
             continue
         vk = entry.config
@@ -111,6 +118,7 @@ def create_data_app(
     *,
     max_agent_depth: int = 0,
     planes: dict[str, Plane] | None = None,
+    directory: SessionDirectory | None = None,
 ) -> ASGIApp:
     """``planes``: the handlers of the other route kinds (``mcp``, ``acp``); a kind without one
     answers 501."""
@@ -150,7 +158,7 @@ def create_data_app(
         elif route.disabled:
             rejection = Reply(403, f'route "{route.id}" is disabled', "route_disabled")
         else:
-            req.virtual_key_id, rejection = authenticate(snapshot, route, headers)
+            req.virtual_key_id, rejection = authenticate(snapshot, route, headers, directory)
         if route.kind == "llm":
             await llm.handle(req, rejection)
             return

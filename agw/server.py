@@ -211,6 +211,7 @@ class Gateway:
             llm,
             max_agent_depth=self.settings.max_agent_depth,
             planes={"mcp": mcp, "acp": acp},
+            directory=directory,
         )
         servers: list[tuple[Any, socket.socket]] = []
         if self.admin_sock is None:

@@ -132,7 +132,7 @@ def mcp_servers(
             "name": "agw",
             "url": origin.mcp_url,
             "headers": [
-                {"name": "Authorization", "value": f"Bearer {origin.key}"},
+                {"name": "Authorization", "value": f"Bearer {token or origin.key}"},
                 {"name": SESSION_HEADER, "value": token},
             ],
         }
@@ -171,12 +171,13 @@ def origin_env(
     out = {TOKEN_ENV: token}
     if not origin.llm_base:
         return out
+    key = token or origin.key  # the session credential, standing for the virtual key
     out |= {
         "OPENAI_BASE_URL": origin.openai_base,
-        "OPENAI_API_KEY": origin.key,
+        "OPENAI_API_KEY": key,
         "ANTHROPIC_BASE_URL": origin.llm_base,
-        "ANTHROPIC_API_KEY": origin.key,
-        KEY_ENV: origin.key,
+        "ANTHROPIC_API_KEY": key,
+        KEY_ENV: key,
     }
     if service.agent_type == "opencode":
         out["OPENCODE_CONFIG_CONTENT"] = opencode_config(
@@ -198,7 +199,7 @@ def opencode_config(service: AcpService, origin: Origin, token: str, current: st
         "name": "agw",
         "options": {
             "baseURL": origin.openai_base,
-            "apiKey": origin.key,
+            "apiKey": token or origin.key,
             "headers": {SESSION_HEADER: token},
         },
     }

@@ -390,7 +390,7 @@ class AcpRuntime:
         self, service: AcpService, cwd: str, origin: Origin | None, token: str
     ) -> AcpConnection:
         spec = await asyncio.to_thread(self._spec, service, cwd, origin, token)
-        return await AcpConnection.spawn(
+        conn = await AcpConnection.spawn(
             spec.argv,
             cwd=spec.cwd,
             env=spec.env,
@@ -398,6 +398,10 @@ class AcpRuntime:
             fs_access=service.fs_access,
             allowed_roots=service.allowed_roots,
         )
+        if token and origin is not None:
+            # the agent's credential: stands for the virtual key while this agent lives
+            self.directory.grant(token, origin.key, conn)
+        return conn
 
     async def _start(
         self,
@@ -571,6 +575,8 @@ class AcpRuntime:
             yield conn
         finally:
             self._unpooled.discard(conn)
+            if token:
+                self.directory.revoke(token)
             await conn.close()
 
     # ------------------------------------------------------------------------------ closing
@@ -585,6 +591,7 @@ class AcpRuntime:
         if instance.token:
             self._tokens.pop(instance.token, None)
             self.directory.unbind(instance.token)
+            self.directory.revoke(instance.token)
         sid = instance.session_id
         if sid and not any(i.session_id == sid and i is not instance for i in self._pool.values()):
             self.directory.unbind(sid)

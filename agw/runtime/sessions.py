@@ -6,10 +6,15 @@ Two ids can be stamped on a usage row:
   (verified on the wire: Claude Code ``x-claude-code-session-id``, opencode ``x-session-id``,
   Codex ``session-id``, goose ``goose-session-id``).
 - ``acp_session_id``: the ACP session of the gateway-run agent whose turn caused the request.
-  When the gateway is an agent's only origin, the ACP runtime gives each session it opens a
-  token, which the agent sends back in ``X-Agw-Acp-Session`` on its LLM and MCP requests, and
-  binds it here; agents that send their ACP session id in their own session header (opencode
-  does) are recognised by that id too.
+  When the gateway is an agent's only origin, the ACP runtime gives each agent it starts a
+  token, which the agent sends back as its credential (``Authorization: Bearer``, an API key)
+  and in ``X-Agw-Acp-Session`` on its LLM and MCP requests, and binds it here; agents that
+  send their ACP session id in their own session header (opencode does) are recognised by that
+  id too.
+
+The same token is the agent's credential: :meth:`SessionDirectory.grant` lets it stand for the
+service's virtual key while the agent lives, so the agent never holds the key itself and its
+credential dies with it. The dispatcher accepts it where a virtual key is expected.
 
 In-process, no I/O: a lookup is a dict access, cheap enough for the hot path.
 """
@@ -17,6 +22,7 @@ In-process, no I/O: a lookup is a dict access, cheap enough for the hot path.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 ACP_SESSION_HEADER = "x-agw-acp-session"
 CLIENT_SESSION_HEADERS = (
@@ -27,10 +33,36 @@ CLIENT_SESSION_HEADERS = (
 )
 
 
+class Owner(Protocol):
+    """What a granted credential lives as long as (an agent's connection)."""
+
+    @property
+    def alive(self) -> bool: ...
+
+
 class SessionDirectory:
     def __init__(self) -> None:
         self._by_token: dict[str, str] = {}
         self._live: dict[str, int] = {}  # ACP session id -> how many tokens name it
+        self._grants: dict[str, tuple[str, Owner]] = {}  # token -> (virtual key bearer, owner)
+
+    def grant(self, token: str, key: str, owner: Owner) -> None:
+        """Let ``token`` stand for the virtual key ``key`` while ``owner`` is alive: the
+        credential a gateway-run agent is given instead of the key itself."""
+        self._grants[token] = (key, owner)
+
+    def revoke(self, token: str) -> None:
+        self._grants.pop(token, None)
+
+    def credential(self, token: str) -> str | None:
+        """The virtual key bearer ``token`` stands for, or None (unknown, or its agent is gone)."""
+        grant = self._grants.get(token)
+        if grant is None:
+            return None
+        if not grant[1].alive:
+            del self._grants[token]
+            return None
+        return grant[0]
 
     def bind(self, token: str, session_id: str) -> None:
         self.unbind(token)
@@ -53,7 +85,7 @@ class SessionDirectory:
         return bool(session_id) and session_id in self._live
 
     def __len__(self) -> int:
-        return len(self._by_token)
+        return len(self._by_token) + len(self._grants)
 
 
 def attribute(
@@ -69,6 +101,12 @@ def attribute(
     acp = None
     if directory is not None and len(directory):
         acp = directory.lookup(headers.get(ACP_SESSION_HEADER, ""))
+        if acp is None:  # the session credential itself, as the agent's bearer or API key
+            scheme, _, bearer = headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "bearer":
+                acp = directory.lookup(bearer.strip())
+            if acp is None:
+                acp = directory.lookup(headers.get("x-api-key", "").strip())
         if acp is None and client is not None and directory.is_session(client):
             acp = client
     return client, acp

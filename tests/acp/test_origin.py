@@ -86,9 +86,11 @@ def test_agent_llm_and_tool_calls_come_back_through_the_gateway(
         assert server["type"] == "http" and server["name"] == "agw"
         assert server["url"] == f"{agwd.data_url}/tools"
         headers = {h["name"].lower(): h["value"] for h in server["headers"]}
-        assert headers["authorization"] == f"Bearer {bearer}"
         token = headers["x-agw-acp-session"]
         assert token and token != session and bearer not in token
+        # the agent's credential is a session token standing for the key, never the key
+        assert headers["authorization"] == f"Bearer {token}"
+        assert bearer not in first.text
 
         second = gw.turn("/agent", {"thread_id": "t1", "input": "llm hello there"})
         assert second.session_id == session  # the same pooled agent
@@ -112,7 +114,19 @@ def test_agent_llm_and_tool_calls_come_back_through_the_gateway(
         (mcp,) = rows(agwd.db_path, "mcp_usage_events", "route_id = 'tools'")
         assert mcp["acp_session_id"] == session and mcp["virtual_key_id"] == "agent-key"
 
-        # a request without the token is not attributed
+        # once the agent is gone its credential is refused
+        with agwd.client() as admin:
+            r = admin.delete("/admin/acp/runtime/threads/agent/t1")
+            assert r.status_code == 200 and r.json()["closed"] == 1, r.text
+        with httpx.Client(trust_env=False, timeout=30) as client:
+            r = client.post(
+                f"{agwd.data_url}/llm/v1/chat/completions",
+                headers={"authorization": f"Bearer {token}"},
+                json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+            )
+            assert r.status_code == 401, r.text
+
+        # a request with the key itself and no token is not attributed
         with httpx.Client(trust_env=False, timeout=30) as client:
             r = client.post(
                 f"{agwd.data_url}/llm/v1/chat/completions",
@@ -120,5 +134,7 @@ def test_agent_llm_and_tool_calls_come_back_through_the_gateway(
                 json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
             )
             assert r.status_code == 200
-        found = rows(agwd.db_path, "llm_usage_events", "route_id = 'llm'", count=2)
+        found = rows(
+            agwd.db_path, "llm_usage_events", "route_id = 'llm' AND status_code = 200", count=2
+        )
         assert sorted(str(r["acp_session_id"]) for r in found) == sorted([session, "None"])

@@ -765,21 +765,23 @@ def test_gateway_origin_injection(fake_agent: FakeAgentHandle, tmp_path: Path) -
                             "name": "agw",
                             "url": llm.url + "/mcp",
                             "headers": [
-                                {"name": "Authorization", "value": f"Bearer {key.key}"},
+                                {"name": "Authorization", "value": f"Bearer {inst.token}"},
                                 {"name": "X-Agw-Acp-Session", "value": inst.token},
                             ],
                         }
                     ]
                     assert directory.lookup(inst.token) == inst.session_id
                     assert directory.lookup(inst.session_id) == inst.session_id
+                    # the agent's credential stands for the key while the agent lives
+                    assert directory.credential(inst.token) == key.key
                     assert dict(runtime.sessions_by_token) == {inst.token: inst.session_id}
 
                     env = (await turn(runtime, svc["o"], "env")).json()["env"]
                     assert env == {
                         "OPENAI_BASE_URL": llm.url + "/v1",
-                        "OPENAI_API_KEY": key.key,
+                        "OPENAI_API_KEY": inst.token,
                         "ANTHROPIC_BASE_URL": llm.url,
-                        "ANTHROPIC_API_KEY": key.key,
+                        "ANTHROPIC_API_KEY": inst.token,
                         "OPENCODE_CONFIG_CONTENT": None,
                         "AGW_ACP_SESSION_TOKEN": inst.token,
                     }
@@ -788,7 +790,8 @@ def test_gateway_origin_injection(fake_agent: FakeAgentHandle, tmp_path: Path) -
                     assert answer.text == "llm: echo: hi there"
                     sent = llm.requests()[-1]
                     assert sent["path"] == "/v1/chat/completions"
-                    assert sent["headers"]["authorization"] == f"Bearer {key.key}"
+                    assert sent["headers"]["authorization"] == f"Bearer {inst.token}"
+                    assert key.key not in json.dumps(sent)  # the agent never holds the key
                     assert sent["headers"]["x-agw-acp-session"] == inst.token
                     assert sent["body"]["model"] == "fake-small"
 
@@ -807,6 +810,7 @@ def test_gateway_origin_injection(fake_agent: FakeAgentHandle, tmp_path: Path) -
                     assert await runtime.close_service("o") == 1
                     assert directory.lookup(inst.token) is None
                     assert directory.lookup(inst.session_id) is None
+                    assert directory.credential(inst.token) is None  # dies with the agent
                     assert inst.token not in runtime.sessions_by_token
 
     run(main)
@@ -880,7 +884,7 @@ def test_opencode_and_codex_process_shapes(fake_agent: FakeAgentHandle, tmp_path
                     "name": "agw",
                     "options": {
                         "baseURL": "http://gw.test:8080/v1",
-                        "apiKey": key.key,
+                        "apiKey": oc.instance.token,  # the session credential, not the key
                         "headers": {"X-Agw-Acp-Session": oc.instance.token},
                     },
                     "models": {"fake-large": {"name": "fake-large"}},
@@ -888,8 +892,8 @@ def test_opencode_and_codex_process_shapes(fake_agent: FakeAgentHandle, tmp_path
 
                 cx = await turn(rt, svc["cx"], "env AGW_ACP_VIRTUAL_KEY")
                 report = cx.json()
-                assert report["env"] == {"AGW_ACP_VIRTUAL_KEY": key.key}
                 token = cx.instance.token
+                assert report["env"] == {"AGW_ACP_VIRTUAL_KEY": token}
                 assert report["argv"] == [
                     *prefix[1:],
                     "--adapter-flag",
