@@ -57,7 +57,15 @@ from typing import Any
 from agw.acp.connection import AcpError, AgentRpcError
 from agw.acp.events import map_update, update_of
 from agw.acp.permissions import auto_approve, cancelled
-from agw.acp.plane import BODY_LIMIT, AcpPlane, HttpError, Op, error_type_of, json_reply
+from agw.acp.plane import (
+    BODY_LIMIT,
+    INTERNAL,
+    AcpPlane,
+    HttpError,
+    Op,
+    error_type_of,
+    json_reply,
+)
 from agw.acp.runtime import Instance, TurnRequest, signature
 from agw.asgi import Request
 from agw.config.services import AcpService
@@ -70,6 +78,7 @@ JsonObj = dict[str, Any]
 CONNECTION_HEADER = "acp-connection-id"
 SESSION_HEADER = "acp-session-id"
 KEEPALIVE_S = 15.0
+METHOD_NOT_RELAYED = "method_not_found"  # usage error_type of a method the gateway does not relay
 IDLE_CLOSE_S = 1800.0
 SWEEP_EVERY_S = 60.0
 BUFFER_LIMIT = 4096  # messages waiting for a stream's GET; beyond, the oldest are dropped
@@ -278,10 +287,11 @@ class HttpTransport:
             return
         params = msg.get("params")
         params = params if isinstance(params, dict) else {}
-        if method == "session/prompt":
-            op.skip = True  # its row is the turn's, written when it ends
+        # The row is written when the answer is known (202 only says it was accepted); a
+        # prompt's row is its turn's, written when the turn ends.
+        op.skip = True
         task = asyncio.create_task(
-            self._request(req, conn, session, service, msg["id"], method, params)
+            self._request(req, conn, session, service, msg["id"], method, params, op)
         )
         conn.tasks.add(task)
         task.add_done_callback(conn.tasks.discard)
@@ -337,6 +347,7 @@ class HttpTransport:
         msg_id: Any,
         method: str,
         params: JsonObj,
+        op: Op,
     ) -> None:
         out = session.outbox if session is not None else conn.outbox
         try:
@@ -359,14 +370,21 @@ class HttpTransport:
             elif method == "authenticate":
                 out.push(_rpc_result(msg_id, {}))
             else:
+                op.fail(METHOD_NOT_RELAYED)
                 out.push(
                     _rpc_error(msg_id, METHOD_NOT_FOUND, f"{method} is not relayed by the gateway")
                 )
         except AcpError as exc:
+            op.fail(error_type_of(exc))
             out.push(_rpc_error(msg_id, *_error_of(exc)))
         except Exception:
             log.exception("acp_http_request_failed", extra={"method": method})
+            op.fail(INTERNAL)
             out.push(_rpc_error(msg_id, INTERNAL_ERROR, "internal gateway error"))
+        finally:
+            if not (method == "session/prompt" and session is not None):
+                op.skip = False
+                self.plane.record(req, op)
 
     async def _new_session(
         self, conn: HttpConnection, service: AcpService, params: JsonObj

@@ -617,6 +617,8 @@ def test_http_transport_with_the_sdk_client(gw: AcpGateway) -> None:
     assert json.loads(rows[0]["event_counts_json"]) == {"delta": 2}
     ops = {r["operation"] for r in gw.rows("route_id LIKE '%ask%'", count=6)}
     assert {"initialize", "session_new", "turn", "permission", "stream"} <= ops
+    new_rows = gw.rows("route_id LIKE '%ask%' AND operation = 'session_new'")
+    assert [(r["result_status"], r["success"]) for r in new_rows] == [("success", 1)]
     # DELETE closed the connection's instance: no fake agent of that thread is left
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
@@ -662,3 +664,7 @@ def test_http_transport_wire_errors(gw: AcpGateway) -> None:
         assert "allowed_roots" in msg["error"]["message"]
         assert client.delete(url, headers={"acp-connection-id": cid}).status_code == 202
         assert client.delete(url, headers={"acp-connection-id": cid}).status_code == 404
+    # the session/new row says what the answer was, not just that the POST was accepted
+    (row,) = gw.rows("route_id LIKE '%ask%' AND operation = 'session_new' AND status_code = 202"
+                     " AND result_status = 'error'")  # fmt: skip
+    assert row["success"] == 0 and row["error_type"] == "invalid_request", row
