@@ -14,6 +14,7 @@ LAYERS = {
     "agw.envfile": 0,
     "agw.ids": 0,
     "agw.jsonfast": 0,
+    "agw.procgroup": 0,
     "agw.config": 1,
     "agw.store": 2,
     "agw.runtime": 3,

@@ -45,6 +45,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from agw import jsonfast
+from agw.procgroup import (
+    CLOSE_GRACE_S,
+    exited_within,
+    keep_tail,
+    killpg,
+    stop_group,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +62,6 @@ UpdateHandler = Callable[[JsonObj], Awaitable[None]]
 PROTOCOL_VERSION = 1
 CLIENT_INFO = {"name": "agw", "title": "agw gateway", "version": "0.1.0"}
 LINE_LIMIT = 16 * 1024 * 1024
-STDERR_TAIL_BYTES = 8 * 1024
-CLOSE_GRACE_S = 2.0
 FS_READ_LIMIT = 8 * 1024 * 1024  # an answer must fit in a frame
 
 METHOD_NOT_FOUND = -32601
@@ -530,9 +535,7 @@ class AcpConnection:
             chunk = await stderr.read(4096)
             if not chunk:
                 break
-            self._stderr += chunk
-            if len(self._stderr) > STDERR_TAIL_BYTES:
-                del self._stderr[: len(self._stderr) - STDERR_TAIL_BYTES]
+            keep_tail(self._stderr, chunk)
 
     async def _watch_exit(self) -> None:
         """A leader that exited while a child keeps stdout open still ends: its group is
@@ -544,7 +547,7 @@ class AcpConnection:
     async def _ended(self) -> None:
         """stdout closed: the process is ending (or closed stdout on its own: end it)."""
         proc = self._proc
-        if not await self._wait(CLOSE_GRACE_S):
+        if not await exited_within(self._proc, CLOSE_GRACE_S):
             self._killpg(signal.SIGKILL)
             await proc.wait()
         self._killpg(signal.SIGKILL)  # what the agent left in its group
@@ -569,18 +572,8 @@ class AcpConnection:
                 future.set_exception(error)
         self.exited.set()
 
-    async def _wait(self, timeout: float) -> bool:  # noqa: ASYNC109
-        try:
-            await asyncio.wait_for(self._proc.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
     def _killpg(self, sig: signal.Signals) -> None:
-        if self.pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
+        killpg(self.pid, sig)
 
     # ------------------------------------------------------------------------------- close
 
@@ -593,16 +586,8 @@ class AcpConnection:
     async def _shutdown(self) -> None:
         self._closing = True
         proc = self._proc
-        if proc.returncode is None:
-            if proc.stdin is not None:
-                with contextlib.suppress(Exception):
-                    proc.stdin.close()
-            if not await self._wait(CLOSE_GRACE_S):
-                self._killpg(signal.SIGTERM)
-                if not await self._wait(CLOSE_GRACE_S):
-                    self._killpg(signal.SIGKILL)
-                    await proc.wait()
-        self._killpg(signal.SIGKILL)  # whatever it left in its group
+        await stop_group(proc, CLOSE_GRACE_S)
+        self._killpg(signal.SIGKILL)  # whatever it left in its group, also once it exited
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.exited.wait(), CLOSE_GRACE_S + 2)
         tasks = [

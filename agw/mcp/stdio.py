@@ -29,15 +29,21 @@ from agw.mcp.upstream import (
     Listener,
     UpstreamError,
 )
+from agw.procgroup import (
+    CLOSE_GRACE_S,
+    STDERR_TAIL_BYTES,
+    exited_within,
+    keep_tail,
+    killpg,
+    stop_group,
+)
 
 log = logging.getLogger(__name__)
 
-STDERR_TAIL_BYTES = 8 * 1024
 LINE_LIMIT = 16 * 1024 * 1024
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 HEALTHY_AFTER_S = 60.0
-CLOSE_GRACE_S = 2.0
 
 
 class StdioUpstream(ChannelUpstream):
@@ -130,7 +136,7 @@ class StdioUpstream(ChannelUpstream):
         alive = proc.returncode is None
         await self._stop_readers()
         if alive:  # (a reaped leader's pid may belong to someone else by now)
-            self._killpg(proc, signal.SIGKILL)
+            killpg(proc.pid, signal.SIGKILL)
         await self._reap(proc)
         if alive:  # a failed handshake of a live process counts as a failure too
             self._schedule_retry(reason, ran=time.monotonic() - self._started_at)
@@ -139,15 +145,7 @@ class StdioUpstream(ChannelUpstream):
         proc = self._proc
         if proc is None:
             return
-        if proc.returncode is None:
-            if proc.stdin is not None:
-                with contextlib.suppress(Exception):
-                    proc.stdin.close()
-            if not await self._wait(proc, CLOSE_GRACE_S):
-                self._killpg(proc, signal.SIGTERM)
-                if not await self._wait(proc, CLOSE_GRACE_S):
-                    self._killpg(proc, signal.SIGKILL)
-            self._killpg(proc, signal.SIGKILL)  # whatever it left in its group
+        await stop_group(proc, CLOSE_GRACE_S)
         await self._stop_readers()
         await self._reap(proc)
         log.info("mcp_stdio_stopped", extra={"service_id": self.service.id, "pid": proc.pid})
@@ -161,7 +159,7 @@ class StdioUpstream(ChannelUpstream):
                 line = await proc.stdout.readline()
             except ValueError:  # a line over LINE_LIMIT: the protocol is broken
                 log.warning("mcp_stdio_line_too_long", extra={"service_id": self.service.id})
-                self._killpg(proc, signal.SIGKILL)
+                killpg(proc.pid, signal.SIGKILL)
                 continue
             if not line:
                 break
@@ -178,8 +176,8 @@ class StdioUpstream(ChannelUpstream):
             for item in msg if isinstance(msg, list) else [msg]:
                 await self._receive(item)
         # stdout closed: the process is ending (or closed stdout on its own: then end it)
-        if not await self._wait(proc, CLOSE_GRACE_S):
-            self._killpg(proc, signal.SIGKILL)
+        if not await exited_within(proc, CLOSE_GRACE_S):
+            killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
         with contextlib.suppress(BaseException):  # its last stderr words, for the error
             await asyncio.wait_for(asyncio.shield(self._readers[1]), 1.0)
@@ -192,9 +190,7 @@ class StdioUpstream(ChannelUpstream):
             chunk = await proc.stderr.read(4096)
             if not chunk:
                 break
-            self._stderr += chunk
-            if len(self._stderr) > STDERR_TAIL_BYTES:
-                del self._stderr[: len(self._stderr) - STDERR_TAIL_BYTES]
+            keep_tail(self._stderr, chunk)
             *lines, partial = (partial + chunk).split(b"\n")
             partial = partial[-STDERR_TAIL_BYTES:]
             for raw in lines:
@@ -209,7 +205,7 @@ class StdioUpstream(ChannelUpstream):
         group is killed a second later, which closes stdout."""
         await proc.wait()
         await asyncio.sleep(1.0)
-        self._killpg(proc, signal.SIGKILL)
+        killpg(proc.pid, signal.SIGKILL)
 
     def _exited(self, proc: asyncio.subprocess.Process) -> None:
         if proc is not self._proc or self._closed:
@@ -245,23 +241,10 @@ class StdioUpstream(ChannelUpstream):
             task.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
 
-    @staticmethod
-    async def _wait(proc: asyncio.subprocess.Process, timeout: float) -> bool:  # noqa: ASYNC109
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
     async def _reap(self, proc: asyncio.subprocess.Process) -> None:
         if proc.stdin is not None:
             with contextlib.suppress(Exception):
                 proc.stdin.close()
-        if not await self._wait(proc, CLOSE_GRACE_S):
-            self._killpg(proc, signal.SIGKILL)
+        if not await exited_within(proc, CLOSE_GRACE_S):
+            killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
-
-    @staticmethod
-    def _killpg(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
