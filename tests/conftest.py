@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -205,3 +206,18 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def usage_rows(db: Path, table: str, where: str, count: int = 1) -> list[dict[str, Any]]:
+    """Rows of a usage table matching ``where``, waiting (at most 10 s) until ``count`` are
+    there: the recorder writes off the request path."""
+    deadline = time.monotonic() + 10
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            conn.row_factory = sqlite3.Row
+            found = [dict(r) for r in conn.execute(f"SELECT * FROM {table} WHERE {where}")]
+        if len(found) >= count:
+            break
+        time.sleep(0.05)
+    return found

@@ -5,33 +5,16 @@ the gateway, and the LLM and MCP usage rows carry the ACP session of the turn.""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from tests.acp.conftest import FakeAgentHandle
 from tests.acp.test_turns import AcpGateway
-from tests.conftest import AgwdLauncher
+from tests.conftest import AgwdLauncher, usage_rows
 from tests.fakes.run import start_fake_upstream
 from tests.mcp.conftest import run_mcp_server
-
-
-def rows(db: Path, table: str, where: str, count: int = 1) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 10
-    found: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        with contextlib.closing(sqlite3.connect(db)) as conn:
-            conn.row_factory = sqlite3.Row
-            found = [dict(r) for r in conn.execute(f"SELECT * FROM {table} WHERE {where}")]
-        if len(found) >= count:
-            break
-        time.sleep(0.05)
-    return found
 
 
 def test_agent_llm_and_tool_calls_come_back_through_the_gateway(
@@ -97,7 +80,7 @@ def test_agent_llm_and_tool_calls_come_back_through_the_gateway(
         assert "llm: echo: hello there" in second.text, second.events
         (sent,) = [r for r in fake.requests() if r["path"] == "/v1/chat/completions"]
         assert bearer not in json.dumps(sent)  # the virtual key stays at the gateway
-        (llm,) = rows(agwd.db_path, "llm_usage_events", "route_id = 'llm'")
+        (llm,) = usage_rows(agwd.db_path, "llm_usage_events", "route_id = 'llm'")
         assert llm["acp_session_id"] == session and llm["virtual_key_id"] == "agent-key"
         assert llm["status_code"] == 200 and llm["usage_source"] == "provider"
 
@@ -111,7 +94,7 @@ def test_agent_llm_and_tool_calls_come_back_through_the_gateway(
                                  "clientInfo": {"name": "agent", "version": "1"}}},
             )  # fmt: skip
             assert r.status_code == 200, r.text
-        (mcp,) = rows(agwd.db_path, "mcp_usage_events", "route_id = 'tools'")
+        (mcp,) = usage_rows(agwd.db_path, "mcp_usage_events", "route_id = 'tools'")
         assert mcp["acp_session_id"] == session and mcp["virtual_key_id"] == "agent-key"
 
         # once the agent is gone its credential is refused
@@ -134,7 +117,7 @@ def test_agent_llm_and_tool_calls_come_back_through_the_gateway(
                 json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
             )
             assert r.status_code == 200
-        found = rows(
+        found = usage_rows(
             agwd.db_path, "llm_usage_events", "route_id = 'llm' AND status_code = 200", count=2
         )
         assert sorted(str(r["acp_session_id"]) for r in found) == sorted([session, "None"])

@@ -8,20 +8,16 @@ opencode is installed with npm into ``.cache/npm-opencode`` on first use (about 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.acp.test_turns import AcpGateway
-from tests.conftest import AgwdLauncher
+from tests.conftest import AgwdLauncher, usage_rows
 from tests.fakes.run import start_fake_upstream
 from tests.mcp.conftest import run_mcp_server
 
@@ -48,19 +44,6 @@ def install_opencode() -> Path:
     )
     assert done.returncode == 0 and (BIN / "opencode").exists(), done.stderr[-2000:]
     return BIN
-
-
-def rows(db: Path, table: str, where: str, count: int = 1) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 10
-    found: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        with contextlib.closing(sqlite3.connect(db)) as conn:
-            conn.row_factory = sqlite3.Row
-            found = [dict(r) for r in conn.execute(f"SELECT * FROM {table} WHERE {where}")]
-        if len(found) >= count:
-            break
-        time.sleep(0.1)
-    return found
 
 
 def test_opencode_turn_through_agw_with_llm_and_tool_calls_through_agw(
@@ -140,11 +123,11 @@ def test_opencode_turn_through_agw_with_llm_and_tool_calls_through_agw(
         assert len(sent) >= 2 and bearer not in json.dumps(sent)
 
     db = agwd.db_path
-    (call,) = rows(db, "mcp_usage_events", "route_id = 'tools' AND method = 'tools/call'")
+    (call,) = usage_rows(db, "mcp_usage_events", "route_id = 'tools' AND method = 'tools/call'")
     assert call["tool_name"] == "echo" and call["acp_session_id"] == session
     assert call["virtual_key_id"] == "opencode" and call["result_status"] == "success"
-    llm = rows(db, "llm_usage_events", "route_id = 'llm'", count=2)
+    llm = usage_rows(db, "llm_usage_events", "route_id = 'llm'", count=2)
     assert len(llm) >= 2 and {r["acp_session_id"] for r in llm} == {session}
     assert any(r["tool_names"] and "echo" in r["tool_names"] for r in llm)
-    (acp,) = rows(db, "acp_usage_events", "operation = 'turn'")
+    (acp,) = usage_rows(db, "acp_usage_events", "operation = 'turn'")
     assert acp["session_id"] == session and acp["result_status"] == "success"
