@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,18 @@ class TraceContext:
         if self.tracestate:
             out.append((b"tracestate", self.tracestate.encode("latin-1")))
         return out
+
+
+# The trace of the data-plane request being served, set by the dispatcher: code that calls an
+# upstream on the request's behalf (an MCP server over HTTP) reads it for ``traceparent``. Tasks
+# a request starts inherit it.
+current_trace: ContextVar[TraceContext | None] = ContextVar("agw_current_trace", default=None)
+
+
+def traceparent(trace: TraceContext) -> str:
+    """The W3C ``traceparent`` an upstream call made for this request carries: the request's
+    trace, its gateway span as the parent."""
+    return f"00-{trace.trace_id}-{trace.span_id}-01"
 
 
 _HEX = frozenset("0123456789abcdefABCDEF")

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
-from agw.asgi import Receive, Rejection, Request, Scope, Send, TraceContext
+from agw.asgi import Receive, Rejection, Request, Scope, Send, TraceContext, current_trace
 from agw.llm.handler import LlmPlane, Reply
 from agw.runtime.manager import ConfigManager
 from agw.runtime.sessions import SessionDirectory
@@ -148,6 +148,7 @@ def create_data_app(
             await _plain(send, 404, f"no route matches {path}", unread)
             return
         trace = TraceContext.from_headers(headers)
+        current_trace.set(trace)
         stripped = path[len(route.path_prefix) :]
         if not stripped.startswith("/"):
             stripped = "/" + stripped

@@ -51,6 +51,7 @@ from agw.mcp.sessions import (
     Stream,
     sse_event,
 )
+from agw.runtime.sessions import SESSION_ID_MAX
 from agw.settings import is_loopback
 
 if TYPE_CHECKING:
@@ -483,6 +484,10 @@ class Ingress:
         params = msg.get("params")
         meta = params.get("_meta") if isinstance(params, dict) else None
         token = meta.get("progressToken") if isinstance(meta, dict) else None
+        if isinstance(meta, dict):
+            named = meta.get("agent-session-id")
+            if isinstance(named, str) and named:
+                call.agent_session = named[:SESSION_ID_MAX]
         registry = self.runtime.registry
         entry = registry.begin(ctx.session, ctx.req.route.id, msg["id"], msg["method"], token)
         if entries is not None:

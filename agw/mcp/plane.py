@@ -529,6 +529,7 @@ class McpServer:
         if self.recorder is None:
             return
         status = call.status_code or req.status or 500
+        session_id, acp_session_id = attribute(req.headers, self.directory)
         self.recorder.emit(
             McpUsageEvent(
                 trace_id=req.trace.trace_id,
@@ -558,8 +559,12 @@ class McpServer:
                 result_status=call.result_status or ("error" if call.error_type else "success"),
                 cancelled=call.cancelled,
                 tool_args_json=call.tool_args,
-                session_id=call.session,
-                acp_session_id=attribute(req.headers, self.directory)[1],
+                mcp_session_id=call.session,
+                session_id=session_id or call.agent_session,
+                acp_session_id=acp_session_id,
+                agent_id=req.route.agent_id,
+                http_method=req.method,
+                http_path=req.path,
             )
         )
 

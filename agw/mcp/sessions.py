@@ -395,6 +395,7 @@ class Call:
 
     started_ms: int = field(default_factory=now_ms)
     session: str | None = None  # the downstream session's handle (DownstreamSession.short)
+    agent_session: str | None = None  # params._meta["agent-session-id"]
     request_id: str | None = None
     method: str | None = None
     service_id: str | None = None

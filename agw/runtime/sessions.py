@@ -2,9 +2,12 @@
 
 Two ids can be stamped on a usage row:
 
-- ``session_id``: the client's own session id, when its agent sends one on every request
-  (verified on the wire: Claude Code ``x-claude-code-session-id``, opencode ``x-session-id``,
-  Codex ``session-id``, goose ``goose-session-id``).
+- ``session_id``: the agent session the call belongs to, one id across LLM, MCP and ACP rows:
+  the ACP session of the gateway-run agent whose turn caused it (the id its turn rows carry),
+  else the agent's own session header, the first of ``agent-session-id``, ``goose-session-id``
+  (verified on the wire: goose), ``x-claude-code-session-id`` (Claude Code), ``x-session-id``
+  (opencode), ``session-id`` (Codex); an MCP request may also name it in
+  ``params._meta["agent-session-id"]`` (the MCP plane reads that).
 - ``acp_session_id``: the ACP session of the gateway-run agent whose turn caused the request.
   When the gateway is an agent's only origin, the ACP runtime gives each agent it starts a
   token, which the agent sends back as its credential (``Authorization: Bearer``, an API key)
@@ -26,11 +29,13 @@ from typing import Protocol
 
 ACP_SESSION_HEADER = "x-agw-acp-session"
 CLIENT_SESSION_HEADERS = (
+    "agent-session-id",
+    "goose-session-id",
     "x-claude-code-session-id",
     "x-session-id",
     "session-id",
-    "goose-session-id",
 )
+SESSION_ID_MAX = 200  # longer client ids are cut: they are stored and logged
 
 
 class Owner(Protocol):
@@ -91,12 +96,13 @@ class SessionDirectory:
 def attribute(
     headers: Mapping[str, str], directory: SessionDirectory | None
 ) -> tuple[str | None, str | None]:
-    """(the client's own session id, the ACP session id) of a request, each None if unknown."""
+    """(the session id, the ACP session id) of a request, each None if unknown: the session id
+    is the ACP session when there is one, else the client's own session header."""
     client = None
     for name in CLIENT_SESSION_HEADERS:
         value = headers.get(name)
         if value:
-            client = value[:200]
+            client = value[:SESSION_ID_MAX]
             break
     acp = None
     if directory is not None and len(directory):
@@ -109,4 +115,4 @@ def attribute(
                 acp = directory.lookup(headers.get("x-api-key", "").strip())
         if acp is None and client is not None and directory.is_session(client):
             acp = client
-    return client, acp
+    return acp or client, acp

@@ -28,6 +28,7 @@ class CompiledRoute:
     disabled: bool
     require_virtual_key: bool
     config: Any
+    agent_id: str | None = None  # the one agent this route is bound to, stamped on usage rows
 
     @property
     def rank(self) -> tuple[int, int, int]:
@@ -80,8 +81,33 @@ class Snapshot:
         return None
 
 
+def _route_agents(state: ConfigState) -> dict[tuple[str, str], str]:
+    """(route kind, route id) -> the agent it is attributed to: the agents that list the route,
+    and for an ACP route, the agent whose runtime is the route's service. A route claimed by
+    two agents is attributed to neither (validation refuses that for listed routes)."""
+    claims: dict[tuple[str, str], set[str]] = {}
+    services: dict[str, set[str]] = {}
+    for aid, rec in state.records(f.AGENT):
+        agent = rec.obj
+        for kind, ids in (
+            ("llm", agent.routes.llm_route_ids),
+            ("mcp", agent.routes.mcp_route_ids),
+            ("acp", agent.routes.acp_route_ids),
+        ):
+            for rid in ids:
+                claims.setdefault((kind, rid), set()).add(aid)
+        if agent.runtime.type == "acp" and agent.runtime.acp is not None:
+            services.setdefault(agent.runtime.acp.service_id, set()).add(aid)
+    for rid, rec in state.records(f.ACP_ROUTE):
+        owners = services.get(getattr(rec.obj, "service_id", ""), set())
+        if owners:
+            claims.setdefault(("acp", rid), set()).update(owners)
+    return {key: next(iter(ids)) for key, ids in claims.items() if len(ids) == 1}
+
+
 def _compile_routes(state: ConfigState) -> tuple[CompiledRoute, ...]:
     routes: list[CompiledRoute] = []
+    agents = _route_agents(state)
     for family in (f.LLM_ROUTE, f.MCP_ROUTE, f.ACP_ROUTE):
         for oid, rec in state.records(family):
             cfg = rec.obj
@@ -96,6 +122,7 @@ def _compile_routes(state: ConfigState) -> tuple[CompiledRoute, ...]:
                     disabled=cfg.disabled,
                     require_virtual_key=cfg.auth_policy.require_virtual_key,
                     config=cfg,
+                    agent_id=agents.get((family.route_kind or "", oid)),
                 )
             )
     routes.sort(key=lambda r: (r.rank, r.id), reverse=True)

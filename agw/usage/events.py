@@ -24,8 +24,8 @@ import json
 import operator
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import ClassVar, Literal
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, ClassVar, Literal
 
 from agw.ids import new_event_id as new_event_id
 from agw.ids import new_span_id
@@ -48,6 +48,14 @@ def encode_payload(value: Mapping[str, object]) -> str:
     """
     text = json.dumps(value, separators=(",", ":"), default=str)
     return text[:PAYLOAD_LIMIT_BYTES]
+
+
+_NOT_COLUMN: Mapping[str, object] = {"column": False}
+
+
+def column_fields(cls: type[UsageEvent]) -> tuple[Field[Any], ...]:
+    """The fields that are columns of the event's table, in table order."""
+    return tuple(f for f in fields(cls) if f.metadata.get("column", True))
 
 
 def _sql_value(value: object) -> object:
@@ -82,6 +90,15 @@ class UsageEvent:
     error_type: str | None = None
     latency_ms: int | None = None
     agent_id: str | None = None
+    # Not columns: what the access log, Prometheus and traces read at emit time. overhead_ms is
+    # the gateway's own share of latency_ms (the rest waited on the upstream); ttft_ms is a
+    # stream's time to its first byte to the client; trace_content (only with --trace-content)
+    # holds the prompt and completion for the trace exporter.
+    http_method: str | None = field(default=None, metadata=_NOT_COLUMN)
+    http_path: str | None = field(default=None, metadata=_NOT_COLUMN)
+    overhead_ms: float | None = field(default=None, metadata=_NOT_COLUMN)
+    ttft_ms: float | None = field(default=None, metadata=_NOT_COLUMN)
+    trace_content: dict[str, object] | None = field(default=None, metadata=_NOT_COLUMN)
 
     def __post_init__(self) -> None:
         if not hasattr(type(self), "table"):
@@ -92,7 +109,7 @@ class UsageEvent:
     @classmethod
     def columns(cls) -> tuple[str, ...]:
         """The column names, in table order (the order of :meth:`row`)."""
-        return tuple(f.name for f in fields(cls))
+        return tuple(f.name for f in column_fields(cls))
 
     @classmethod
     def insert_sql(cls) -> str:
@@ -126,7 +143,9 @@ def _plan(
     plan = _PLANS.get(cls.table)
     if plan is None:
         encoded = tuple(
-            i for i, f in enumerate(fields(cls)) if "list[" in str(f.type) or "dict[" in str(f.type)
+            i
+            for i, f in enumerate(column_fields(cls))
+            if "list[" in str(f.type) or "dict[" in str(f.type)
         )
         plan = _PLANS[cls.table] = (operator.attrgetter(*cls.columns()), encoded)
     return plan
@@ -189,7 +208,8 @@ class McpUsageEvent(UsageEvent):
     cancelled: bool = False
     tool_args_json: dict[str, object] | None = None
     acp_session_id: str | None = None
-    session_id: str | None = None
+    mcp_session_id: str | None = None  # the gateway's masked Mcp-Session-Id (migration 0004)
+    session_id: str | None = None  # the agent session (migration 0004)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -209,6 +229,7 @@ class AcpUsageEvent(UsageEvent):
     event_counts_json: dict[str, int] | None = None
     usage_json: dict[str, object] | None = None
     result_status: str | None = None
+    stop_reason: str | None = field(default=None, metadata=_NOT_COLUMN)  # a turn's, not a column
 
 
 EVENT_TYPES: tuple[type[UsageEvent], ...] = (LlmUsageEvent, McpUsageEvent, AcpUsageEvent)

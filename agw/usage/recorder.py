@@ -6,7 +6,13 @@ writer takes up to ``batch_size`` events (waiting ``flush_interval`` for a batch
 queue runs dry), groups them by table and inserts them with ``executemany`` in one transaction.
 A batch that fails is counted in ``write_failures`` and logged as ``usage_write_failed`` (with
 counts and the error, never the events: they can carry tool arguments), and the writer goes on.
-Listeners (the Prometheus counters) see each event once it is committed.
+
+Two kinds of observers:
+
+- taps (the access log, the Prometheus metrics, the trace exporter) see every event as it is
+  emitted, in the request's own task, whether or not it is later written: they must be cheap and
+  must not block (an exception is logged and swallowed);
+- listeners see each event once it is committed.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class UsageRecorder:
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._listeners = list(listeners)
+        self._taps: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._accepting = True
@@ -76,6 +83,10 @@ class UsageRecorder:
         """Call ``listener(event)`` for each event once it is committed; errors are logged."""
         self._listeners.append(listener)
 
+    def add_tap(self, tap: Listener) -> None:
+        """Call ``tap(event)`` for every emitted event, before it is queued (dropped ones too)."""
+        self._taps.append(tap)
+
     def start(self) -> None:
         """Start the writer task (in the running loop). Starting twice is a no-op."""
         if self._closed:
@@ -85,6 +96,11 @@ class UsageRecorder:
 
     def emit(self, event: UsageEvent) -> bool:
         """Queue ``event`` for writing; False (and counted as dropped) when it cannot be."""
+        for tap in self._taps:
+            try:
+                tap(event)
+            except Exception as exc:  # an observer never breaks a request
+                log.warning("usage_tap_failed", extra={"error": type(exc).__name__})
         try:
             if not self._accepting:
                 self._dropped += 1
