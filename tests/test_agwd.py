@@ -40,7 +40,7 @@ def test_default_store_is_created_0600_with_schema(
     assert stat.S_IMODE(agwd.db_path.stat().st_mode) == 0o600
     with sqlite3.connect(agwd.db_path) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert {
         "providers",
@@ -73,7 +73,7 @@ def test_refuses_a_newer_schema(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert proc.returncode == 1
-    assert "schema version 99, newer than this agw supports (3)" in proc.stderr
+    assert "schema version 99, newer than this agw supports (4)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert db.read_bytes() == before
 

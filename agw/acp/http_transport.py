@@ -459,6 +459,7 @@ class HttpTransport:
             if isinstance(result, dict) and isinstance(result.get("usage"), dict):
                 session.last_usage = result["usage"]
             op.result_status = "cancelled" if stop == "cancelled" else "success"
+            op.stop_reason = stop if isinstance(stop, str) else None
             session.outbox.push(_rpc_result(msg_id, result))
         except AcpError as exc:
             op.fail(error_type_of(exc))

@@ -106,6 +106,7 @@ class Op:
     fresh_session: bool | None = None
     event_counts: dict[str, int] | None = None
     usage: JsonObj | None = None
+    stop_reason: str | None = None  # a turn's, for the metrics (not a column)
     skip: bool = False  # written elsewhere (a prompt over the HTTP transport: its turn row)
 
     def fail(self, error_type: str) -> None:
@@ -395,6 +396,7 @@ class _Turn:
             if isinstance(result.get("usage"), dict):
                 self.last_usage = result["usage"]
         self.op.result_status = "cancelled" if stop == "cancelled" else "success"
+        self.op.stop_reason = stop
         await self.emit(Event("done", {"stop_reason": stop}))
 
     async def _flush(self) -> None:
@@ -647,5 +649,9 @@ class AcpPlane:
                 event_counts_json=op.event_counts,
                 usage_json=op.usage,
                 result_status=op.result_status,
+                agent_id=req.route.agent_id,
+                http_method=req.method,
+                http_path=req.scope["path"],
+                stop_reason=op.stop_reason,
             )
         )

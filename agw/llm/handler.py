@@ -23,6 +23,7 @@ from agw.asgi import ClientGone, DisconnectWatch, Headers, Request
 from agw.config.models import Provider
 from agw.errors import InvalidRequest, PayloadTooLarge
 from agw.llm import translate
+from agw.llm.content import Completion, prompt_of
 from agw.llm.credstate import CredentialHealth
 from agw.llm.dialect import error_body, stream_error_frame
 from agw.llm.discovery import ModelCatalog
@@ -103,6 +104,10 @@ class Call:
     req: Request
     operation: str = ""
     started_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    t0: int = field(default_factory=time.perf_counter_ns)
+    upstream_ns: int = 0  # time spent waiting on the provider (the rest is the gateway's)
+    first_byte_ns: int = 0  # streams: when the first event went to the client
+    completion: Completion | None = None  # the answer's text, only with --trace-content
     stream: bool = False
     target: Target | None = None
     key: Key | None = None
@@ -141,8 +146,13 @@ def _error_message(body: bytes) -> str:
 
 class LlmPlane:
     def __init__(
-        self, recorder: UsageRecorder | None, directory: SessionDirectory | None = None
+        self,
+        recorder: UsageRecorder | None,
+        directory: SessionDirectory | None = None,
+        *,
+        trace_content: bool = False,
     ) -> None:
+        self.trace_content = trace_content  # keep prompts and completions for the traces
         self.directory = directory  # ACP sessions, for attribution (agw/runtime/sessions.py)
         self.pool = UpstreamPool()
         self.picker = CredentialPicker()
@@ -157,6 +167,8 @@ class LlmPlane:
 
     async def handle(self, req: Request, rejection: Reply | None = None) -> None:
         call = Call(req)
+        if self.trace_content:
+            call.completion = Completion()
         try:
             if rejection is not None:
                 raise rejection
@@ -307,7 +319,9 @@ class LlmPlane:
         failure: Failure | None = None
         for round_ in range(1 + net.max_retries):
             if round_:
+                waited = time.perf_counter_ns()
                 await asyncio.sleep(net.retry_delay_seconds)
+                call.upstream_ns += time.perf_counter_ns() - waited
             failure = None
             for plan in self._attempts(call, body, targets):
                 if isinstance(plan, Failure):
@@ -399,9 +413,11 @@ class LlmPlane:
         session = self.pool.session(provider)
         timeout = self.pool.timeout(provider, stream=call.stream)
         proxy = provider.network.proxy_url or None
+        sent = time.perf_counter_ns()
         try:
             resp = await session.post(url, data=data, headers=headers, timeout=timeout, proxy=proxy)
         except TimeoutError:
+            call.upstream_ns += time.perf_counter_ns() - sent
             return Failure(
                 504,
                 f"upstream {provider.id} timed out",
@@ -409,15 +425,19 @@ class LlmPlane:
                 repeatable=False,
             )
         except aiohttp.ClientError as exc:
+            call.upstream_ns += time.perf_counter_ns() - sent
             return Failure(
                 502, f"upstream {provider.id} unreachable: {exc}", "provider_request_failed"
             )
+        call.upstream_ns += time.perf_counter_ns() - sent
         async with resp:
             if resp.status >= 400:
+                sent = time.perf_counter_ns()
                 try:
                     raw = await resp.read()
                 except (aiohttp.ClientError, TimeoutError):
                     raw = b""
+                call.upstream_ns += time.perf_counter_ns() - sent
                 if call.key is not None and call.key.credential_id:
                     self.health.failed(
                         call.key.credential_id,
@@ -457,6 +477,7 @@ class LlmPlane:
         self, call: Call, resp: aiohttp.ClientResponse, wire: str, observer: Observer
     ) -> None:
         req = call.req
+        sent = time.perf_counter_ns()
         try:
             raw = await resp.read()
         except TimeoutError:
@@ -465,6 +486,8 @@ class LlmPlane:
             ) from None
         except aiohttp.ClientError as exc:
             raise Reply(502, f"upstream read failed: {exc}", "provider_request_failed") from None
+        finally:
+            call.upstream_ns += time.perf_counter_ns() - sent
         if call.renamed:
             try:
                 answer = jsonfast.loads(raw)
@@ -473,6 +496,8 @@ class LlmPlane:
             if isinstance(answer, dict) and restore_tool_names(answer, call.renamed):
                 raw = json.dumps(answer).encode()
         observer.body(raw)
+        if call.completion is not None:
+            call.completion.feed(raw)
         client_wire = _CLIENT_WIRE.get(call.operation, wire)
         headers = _passed_headers(resp)
         if client_wire != wire:
@@ -520,19 +545,32 @@ class LlmPlane:
         )
         call.status = 200
         splitter = SSESplitter()
+        chunks = resp.content.iter_any()
+        clock = time.perf_counter_ns
         try:
-            async for chunk in resp.content.iter_any():
+            while True:
+                waited = clock()
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    call.upstream_ns += clock() - waited
                 out: list[bytes] = []
                 for event in splitter.feed(chunk):
                     if call.renamed:
                         event = _restored(event, call.renamed)
                     observer.raw_event(event)
+                    if call.completion is not None:
+                        call.completion.feed(event.data)
                     if translator is not None:
                         out.append(translator.feed(event.name or None, event.data))
                     elif not (injected and observer.usage_only_chunk):
                         out.append(event.raw)
                 if out:
                     await req.body(b"".join(out), more=True)
+                    if not call.first_byte_ns:
+                        call.first_byte_ns = clock()
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.info("upstream_stream_failed", extra={"route_id": req.route.id, "error": str(exc)})
         if not observer.finished:
@@ -655,8 +693,9 @@ class LlmPlane:
             source, tin, tout = "missing", 0, 0
         status = call.status or req.status or 500
         finished = time.time_ns() // 1_000_000
+        done_ns = time.perf_counter_ns()
         target = call.target
-        client_session, acp_session = attribute(req.headers, self.directory)
+        session, acp_session = attribute(req.headers, self.directory)
         event = LlmUsageEvent(
             trace_id=req.trace.trace_id,
             span_id=req.trace.span_id,
@@ -691,9 +730,19 @@ class LlmPlane:
             cached_input_tokens=tokens.cached_input if tokens else 0,
             cache_creation_input_tokens=tokens.cache_creation if tokens else 0,
             reasoning_tokens=tokens.reasoning if tokens else 0,
-            session_id=client_session,
+            session_id=session,
             acp_session_id=acp_session,
+            agent_id=req.route.agent_id,
+            http_method=req.method,
+            http_path=req.scope["path"],
+            overhead_ms=max(0, done_ns - call.t0 - call.upstream_ns) / 1e6,
+            ttft_ms=(call.first_byte_ns - call.t0) / 1e6 if call.first_byte_ns else None,
         )
+        if call.completion is not None:
+            event.trace_content = {
+                "input": prompt_of(call.body),
+                "output": call.completion.text(),
+            }
         self.recorder.emit(event)
 
 

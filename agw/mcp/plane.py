@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -350,6 +351,7 @@ class McpServer:
         method: str,
         params: JsonObj,
     ) -> Any:
+        since = time.perf_counter_ns()
         try:
             upstream = await backend.get(sid)
         except UpstreamError as exc:
@@ -357,9 +359,12 @@ class McpServer:
             raise RpcError(
                 rpc.UPSTREAM_FAILED, f"mcp service {sid} failed: {exc.message}"
             ) from None
+        finally:
+            call.waited(since)
         meta = params.get("_meta")
         logs = ctx.session.era != "modern" or (isinstance(meta, dict) and META_LOG_LEVEL in meta)
         on_message = self._call_listener(ctx, mux, upstream, entry, logs)
+        since = time.perf_counter_ns()
         try:
             return await upstream.request(method, upstream_params(params), on_message=on_message)
         except UpstreamError as exc:
@@ -370,6 +375,8 @@ class McpServer:
         except RpcError:
             call.error_type = "upstream_error"
             raise
+        finally:
+            call.waited(since)
 
     def _call_listener(
         self, ctx: Context, mux: Multiplexer, upstream: Upstream, entry: InFlight, logs: bool
@@ -564,7 +571,8 @@ class McpServer:
                 acp_session_id=acp_session_id,
                 agent_id=req.route.agent_id,
                 http_method=req.method,
-                http_path=req.path,
+                http_path=req.scope["path"],
+                overhead_ms=call.overhead_ms(),
             )
         )
 

@@ -394,6 +394,11 @@ class Call:
     """The usage of one client JSON-RPC request (one ``mcp_usage_events`` row)."""
 
     started_ms: int = field(default_factory=now_ms)
+    t0: int = field(default_factory=time.perf_counter_ns)
+    # the span from the first upstream request's start to the last one's end (fan-outs run in
+    # parallel): what the call waited on MCP servers; the rest of its time is the gateway's
+    upstream_from_ns: int = 0
+    upstream_to_ns: int = 0
     session: str | None = None  # the downstream session's handle (DownstreamSession.short)
     agent_session: str | None = None  # params._meta["agent-session-id"]
     request_id: str | None = None
@@ -413,6 +418,16 @@ class Call:
     status_code: int | None = None
     error_type: str | None = None
     error: str | None = None
+
+    def waited(self, since_ns: int) -> None:
+        """An upstream request that started at ``since_ns`` has just ended."""
+        if not self.upstream_from_ns or since_ns < self.upstream_from_ns:
+            self.upstream_from_ns = since_ns
+        self.upstream_to_ns = time.perf_counter_ns()
+
+    def overhead_ms(self) -> float:
+        total = time.perf_counter_ns() - self.t0
+        return max(0, total - (self.upstream_to_ns - self.upstream_from_ns)) / 1e6
 
     def fail(self, exc: RpcError, error_type: str | None = None) -> None:
         self.result_status = "cancelled" if self.cancelled else "error"

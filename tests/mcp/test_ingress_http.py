@@ -332,7 +332,7 @@ def test_one_usage_row_per_client_request(http: httpx.Client, gw: Gateway) -> No
     assert by_id["u-3"]["prompt_name"] == "greet" and by_id["u-3"]["arg_count"] == 1
     assert by_id["u-4"]["result_status"] == "error"  # a tool error (isError)
     # the session's handle as /admin/mcp/sessions shows it (never the session id itself)
-    assert {r["session_id"] for r in rows} == {f"{sid[:8]}****"}
+    assert {r["mcp_session_id"] for r in rows} == {f"{sid[:8]}****"}
     assert all(sid not in json.dumps(r) for r in rows)
     assert {r["acp_session_id"] for r in rows} == {None}
     init = gw.rows("route_id = ? AND method = 'initialize'", ("r-audit",))

@@ -185,6 +185,7 @@ def test_events_round_trip_into_their_tables(tmp_path: Path) -> None:
         "cancelled": 1,
         "tool_args_json": '{"city":"Paris"}',
         "acp_session_id": None,
+        "mcp_session_id": None,
         "session_id": None,
     }
     (acp_row,) = rows(path, "acp_usage_events")

@@ -33,7 +33,7 @@ def test_fresh_store_is_at_version_2_with_the_new_llm_columns(tmp_path: Path) ->
     path = tmp_path / "c.db"
     open_and_close(path)
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
         info = {r[1]: (r[4], r[3]) for r in conn.execute("PRAGMA table_info(llm_usage_events)")}
     for name, (default, notnull) in NEW_COLUMNS.items():
         assert info[name] == (default, notnull), name
@@ -58,7 +58,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(tmp_path: Path) -> Non
     assert (old["cached_input_tokens"], old["cache_creation_input_tokens"]) == (0, 0)
     assert old["reasoning_tokens"] == 0
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
 
 
 def test_event_fields_are_exactly_the_table_columns_in_order(tmp_path: Path) -> None:
@@ -66,3 +66,29 @@ def test_event_fields_are_exactly_the_table_columns_in_order(tmp_path: Path) -> 
     open_and_close(path)
     for cls in EVENT_TYPES:
         assert list(cls.columns()) == table_columns(path, cls.table), cls.__name__
+
+
+def test_migration_4_moves_the_mcp_handle_and_links_acp_sessions(tmp_path: Path) -> None:
+    """Schema 4: the MCP table's old session_id (the masked Mcp-Session-Id) becomes
+    mcp_session_id, and session_id is the agent session: the ACP session where one is known."""
+    path = tmp_path / "c.db"
+    with closing(sqlite3.connect(path)) as conn:
+        for number in (1, 2, 3):
+            (script,) = migrations_dir().glob(f"000{number}_*.sql")
+            conn.executescript(script.read_text())
+        conn.executemany(
+            "INSERT INTO mcp_usage_events (event_id, span_id, started_at, finished_at, "
+            "session_id, acp_session_id) VALUES (?, 's', 1, 2, ?, ?)",
+            [("a", "abcd1234****", "sess-acp"), ("b", "ffff0000****", None)],
+        )
+        conn.execute("PRAGMA user_version = 3")
+        conn.commit()
+    open_and_close(path)
+    got = {
+        r["event_id"]: (r["mcp_session_id"], r["session_id"])
+        for r in rows(path, "mcp_usage_events")
+    }
+    assert got == {"a": ("abcd1234****", "sess-acp"), "b": ("ffff0000****", None)}
+    with closing(sqlite3.connect(path)) as conn:
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(mcp_usage_events)")}
+    assert {"idx_mcp_usage_session", "idx_mcp_usage_service", "idx_mcp_usage_tool"} <= indexes
