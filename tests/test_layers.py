@@ -21,6 +21,7 @@ LAYERS = {
     "agw.auth": 3,
     "agw.usage": 3,
     "agw.asgi": 3,
+    "agw.tracing": 3,
     "agw.llm": 4,
     "agw.mcp": 4,
     "agw.acp": 4,

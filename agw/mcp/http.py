@@ -34,6 +34,7 @@ from typing import Any
 
 import aiohttp
 
+from agw.asgi import current_trace, traceparent
 from agw.config.services import McpService
 from agw.mcp.channel import (
     HANDSHAKE_TIMEOUT_S,
@@ -390,6 +391,9 @@ class StreamableHttpUpstream(Upstream):
         if self._closed:
             raise UpstreamError(f"mcp service {sid} is closed")
         headers = self._headers(method, msg.get("params"))
+        trace = current_trace.get()
+        if trace is not None:  # the data-plane request this message is sent for
+            headers["traceparent"] = traceparent(trace)
         sent_session = "mcp-session-id" in headers
         body = json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode()
         resp = await self._send_post(body, headers)
@@ -565,6 +569,7 @@ class StreamableHttpUpstream(Upstream):
 
     async def _listen(self, generation: int) -> None:
         """The standalone GET stream of this session, reopened while the session lives."""
+        current_trace.set(None)  # what arrives here (and its answers) is no request's
         delay = GET_RETRY_FIRST_S
         while not self._closed and self._generation == generation:
             headers = self._headers(None, None)

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import aiohttp
 
+from agw.asgi import current_trace, traceparent
 from agw.config.services import McpService
 from agw.mcp.channel import ChannelUpstream
 from agw.mcp.jsonrpc import JsonObj
@@ -96,6 +97,9 @@ class SseUpstream(ChannelUpstream):
         if not self._connected or http is None or endpoint is None:
             raise UpstreamError(f"mcp service {sid} is not connected")
         headers = {"content-type": "application/json", **auth_headers(self.service)}
+        trace = current_trace.get()
+        if trace is not None:  # the data-plane request this message is sent for
+            headers["traceparent"] = traceparent(trace)
         body = json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode()
         try:
             async with http.post(endpoint, data=body, headers=headers) as resp:
@@ -132,6 +136,7 @@ class SseUpstream(ChannelUpstream):
             await http.close()
 
     async def _read(self, resp: aiohttp.ClientResponse, found: asyncio.Future[str]) -> None:
+        current_trace.set(None)  # what arrives here (and its answers) is no request's
         parser = SseParser()
         reason = "the server ended the stream"
         try:
