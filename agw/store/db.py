@@ -67,6 +67,8 @@ class Database:
         # One write connection: transactions from different tasks (config writes, the usage
         # writer) take turns instead of nesting.
         self._write_lock = asyncio.Lock()
+        self._reader: aiosqlite.Connection | None = None
+        self._reader_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str | Path) -> Database:
@@ -139,5 +141,26 @@ class Database:
             else:
                 await self.conn.execute("COMMIT")
 
+    async def reader(self) -> aiosqlite.Connection:
+        """A second, read-only connection for long reads (the metrics queries), opened on first
+        use. It has its own thread, and WAL lets it read while the writer writes, so a query
+        aggregating a million usage rows holds up neither the usage writer nor config reads.
+        An in-memory store has no second connection: its reads share the main one."""
+        if str(self.path) == ":memory:":
+            return self.conn
+        async with self._reader_lock:
+            if self._reader is None:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                try:
+                    conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+                    await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                except sqlite3.Error as exc:
+                    raise StoreError(f"cannot open config store {self.path}: {exc}") from exc
+                self._reader = conn
+            return self._reader
+
     async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
         await self.conn.close()
