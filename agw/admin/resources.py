@@ -312,14 +312,20 @@ class ResourceHandlers:
 
     async def delete(self, **kw: str) -> JSONResponse:
         oid = self._oid(kw)
+        unbound: dict[str, Any] = {}
 
         def build(state: ConfigState) -> tuple[ConfigState, str]:
-            self._writable(state, oid)
+            current = self._writable(state, oid)
+            if self.family is f.AGENT:
+                unbound.update(agent_bindings(state, current.obj))
             return state.delete(self.family, oid), oid
 
         await self._commit(build, deleting=oid)
         key = "credential_id" if self.family is f.CREDENTIAL else "id"
-        return {"status": "deleted", key: oid}, 200
+        answer: dict[str, Any] = {"status": "deleted", key: oid}
+        if self.family is f.AGENT:
+            answer["unbound"] = unbound
+        return answer, 200
 
     def toggler(self, disabled: bool) -> Callable[..., Awaitable[JSONResponse]]:
         async def toggle(**kw: str) -> JSONResponse:
@@ -337,6 +343,19 @@ class ResourceHandlers:
             return self._view(oid, self._existing(self.m.state, oid), False), 200
 
         return toggle
+
+
+def agent_bindings(state: ConfigState, agent: Any) -> dict[str, Any]:
+    """What an ACP agent binds besides its lists: its runtime service, and the ACP routes it is
+    attributed (those it lists and those that target the service). Deleting the agent leaves
+    them in place, unbound: ``{acp_service_id?, acp_route_ids?}``."""
+    runtime = agent.runtime
+    if runtime.type != "acp" or runtime.acp is None:
+        return {}
+    sid = runtime.acp.service_id
+    routes = set(agent.routes.acp_route_ids)
+    routes |= {rid for rid, rec in state.records(f.ACP_ROUTE) if rec.obj.service_id == sid}
+    return {"acp_service_id": sid} | ({"acp_route_ids": sorted(routes)} if routes else {})
 
 
 def register(
