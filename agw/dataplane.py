@@ -18,8 +18,11 @@ from agw.llm.handler import LlmPlane, Reply
 from agw.runtime.manager import ConfigManager
 from agw.runtime.sessions import SessionDirectory
 from agw.runtime.snapshot import CompiledRoute, Snapshot
+from agw.usage.accesslog import AccessLog
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# agwd's own start-up probe of its listeners: not an access-log line
+READINESS_HEADER = "x-agw-readiness-probe"
 
 
 class Plane(Protocol):
@@ -119,9 +122,11 @@ def create_data_app(
     max_agent_depth: int = 0,
     planes: dict[str, Plane] | None = None,
     directory: SessionDirectory | None = None,
+    access_log: AccessLog | None = None,
 ) -> ASGIApp:
     """``planes``: the handlers of the other route kinds (``mcp``, ``acp``); a kind without one
-    answers 501."""
+    answers 501. ``access_log`` gets a line for each request no route matches (the planes'
+    requests reach it through the usage recorder)."""
     others = dict(planes or {})
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -146,6 +151,8 @@ def create_data_app(
         if route is None:
             unread = [] if method in ("GET", "HEAD") else [(b"connection", b"close")]
             await _plain(send, 404, f"no route matches {path}", unread)
+            if access_log is not None and READINESS_HEADER not in headers:
+                access_log.unmatched(method, path, 404)
             return
         trace = TraceContext.from_headers(headers)
         current_trace.set(trace)

@@ -25,7 +25,7 @@ from agw.acp.runtime import AcpRuntime
 from agw.admin.app import create_admin_app
 from agw.asgi import Receive, Scope, Send
 from agw.auth.admin_basic import BasicAuth
-from agw.dataplane import create_data_app
+from agw.dataplane import READINESS_HEADER, create_data_app
 from agw.llm.handler import LlmPlane
 from agw.mcp.plane import McpPlane
 from agw.mcp.runtime import McpRuntime
@@ -33,6 +33,9 @@ from agw.runtime.manager import ConfigManager, load_static
 from agw.runtime.sessions import SessionDirectory
 from agw.settings import Settings, split_host_port
 from agw.store.db import Database
+from agw.tracing import TraceExporter
+from agw.usage.accesslog import OFF, AccessLog
+from agw.usage.prometheus import PrometheusMetrics
 from agw.usage.recorder import UsageRecorder
 from agw.usage.retention import RetentionJanitor
 
@@ -138,6 +141,7 @@ class Gateway:
     admin_sock: socket.socket | None
     data_sock: socket.socket
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+    access_log: AccessLog | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> Gateway:
@@ -159,6 +163,14 @@ class Gateway:
             await db.close()
             raise
         return cls(settings, db, manager, admin_sock, data_sock)
+
+    def reopen_logs(self) -> None:
+        """After log rotation (SIGHUP): the access log file starts anew."""
+        if self.access_log is not None:
+            try:
+                self.access_log.reopen()
+            except OSError as exc:
+                log.error("access_log_reopen_failed", extra={"error": exc.strerror})
 
     @property
     def data_addr(self) -> str:
@@ -184,9 +196,18 @@ class Gateway:
             else None
         )
         recorder = UsageRecorder(self.db)
+        if self.settings.access_log != OFF:
+            self.access_log = AccessLog(self.settings.access_log)
+            recorder.add_tap(self.access_log)
+        prometheus = PrometheusMetrics(recorder)
+        recorder.add_tap(prometheus)
+        tracer = None
+        if self.settings.otlp_endpoint:
+            tracer = TraceExporter(self.settings.otlp_endpoint, self.settings.trace_content)
+            recorder.add_tap(tracer)
         recorder.start()
         directory = SessionDirectory()  # ACP sessions, for LLM and MCP usage attribution
-        llm = LlmPlane(recorder, directory)
+        llm = LlmPlane(recorder, directory, trace_content=self.settings.trace_content)
         mcp_runtime = McpRuntime(self.manager)
         mcp = McpPlane(recorder, mcp_runtime, directory)
         # what agents are told to call back (gateway_origin): the data listener, on loopback
@@ -203,6 +224,8 @@ class Gateway:
             acp_runtime=acp_runtime,
             acp_permissions=acp.permissions,
             recorder=recorder,
+            db=self.db,
+            prometheus=prometheus,
         )
         janitor = RetentionJanitor(self.db, self.settings.metrics_retention_days)
         janitor.start()
@@ -212,6 +235,7 @@ class Gateway:
             max_agent_depth=self.settings.max_agent_depth,
             planes={"mcp": mcp, "acp": acp},
             directory=directory,
+            access_log=self.access_log,
         )
         servers: list[tuple[Any, socket.socket]] = []
         if self.admin_sock is None:
@@ -254,6 +278,10 @@ class Gateway:
             await acp.close()  # idempotent too: no agent process outlives the gateway
             await janitor.close()
             await recorder.close()
+            if tracer is not None:  # after the recorder: its last events are spans too
+                await asyncio.to_thread(tracer.close)
+            if self.access_log is not None:
+                self.access_log.close()
             await self.db.close()
 
     async def _uvicorn(self, app: Any, sock: socket.socket) -> None:
@@ -293,7 +321,7 @@ class Gateway:
                             if t.done():
                                 t.result()
                     try:
-                        await client.get(url)
+                        await client.get(url, headers={READINESS_HEADER: "1"})
                         break
                     except httpx.TransportError:
                         await asyncio.sleep(0.1)

@@ -25,6 +25,9 @@ class Settings:
     max_agent_depth: int = 0
     shutdown_grace_seconds: float = 10.0
     data_server: str = "uvicorn"  # uvicorn | hypercorn (the admin API is always hypercorn)
+    access_log: str = "stderr"  # stderr | off | a file path
+    otlp_endpoint: str = ""  # OTLP/HTTP base URL; empty: no trace export
+    trace_content: bool = False  # prompts and completions on LLM spans
 
 
 def split_host_port(addr: str) -> tuple[str, int]:

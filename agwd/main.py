@@ -79,6 +79,10 @@ def build_settings(
     metrics_retention_days: int,
     max_agent_depth: int,
     data_server: str = "uvicorn",
+    *,
+    access_log: str = "stderr",
+    otlp_endpoint: str = "",
+    trace_content: bool = False,
 ) -> Settings:
     for name, value in (("--addr", addr), ("--admin-addr", admin_addr)):
         try:
@@ -97,6 +101,12 @@ def build_settings(
         fail(f"--data-server must be uvicorn or hypercorn (got {data_server!r})")
     if metrics_retention_days < 0 or max_agent_depth < 0:
         fail("--metrics-retention-days and --max-agent-depth must not be negative")
+    if not access_log.strip():
+        fail("--access-log must be stderr, off or a file path")
+    if otlp_endpoint and not otlp_endpoint.startswith(("http://", "https://")):
+        fail(f"--otlp-endpoint must be an http:// or https:// URL (got {otlp_endpoint!r})")
+    if trace_content and not otlp_endpoint:
+        fail("--trace-content needs --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT)")
     if admin_basic_auth_hash:
         try:
             BasicAuth(admin_basic_auth_hash)
@@ -120,6 +130,9 @@ def build_settings(
         metrics_retention_days=metrics_retention_days or 30,
         max_agent_depth=max_agent_depth,
         data_server=data_server,
+        access_log=access_log.strip(),
+        otlp_endpoint=otlp_endpoint,
+        trace_content=trace_content,
     )
 
 
@@ -136,6 +149,8 @@ async def run(settings: Settings) -> None:
             gateway.shutdown.set()
 
     def reload() -> None:
+        gateway.reopen_logs()
+
         async def do() -> None:
             sd_notify("RELOADING=1")
             try:
@@ -192,6 +207,28 @@ def agwd(
         str,
         typer.Option(help="HTTP server of the data listener: uvicorn or hypercorn"),
     ] = "uvicorn",
+    access_log: Annotated[
+        str,
+        typer.Option(
+            metavar="stderr|off|FILE",
+            help="one JSON line per data-plane request: to stderr, to FILE (appended; reopened "
+            "on SIGHUP), or off",
+        ),
+    ] = "stderr",
+    otlp_endpoint: Annotated[
+        str,
+        typer.Option(
+            envvar="OTEL_EXPORTER_OTLP_ENDPOINT",
+            metavar="URL",
+            help="export a span per request with OpenTelemetry, OTLP over HTTP, to this base URL "
+            "(/v1/traces is appended)",
+            show_default=False,
+        ),
+    ] = "",
+    trace_content: Annotated[
+        bool,
+        typer.Option(help="put prompts and completions on the exported LLM spans"),
+    ] = False,
 ) -> None:
     """Run the agw gateway daemon: data plane, admin API and SQLite config store."""
     settings = build_settings(
@@ -205,6 +242,9 @@ def agwd(
         metrics_retention_days,
         max_agent_depth,
         data_server,
+        access_log=access_log,
+        otlp_endpoint=otlp_endpoint,
+        trace_content=trace_content,
     )
     setup_logging(log_level)
     try:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
-from agw.admin import acp, gateway, mcp, models, resources
+from agw.admin import acp, agents, gateway, mcp, metrics, models, resources
 from agw.auth.admin_basic import BasicAuth
 from agw.errors import AgwError
 from agw.llm.credstate import CredentialHealth
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from agw.acp.permissions import PermissionRegistry
     from agw.acp.runtime import AcpRuntime
     from agw.mcp.runtime import McpRuntime
+    from agw.store.db import Database
     from agw.usage.recorder import UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,18 @@ def create_admin_app(
     acp_runtime: AcpRuntime | None = None,
     acp_permissions: PermissionRegistry | None = None,
     recorder: UsageRecorder | None = None,
+    db: Database | None = None,
+    prometheus: metrics.Exposition | None = None,
 ) -> Quart:
     """``catalog`` and ``health`` are the LLM plane's model snapshots and credential states,
     shown in the views when given; ``mcp_runtime`` is the MCP plane's, which the
     ``/admin/mcp/services/{id}/...`` calls and ``/admin/mcp/runtime`` views use (without it they
     answer 404). ``acp_runtime`` and ``acp_permissions`` are the ACP plane's, for the
     ``/admin/acp/services/{id}/sessions...`` calls and ``/admin/acp/runtime...`` (without the
-    runtime they answer 404); ``recorder`` receives their audit rows (none without it)."""
+    runtime they answer 404); ``recorder`` receives their audit rows (none without it) and
+    gives the metrics summary its pipeline counters. ``db`` holds the usage tables the
+    ``/admin/metrics/...`` reads query (without it they answer empty shapes); ``prometheus``
+    renders ``/admin/metrics/prometheus`` (without it: 503)."""
     app = Quart(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_ADMIN_BODY
     app.config["BODY_TIMEOUT"] = 60
@@ -134,4 +140,6 @@ def create_admin_app(
         models.register(app, manager, catalog)
     mcp.register(app, manager, mcp_runtime)
     acp.register(app, manager, acp_runtime, acp_permissions, recorder)
+    metrics.register(app, db, recorder, prometheus)
+    agents.register(app, manager, db, acp_runtime, acp_permissions, recorder)
     return app

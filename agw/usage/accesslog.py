@@ -1,0 +1,139 @@
+"""The access log: one JSON line per data-plane request, to stderr or a file.
+
+A recorder tap (:meth:`AccessLog.__call__`) writes the line of every request that reached a
+route, from its usage event, as the event is emitted; the dispatcher calls
+:meth:`AccessLog.unmatched` for requests no route matched. Fields, in this order (absent ones
+are left out):
+
+``time`` (RFC 3339, ms, UTC, when the request finished), ``trace_id``, ``span_id``,
+``session_id``, ``agent_id``, ``virtual_key_id``, ``route_id``, ``kind``, ``method``, ``path``
+(no query string), ``upstream`` (provider or service id), ``model``, ``operation``, ``tool``,
+``status``, ``error_type``, ``error_class``, ``tokens_in``, ``tokens_out``, ``latency_ms``,
+``overhead_ms``, ``ttft_ms``.
+
+Never a key (only the virtual key's id), a prompt, a completion or tool arguments. Each line is
+one ``write(2)`` on a file opened for appending, so lines from one process never interleave
+and a crash loses at most the line being written; :meth:`reopen` (agwd's SIGHUP) starts a new
+file after log rotation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import orjson
+
+from agw.usage.events import LlmUsageEvent, McpUsageEvent, UsageEvent
+from agw.usage.taxonomy import error_class
+
+log = logging.getLogger(__name__)
+
+STDERR = "stderr"
+OFF = "off"
+
+
+def _time(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+def line_of(event: UsageEvent) -> dict[str, object]:
+    """The access-log fields of one request, from its usage event."""
+    out: dict[str, object] = {
+        "time": _time(event.finished_at),
+        "trace_id": event.trace_id,
+        "span_id": event.span_id,
+        "session_id": getattr(event, "session_id", None),
+        "agent_id": event.agent_id,
+        "virtual_key_id": event.virtual_key_id,
+        "route_id": event.route_id,
+        "kind": event.route_kind,
+        "method": event.http_method,
+        "path": event.http_path,
+    }
+    if isinstance(event, LlmUsageEvent):
+        out["upstream"] = event.provider_id
+        out["model"] = event.upstream_model or event.logical_model
+        out["operation"] = event.api_operation
+    elif isinstance(event, McpUsageEvent):
+        out["upstream"] = event.service_id
+        out["operation"] = event.method
+        out["tool"] = event.tool_name
+    else:
+        out["upstream"] = getattr(event, "service_id", None)
+        out["operation"] = getattr(event, "operation", None)
+    out["status"] = event.status_code
+    out["error_type"] = event.error_type
+    out["error_class"] = error_class(event)
+    if isinstance(event, LlmUsageEvent):
+        out["tokens_in"] = event.input_tokens
+        out["tokens_out"] = event.output_tokens
+    out["latency_ms"] = event.latency_ms
+    if event.overhead_ms is not None:
+        out["overhead_ms"] = round(event.overhead_ms, 3)
+    if event.ttft_ms is not None:
+        out["ttft_ms"] = round(event.ttft_ms, 3)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+class AccessLog:
+    """Writes access-log lines to ``target``: ``"stderr"`` or a file path (created, appended)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._fd = -1
+        self._own = False
+        self.lines = 0
+        self.failures = 0
+        self.reopen()
+
+    def reopen(self) -> None:
+        """(Re)open the file, as after log rotation; stderr stays as it is."""
+        if self.target == STDERR:
+            self._fd, self._own = 2, False
+            return
+        path = Path(self.target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        old, self._fd, self._own = self._fd, fd, True
+        if old >= 0 and old != fd:
+            os.close(old)
+
+    def close(self) -> None:
+        if self._own and self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
+
+    def __call__(self, event: UsageEvent) -> None:
+        self._write(line_of(event))
+
+    def unmatched(self, method: str, path: str, status: int, trace_id: str | None = None) -> None:
+        """A request no route matched (answered 404 by the dispatcher)."""
+        self._write(
+            {
+                "time": _time(time.time_ns() // 1_000_000),
+                "trace_id": trace_id,
+                "method": method,
+                "path": path,
+                "status": status,
+                "error_type": "route_not_found",
+                "error_class": "client",
+            }
+        )
+
+    def _write(self, fields: dict[str, object]) -> None:
+        if self._fd < 0:
+            return
+        data = orjson.dumps({k: v for k, v in fields.items() if v is not None}) + b"\n"
+        try:
+            os.write(self._fd, data)
+        except OSError as exc:
+            self.failures += 1
+            if self.failures == 1 or self.failures % 1000 == 0:
+                log.warning(
+                    "access_log_write_failed", extra={"error": exc.strerror, "count": self.failures}
+                )
+            return
+        self.lines += 1
