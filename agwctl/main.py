@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from agw.envfile import load_env_files
-from agwctl import acp, bundle, chat, mcp, resources
+from agwctl import acp, agents, bundle, chat, mcp, metrics, resources
 from agwctl.client import (
     DEFAULT_ADMIN_ADDR,
     AdminSettings,
@@ -108,6 +108,8 @@ def create_app() -> typer.Typer:
     apps = resources.register(gateway)
     mcp.register(gateway, apps)
     acp.register(gateway, apps)
+    agents.register(apps)
+    metrics.register(gateway)
     app.add_typer(gateway, name="gateway")
     chat.register(app)
     return app
