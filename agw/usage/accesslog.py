@@ -11,14 +11,20 @@ are left out):
 ``status``, ``error_type``, ``error_class``, ``tokens_in``, ``tokens_out``, ``latency_ms``,
 ``overhead_ms``, ``ttft_ms``.
 
-Never a key (only the virtual key's id), a prompt, a completion or tool arguments. Each line is
-one ``write(2)`` on a file opened for appending, so lines from one process never interleave
-and a crash loses at most the line being written; :meth:`reopen` (agwd's SIGHUP) starts a new
-file after log rotation.
+Never a key (only the virtual key's id), a prompt, a completion or tool arguments.
+
+Lines are buffered and written together, whole, with one ``write(2)`` on a file opened for
+appending: :data:`FLUSH_INTERVAL_S` after the first buffered line, or as soon as
+:data:`FLUSH_BYTES` are waiting, and on :meth:`reopen` and :meth:`close`. A write per line cost
+the data plane about 25 us of CPU per request on the benchmark machine (docs/performance.md);
+a batch costs one. Lines never interleave or split; a crash loses at most the last
+:data:`FLUSH_INTERVAL_S` of lines. :meth:`reopen` (agwd's SIGHUP) starts a new file after log
+rotation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -33,10 +39,19 @@ log = logging.getLogger(__name__)
 
 STDERR = "stderr"
 OFF = "off"
+FLUSH_INTERVAL_S = 0.2
+FLUSH_BYTES = 64 * 1024
+
+
+_second: list[object] = [None, ""]  # the last second formatted, and its text
 
 
 def _time(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+    """RFC 3339 UTC with milliseconds; the date and time of a second are formatted once."""
+    second = ms // 1000
+    if _second[0] != second:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{ms % 1000:03d}Z"
 
 
 def line_of(event: UsageEvent) -> dict[str, object]:
@@ -85,12 +100,16 @@ class AccessLog:
         self.target = target
         self._fd = -1
         self._own = False
+        self._buffer = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
         self.lines = 0
         self.failures = 0
         self.reopen()
 
     def reopen(self) -> None:
-        """(Re)open the file, as after log rotation; stderr stays as it is."""
+        """(Re)open the file, as after log rotation; stderr stays as it is. What is buffered
+        goes to the old file first."""
+        self.flush()
         if self.target == STDERR:
             self._fd, self._own = 2, False
             return
@@ -102,6 +121,7 @@ class AccessLog:
             os.close(old)
 
     def close(self) -> None:
+        self.flush()
         if self._own and self._fd >= 0:
             os.close(self._fd)
         self._fd = -1
@@ -111,29 +131,49 @@ class AccessLog:
 
     def unmatched(self, method: str, path: str, status: int, trace_id: str | None = None) -> None:
         """A request no route matched (answered 404 by the dispatcher)."""
-        self._write(
-            {
-                "time": _time(time.time_ns() // 1_000_000),
-                "trace_id": trace_id,
-                "method": method,
-                "path": path,
-                "status": status,
-                "error_type": "route_not_found",
-                "error_class": "client",
-            }
-        )
+        line: dict[str, object] = {"time": _time(time.time_ns() // 1_000_000)}
+        if trace_id is not None:
+            line["trace_id"] = trace_id
+        line |= {
+            "method": method,
+            "path": path,
+            "status": status,
+            "error_type": "route_not_found",
+            "error_class": "client",
+        }
+        self._write(line)
 
     def _write(self, fields: dict[str, object]) -> None:
         if self._fd < 0:
             return
-        data = orjson.dumps({k: v for k, v in fields.items() if v is not None}) + b"\n"
+        self._buffer += orjson.dumps(fields)
+        self._buffer += b"\n"
+        self.lines += 1
+        if len(self._buffer) >= FLUSH_BYTES:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop (a direct call): write now
+                self.flush()
+            else:
+                self._timer = loop.call_later(FLUSH_INTERVAL_S, self.flush)
+
+    def flush(self) -> None:
+        """Write the buffered lines (a failure loses them, counted and logged)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._buffer or self._fd < 0:
+            return
+        data, self._buffer = bytes(self._buffer), bytearray()
         try:
-            os.write(self._fd, data)
+            view = memoryview(data)
+            while view:  # a regular file takes it whole; a pipe may take part of it
+                view = view[os.write(self._fd, view) :]
         except OSError as exc:
             self.failures += 1
             if self.failures == 1 or self.failures % 1000 == 0:
                 log.warning(
                     "access_log_write_failed", extra={"error": exc.strerror, "count": self.failures}
                 )
-            return
-        self.lines += 1

@@ -1,7 +1,8 @@
 """Prometheus metrics: a recorder tap that counts usage events, and their text exposition.
 
 :class:`PrometheusMetrics` is registered with ``recorder.add_tap(metrics)``: it then sees every
-emitted event (written or dropped) in the request's own task, so it must stay cheap. It keeps
+emitted event (written or dropped), on the event loop as the usage writer takes each batch, so
+it must stay cheap. It keeps
 plain Python numbers, not ``prometheus_client`` metric objects: one event costs a few dict
 lookups and integer additions, with no lock (the tap and :meth:`PrometheusMetrics.render` both
 run on the event loop's thread) and no ``*_created`` series. A custom collector on the
