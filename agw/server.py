@@ -148,11 +148,19 @@ class Gateway:
         if settings.static_config is not None:
             load_static(settings.static_config)  # fail before the store is created or migrated
         db = await Database.open(settings.config_store)
+        access_log: AccessLog | None = None
         try:
             manager = ConfigManager(
                 db, provider_types=settings.provider_types, static_path=settings.static_config
             )
             await manager.start()
+            if settings.access_log != OFF:
+                try:
+                    access_log = AccessLog(settings.access_log)
+                except OSError as exc:
+                    raise OSError(
+                        f"cannot open access log {settings.access_log}: {exc.strerror or exc}"
+                    ) from None
             data_sock = bind(settings.addr)
             try:
                 admin_sock = None if shares_listener(settings) else bind(settings.admin_addr)
@@ -160,9 +168,11 @@ class Gateway:
                 data_sock.close()
                 raise
         except BaseException:
+            if access_log is not None:
+                access_log.close()
             await db.close()
             raise
-        return cls(settings, db, manager, admin_sock, data_sock)
+        return cls(settings, db, manager, admin_sock, data_sock, access_log=access_log)
 
     def reopen_logs(self) -> None:
         """After log rotation (SIGHUP): the access log file starts anew."""
@@ -196,8 +206,7 @@ class Gateway:
             else None
         )
         recorder = UsageRecorder(self.db)
-        if self.settings.access_log != OFF:
-            self.access_log = AccessLog(self.settings.access_log)
+        if self.access_log is not None:
             recorder.add_tap(self.access_log)
         prometheus = PrometheusMetrics(recorder)
         recorder.add_tap(prometheus)

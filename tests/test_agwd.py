@@ -352,3 +352,28 @@ def test_hash_password_output_is_accepted_and_the_hash_is_not_a_password(
         assert r.headers["www-authenticate"] == 'Basic realm="agent-gateway-admin"'
         assert "items" not in r.text
     assert hashed not in agwd.logs()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ("--access-log", "/proc/agw-no-such-dir/access.log"),
+            "agwd: cannot open access log /proc/agw-no-such-dir/access.log:",
+        ),
+        (("--access-log", " "), "--access-log must be stderr, off or a file path"),
+        (("--otlp-endpoint", "ftp://127.0.0.1:4318"), "--otlp-endpoint must be an http://"),
+        (("--trace-content",), "--trace-content needs --otlp-endpoint"),
+    ],
+)
+def test_observability_flags_are_checked(
+    tmp_path: Path, flags: tuple[str, ...], message: str
+) -> None:
+    db = tmp_path / "c.db"
+    proc = run_agwd(
+        "--config-store", str(db), "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", *flags,
+        cwd=tmp_path, env={"OTEL_EXPORTER_OTLP_ENDPOINT": ""},
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -21,6 +21,7 @@ import httpx
 import openai
 import pytest
 from mcp import Client
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.acp.conftest import FakeAgentHandle
 from tests.acp.test_turns import AcpGateway
@@ -118,9 +119,16 @@ def test_one_session_id_across_llm_mcp_and_acp(
             default_headers={"session-id": "codex-id", "agent-session-id": "winner"},
         )  # fmt: skip
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
-        rows = usage_rows(agwd.db_path, "llm_usage_events", "route_id = 'llm'", count=6)
+        # a stream: its row and line carry the session, its line the time to first token
+        chunks = list(
+            client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "stream"}], stream=True
+            )
+        )
+        assert chunks
+        rows = usage_rows(agwd.db_path, "llm_usage_events", "route_id = 'llm'", count=7)
         assert sorted(r["session_id"] for r in rows) == sorted(
-            [f"s-{h}" for h in HEADERS] + ["winner"]
+            [f"s-{h}" for h in HEADERS] + ["winner", "winner"]
         )
 
         # -- MCP: a session header, and params._meta["agent-session-id"], with the mcp client
@@ -218,11 +226,35 @@ def test_one_session_id_across_llm_mcp_and_acp(
             url = f"{agwd.data_url}/llm/v1/chat/completions"
             r = http.post(url, json={"model": "m"}, headers=wrong)
             assert r.status_code == 401
+        (streamed,) = read_log(access, 1, lambda line: "ttft_ms" in line)
+        assert streamed["session_id"] == "winner"
+        assert 0 < streamed["ttft_ms"] <= streamed["latency_ms"] + 1
         (miss,) = read_log(access, 1, lambda line: line.get("path") == "/nowhere")
         assert miss["status"] == 404 and miss["error_class"] == "client"
         refused = read_log(access, 1, lambda line: line.get("status") == 401)
         assert refused[0]["error_class"] == "policy"
         assert "vk-wrong-key" not in access.read_text()
+
+        # the Prometheus scrape agrees with the traffic
+        with agwd.client() as admin:
+            r = admin.get("/admin/metrics/prometheus")
+            assert r.status_code == 200, r.text
+            assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text)
+            for s in family.samples
+        }
+        assert samples[("agentgateway_usage_requests_total", (("kind", "llm"),))] == 9
+        assert samples[("agentgateway_usage_requests_total", (("kind", "acp"),))] == 2
+        tools = (("result", "success"), ("route_id", "tools"), ("service_id", "alpha"),
+                 ("tool", "echo"))  # fmt: skip
+        assert samples[("agw_mcp_tool_calls_total", tools)] == 2
+        ttft = (("model", "m"), ("provider_id", "fake"), ("route_id", "llm"))
+        assert samples[("agw_llm_time_to_first_token_seconds_count", ttft)] == 1
+        assert samples[("agw_requests_total", (("error_class", "policy"), ("kind", "llm"),
+                                               ("route_id", "llm")))] == 1  # fmt: skip
+        assert session not in r.text and "winner" not in r.text  # no session ids as labels
 
         # SIGHUP after rotation: the next lines go to a new file
         rotated = access.with_suffix(".1")
