@@ -131,3 +131,12 @@ def test_opencode_turn_through_agw_with_llm_and_tool_calls_through_agw(
     assert any(r["tool_names"] and "echo" in r["tool_names"] for r in llm)
     (acp,) = usage_rows(db, "acp_usage_events", "operation = 'turn'")
     assert acp["session_id"] == session and acp["result_status"] == "success"
+    # one session id across the three planes: opencode's ACP session
+    assert call["session_id"] == session and {r["session_id"] for r in llm} == {session}
+    with agwd.client() as admin:
+        r = admin.get(f"/admin/metrics/sessions/{session}")
+        assert r.status_code == 200, r.text
+        timeline = r.json()
+    assert {item["kind"] for item in timeline["items"]} == {"llm", "mcp", "acp"}
+    assert timeline["totals"]["llm"]["request_count"] == len(llm)
+    assert timeline["totals"]["mcp"]["tools_call_count"] == 1
