@@ -6,8 +6,9 @@ trace from the inbound ``traceparent`` or a fresh one, the gateway's span id, th
 the parent), and handed to the OpenTelemetry SDK's ``BatchSpanProcessor``. The tap runs as the
 usage writer takes each batch of events (off the request's path): building a small object and a
 ``deque`` append; encoding and sending happen on the processor's thread, in batches. A collector
-that is down or slow costs the data plane nothing: the processor's queue is bounded (the oldest spans are dropped when it is full), an export
-gives up after ``timeout`` seconds, and :meth:`TraceExporter.close` returns within its budget.
+that is down or slow costs the data plane nothing: the processor's queue is bounded (the oldest
+spans are dropped when it is full), an export gives up after ``timeout`` seconds, and
+:meth:`TraceExporter.close` returns within its budget.
 
 Endpoint semantics are those of ``OTEL_EXPORTER_OTLP_ENDPOINT``: a base URL to which
 ``/v1/traces`` is appended, unless it already ends with it. The OTLP exporter still reads
