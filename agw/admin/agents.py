@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Quart, request
 
-from agw.admin.resources import JSONResponse, agent_bindings, json_body, parse, view
+from agw.admin.resources import JSONResponse, json_body, parse, view
 from agw.config import families as f
 from agw.config.services import Agent
 from agw.errors import InvalidRequest, NotFound, ReadOnly
 from agw.runtime.manager import ConfigManager
+from agw.runtime.snapshot import attributed_routes
 from agw.runtime.state import ConfigState, Record, dump, touched
 from agw.usage.query import Attribution, InvalidParameter, MetricsQuery
 
@@ -66,16 +67,11 @@ def acp_service_of(agent: Agent) -> str:
 
 def acp_routes_of(state: ConfigState, agent: Agent) -> list[str]:
     """The ACP routes attributed to the agent: listed, or targeting its runtime service."""
-    return list(agent_bindings(state, agent).get("acp_route_ids", []))
+    return sorted(attributed_routes(state, agent)["acp"])
 
 
 def attribution(state: ConfigState, agent: Agent) -> Attribution:
-    routes = {
-        *agent.routes.llm_route_ids,
-        *agent.routes.mcp_route_ids,
-        *agent.routes.acp_route_ids,
-        *acp_routes_of(state, agent),
-    }
+    routes = set().union(*attributed_routes(state, agent).values())
     sid = acp_service_of(agent)
     return Attribution(agent.id, tuple(sorted(routes)), (sid,) if sid else ())
 

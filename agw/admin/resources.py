@@ -23,6 +23,7 @@ from agw.llm.credstate import CredentialHealth
 from agw.llm.discovery import ModelCatalog
 from agw.runtime.apply import prepare
 from agw.runtime.manager import ConfigManager
+from agw.runtime.snapshot import attributed_routes
 from agw.runtime.state import ConfigState, Record, dump, new_virtual_key, touched
 
 JSONResponse = tuple[dict[str, Any], int]
@@ -352,10 +353,10 @@ def agent_bindings(state: ConfigState, agent: Any) -> dict[str, Any]:
     runtime = agent.runtime
     if runtime.type != "acp" or runtime.acp is None:
         return {}
-    sid = runtime.acp.service_id
-    routes = set(agent.routes.acp_route_ids)
-    routes |= {rid for rid, rec in state.records(f.ACP_ROUTE) if rec.obj.service_id == sid}
-    return {"acp_service_id": sid} | ({"acp_route_ids": sorted(routes)} if routes else {})
+    routes = attributed_routes(state, agent)["acp"]
+    return {"acp_service_id": runtime.acp.service_id} | (
+        {"acp_route_ids": sorted(routes)} if routes else {}
+    )
 
 
 def register(

@@ -81,27 +81,29 @@ class Snapshot:
         return None
 
 
+def attributed_routes(state: ConfigState, agent: Any) -> dict[str, set[str]]:
+    """The routes an agent is attributed, by kind (``llm``, ``mcp``, ``acp``): those it lists,
+    and for an ACP agent the ACP routes to its runtime service."""
+    out = {
+        "llm": set(agent.routes.llm_route_ids),
+        "mcp": set(agent.routes.mcp_route_ids),
+        "acp": set(agent.routes.acp_route_ids),
+    }
+    if agent.runtime.type == "acp" and agent.runtime.acp is not None:
+        sid = agent.runtime.acp.service_id
+        out["acp"] |= {rid for rid, rec in state.records(f.ACP_ROUTE) if rec.obj.service_id == sid}
+    return out
+
+
 def _route_agents(state: ConfigState) -> dict[tuple[str, str], str]:
-    """(route kind, route id) -> the agent it is attributed to: the agents that list the route,
-    and for an ACP route, the agent whose runtime is the route's service. A route claimed by
-    two agents is attributed to neither (validation refuses that for listed routes)."""
+    """(route kind, route id) -> the agent its usage rows are stamped with: the one agent it is
+    attributed to. A route claimed by two agents is attributed to neither (validation refuses
+    that for listed routes)."""
     claims: dict[tuple[str, str], set[str]] = {}
-    services: dict[str, set[str]] = {}
     for aid, rec in state.records(f.AGENT):
-        agent = rec.obj
-        for kind, ids in (
-            ("llm", agent.routes.llm_route_ids),
-            ("mcp", agent.routes.mcp_route_ids),
-            ("acp", agent.routes.acp_route_ids),
-        ):
+        for kind, ids in attributed_routes(state, rec.obj).items():
             for rid in ids:
                 claims.setdefault((kind, rid), set()).add(aid)
-        if agent.runtime.type == "acp" and agent.runtime.acp is not None:
-            services.setdefault(agent.runtime.acp.service_id, set()).add(aid)
-    for rid, rec in state.records(f.ACP_ROUTE):
-        owners = services.get(getattr(rec.obj, "service_id", ""), set())
-        if owners:
-            claims.setdefault(("acp", rid), set()).update(owners)
     return {key: next(iter(ids)) for key, ids in claims.items() if len(ids) == 1}
 
 
