@@ -1,9 +1,12 @@
 """Usage events: one value per dispatched request, one class per usage table.
 
 A handler builds the event it knows about (reference §7.1) and hands it to the recorder; the
-fields are exactly the columns of the table (reference §7.2 plus migration 0002), common columns
-first, in table order. Python types are the natural ones: ``bool`` for the 0/1 columns, ``list``
-for the JSON-array columns, ``dict`` for the ``*_json`` columns, unix milliseconds for times.
+fields are the columns of the table (reference §7.2 plus migrations 0002-0004), common columns
+first, in table order, plus a few marked as not columns (``column_fields`` leaves them out): what
+the access log, Prometheus and traces read besides the row (HTTP method and path, gateway
+overhead, time to first token, trace content, a turn's stop reason). Python types are the
+natural ones: ``bool`` for the 0/1 columns, ``list`` for the JSON-array columns, ``dict`` for the
+``*_json`` columns, unix milliseconds for times.
 :meth:`UsageEvent.row` turns an event into the values of its ``INSERT``:
 
 - booleans become 0/1 (``fresh_session`` stays NULL when unknown);
