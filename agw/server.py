@@ -33,7 +33,6 @@ from agw.runtime.manager import ConfigManager, load_static
 from agw.runtime.sessions import SessionDirectory
 from agw.settings import Settings, split_host_port
 from agw.store.db import Database
-from agw.tracing import TraceExporter
 from agw.usage.accesslog import OFF, AccessLog
 from agw.usage.prometheus import PrometheusMetrics
 from agw.usage.recorder import UsageRecorder
@@ -212,6 +211,9 @@ class Gateway:
         recorder.add_tap(prometheus)
         tracer = None
         if self.settings.otlp_endpoint:
+            # imported only when asked for: the OpenTelemetry SDK and protobuf take 5 MiB
+            from agw.tracing import TraceExporter
+
             tracer = TraceExporter(self.settings.otlp_endpoint, self.settings.trace_content)
             recorder.add_tap(tracer)
         recorder.start()
