@@ -7,6 +7,8 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
 
 import aiohttp
 
@@ -14,6 +16,22 @@ from agw.config.models import NetworkConfig, Provider
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
+
+
+def _user_agent() -> str:
+    try:
+        return f"agw/{dist_version('agw')}"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "agw"
+
+
+# Sent on every upstream request unless the request sets its own (Claude Code's user agent):
+# - identity, because the gateway reads every answer (usage, tool names, translation) and passes
+#   it on as it came: a compressed answer would be neither readable nor labelled for the client
+#   (aiohttp asks for gzip by default, and real providers honour that);
+# - a user agent naming the gateway, instead of aiohttp's. Both as session defaults, which also
+#   spares aiohttp its per-request "skip auto headers" copy.
+DEFAULT_HEADERS = {"User-Agent": _user_agent(), "Accept-Encoding": "identity"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +66,7 @@ class UpstreamPool:
         session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,  # bytes pass through as the upstream sent them
-            skip_auto_headers=("User-Agent",),
+            headers=DEFAULT_HEADERS,
             trust_env=False,
             # One session serves every client: a cookie one upstream answer sets must not ride
             # along on another client's request (and no jar is also less work per request).

@@ -17,6 +17,8 @@ Endpoints (deterministic answers):
 - Gemini: ``POST /v1beta/models/{model}:generateContent``, ``:streamGenerateContent``
   (``?alt=sse`` for SSE, else one JSON array), ``:countTokens``; ``GET /v1beta/models`` lists
   the models in Gemini's shape.
+- JSON answers are gzip- or deflate-compressed when the request's ``Accept-Encoding`` allows
+  it, as real providers' are; SSE streams never are.
 - ``GET|HEAD /health`` and ``GET|HEAD /``: 200 ``ok`` (logged, but no knobs apply and they do
   not count as requests). Anything else: 404 in OpenAI's error shape.
 
@@ -66,6 +68,7 @@ import os
 import re
 import signal
 import struct
+from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
 from aiohttp import web
@@ -928,8 +931,20 @@ async def gemini(
 # --------------------------------------------------------------------------------- main
 
 
+@web.middleware
+async def compress_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """JSON answers are compressed when the request accepts gzip or deflate, as real providers'
+    are (aiohttp's client asks for gzip unless told otherwise); streams are not."""
+    response = await handler(request)
+    if isinstance(response, web.Response) and response.content_type == "application/json":
+        response.enable_compression()  # picks gzip/deflate from Accept-Encoding, or none
+    return response
+
+
 def create_fake_app(knobs: Knobs, log: IO[str] | None) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[compress_json])
     app[FAKE_KEY] = Fake(knobs=knobs, log=log)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

@@ -150,6 +150,10 @@ def test_openai_chat_passes_through_with_real_ids_and_exact_usage(
     assert sent["headers"]["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert gw.env["VK"] not in json.dumps(sent)
     assert sent["body"]["model"] == "fake-gpt"
+    # the fake compresses what the request accepts, as providers do: agw reads every answer, so
+    # it asks for none (the openai SDK's own accept-encoding stays between it and agw)
+    assert sent["headers"]["accept-encoding"] == "identity"
+    assert sent["headers"]["user-agent"].startswith("agw/")
     (row,) = settle(gw, 1)
     assert resp.usage is not None
     assert (row["input_tokens"], row["output_tokens"], row["total_tokens"]) == (
