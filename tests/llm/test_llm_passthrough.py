@@ -446,6 +446,37 @@ def test_client_disconnect_cancels_upstream_and_records_499(gw: Agwd, fake: Fake
     assert row["usage_finalized"] == 0
 
 
+def test_client_leaving_a_slow_answer_cancels_upstream_and_records_499(
+    gw: Agwd, fake: FakeUpstream
+) -> None:
+    # Not a stream: the disconnect watcher starts after agw.asgi.WATCH_AFTER_S and must still
+    # stop the wait on the provider long before the provider would answer.
+    fake.configure(delay_ms=4000)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gw.data_url}/oa/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "slow"}]},
+            headers={"x-api-key": gw.env["VK"], **tp()},
+            timeout=httpx.Timeout(5, read=0.5),
+        )
+    (row,) = settle(gw, 1, timeout=3)
+    assert row["status_code"] == 499 and row["error_type"] == "client_cancelled"
+    assert row["latency_ms"] < 2500
+
+
+def test_quick_answers_are_not_taken_for_disconnects(gw: Agwd, fake: FakeUpstream) -> None:
+    # answers on both sides of the watcher's start: each is a success, none a 499
+    client = oa(gw)
+    for delay in (0, 30, 60, 120):
+        fake.configure(delay_ms=delay)
+        r = client.chat.completions.create(
+            model="fake-gpt", messages=[{"role": "user", "content": f"wait {delay}"}]
+        )
+        assert r.choices[0].message.content == f"echo: wait {delay}"
+    rows = settle(gw, 4)
+    assert [(r["status_code"], r["success"]) for r in rows] == [(200, 1)] * 4
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
