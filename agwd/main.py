@@ -136,10 +136,20 @@ def build_settings(
     )
 
 
+# Allocations between young-generation GC passes (CPython's default: 700). A request's garbage is
+# freed by reference counting (measured under load: the collector found next to no cycles), but
+# each pass still walks the objects of every request in flight and promotes them, so older
+# passes follow: at 700, GC took about 10 us of CPU per proxied request, 5 % of the gateway's
+# cost. At 7,000 the passes are ten times rarer and the cyclic garbage they do find (exceptions
+# with their tracebacks) waits a few milliseconds longer.
+GC_GEN0_THRESHOLD = 7000
+
+
 async def run(settings: Settings) -> None:
     gateway = await Gateway.open(settings)
     gc.collect()
     gc.freeze()  # what start-up built lives for the whole process: keep it out of GC passes
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     loop = asyncio.get_running_loop()
 
     def stop(signame: str) -> None:
