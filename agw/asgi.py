@@ -189,7 +189,7 @@ WATCH_AFTER_S = 0.05
 
 class DisconnectWatch:
     """``async with DisconnectWatch(req) as watch: await work``: once the work has run for
-    ``after`` seconds, a watcher task cancels it as soon as the client disconnects, and the block
+    ``WATCH_AFTER_S``, a watcher task cancels it as soon as the client disconnects, and the block
     ends quietly with ``watch.gone`` set.
 
     A context manager, not a wrapper coroutine, so the work runs with no extra frame between it
@@ -197,11 +197,10 @@ class DisconnectWatch:
     frames, and on the hot path each level is measurable. Start it only once the request body
     has been read (the watcher consumes ``receive``)."""
 
-    __slots__ = ("_after", "_current", "_req", "_timer", "_watcher", "gone")
+    __slots__ = ("_current", "_req", "_timer", "_watcher", "gone")
 
-    def __init__(self, req: Request, after: float = WATCH_AFTER_S) -> None:
+    def __init__(self, req: Request) -> None:
         self._req = req
-        self._after = after
         self.gone = False
         self._current: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -220,7 +219,7 @@ class DisconnectWatch:
     async def __aenter__(self) -> DisconnectWatch:
         loop = asyncio.get_running_loop()
         self._current = asyncio.current_task(loop)
-        self._timer = loop.call_later(self._after, self._start)
+        self._timer = loop.call_later(WATCH_AFTER_S, self._start)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> bool:
