@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from agw.auth.admin_basic import hash_password
 from agw.config.loader import load_bundle_text
 from agw.envfile import load_env_files
 from agw.errors import ConfigInvalid
+from agw.version import VERSION
 
 app = typer.Typer(
     add_completion=False,
@@ -53,7 +53,7 @@ def validate(
 @app.command()
 def version() -> None:
     """Print the agw version."""
-    typer.echo(f"agw {dist_version('agw')}")
+    typer.echo(f"agw {VERSION}")
 
 
 def main() -> None:

@@ -50,7 +50,6 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from importlib import metadata
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -65,6 +64,7 @@ from opentelemetry.util.types import AttributeValue
 from agw.ids import new_span_id, new_trace_id
 from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
 from agw.usage.taxonomy import error_class
+from agw.version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +96,10 @@ def _env_int(name: str, default: int) -> int:
     return int(raw) if raw.isdigit() and int(raw) > 0 else default
 
 
-def _version() -> str:
-    try:
-        return metadata.version("agw")
-    except metadata.PackageNotFoundError:
-        return "0"
-
-
 def _resource(service_name: str) -> Resource:
     """The process's resource: OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES when set, else
     ``service_name``; ``service.version`` the agw version."""
-    resource = Resource.create({"service.version": _version()})
+    resource = Resource.create({"service.version": VERSION})
     named = str(resource.attributes.get("service.name", ""))
     if not named or named.startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": service_name}))
@@ -170,7 +163,7 @@ class TraceExporter:
         self.url = traces_url(endpoint)
         self.content = content
         self.resource = _resource(service_name)
-        self._scope = InstrumentationScope("agw", _version())
+        self._scope = InstrumentationScope("agw", VERSION)
         self._outbound = _Outbound(OTLPSpanExporter(endpoint=self.url, timeout=timeout))
         self._processor = BatchSpanProcessor(
             self._outbound,

@@ -15,6 +15,7 @@ LAYERS = {
     "agw.ids": 0,
     "agw.jsonfast": 0,
     "agw.procgroup": 0,
+    "agw.version": 0,
     "agw.config": 1,
     "agw.store": 2,
     "agw.runtime": 3,

@@ -52,6 +52,7 @@ from agw.procgroup import (
     killpg,
     stop_group,
 )
+from agw.version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ PermissionHandler = Callable[[JsonObj], Awaitable[JsonObj]]
 UpdateHandler = Callable[[JsonObj], Awaitable[None]]
 
 PROTOCOL_VERSION = 1
-CLIENT_INFO = {"name": "agw", "title": "agw gateway", "version": "0.1.0"}
+CLIENT_INFO = {"name": "agw", "title": "agw gateway", "version": VERSION}
 LINE_LIMIT = 16 * 1024 * 1024
 FS_READ_LIMIT = 8 * 1024 * 1024  # an answer must fit in a frame
 

@@ -7,22 +7,14 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as dist_version
 
 import aiohttp
 
 from agw.config.models import NetworkConfig, Provider
+from agw.version import VERSION
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
-
-
-def _user_agent() -> str:
-    try:
-        return f"agw/{dist_version('agw')}"
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "agw"
 
 
 # Sent on every upstream request unless the request sets its own (Claude Code's user agent):
@@ -31,7 +23,7 @@ def _user_agent() -> str:
 #   (aiohttp asks for gzip by default, and real providers honour that);
 # - a user agent naming the gateway, instead of aiohttp's. Both as session defaults, which also
 #   spares aiohttp its per-request "skip auto headers" copy.
-DEFAULT_HEADERS = {"User-Agent": _user_agent(), "Accept-Encoding": "identity"}
+DEFAULT_HEADERS = {"User-Agent": f"agw/{VERSION}", "Accept-Encoding": "identity"}
 
 
 @dataclass(frozen=True)

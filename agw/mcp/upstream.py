@@ -20,11 +20,12 @@ from typing import Any
 
 from agw.config.services import McpService
 from agw.mcp.jsonrpc import JsonObj, RequestId
+from agw.version import VERSION
 
 # The protocol version the gateway asks its upstreams for first (newest of the handshake era).
 UPSTREAM_PROTOCOL_VERSION = "2025-11-25"
 MODERN_PROTOCOL_VERSION = "2026-07-28"
-CLIENT_INFO = {"name": "agw", "version": "0.1.0"}
+CLIENT_INFO = {"name": "agw", "version": VERSION}
 # Declared to upstreams so they may ask; the gateway relays a request only to a client that
 # declared the capability itself and answers the others with an error.
 CLIENT_CAPABILITIES: JsonObj = {"roots": {"listChanged": True}, "sampling": {}, "elicitation": {}}
