@@ -10,6 +10,12 @@ DEFAULT_ADMIN_ADDR = "localhost:8019"
 DEFAULT_CONFIG_STORE = "./data/configstore.db"
 ADMIN_REALM = "agent-gateway-admin"
 MAX_ADMIN_BODY = 16 * 1024 * 1024
+# Listener limits (both listeners; docs/security.md, "Listener limits")
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # the request line and all headers together
+DEFAULT_MAX_HEADERS = 100
+DEFAULT_HEADER_TIMEOUT_S = 15.0  # from connect (or the end of the last answer) to the full head
+DEFAULT_KEEP_ALIVE_TIMEOUT_S = 30.0  # an idle kept-alive connection is closed after this
+ADMIN_PASSWORD_FILE = "admin-password"  # beside the store: user:password, mode 0600
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,23 @@ class Settings:
     access_log: str = "stderr"  # stderr | off | a file path
     otlp_endpoint: str = ""  # OTLP/HTTP base URL; empty: no trace export
     trace_content: bool = False  # prompts and completions on LLM spans
+    # what the listeners trust (agw.edge): names for Host, origins for Origin and admin CORS
+    admin_hosts: tuple[str, ...] = ()
+    admin_cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    # where the generated admin password lives (no --admin-basic-auth-hash, no --admin-insecure);
+    # None: ADMIN_PASSWORD_FILE beside the config store
+    admin_password_file: Path | None = None
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_headers: int = DEFAULT_MAX_HEADERS
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    keep_alive_timeout_s: float = DEFAULT_KEEP_ALIVE_TIMEOUT_S
+    max_connections: int = 0  # per listener; 0: derived from the open-file limit at start
+
+    @property
+    def password_file(self) -> Path:
+        return self.admin_password_file or self.config_store.parent / ADMIN_PASSWORD_FILE
 
 
 def split_host_port(addr: str) -> tuple[str, int]:

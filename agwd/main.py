@@ -22,6 +22,7 @@ import typer
 
 from agw.auth.admin_basic import AdminAuthConfigError, BasicAuth
 from agw.config.models import PROVIDER_TYPES
+from agw.edge import check_host_entry, check_origin_entry
 from agw.envfile import load_env_files
 from agw.errors import AgwError
 from agw.server import Gateway
@@ -29,6 +30,10 @@ from agw.settings import (
     DEFAULT_ADDR,
     DEFAULT_ADMIN_ADDR,
     DEFAULT_CONFIG_STORE,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_TIMEOUT_S,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADERS,
     Settings,
     is_loopback,
     split_host_port,
@@ -83,6 +88,16 @@ def build_settings(
     access_log: str = "stderr",
     otlp_endpoint: str = "",
     trace_content: bool = False,
+    admin_host: list[str] | None = None,
+    admin_cors_origin: list[str] | None = None,
+    allowed_host: list[str] | None = None,
+    allowed_origin: list[str] | None = None,
+    admin_password_file: str = "",
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    max_headers: int = DEFAULT_MAX_HEADERS,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT_S,
+    keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT_S,
+    max_connections: int = 0,
 ) -> Settings:
     for name, value in (("--addr", addr), ("--admin-addr", admin_addr)):
         try:
@@ -112,13 +127,18 @@ def build_settings(
             BasicAuth(admin_basic_auth_hash)
         except AdminAuthConfigError as exc:
             fail(str(exc))
-    else:
-        host = split_host_port(admin_addr)[0]
-        if not is_loopback(host) and not admin_insecure:
-            fail(
-                f"refusing to serve the admin API on {admin_addr} without authentication; set "
-                "--admin-basic-auth-hash (see agw hash-password) or pass --admin-insecure"
-            )
+    elif admin_insecure and not is_loopback(split_host_port(admin_addr)[0]):
+        log.warning("admin_api_unauthenticated", extra={"admin_addr": admin_addr})
+    hosts = _entries("--allowed-host", allowed_host, check_host_entry)
+    origins = _entries("--allowed-origin", allowed_origin, check_origin_entry)
+    admin_hosts = _entries("--admin-host", admin_host, check_host_entry)
+    cors = _entries("--admin-cors-origin", admin_cors_origin, check_origin_entry)
+    if max_header_bytes < 1024 or max_headers < 8:
+        fail("--max-header-bytes must be at least 1024 and --max-headers at least 8")
+    if header_timeout <= 0 or keep_alive_timeout <= 0:
+        fail("--header-timeout and --keep-alive-timeout must be positive")
+    if max_connections < 0:
+        fail("--max-connections must not be negative (0: from the open-file limit)")
     return Settings(
         addr=addr,
         admin_addr=admin_addr,
@@ -133,7 +153,31 @@ def build_settings(
         access_log=access_log.strip(),
         otlp_endpoint=otlp_endpoint,
         trace_content=trace_content,
+        admin_hosts=admin_hosts,
+        admin_cors_origins=cors,
+        allowed_hosts=hosts,
+        allowed_origins=origins,
+        admin_password_file=Path(admin_password_file) if admin_password_file else None,
+        max_header_bytes=max_header_bytes,
+        max_headers=max_headers,
+        header_timeout_s=header_timeout,
+        keep_alive_timeout_s=keep_alive_timeout,
+        max_connections=max_connections,
     )
+
+
+def _entries(flag: str, values: list[str] | None, check: Callable[[str], str]) -> tuple[str, ...]:
+    """A repeatable flag whose values may also be comma-separated (as its env var gives them)."""
+    out: list[str] = []
+    for value in values or []:
+        for part in value.split(","):
+            if not part.strip():
+                continue
+            try:
+                out.append(check(part))
+            except ValueError as exc:
+                fail(f"{flag}: {exc}")
+    return tuple(dict.fromkeys(out))
 
 
 # Allocations between young-generation GC passes (CPython's default: 700). A request's garbage is
@@ -196,8 +240,76 @@ def agwd(
         ),
     ] = "",
     admin_insecure: Annotated[
-        bool, typer.Option(help="allow an unauthenticated admin API on a non-loopback address")
+        bool,
+        typer.Option(
+            help="serve the admin API without authentication (no generated password); "
+            "still Host-, Origin- and content-type-checked"
+        ),
     ] = False,
+    admin_password_file: Annotated[
+        str,
+        typer.Option(
+            envvar="AGW_ADMIN_PASSWORD_FILE",
+            metavar="FILE",
+            help="where the generated admin password is kept (mode 0600) when no "
+            "--admin-basic-auth-hash is set [default: admin-password beside the store]",
+            show_default=False,
+        ),
+    ] = "",
+    admin_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="AGW_ADMIN_HOSTS",
+            metavar="NAME",
+            help="a Host name the admin API answers besides IP addresses, localhost and the "
+            "bound name (repeatable or comma-separated; * for any)",
+        ),
+    ] = None,
+    admin_cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="AGW_ADMIN_CORS_ORIGINS",
+            metavar="ORIGIN",
+            help="a browser origin (scheme://host[:port]) allowed to call the admin API "
+            "(repeatable or comma-separated; default: none)",
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="AGW_ALLOWED_HOSTS",
+            metavar="NAME",
+            help="a Host name open, MCP and ACP routes answer besides IP addresses, localhost, "
+            "the bound name and route hosts (repeatable or comma-separated; * for any)",
+        ),
+    ] = None,
+    allowed_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="AGW_ALLOWED_ORIGINS",
+            metavar="ORIGIN",
+            help="a browser origin (scheme://host[:port]) trusted on the data plane "
+            "(repeatable or comma-separated; default: none)",
+        ),
+    ] = None,
+    max_header_bytes: Annotated[
+        int, typer.Option(help="request line and headers, in bytes, on both listeners (431)")
+    ] = DEFAULT_MAX_HEADER_BYTES,
+    max_headers: Annotated[
+        int, typer.Option(help="header lines per request on both listeners (431)")
+    ] = DEFAULT_MAX_HEADERS,
+    header_timeout: Annotated[
+        float, typer.Option(help="seconds a connection may take to send a request's headers")
+    ] = DEFAULT_HEADER_TIMEOUT_S,
+    keep_alive_timeout: Annotated[
+        float, typer.Option(help="seconds an idle kept-alive connection stays open")
+    ] = DEFAULT_KEEP_ALIVE_TIMEOUT_S,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            help="open connections per listener (0: from the open-file limit); more get 503"
+        ),
+    ] = 0,
     config_store: Annotated[
         str, typer.Option(help="SQLite config store (created with its parent directories)")
     ] = DEFAULT_CONFIG_STORE,
@@ -255,6 +367,16 @@ def agwd(
         access_log=access_log,
         otlp_endpoint=otlp_endpoint,
         trace_content=trace_content,
+        admin_host=admin_host,
+        admin_cors_origin=admin_cors_origin,
+        allowed_host=allowed_host,
+        allowed_origin=allowed_origin,
+        admin_password_file=admin_password_file,
+        max_header_bytes=max_header_bytes,
+        max_headers=max_headers,
+        header_timeout=header_timeout,
+        keep_alive_timeout=keep_alive_timeout,
+        max_connections=max_connections,
     )
     setup_logging(log_level)
     try:

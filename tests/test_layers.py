@@ -16,6 +16,7 @@ LAYERS = {
     "agw.jsonfast": 0,
     "agw.procgroup": 0,
     "agw.version": 0,
+    "agw.edge": 0,
     "agw.config": 1,
     "agw.store": 2,
     "agw.runtime": 3,

@@ -1,0 +1,142 @@
+"""What a listener trusts in the request itself: the ``Host`` it names and the ``Origin`` a
+browser sends (docs/security.md, "Browsers and DNS rebinding").
+
+A page in the operator's browser can post to a loopback listener (a "simple" request needs no
+CORS preflight), and a DNS-rebinding page reaches it as its *own* origin: its name now resolves to
+127.0.0.1, so the browser sends ``Host: attacker.example:8080`` and
+``Origin: http://attacker.example:8080``. Comparing ``Origin`` with ``Host`` therefore proves
+nothing; the ``Host`` must name something the operator trusts:
+
+- an IP literal (a browser only sends one when the page itself was loaded from that address, so
+  no rebinding name can produce it), ``localhost``, or the name the listener was bound to;
+- or a name the operator listed (``--allowed-host``, ``--admin-host``; ``*`` trusts every name).
+
+An ``Origin``, when present, must be listed by the operator, or be exactly the request's own
+origin on a trusted ``Host``; ``null`` (sandboxed frames, files) is never trusted. Requests
+without ``Origin`` are not from a browser page and pass this check.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from agw.settings import split_host_port
+
+ANY_HOST = "*"
+
+
+def host_name(host_header: str) -> str | None:
+    """The host of a ``Host`` header without its port, lower-case and without IPv6 brackets;
+    None when it does not parse."""
+    value = host_header.strip()
+    if not value:
+        return None
+    try:
+        parts = urlsplit("//" + value)
+        name = parts.hostname
+        parts.port  # noqa: B018  (raises ValueError on a malformed port)
+    except ValueError:
+        return None
+    if not name or any(c in value for c in "/?#@ \t"):
+        return None
+    return name.lower().rstrip(".")
+
+
+def is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def normalize_origin(origin: str) -> str | None:
+    """``scheme://host[:port]`` as a browser serializes it, lower-case, default ports dropped;
+    None for ``null`` or anything that is not an http(s) origin."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = 80 if parts.scheme == "http" else 443
+    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+
+@dataclass(frozen=True, slots=True)
+class HostPolicy:
+    """The trusted ``Host`` names and ``Origin`` values of one listener."""
+
+    listen_host: str = "127.0.0.1"
+    allowed_hosts: frozenset[str] = frozenset()  # lower-case names, or "*"
+    allowed_origins: frozenset[str] = frozenset()  # normalized origins
+
+    @classmethod
+    def for_listener(
+        cls, addr: str, hosts: tuple[str, ...] = (), origins: tuple[str, ...] = ()
+    ) -> HostPolicy:
+        """``addr`` as given to ``--addr``/``--admin-addr``; ``hosts`` and ``origins`` as the
+        operator listed them (validated by :func:`check_host_entry`, :func:`check_origin_entry`)."""
+        listen = split_host_port(addr)[0].lower()
+        allowed_origins = frozenset(o for o in (normalize_origin(x) for x in origins) if o)
+        return cls(listen, frozenset(h.lower().rstrip(".") for h in hosts), allowed_origins)
+
+    def host_allowed(self, host_header: str) -> bool:
+        """No ``Host`` (HTTP/1.0, not a browser) passes; so do IP literals, ``localhost``, the
+        bound name and the listed names."""
+        if not host_header:
+            return True
+        name = host_name(host_header)
+        if name is None:
+            return False
+        if ANY_HOST in self.allowed_hosts or name in self.allowed_hosts:
+            return True
+        if is_ip_literal(name) or name == "localhost" or name.endswith(".localhost"):
+            return True
+        return bool(self.listen_host) and name == self.listen_host
+
+    def origin_allowed(self, origin: str | None, host_header: str, scheme: str = "http") -> bool:
+        if origin is None:
+            return True
+        normalized = normalize_origin(origin)
+        if normalized is None:
+            return False
+        if normalized in self.allowed_origins:
+            return True
+        own = normalize_origin(f"{scheme}://{host_header.strip()}") if host_header else None
+        return own is not None and own == normalized and self.host_allowed(host_header)
+
+    def cors_origin(self, origin: str | None) -> str | None:
+        """The ``Access-Control-Allow-Origin`` to answer with: only a listed origin, as the
+        operator listed it, never an echo of an unlisted one."""
+        if origin is None:
+            return None
+        normalized = normalize_origin(origin)
+        return normalized if normalized in self.allowed_origins else None
+
+
+def check_host_entry(value: str) -> str:
+    """An operator's ``--allowed-host``/``--admin-host`` entry: a host name or IP without port,
+    or ``*``. Raises ValueError with the reason."""
+    entry = value.strip().lower().rstrip(".")
+    if entry == ANY_HOST:
+        return entry
+    if not entry or host_name(entry) != entry.strip("[]"):
+        raise ValueError(f"{value!r} is not a host name (no scheme, port or path)")
+    return entry.strip("[]")
+
+
+def check_origin_entry(value: str) -> str:
+    """An operator's ``--allowed-origin``/``--admin-cors-origin`` entry: ``scheme://host[:port]``."""
+    normalized = normalize_origin(value)
+    if normalized is None:
+        raise ValueError(f"{value!r} is not an origin (scheme://host[:port], no path)")
+    return normalized
