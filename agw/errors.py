@@ -16,6 +16,8 @@ status it maps to and a stable snake_case ``code``; the admin API renders them a
     +-- UpstreamFailed            502 upstream_failed     (a provider call made for the admin)
     +-- StoreError                500 store_error
         +-- SchemaTooNew          500 schema_too_new
+        +-- StoreUnavailable      503 store_unavailable  (the file was deleted, replaced or
+                                                          became read-only under agwd)
 """
 
 from __future__ import annotations
@@ -106,3 +108,8 @@ class StoreError(AgwError):
 
 class SchemaTooNew(StoreError):
     code = "schema_too_new"
+
+
+class StoreUnavailable(StoreError):
+    status = 503
+    code = "store_unavailable"

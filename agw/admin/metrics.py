@@ -45,10 +45,11 @@ def query_args() -> dict[str, str]:
 def pipeline(recorder: UsageRecorder | None) -> dict[str, int]:
     """The usage pipeline's own counters (zeros without a recorder)."""
     if recorder is None:
-        return {"dropped_events": 0, "write_failures": 0, "queue_depth": 0}
+        return {"dropped_events": 0, "write_failures": 0, "rejected_events": 0, "queue_depth": 0}
     return {
         "dropped_events": recorder.dropped_events,
         "write_failures": recorder.write_failures,
+        "rejected_events": recorder.rejected_events,
         "queue_depth": recorder.queue_depth,
     }
 

@@ -1,28 +1,49 @@
 """One SQLite file: connection with its pragmas, and the numbered migration runner.
 
-Writes go through :meth:`Database.transaction` (``BEGIN IMMEDIATE`` on the one write connection);
-the file is created mode 0600 because it holds provider keys and virtual keys.
+Writes go through :meth:`Database.transaction` (``BEGIN IMMEDIATE`` on the one write connection)
+or, for the usage writer, :meth:`Database.write` (statements in autocommit, in one call on the
+connection's thread); the file is created mode 0600 because it holds provider keys and virtual
+keys.
+
+The files can change under a running agwd. Deleted or replaced, the open connection would go on
+writing into a file nobody will read again; made read-only, or with its WAL index (``-shm``,
+which SQLite maps into memory) truncated, the next write through the mapping kills the process
+with SIGBUS. So before every transaction and every statement of :meth:`Database.write`, and on
+each health check, :meth:`Database.problem` compares the files with the ones opened (device and
+inode of the database, ``-wal`` and ``-shm``, the sizes of the database and ``-shm``, which
+only grow while agwd runs (no VACUUM, no auto_vacuum), write access to the database and
+``-shm``: five system calls) and refuses with
+:class:`~agw.errors.StoreUnavailable` (503) when they differ. A deleted, replaced or truncated
+file stays refused until agwd restarts; a read-only one is accepted again once writable. The
+check narrows the SIGBUS window to a change that lands while SQLite runs a statement; it cannot
+close it (docs/security.md, "Usage rows and the store").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 
-from agw.errors import SchemaTooNew, StoreError
+from agw.errors import SchemaTooNew, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 60_000
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# SQLite's primary result codes that mean the file, not the statement, failed: PERM, READONLY,
+# IOERR, CORRUPT, FULL, CANTOPEN, NOTADB.
+_STORE_FAILURES = frozenset({3, 8, 10, 11, 13, 14, 26})
 
 
 def migrations_dir() -> Path:
@@ -69,6 +90,76 @@ class Database:
         self._write_lock = asyncio.Lock()
         self._reader: aiosqlite.Connection | None = None
         self._reader_lock = asyncio.Lock()
+        self._identity: dict[Path, tuple[int, int]] = {}  # database, -wal, -shm as opened
+        self._sizes: dict[Path, int] = {}  # the database's and -shm's, as last seen
+        self._lost: str | None = None  # a problem no later check can clear
+        self._problem: str | None = None  # the last problem reported (logged on change)
+        self.last_failure: str | None = None
+        """SQLite's error when the last write failed because of the file (read-only, I/O, disk
+        full, corrupt); None once a write succeeds. ``/admin/health`` reports it."""
+
+    @property
+    def _shm(self) -> Path:
+        return self.path.with_name(self.path.name + "-shm")
+
+    @property
+    def _wal(self) -> Path:
+        return self.path.with_name(self.path.name + "-wal")
+
+    def _watch(self) -> None:
+        """Remember the files as opened (after the migrations: WAL mode has made -wal and
+        -shm)."""
+        if str(self.path) == ":memory:":
+            return
+        for path in (self.path, self._wal, self._shm):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            self._identity[path] = (st.st_dev, st.st_ino)
+            if path != self._wal:  # these two only grow while agwd runs; SQLite rewinds the WAL
+                self._sizes[path] = st.st_size
+
+    def problem(self) -> str | None:
+        """Why the store cannot be written now, or None (see the module doc). Logs
+        ``store_unavailable`` (error) when a problem appears, ``store_available`` when a
+        passing one clears."""
+        problem = self._lost or self._probe()
+        if problem != self._problem:
+            self._problem = problem
+            if problem is None:
+                log.info("store_available", extra={"path": str(self.path)})
+            else:
+                log.error("store_unavailable", extra={"path": str(self.path), "reason": problem})
+        return problem
+
+    def _probe(self) -> str | None:
+        for path, identity in self._identity.items():
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                if isinstance(exc, FileNotFoundError):
+                    self._lost = f"{path.name} was deleted"
+                    return self._lost
+                return f"{path.name} cannot be read: {exc.strerror}"
+            if (st.st_dev, st.st_ino) != identity:
+                self._lost = f"{path.name} was replaced by another file"
+                return self._lost
+            size = self._sizes.get(path)
+            if size is not None:
+                if st.st_size < size:
+                    self._lost = f"{path.name} was truncated"
+                    return self._lost
+                self._sizes[path] = st.st_size
+        for path in (self._shm, self.path):
+            if path in self._identity and not os.access(path, os.W_OK):
+                return f"{path.name} is read-only"
+        return None
+
+    def _check(self) -> None:
+        problem = self.problem()
+        if problem is not None:
+            raise StoreUnavailable(f"config store unavailable: {problem}")
 
     @classmethod
     async def open(cls, path: str | Path) -> Database:
@@ -87,6 +178,7 @@ class Database:
             await db.check_version()  # before any pragma that writes the file header
             await db._configure()
             await db.migrate()
+            db._watch()
         except BaseException:
             await conn.close()
             raise
@@ -131,15 +223,48 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the write connection, one at a time. Raises
+        :class:`StoreUnavailable` without touching SQLite when :meth:`problem` finds one, and
+        in place of SQLite's error when the file itself fails (read-only, I/O, full)."""
         async with self._write_lock:
-            await self.conn.execute("BEGIN IMMEDIATE")
+            self._check()
             try:
-                yield self.conn
-            except BaseException:
-                await self.conn.execute("ROLLBACK")
-                raise
-            else:
-                await self.conn.execute("COMMIT")
+                await self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.conn
+                except BaseException:
+                    if self.conn.in_transaction:
+                        await self.conn.execute("ROLLBACK")
+                    raise
+                else:
+                    await self.conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if exc.sqlite_errorcode & 0xFF not in _STORE_FAILURES:
+                    raise
+                self.last_failure = str(exc)
+                raise StoreUnavailable(f"config store unavailable: {exc}") from exc
+            self.last_failure = None
+
+    async def write(self, work: Callable[[Statements], T]) -> T:
+        """``work(statements)`` in one call on the write connection's thread, in autocommit:
+        each statement is its own transaction, and the files are checked (:meth:`problem`)
+        right before each one, on that thread. The usage writer's path: a change to ``-shm``
+        can then only kill the process while SQLite runs one statement, never while a
+        transaction waits for the interpreter between statements (an explicit transaction
+        waits for the GIL at each, up to the switch interval while the event loop is busy)."""
+        async with self._write_lock:
+            self._check()  # on the loop: logs and raises here, as transaction() does
+            # aiosqlite has no public way to run a function on its thread; _execute is how
+            # its own methods do it.
+            run = self.conn._execute
+            statements = Statements(self, self.conn._conn)
+            try:
+                result: T = await run(work, statements)  # type: ignore[no-untyped-call]
+            except sqlite3.Error as exc:
+                if exc.sqlite_errorcode & 0xFF not in _STORE_FAILURES:
+                    raise
+                raise StoreUnavailable(f"config store unavailable: {exc}") from exc
+            return result
 
     async def reader(self) -> aiosqlite.Connection:
         """A second, read-only connection for long reads (the metrics queries), opened on first
@@ -148,6 +273,7 @@ class Database:
         An in-memory store has no second connection: its reads share the main one."""
         if str(self.path) == ":memory:":
             return self.conn
+        self._check()  # a read maps -shm too
         async with self._reader_lock:
             if self._reader is None:
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
@@ -160,7 +286,41 @@ class Database:
             return self._reader
 
     async def close(self) -> None:
+        """Close both connections. A truncated ``-shm`` is first given back its size (zeros,
+        which SQLite then rebuilds from the WAL), as closing the last connection writes to it."""
+        shm = self._identity.get(self._shm)
+        if shm is not None:
+            with contextlib.suppress(OSError):
+                st = os.stat(self._shm)
+                size = self._sizes.get(self._shm, 0)
+                if (st.st_dev, st.st_ino) == shm and st.st_size < size:
+                    os.truncate(self._shm, size)
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
         await self.conn.close()
+
+
+class Statements:
+    """The write connection as :meth:`Database.write` lends it to its work, on its thread:
+    statements in autocommit, each after a check of the files."""
+
+    def __init__(self, db: Database, conn: sqlite3.Connection) -> None:
+        self._db = db
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        problem = self._db._lost or self._db._probe()
+        if problem is not None:
+            raise StoreUnavailable(f"config store unavailable: {problem}")
+        try:
+            self._conn.execute(sql, params).close()
+        except sqlite3.Error as exc:
+            if exc.sqlite_errorcode & 0xFF in _STORE_FAILURES:
+                self._db.last_failure = str(exc)
+            raise
+        self._db.last_failure = None
+
+    def max_params(self) -> int:
+        """How many ``?`` one statement may hold (SQLite's limit, 32766 by default)."""
+        return self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)

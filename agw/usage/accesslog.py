@@ -11,7 +11,10 @@ are left out):
 ``status``, ``error_type``, ``error_class``, ``tokens_in``, ``tokens_out``, ``latency_ms``,
 ``overhead_ms``, ``ttft_ms``.
 
-Never a key (only the virtual key's id), a prompt, a completion or tool arguments.
+Never a key (only the virtual key's id), a prompt, a completion or tool arguments. Every value
+is bounded as in the usage rows (:meth:`UsageEvent.bound`, before the recorder's taps see an
+event; :meth:`AccessLog.unmatched` cuts the method and path itself), so a client cannot make a
+line longer than a few KiB or unencodable.
 
 Lines are buffered and written together, whole, with one ``write(2)`` on a file opened for
 appending: :data:`FLUSH_INTERVAL_S` after the first buffered line, or as soon as
@@ -32,7 +35,7 @@ from pathlib import Path
 
 import orjson
 
-from agw.usage.events import LlmUsageEvent, McpUsageEvent, UsageEvent
+from agw.usage.events import TEXT_LIMIT, TEXT_LIMITS, LlmUsageEvent, McpUsageEvent, UsageEvent, clip
 from agw.usage.taxonomy import error_class
 
 log = logging.getLogger(__name__)
@@ -135,8 +138,8 @@ class AccessLog:
         if trace_id is not None:
             line["trace_id"] = trace_id
         line |= {
-            "method": method,
-            "path": path,
+            "method": clip(method, TEXT_LIMIT),
+            "path": clip(path, TEXT_LIMITS["http_path"]),
             "status": status,
             "error_type": "route_not_found",
             "error_class": "client",
@@ -146,7 +149,12 @@ class AccessLog:
     def _write(self, fields: dict[str, object]) -> None:
         if self._fd < 0:
             return
-        self._buffer += orjson.dumps(fields)
+        try:
+            line = orjson.dumps(fields)
+        except TypeError:  # an event built without bound(): lose the line, not the tap
+            self.failures += 1
+            return
+        self._buffer += line
         self._buffer += b"\n"
         self.lines += 1
         if len(self._buffer) >= FLUSH_BYTES:

@@ -14,6 +14,14 @@ natural ones: ``bool`` for the 0/1 columns, ``list`` for the JSON-array columns,
 - a ``*_json`` payload becomes compact JSON, cut to :data:`PAYLOAD_LIMIT_BYTES` (what does not fit
   is lost: the stored text is then a prefix, not valid JSON).
 
+Many values come from the client or the upstream (a header, a JSON-RPC id, a model or tool name,
+a token count). :meth:`UsageEvent.bound` makes them fit before anything stores or logs them:
+integers are clamped to SQLite's 64-bit range, text is cut to :data:`TEXT_LIMITS` (else
+:data:`TEXT_LIMIT`) characters and its lone surrogates (which UTF-8 cannot encode) become ``?``,
+a name list keeps at most :data:`NAME_LIMIT` characters per name and :data:`NAMES_LIMIT` in all.
+The recorder bounds every event once, off the request path, before its observers and the store
+see it (docs/observability.md, "Limits on stored values").
+
 Events are slotted, not frozen (a frozen dataclass pays a ``object.__setattr__`` per field at
 construction, measurable on the hot path): a handler builds one and never changes it after
 :meth:`UsageRecorder.emit`. Only ``started_at`` and ``finished_at`` are required; ``event_id``
@@ -24,6 +32,7 @@ and ``span_id`` are generated, ``latency_ms`` defaults to ``finished_at - starte
 from __future__ import annotations
 
 import json
+import math
 import operator
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +43,34 @@ from agw.ids import new_event_id as new_event_id
 from agw.ids import new_span_id
 
 PAYLOAD_LIMIT_BYTES = 4096
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+TEXT_LIMIT = 256
+"""Characters kept of a text value that :data:`TEXT_LIMITS` does not name."""
+TEXT_LIMITS: Mapping[str, int] = {
+    "request_id": 200,  # a JSON-RPC id
+    "session_id": 200,
+    "mcp_session_id": 200,
+    "acp_session_id": 200,
+    "thread_id": 200,
+    "permission_request_id": 200,
+    "http_path": 2048,
+    "resource_uri": 2048,
+    # ids from the configuration (no bundle limit): cut only far beyond any sane id
+    "route_id": 1024,
+    "virtual_key_id": 1024,
+    "provider_id": 1024,
+    "credential_id": 1024,
+    "service_id": 1024,
+    "agent_id": 1024,
+}
+"""Characters kept, per field, where the default :data:`TEXT_LIMIT` does not fit."""
+NAME_LIMIT = 128
+"""Characters kept of each name in a name list (``tool_names``, ``request_tool_names``)."""
+NAMES_LIMIT = 8192
+"""Characters of names kept per list; the names after are left out (the count columns keep the
+real counts)."""
 
 UsageSource = Literal["provider", "estimated", "missing"]
 
@@ -59,6 +96,64 @@ _NOT_COLUMN: Mapping[str, object] = {"column": False}
 def column_fields(cls: type[UsageEvent]) -> tuple[Field[Any], ...]:
     """The fields that are columns of the event's table, in table order."""
     return tuple(f for f in fields(cls) if f.metadata.get("column", True))
+
+
+def clip(value: object, limit: int) -> str:
+    """``value`` as text that fits a row or a log line: at most ``limit`` characters, lone
+    surrogates replaced (UTF-8 cannot encode them, so SQLite and the JSON log would refuse it)."""
+    text = value if type(value) is str else _text(value)
+    if len(text) > limit:
+        text = text[:limit]
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = text.encode(errors="replace").decode()
+    return text
+
+
+def _text(value: object) -> str:
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        return "<integer out of range>"  # str() of a huge int is slow, or refused past 4300 digits
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+
+
+def clamp(value: object) -> int:
+    """``value`` as an integer SQLite can store: clamped to 64 bits; a non-integer (a float from
+    an upstream's JSON, NaN included) is truncated, or 0 when it is not a finite number."""
+    # an int subclass (bool) converts too
+    if not (isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))):
+        return 0
+    number = int(value)
+    return INT64_MIN if number < INT64_MIN else INT64_MAX if number > INT64_MAX else number
+
+
+def _names_fit(values: list[str]) -> bool:
+    """Whether a name list is within its limits and ASCII (else :func:`_names` goes over it:
+    JSON would escape a lone surrogate, but whoever prints the name read back could not)."""
+    try:
+        return (
+            len(values) * NAME_LIMIT <= NAMES_LIMIT
+            and max(map(len, values)) <= NAME_LIMIT
+            and "".join(values).isascii()
+        )
+    except TypeError:  # not a list of strings
+        return False
+
+
+def _names(values: list[str]) -> list[str]:
+    out: list[str] = []
+    left = NAMES_LIMIT
+    for value in values:
+        name = clip(value, NAME_LIMIT)
+        left -= len(name)
+        if left < 0:
+            break
+        out.append(name)
+    return out
 
 
 def _sql_value(value: object) -> object:
@@ -109,6 +204,27 @@ class UsageEvent:
         if self.latency_ms is None:
             self.latency_ms = max(0, self.finished_at - self.started_at)
 
+    def bound(self) -> None:
+        """Make every value fit its column and the log, in place (see the module doc). Cheap
+        when nothing is out of bounds: a type check and a comparison or two per value."""
+        ints, texts, lists = _bounds(type(self))
+        for name in ints:
+            value = getattr(self, name)
+            if value is not None and (
+                type(value) is not int or not INT64_MIN <= value <= INT64_MAX
+            ):
+                setattr(self, name, clamp(value))
+        for name, limit in texts:
+            value = getattr(self, name)
+            if value is not None and (
+                type(value) is not str or len(value) > limit or not value.isascii()
+            ):
+                setattr(self, name, clip(value, limit))
+        for name in lists:
+            value = getattr(self, name)
+            if value and not _names_fit(value):
+                setattr(self, name, _names(value))
+
     @classmethod
     def columns(cls) -> tuple[str, ...]:
         """The column names, in table order (the order of :meth:`row`)."""
@@ -133,6 +249,29 @@ class UsageEvent:
             if out[i] is not None:
                 out[i] = _sql_value(out[i])
         return tuple(out)
+
+
+_BOUNDS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, int], ...], tuple[str, ...]]] = {}
+
+
+def _bounds(
+    cls: type[UsageEvent],
+) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...], tuple[str, ...]]:
+    """Per table, once: the integer fields, the text fields with their limits, the name lists
+    (payloads are cut when encoded; floats and booleans are the gateway's own)."""
+    plan = _BOUNDS.get(cls.table)
+    if plan is None:
+        ints, texts, lists = [], [], []
+        for f in fields(cls):
+            kind = str(f.type).removesuffix(" | None")
+            if kind == "int":
+                ints.append(f.name)
+            elif kind in ("str", "UsageSource"):
+                texts.append((f.name, TEXT_LIMITS.get(f.name, TEXT_LIMIT)))
+            elif kind == "list[str]":
+                lists.append(f.name)
+        plan = _BOUNDS[cls.table] = (tuple(ints), tuple(texts), tuple(lists))
+    return plan
 
 
 _PLANS: dict[str, tuple[Callable[[UsageEvent], tuple[object, ...]], tuple[int, ...]]] = {}

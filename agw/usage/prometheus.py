@@ -293,6 +293,11 @@ class PrometheusMetrics:
             "Usage events lost because their write to the store failed.",
             value=recorder.write_failures,
         )
+        yield CounterMetricFamily(
+            "agw_usage_rejected_events",
+            "Usage events whose own row the store refused; the batch's other rows were written.",
+            value=recorder.rejected_events,
+        )
 
         outcomes = CounterMetricFamily(
             "agw_requests",

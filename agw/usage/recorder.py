@@ -3,9 +3,19 @@
 ``emit`` is for the event loop's thread and costs a queue put: it never waits and never raises.
 A full queue (or a closed recorder) drops the event and counts it in ``dropped_events``. The
 writer takes up to ``batch_size`` events (waiting ``flush_interval`` for a batch to fill when the
-queue runs dry), groups them by table and inserts them with ``executemany`` in one transaction.
-A batch that fails is counted in ``write_failures`` and logged as ``usage_write_failed`` (with
-counts and the error, never the events: they can carry tool arguments), and the writer goes on.
+queue runs dry), bounds each (:meth:`UsageEvent.bound`: what a client sent can no longer make a
+row fail), groups them by table and inserts each table's rows with one multi-row ``INSERT``,
+all in one call on the store's thread (:meth:`Database.write`): each statement is its own
+transaction, checked against the store's files just before it, so a store changed under agwd
+is noticed before SQLite touches it.
+
+One row can still fail (a store's trigger or constraint, an encoding nobody foresaw): when a
+chunk fails for a row's sake the writer inserts its rows one by one, writes every good row and
+drops the bad ones, counted in ``rejected_events`` (and ``write_failures``) and logged as
+``usage_row_rejected``. Rows the store itself refuses (unavailable, read-only, full) are
+counted in ``write_failures`` and logged as ``usage_write_failed``. Both logs carry counts and
+the error, never the events (they can carry tool arguments), at most once per
+:data:`LOG_INTERVAL_S` (with how many lines were left out), and the writer goes on.
 
 Two kinds of observers:
 
@@ -23,16 +33,56 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
-from agw.store.db import Database
+from agw.errors import StoreUnavailable
+from agw.store.db import Database, Statements
 from agw.usage.events import UsageEvent
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[UsageEvent], None]
+Rows = dict[type[UsageEvent], list[tuple[UsageEvent, tuple[object, ...]]]]
+
+LOG_INTERVAL_S = 10.0
+# What one row can make a statement raise: a constraint or trigger (IntegrityError), a value
+# SQLite refuses (DataError: too big), a value sqlite3 cannot bind (InterfaceError, OverflowError,
+# UnicodeEncodeError, a ValueError). Anything else is the store's and fails the whole batch.
+_ROW_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
+
+
+class _Throttle:
+    """At most one log line per ``interval`` s; counts the ones left out."""
+
+    def __init__(self, interval: float = LOG_INTERVAL_S) -> None:
+        self._interval = interval
+        self._next = 0.0
+        self.suppressed = 0
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            self.suppressed += 1
+            return False
+        self._next = now + self._interval
+        return True
+
+    def take(self) -> int:
+        n, self.suppressed = self.suppressed, 0
+        return n
 
 
 class UsageRecorder:
@@ -62,7 +112,10 @@ class UsageRecorder:
         self._in_flight = 0  # events taken from the queue, not yet committed or counted as lost
         self._dropped = 0
         self._write_failures = 0
+        self._rejected = 0
         self._written = 0
+        self._failed_log = _Throttle()
+        self._rejected_log = _Throttle()
 
     @property
     def dropped_events(self) -> int:
@@ -74,6 +127,12 @@ class UsageRecorder:
     def write_failures(self) -> int:
         """Events lost because their batch (or their own encoding) failed."""
         return self._write_failures
+
+    @property
+    def rejected_events(self) -> int:
+        """Events whose own row the store refused (a batch's other rows were written); also
+        counted in ``write_failures``."""
+        return self._rejected
 
     @property
     def written_events(self) -> int:
@@ -109,8 +168,17 @@ class UsageRecorder:
         except Exception:  # never let usage accounting break a request
             log.warning("usage_emit_failed", exc_info=False)
         self._dropped += 1
+        self._bound((event,))
         self._tap((event,))
         return False
+
+    @staticmethod
+    def _bound(events: Iterable[UsageEvent]) -> None:
+        for event in events:
+            try:
+                event.bound()
+            except Exception as exc:  # its row then fails alone, and is counted
+                log.warning("usage_bound_failed", extra={"error": type(exc).__name__})
 
     def _tap(self, events: Iterable[UsageEvent]) -> None:
         for tap in self._taps:
@@ -144,7 +212,9 @@ class UsageRecorder:
             self._dropped += lost
             self._in_flight = 0
             while not self._queue.empty():
-                self._tap((self._queue.get_nowait(),))
+                event = self._queue.get_nowait()
+                self._bound((event,))
+                self._tap((event,))
                 self._queue.task_done()
             log.warning("usage_flush_incomplete", extra={"events": lost, "timeout_s": timeout})
 
@@ -152,6 +222,7 @@ class UsageRecorder:
         while True:
             batch = await self._next_batch()
             try:
+                self._bound(batch)
                 self._tap(batch)
                 await self._write(batch)
             finally:
@@ -175,26 +246,33 @@ class UsageRecorder:
         return batch
 
     async def _write(self, batch: list[UsageEvent]) -> None:
-        grouped: dict[type[UsageEvent], list[tuple[object, ...]]] = {}
-        written: list[UsageEvent] = []
+        grouped: Rows = {}
+        encoded: list[UsageEvent] = []  # batch order, which the listeners see
         for event in batch:
             try:
                 row = event.row()
             except Exception as exc:  # an unencodable payload loses its own event only
-                self._lost(1, exc)
+                self._rejected_rows(1, exc)
                 continue
-            grouped.setdefault(type(event), []).append(row)
-            written.append(event)
-        if not written:
+            grouped.setdefault(type(event), []).append((event, row))
+            encoded.append(event)
+        if not encoded:
             self._in_flight = 0
             return
         try:
-            async with self._db.transaction() as conn:
-                for cls, rows in grouped.items():
-                    await conn.executemany(cls.insert_sql(), rows)
-        except Exception as exc:
-            self._lost(len(written), exc)
+            outcome = await self._db.write(functools.partial(_insert, grouped))
+        except Exception as exc:  # the store refused before the first statement
+            self._lost(len(encoded), exc)
             return
+        if outcome.rejected:
+            assert outcome.rejected_by is not None
+            self._rejected_rows(
+                len(outcome.rejected), outcome.rejected_by, written=len(outcome.written)
+            )
+        lost = len(encoded) - len(outcome.written) - len(outcome.rejected)
+        if outcome.failed_by is not None and lost:
+            self._lost(lost, outcome.failed_by)
+        written = [event for event in encoded if id(event) in outcome.written]
         self._in_flight = 0
         self._written += len(written)
         for event in written:
@@ -204,13 +282,106 @@ class UsageRecorder:
                 except Exception as exc:
                     log.warning("usage_listener_failed", extra={"error": type(exc).__name__})
 
+    def _rejected_rows(self, count: int, exc: Exception, written: int = 0) -> None:
+        self._rejected += count
+        self._write_failures += count
+        self._in_flight = max(0, self._in_flight - count)
+        if self._rejected_log.ready():
+            log.warning(
+                "usage_row_rejected",
+                extra={
+                    "events": count,
+                    "written": written,
+                    "error": type(exc).__name__,
+                    "detail": _detail(exc),
+                    "suppressed": self._rejected_log.take(),
+                },
+            )
+
     def _lost(self, count: int, exc: Exception) -> None:
         self._write_failures += count
         self._in_flight = max(0, self._in_flight - count)
-        # SQLite's messages name tables and constraints, never bound values; other errors
-        # (a payload that JSON cannot encode) are named by type only.
-        detail = str(exc) if isinstance(exc, sqlite3.Error) else ""
-        log.warning(
-            "usage_write_failed",
-            extra={"events": count, "error": type(exc).__name__, "detail": detail},
-        )
+        if self._failed_log.ready():
+            log.warning(
+                "usage_write_failed",
+                extra={
+                    "events": count,
+                    "error": type(exc).__name__,
+                    "detail": _detail(exc),
+                    "suppressed": self._failed_log.take(),
+                },
+            )
+
+
+@dataclass
+class _Outcome:
+    written: set[int] = field(default_factory=set)  # id() of the events written
+    rejected: set[int] = field(default_factory=set)  # id() of the events whose row failed
+    rejected_by: Exception | None = None  # the last row's error
+    failed_by: Exception | None = None  # the error that stopped the writing, if one did
+
+
+def _insert(grouped: Rows, statements: Statements) -> _Outcome:
+    """Insert a batch: per table, one multi-row ``INSERT`` of its rows (one statement, its own
+    transaction: see :meth:`Database.write`; fewer statements, fewer chances for a change to the
+    store's files to land while SQLite runs one). A chunk that fails
+    for one of its rows is inserted again row by row, leaving out the rows that fail. An error
+    of the store stops the writing; what was written before it stays written."""
+    out = _Outcome()
+    try:
+        for cls, pairs in grouped.items():
+            for chunk in _chunks(pairs, statements.max_params() // len(cls.columns())):
+                try:
+                    statements.execute(
+                        _insert_sql(cls, len(chunk)), [v for _, row in chunk for v in row]
+                    )
+                except _ROW_ERRORS:
+                    _insert_each(cls, chunk, statements, out)
+                else:
+                    out.written.update(id(event) for event, _ in chunk)
+    except Exception as exc:
+        out.failed_by = exc
+    return out
+
+
+def _insert_each(
+    cls: type[UsageEvent],
+    chunk: list[tuple[UsageEvent, tuple[object, ...]]],
+    statements: Statements,
+    out: _Outcome,
+) -> None:
+    sql = cls.insert_sql()
+    for event, row in chunk:
+        try:
+            statements.execute(sql, row)
+        except _ROW_ERRORS as exc:
+            out.rejected.add(id(event))
+            out.rejected_by = exc
+        else:
+            out.written.add(id(event))
+
+
+def _chunks(
+    pairs: list[tuple[UsageEvent, tuple[object, ...]]], most: int
+) -> Iterator[list[tuple[UsageEvent, tuple[object, ...]]]]:
+    """``pairs`` in chunks of at most ``most`` rows (one chunk, but for a SQLite built with a
+    low limit on ``?`` per statement)."""
+    most = max(1, most)
+    for start in range(0, len(pairs), most):
+        yield pairs[start : start + most]
+
+
+def _insert_sql(cls: type[UsageEvent], rows: int) -> str:
+    """``INSERT INTO <table> (<columns>) VALUES (?, ...), ...`` for ``rows`` rows (built each
+    time: one text per row count would make a large cache)."""
+    one = "(" + ", ".join("?" * len(cls.columns())) + ")"
+    return cls.insert_sql().partition(" VALUES ")[0] + " VALUES " + ", ".join([one] * rows)
+
+
+def _detail(exc: Exception) -> str:
+    """The error's message where it names no value: SQLite's name tables and constraints (a
+    trigger's, what the store's owner wrote), ours say why the store is unavailable. Others (a
+    value sqlite3 cannot bind) are named by type only."""
+    if isinstance(exc, sqlite3.Error | StoreUnavailable):
+        return str(exc)[:200]
+    return ""

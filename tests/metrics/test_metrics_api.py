@@ -51,7 +51,12 @@ def test_summary(api: httpx.Client, dataset: Dataset) -> None:
     assert list(body) == ["llm", "mcp", "acp", "pipeline"]
     for kind in ("llm", "mcp", "acp"):
         assert_measures(body[kind], measures(kind, dataset.of(kind)), kind)
-    assert set(body["pipeline"]) == {"dropped_events", "write_failures", "queue_depth"}
+    assert set(body["pipeline"]) == {
+        "dropped_events",
+        "write_failures",
+        "rejected_events",
+        "queue_depth",
+    }
     assert all(isinstance(v, int) for v in body["pipeline"].values())
 
     lo, hi = window(dataset)

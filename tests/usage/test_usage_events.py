@@ -1,22 +1,34 @@
-"""The event values: defaults, conversion to SQL values, payload truncation."""
+"""The event values: defaults, conversion to SQL values, payload truncation, bounds."""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
+from typing import Any
 
 import pytest
 from usage_support import NOW_MS
 
 from agw.usage.events import (
+    INT64_MAX,
+    INT64_MIN,
+    NAME_LIMIT,
+    NAMES_LIMIT,
     PAYLOAD_LIMIT_BYTES,
+    TEXT_LIMIT,
+    TEXT_LIMITS,
     AcpUsageEvent,
     LlmUsageEvent,
     McpUsageEvent,
     UsageEvent,
     new_event_id,
 )
+
+
+def values_of(event: UsageEvent) -> dict[str, Any]:
+    """The event's row by column name."""
+    return dict(zip(event.columns(), event.row(), strict=True))
 
 
 def test_new_event_id_is_a_fresh_time_ordered_uuid7() -> None:
@@ -34,7 +46,7 @@ def test_new_event_id_is_a_fresh_time_ordered_uuid7() -> None:
 
 def test_an_event_needs_only_its_times() -> None:
     event = LlmUsageEvent(started_at=NOW_MS, finished_at=NOW_MS + 250)
-    values = dict(zip(event.columns(), event.row(), strict=True))
+    values = values_of(event)
     assert uuid.UUID(values["event_id"]).version == 7
     assert len(values["span_id"]) == 16
     assert values["route_kind"] == "llm"
@@ -72,32 +84,98 @@ def test_row_encodes_booleans_lists_and_payloads() -> None:
         event_counts_json={"agent_message_chunk": 3, "done": 1},
         usage_json={"input_tokens": 5},
     )
-    values = dict(zip(event.columns(), event.row(), strict=True))
+    values = values_of(event)
     assert values["success"] == 1
     assert values["fresh_session"] == 0
     assert json.loads(values["event_counts_json"]) == {"agent_message_chunk": 3, "done": 1}
     assert json.loads(values["usage_json"]) == {"input_tokens": 5}
     unknown = AcpUsageEvent(started_at=1, finished_at=2)
-    assert dict(zip(unknown.columns(), unknown.row(), strict=True))["fresh_session"] is None
+    assert values_of(unknown)["fresh_session"] is None
 
     llm = LlmUsageEvent(started_at=1, finished_at=2, tool_names=["get_weather", "search"])
-    llm_values = dict(zip(llm.columns(), llm.row(), strict=True))
+    llm_values = values_of(llm)
     assert json.loads(llm_values["tool_names"]) == ["get_weather", "search"]
 
 
 def test_free_form_payloads_are_cut_to_the_limit() -> None:
     args: dict[str, object] = {"text": "é" * 5000, "n": 1}
     event = McpUsageEvent(started_at=1, finished_at=2, tool_args_json=args)
-    stored = dict(zip(event.columns(), event.row(), strict=True))["tool_args_json"]
+    stored = values_of(event)["tool_args_json"]
     assert isinstance(stored, str)
     assert len(stored.encode()) == PAYLOAD_LIMIT_BYTES
     assert stored.startswith('{"text":"\\u00e9')
     small = McpUsageEvent(started_at=1, finished_at=2, tool_args_json={"city": "Zürich"})
-    small_stored = dict(zip(small.columns(), small.row(), strict=True))["tool_args_json"]
+    small_stored = values_of(small)["tool_args_json"]
     assert json.loads(small_stored) == {"city": "Zürich"}
 
 
 def test_payload_values_json_cannot_encode_are_written_as_text() -> None:
     event = McpUsageEvent(started_at=1, finished_at=2, tool_args_json={"raw": b"\x00"})
-    stored = dict(zip(event.columns(), event.row(), strict=True))["tool_args_json"]
+    stored = values_of(event)["tool_args_json"]
     assert json.loads(stored) == {"raw": "b'\\x00'"}
+
+
+def test_bound_clamps_every_integer_to_64_bits() -> None:
+    event = LlmUsageEvent(
+        started_at=NOW_MS,
+        finished_at=NOW_MS,
+        agent_depth=10**30,  # X-Agent-Depth
+        input_tokens=-(10**40),  # an upstream's usage
+        output_tokens=float("nan"),  # type: ignore[arg-type]
+        total_tokens=12.9,  # type: ignore[arg-type]
+        reasoning_tokens=True,
+    )
+    event.bound()
+    assert (event.agent_depth, event.input_tokens) == (INT64_MAX, INT64_MIN)
+    assert (event.output_tokens, event.total_tokens, event.reasoning_tokens) == (0, 12, 1)
+    assert all(type(v) is int for v in (event.output_tokens, event.total_tokens))
+
+
+def test_bound_cuts_text_to_its_limit_and_replaces_lone_surrogates() -> None:
+    event = McpUsageEvent(
+        started_at=NOW_MS,
+        finished_at=NOW_MS,
+        request_id="7" * 3_900_000,  # issue 12: a 3.9 MB JSON-RPC id was stored per row
+        mcp_session_id="s" * 5000,
+        tool_name="t\ud800" * 1000,
+        http_path="/p" * 5000,
+        http_method="GET",
+        route_id="r" * 2000,
+    )
+    event.bound()
+    assert event.request_id == "7" * TEXT_LIMITS["request_id"]
+    assert event.mcp_session_id == "s" * 200
+    assert event.tool_name == ("t?" * 1000)[:TEXT_LIMIT]
+    assert event.http_path is not None and len(event.http_path) == TEXT_LIMITS["http_path"]
+    assert event.http_method == "GET"
+    assert event.route_id == "r" * TEXT_LIMITS["route_id"]
+    event.row()[0]  # encodes
+
+
+def test_bound_keeps_name_lists_within_their_budget() -> None:
+    many = [f"tool-{i}-" + "x" * 300 for i in range(500)]
+    event = LlmUsageEvent(
+        started_at=NOW_MS,
+        finished_at=NOW_MS,
+        request_tool_count=500,
+        request_tool_names=many,
+        tool_names=["ok", "fine", "t\udc80"],
+    )
+    event.bound()
+    assert event.request_tool_names == [n[:NAME_LIMIT] for n in many[: NAMES_LIMIT // NAME_LIMIT]]
+    assert event.tool_names == ["ok", "fine", "t?"]
+    assert event.request_tool_count == 500
+
+
+def test_bound_leaves_values_in_bounds_alone() -> None:
+    names = [f"n{i}" for i in range(200)]  # more names than the fast check admits, all short
+    event = LlmUsageEvent(
+        started_at=NOW_MS,
+        finished_at=NOW_MS + 5,
+        agent_depth=INT64_MAX,
+        upstream_model="é" * TEXT_LIMIT,
+        request_tool_names=names,
+    )
+    before = event.row()
+    event.bound()
+    assert event.row() == before

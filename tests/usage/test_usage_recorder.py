@@ -214,7 +214,7 @@ def test_events_round_trip_into_their_tables(tmp_path: Path) -> None:
     }
 
 
-def test_a_backlog_is_written_in_batches_of_one_transaction_each(tmp_path: Path) -> None:
+def test_a_backlog_is_written_in_batches_of_a_few_statements_each(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     statements: list[str] = []
     seen: list[UsageEvent] = []
@@ -229,16 +229,19 @@ def test_a_backlog_is_written_in_batches_of_one_transaction_each(tmp_path: Path)
         assert recorder.queue_depth == 600
         recorder.start()
         await recorder.close()
-        await db.conn.set_trace_callback(None)
+        await db.conn.set_trace_callback(None)  # type: ignore[arg-type]
         await db.close()
         return recorder
 
     recorder = asyncio.run(main())
     assert recorder.written_events == 600
     assert recorder.queue_depth == 0
-    # 256 + 256 + 88 events, the three tables mixed in each batch: three transactions.
-    assert sum(s.startswith("BEGIN") for s in statements) == 3
-    assert sum(s.startswith("COMMIT") for s in statements) == 3
+    # 256 + 256 + 88 events, the three tables mixed in each batch: per batch and table, one
+    # multi-row INSERT, its own transaction (Database.write): never a statement per row.
+    inserts = [s for s in statements if s.startswith("INSERT")]
+    assert len(inserts) == 3 * 3
+    assert sum(s.count("), (") + 1 for s in inserts) == 600
+    assert not any(s.startswith("BEGIN") for s in statements)
     assert seen == events
     assert [count(path, cls.table) for cls in kinds] == [200, 200, 200]
 
@@ -307,8 +310,8 @@ def test_a_failed_write_is_counted_and_the_writer_goes_on(
     assert (recorder.write_failures, recorder.written_events, recorder.dropped_events) == (2, 1, 0)
     assert count(path, "mcp_usage_events") == 1
     failures = [r for r in caplog.records if r.getMessage() == "usage_write_failed"]
-    assert failures
-    assert sum(r.__dict__["events"] for r in failures) == 2
+    assert failures  # at most one line per LOG_INTERVAL_S: one or two batches, one line
+    assert len(failures) == 1 and failures[0].__dict__["events"] in (1, 2)
     assert "no such table" in failures[0].__dict__["detail"]
     assert "hunter2" not in caplog.text
     assert all("hunter2" not in json.dumps(r.__dict__, default=str) for r in caplog.records)
@@ -416,3 +419,79 @@ def test_close_gives_up_after_its_timeout_and_counts_the_rest_as_dropped(tmp_pat
     assert (recorder.dropped_events, recorder.written_events, recorder.write_failures) == (3, 0, 0)
     assert recorder.queue_depth == 0
     assert count(path, "llm_usage_events") == 0
+
+
+# (A trigger's RAISE(FAIL) keeps the rows its multi-row INSERT wrote before the bad one; their
+# second insert then fails on the primary key and they are counted as rejected though stored.)
+@pytest.mark.parametrize("action", ["ABORT", "ROLLBACK"])
+def test_a_row_the_store_refuses_loses_only_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, action: str
+) -> None:
+    path = tmp_path / "c.db"
+
+    async def main() -> UsageRecorder:
+        db = await Database.open(path)
+        with closing(sqlite3.connect(path)) as other:
+            other.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON llm_usage_events "
+                "WHEN NEW.session_id LIKE 'poison%' "
+                f"BEGIN SELECT RAISE({action}, 'refused by the store'); END"
+            )
+            other.commit()
+        recorder = UsageRecorder(db)
+        for i in range(20):
+            poison = i in (3, 11)
+            recorder.emit(llm_event(i, session_id="poison-hunter2" if poison else f"s{i}"))
+            recorder.emit(McpUsageEvent(started_at=NOW_MS + i, finished_at=NOW_MS + i))
+        recorder.start()
+        await recorder.close()
+        await db.close()
+        return recorder
+
+    with caplog.at_level(logging.WARNING, logger="agw.usage.recorder"):
+        recorder = asyncio.run(main())
+    assert (recorder.written_events, recorder.rejected_events, recorder.write_failures) == (
+        38,
+        2,
+        2,
+    )
+    assert count(path, "llm_usage_events") == 18
+    assert count(path, "mcp_usage_events") == 20
+    (line,) = [r for r in caplog.records if r.getMessage() == "usage_row_rejected"]
+    assert (line.__dict__["events"], line.__dict__["written"]) == (2, 38)
+    assert "refused by the store" in line.__dict__["detail"]
+    assert "hunter2" not in caplog.text
+
+
+def delete_store(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink()
+
+
+def test_a_deleted_store_loses_the_rows_counted_and_writes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.db"
+
+    async def main() -> UsageRecorder:
+        db = await Database.open(path)
+        recorder = UsageRecorder(db, flush_interval=0)
+        recorder.start()
+        delete_store(path)
+        for i in range(5):
+            recorder.emit(llm_event(i))
+            await wait_until(lambda n=i: recorder.write_failures == n + 1)  # type: ignore[misc]
+        await recorder.close()
+        await db.close()
+        return recorder
+
+    with caplog.at_level(logging.WARNING):
+        recorder = asyncio.run(main())
+    assert (recorder.write_failures, recorder.written_events) == (5, 0)
+    assert not path.exists()
+    failed = [r for r in caplog.records if r.getMessage() == "usage_write_failed"]
+    assert len(failed) == 1  # then quiet for LOG_INTERVAL_S
+    assert "c.db was deleted" in failed[0].__dict__["detail"]
+    assert [r.levelname for r in caplog.records if r.getMessage() == "store_unavailable"] == [
+        "ERROR"
+    ]
