@@ -14,10 +14,12 @@ from typing import Any
 
 import aiohttp
 
+from agw import jsonfast
 from agw.config.models import Provider
 from agw.llm.providers import CredentialPicker, auth_headers, url_for
-from agw.llm.upstream import UpstreamPool
+from agw.llm.upstream import RESPONSE_LIMIT, BodyTooLarge, UpstreamPool, read_capped
 from agw.runtime.snapshot import Snapshot
+from agw.telemetry import redact_url
 
 
 class DiscoveryFailed(Exception):
@@ -138,10 +140,10 @@ class ModelCatalog:
                 timeout=self.pool.timeout(provider, stream=False),
                 proxy=provider.network.proxy_url or None,
             ) as resp:
-                raw = await resp.json(content_type=None)
                 if resp.status >= 400:
-                    raise DiscoveryFailed(f"{url} answered {resp.status}")
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    raise DiscoveryFailed(f"{redact_url(url)} answered {resp.status}")
+                raw = jsonfast.loads(await read_capped(resp, RESPONSE_LIMIT))
+        except (aiohttp.ClientError, TimeoutError, ValueError, BodyTooLarge) as exc:
             self._failed(provider, f"{type(exc).__name__}: {exc}")
             raise DiscoveryFailed(f"model discovery for {provider_id} failed: {exc}") from None
         except DiscoveryFailed as exc:

@@ -27,7 +27,7 @@ from agw.llm.content import Completion, prompt_of
 from agw.llm.credstate import CredentialHealth
 from agw.llm.dialect import error_body, stream_error_frame
 from agw.llm.discovery import ModelCatalog
-from agw.llm.observe import Observer, estimate_tokens, request_tools
+from agw.llm.observe import Observer, estimate_output_tokens, estimate_tokens, request_tools
 from agw.llm.providers import (
     FORWARDED_HEADERS,
     CredentialPicker,
@@ -45,9 +45,17 @@ from agw.llm.shaping import (
     restore_tool_names,
     shape,
 )
-from agw.llm.sse import Event, SSESplitter, frame
-from agw.llm.upstream import UpstreamPool
+from agw.llm.sse import EVENT_LIMIT, Event, EventTooLarge, SSESplitter, frame
+from agw.llm.upstream import (
+    ERROR_BODY_LIMIT,
+    RESPONSE_LIMIT,
+    BodyTooLarge,
+    UpstreamPool,
+    limit_text,
+    read_capped,
+)
 from agw.runtime.sessions import SessionDirectory, attribute
+from agw.telemetry import scrub
 from agw.usage.events import LlmUsageEvent, UsageSource
 from agw.usage.recorder import UsageRecorder
 
@@ -69,6 +77,9 @@ _CLIENT_WIRE = {"chat_completions": "chat", "responses": "responses", "messages"
 _PASSED_RESPONSE_HEADERS = ("retry-after", "x-request-id", "request-id")
 _PASSED_PREFIXES = ("openai-", "anthropic-", "x-ratelimit-")
 _JSON = b"application/json"
+# What of a stream's answer is kept for the output estimate when its usage never comes (the
+# first pieces sent; their share of text is applied to the rest): references, not copies.
+RELAYED_KEPT = 256 * 1024
 
 
 _Plan = tuple[Provider, str, str, bytes, dict[str, str], bool]
@@ -120,6 +131,9 @@ class Call:
     finalized: bool = True
     client_wants_usage: bool = False  # chat clients: stream_options.include_usage
     renamed: dict[str, str] = field(default_factory=dict)  # upstream tool name -> the client's
+    answer: bytes = b""  # the JSON answer the client got
+    relayed: list[bytes] | None = None  # the stream's pieces the client got (RELAYED_KEPT)
+    relayed_size: int = 0  # bytes of the stream the client got, all of them
 
 
 def _passed_headers(resp: aiohttp.ClientResponse) -> Headers:
@@ -175,6 +189,8 @@ class LlmPlane:
             if self._probe(call):
                 await req.respond(200, b"")
                 return
+            if req.method == "POST" and req.headers.get("content-type") != "application/json":
+                _check_content_type(req.headers.get("content-type", ""))
             try:
                 raw = await req.read_body(BODY_LIMIT)
             except PayloadTooLarge as exc:
@@ -336,7 +352,8 @@ class LlmPlane:
                         "route_id": req.route.id,
                         "provider_id": plan[0].id,
                         "status": failure.status,
-                        "error": failure.message[:200],
+                        # scrubbed before it is cut: a key cut in half is no longer recognised
+                        "error": scrub(failure.message)[:200],
                     },
                 )
             if failure is None:
@@ -433,21 +450,29 @@ class LlmPlane:
         async with resp:
             if resp.status >= 400:
                 sent = time.perf_counter_ns()
+                message = ""
                 try:
-                    raw = await resp.read()
+                    raw = await read_capped(resp, ERROR_BODY_LIMIT)
+                except BodyTooLarge:
+                    raw = b""  # not passed on: agw's own error in the client's dialect instead
+                    message = (
+                        f"upstream answered {resp.status} with an error body larger than "
+                        f"{limit_text(ERROR_BODY_LIMIT)} (the gateway's limit)"
+                    )
                 except (aiohttp.ClientError, TimeoutError):
                     raw = b""
                 call.upstream_ns += time.perf_counter_ns() - sent
+                message = message or _error_message(raw) or f"upstream answered {resp.status}"
                 if call.key is not None and call.key.credential_id:
                     self.health.failed(
                         call.key.credential_id,
                         resp.status,
-                        _error_message(raw) or f"upstream answered {resp.status}",
+                        scrub(message),  # shown by GET /admin/credentials; it may echo a key
                         resp.headers.get("retry-after"),
                     )
                 fail = Failure(
                     resp.status,
-                    _error_message(raw) or f"upstream answered {resp.status}",
+                    message,
                     "provider_request_failed",
                     raw,
                     [
@@ -479,7 +504,18 @@ class LlmPlane:
         req = call.req
         sent = time.perf_counter_ns()
         try:
-            raw = await resp.read()
+            length = resp.content_length  # under the limit: read here, one frame less
+            if length is not None and length <= RESPONSE_LIMIT:
+                raw = await resp.read()
+            else:
+                raw = await read_capped(resp, RESPONSE_LIMIT)
+        except BodyTooLarge:
+            raise Reply(
+                502,
+                f"upstream answer larger than {limit_text(RESPONSE_LIMIT)} (the gateway's limit "
+                "on a non-streamed answer)",
+                "provider_request_failed",
+            ) from None
         except TimeoutError:
             raise Reply(
                 504, f"upstream {resp.url.host} timed out", "provider_request_failed"
@@ -516,6 +552,7 @@ class LlmPlane:
         else:
             ctype = resp.headers.get("content-type", "application/json").encode()
         call.status = resp.status
+        call.answer = raw
         await req.respond(resp.status, raw, ctype, headers)
 
     async def _stream(
@@ -547,6 +584,9 @@ class LlmPlane:
         splitter = SSESplitter()
         chunks = resp.content.iter_any()
         clock = time.perf_counter_ns
+        relayed: list[bytes] = []
+        call.relayed = relayed
+        too_large = False
         try:
             while True:
                 waited = clock()
@@ -568,17 +608,31 @@ class LlmPlane:
                     elif not (injected and observer.usage_only_chunk):
                         out.append(event.raw)
                 if out:
-                    await req.body(b"".join(out), more=True)
+                    payload = b"".join(out)
+                    await req.body(payload, more=True)
+                    if call.relayed_size < RELAYED_KEPT:
+                        relayed.append(payload)
+                    call.relayed_size += len(payload)
                     if not call.first_byte_ns:
                         call.first_byte_ns = clock()
+        except EventTooLarge:
+            too_large = True
+            resp.close()  # the rest is never read: the connection is not reused
+            log.info("upstream_event_too_large", extra={"route_id": req.route.id})
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.info("upstream_stream_failed", extra={"route_id": req.route.id, "error": str(exc)})
         if not observer.finished:
             call.error_type, call.finalized = "provider_stream_failed", False
+            message = "upstream stream ended early"
+            if too_large:
+                message = (
+                    f"upstream stream event larger than {limit_text(EVENT_LIMIT)} (the gateway's "
+                    "limit on one event); the stream was cut"
+                )
             if translator is not None:
-                tail = translator.finish()
+                tail = translator.fail(message) if too_large else translator.finish()
             else:
-                tail = stream_error_frame(req.route.protocol, 502, "upstream stream ended early")
+                tail = stream_error_frame(req.route.protocol, 502, message)
                 if wire == "chat":
                     tail += b"data: [DONE]\n\n"
             await req.body(tail, more=True)
@@ -650,7 +704,16 @@ class LlmPlane:
                 headers=headers,
                 timeout=self.pool.timeout(provider, stream=False),
             ) as resp:
-                raw = await resp.read()
+                limit = RESPONSE_LIMIT if resp.status < 400 else ERROR_BODY_LIMIT
+                try:
+                    raw = await read_capped(resp, limit)
+                except BodyTooLarge:
+                    raise Reply(
+                        502,
+                        f"upstream answered {resp.status} with a body larger than "
+                        f"{limit_text(limit)} (the gateway's limit)",
+                        "provider_request_failed",
+                    ) from None
                 call.status = resp.status
                 ctype = resp.headers.get("content-type", "application/json").encode()
                 await req.respond(resp.status, raw, ctype, _passed_headers(resp))
@@ -685,10 +748,25 @@ class LlmPlane:
         obs = call.observer
         tokens = obs.tokens if obs else None
         source: UsageSource
-        if tokens is not None and tokens.seen:
+        if (
+            obs is not None
+            and tokens is not None
+            and tokens.seen
+            and (obs.finished or obs.final_usage)
+        ):
             source, tin, tout = "provider", tokens.input, tokens.output
         elif call.body is not None and call.target is not None and call.status:
-            source, tin, tout = "estimated", estimate_tokens(call.body), 0
+            # The answer's own usage never came (a cut stream, a client that left): the input
+            # the provider reported if any, else estimated; the output estimated from what the
+            # client received (or what the provider had counted, when that is more).
+            source = "estimated"
+            tin = tokens.input if tokens is not None and tokens.input else 0
+            tin = tin or estimate_tokens(call.body)
+            if call.relayed is not None:
+                tout = estimate_output_tokens(call.relayed, call.relayed_size, stream=True)
+            else:
+                tout = estimate_output_tokens([call.answer], len(call.answer), stream=False)
+            tout = max(tout, tokens.output if tokens is not None else 0)
         else:
             source, tin, tout = "missing", 0, 0
         status = call.status or req.status or 500
@@ -720,7 +798,7 @@ class LlmPlane:
             stream=call.stream,
             input_tokens=tin,
             output_tokens=tout,
-            total_tokens=(tokens.total_tokens if tokens and tokens.seen else tin + tout),
+            total_tokens=tokens.total_tokens if source == "provider" and tokens else tin + tout,
             usage_finalized=call.finalized and (obs.finished if obs else True),
             request_tool_count=len(call.request_tools),
             request_tool_names=call.request_tools,
@@ -749,6 +827,21 @@ class LlmPlane:
 def _restored(event: Event, renamed: dict[str, str]) -> Event:
     data = restore_event(event.name, event.data, renamed)
     return event if data is None else Event(frame(data, event.name), event.name, data)
+
+
+def _check_content_type(value: str) -> None:
+    """LLM POST bodies are JSON, and say so: every SDK and agent sends ``application/json``.
+    What a browser may send cross-site without a CORS preflight (``text/plain``, forms, no
+    type at all) is refused, so a web page cannot make the operator's browser spend an open
+    route's credits (docs/security.md)."""
+    mime = value.partition(";")[0].strip().lower()
+    if mime == "application/json":
+        return
+    raise Reply(
+        415,
+        f"Content-Type must be application/json, not {mime[:100] or 'none'}",
+        "protocol_validation_failed",
+    )
 
 
 def _parse_body(raw: bytes) -> dict[str, Any]:

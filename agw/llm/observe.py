@@ -6,11 +6,12 @@ only when a cheap byte check says it may hold what we need, so passthrough strea
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from agw import jsonfast
-from agw.llm.sse import Event
+from agw.llm.sse import Event, EventTooLarge, SSESplitter
 
 
 @dataclass(slots=True)
@@ -46,6 +47,7 @@ class Observer:
     tokens: Tokens = field(default_factory=Tokens)
     tool_names: list[str] = field(default_factory=list)
     finished: bool = False  # the stream reached its own end marker
+    final_usage: bool = False  # a stream's usage for the whole answer came (before its end)
     usage_only_chunk: bool = False  # last chat event was the usage-only chunk
     uncached_input: int = 0  # Anthropic's input_tokens, before cache reads and writes
 
@@ -100,6 +102,7 @@ class Observer:
             usage = chunk.get("usage")
             if isinstance(usage, dict):
                 self._openai_usage(usage)
+                self.final_usage = True
                 self.usage_only_chunk = not chunk.get("choices")
             for choice in chunk.get("choices") or ():
                 for call in _dict(_dict(choice).get("delta")).get("tool_calls") or ():
@@ -113,6 +116,7 @@ class Observer:
                 self._anthropic_usage(_dict(_dict(_loads(data).get("message")).get("usage")))
             elif name == "message_delta":
                 self._anthropic_usage(_dict(_loads(data).get("usage")), delta=True)
+                self.final_usage = True
             elif name == "content_block_start" and "tool_use" in data:
                 block = _dict(_loads(data).get("content_block"))
                 if block.get("type") == "tool_use":
@@ -254,3 +258,72 @@ def estimate_tokens(body: dict[str, Any]) -> int:
         elif isinstance(value, list):
             stack.extend(value)
     return max(1, total // 4)
+
+
+def estimate_output_tokens(relayed: list[bytes], size: int, *, stream: bool) -> int:
+    """chars/4 (rounded up) of the answer the client received, for an answer whose own usage
+    never came (a client that left mid-stream, a cut stream). ``relayed`` is what was sent,
+    whole or its first pieces: when ``size`` (everything sent) is more, the kept pieces' share
+    of text in their bytes is applied to the rest. Text, reasoning and tool arguments count,
+    in any of the four formats (the client's, as sent)."""
+    kept = chars = 0
+    if stream:
+        splitter = SSESplitter()
+        for piece in relayed:
+            kept += len(piece)
+            try:
+                events = splitter.feed(piece)
+            except EventTooLarge:
+                break
+            for event in events:
+                if event.data and event.data != "[DONE]":
+                    chars += _output_chars(_loads(event.data))
+    elif relayed and relayed[0]:
+        kept = len(relayed[0])
+        try:
+            chars = _output_chars(jsonfast.loads(relayed[0]))
+        except (ValueError, RecursionError):
+            chars = 0
+    if kept and size > kept:
+        chars = chars * size // kept
+    return -(-chars // 4)
+
+
+def _strlen(value: Any) -> int:
+    return len(value) if isinstance(value, str) else 0
+
+
+def _output_chars(data: Any) -> int:
+    """Characters of output in one answer or stream event: chat, messages, responses, gemini."""
+    if not isinstance(data, dict):
+        return 0
+    n = 0
+    for choice in data.get("choices") or ():  # chat: a chunk's delta or an answer's message
+        part = _dict(choice).get("delta") or _dict(choice).get("message")
+        if isinstance(part, dict):
+            n += _strlen(part.get("content")) + _strlen(part.get("reasoning_content"))
+            for call in part.get("tool_calls") or ():
+                n += _strlen(_dict(_dict(call).get("function")).get("arguments"))
+    delta = data.get("delta")
+    if isinstance(delta, dict):  # messages: content_block_delta
+        n += _strlen(delta.get("text")) + _strlen(delta.get("partial_json"))
+        n += _strlen(delta.get("thinking"))
+    elif isinstance(delta, str) and str(data.get("type", "")).endswith(".delta"):
+        n += len(delta)  # responses: output_text, function_call_arguments, reasoning deltas
+    for block in data.get("content") or ():  # messages answer
+        block = _dict(block)
+        n += _strlen(block.get("text")) + _strlen(block.get("thinking"))
+        if block.get("type") == "tool_use":
+            n += len(json.dumps(block.get("input") or {}))
+    for item in data.get("output") or ():  # responses answer
+        item = _dict(item)
+        n += _strlen(item.get("arguments"))
+        for block in item.get("content") or item.get("summary") or ():
+            n += _strlen(_dict(block).get("text"))
+    for cand in data.get("candidates") or ():  # gemini
+        for part in _dict(_dict(cand).get("content")).get("parts") or ():
+            part = _dict(part)
+            n += _strlen(part.get("text"))
+            if part.get("functionCall"):
+                n += len(json.dumps(_dict(part["functionCall"]).get("args") or {}))
+    return n

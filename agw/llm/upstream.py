@@ -16,6 +16,50 @@ from agw.version import VERSION
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
 
+# What agwd holds of one upstream answer (docs/llm.md#limits). A streamed answer is never held
+# whole: its single SSE event is capped by agw.llm.sse.EVENT_LIMIT instead.
+RESPONSE_LIMIT = 64 * 1024 * 1024  # a non-streamed answer: more is a 502 naming the limit
+ERROR_BODY_LIMIT = 1024 * 1024  # an upstream error answer: more is replaced by agw's own error
+
+
+class BodyTooLarge(Exception):
+    """An upstream answer over the limit it was read with; what arrived was dropped."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"upstream answer larger than {limit_text(limit)}")
+        self.limit = limit
+
+
+def limit_text(limit: int) -> str:
+    """``64 MiB``, ``1 MiB``, ``1000 bytes``: a limit as the docs and error messages say it."""
+    if limit % (1024 * 1024) == 0:
+        return f"{limit // (1024 * 1024)} MiB"
+    if limit % 1024 == 0:
+        return f"{limit // 1024} KiB"
+    return f"{limit} bytes"
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body of ``resp``, or :class:`BodyTooLarge` as soon as it is known to be over
+    ``limit``: at once from ``Content-Length``, else once ``limit`` bytes have come (never
+    more is held). The connection of a refused answer is closed, not reused."""
+    length = resp.content_length
+    if length is not None and length <= limit:
+        return await resp.read()  # the common case: one comparison more than resp.read()
+    if length is None:
+        chunks: list[bytes] = []
+        size = 0
+        content = resp.content
+        while chunk := await content.readany():
+            size += len(chunk)
+            if size > limit:
+                break
+            chunks.append(chunk)
+        else:
+            return b"".join(chunks)
+    resp.close()
+    raise BodyTooLarge(limit)
+
 
 # Sent on every upstream request unless the request sets its own (Claude Code's user agent):
 # - identity, because the gateway reads every answer (usage, tool names, translation) and passes

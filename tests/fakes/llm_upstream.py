@@ -49,10 +49,24 @@ header                     flag / env                effect
 (none)                     ``--require-key KEY``     401 unless ``Authorization: Bearer KEY``
                                                      or ``x-api-key: KEY`` (Gemini:
                                                      ``x-goog-api-key`` or ``?key=``)
+(none)                     ``--error-message TEXT``  the message of the dialect's error
+                                                     (``status``, ``fail_first``) instead
+                                                     of ``fake status N``
+``x-fake-flood-bytes: N``  ``--flood-bytes``         answer with N bytes of ``x`` instead
+                                                     (status ``status`` or 200): a JSON
+                                                     answer ``{"pad": "xxx...`` never
+                                                     closed, a stream ``data: xxx...``
+                                                     with no event separator
+``x-fake-flood-length: 1`` ``--flood-length``        the flood says its ``Content-Length``
+                                                     (else it is sent chunked)
+``x-fake-flood-block: N``  ``--flood-block``         the flood's bytes per write (default
+                                                     1 MiB; small: many small reads), with
+                                                     ``chunk_delay_ms`` between writes
 =========================  ========================  ===================================
 
 Control endpoints (not logged): ``GET|POST /_fake/config`` reads / updates the process knobs
-(JSON keys ``status delay_ms chunk_delay_ms cut_after fail_first require_key``),
+(JSON keys ``status delay_ms chunk_delay_ms cut_after fail_first require_key error_message
+flood_bytes flood_length flood_block``),
 ``POST /_fake/reset`` zeroes the request counter.
 """
 
@@ -116,7 +130,12 @@ KNOB_HEADERS = {
     "chunk_delay_ms": "x-fake-chunk-delay-ms",
     "cut_after": "x-fake-cut-after",
     "fail_first": "x-fake-fail-first",
+    "flood_bytes": "x-fake-flood-bytes",
+    "flood_length": "x-fake-flood-length",
+    "flood_block": "x-fake-flood-block",
 }
+STRING_KNOBS = ("require_key", "error_message")
+FLOOD_BLOCK = b"x" * (1024 * 1024)
 
 
 # ------------------------------------------------------------------------------ token counting
@@ -228,6 +247,10 @@ class Knobs:
     cut_after: int = -1  # -1: never cut
     fail_first: int = 0
     require_key: str = ""
+    error_message: str = ""
+    flood_bytes: int = 0
+    flood_length: int = 0
+    flood_block: int = 0  # 0: FLOOD_BLOCK
 
     def for_request(self, request: web.Request) -> Knobs:
         """The process knobs, overridden by the request's x-fake-* headers."""
@@ -365,9 +388,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return error_response(dialect, 401, "invalid or missing API key (fake upstream)", fake)
     if fake.requests_seen <= knobs.fail_first:
         message = f"fake failure {fake.requests_seen} of {knobs.fail_first} (x-fake-fail-first)"
-        return error_response(dialect, 503, message, fake)
+        return error_response(dialect, 503, knobs.error_message or message, fake)
+    if knobs.flood_bytes > 0:
+        return await flood(request, knobs, isinstance(body, dict) and body.get("stream") is True)
     if knobs.status >= 400:
-        return error_response(dialect, knobs.status, f"fake status {knobs.status}", fake)
+        message = knobs.error_message or f"fake status {knobs.status}"
+        return error_response(dialect, knobs.status, message, fake)
     if request.method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
         return list_models(request, path)
     if request.method == "GET" and path == "/v1beta/models":
@@ -417,7 +443,7 @@ async def control(request: web.Request, fake: Fake) -> web.Response:
                 return web.json_response({"error": f"unknown knobs {sorted(unknown)}"}, status=400)
             try:
                 typed: dict[str, Any] = {
-                    k: str(v) if k == "require_key" else int(v) for k, v in update.items()
+                    k: str(v) if k in STRING_KNOBS else int(v) for k, v in update.items()
                 }
             except (TypeError, ValueError) as exc:
                 return web.json_response({"error": f"bad knob value: {exc}"}, status=400)
@@ -455,6 +481,34 @@ def list_models(request: web.Request, path: str) -> web.Response:
             {"data": data, "has_more": False, "first_id": MODELS[0], "last_id": MODELS[-1]}
         )
     return web.json_response({"object": "list", "data": data})
+
+
+async def flood(request: web.Request, knobs: Knobs, stream: bool) -> web.StreamResponse:
+    """``flood_bytes`` bytes, fast: a JSON answer that never ends, or an SSE stream with no
+    event separator. Stops quietly when the client hangs up."""
+    head = b"data: " if stream else b'{"pad": "'
+    response = web.StreamResponse(
+        status=knobs.status or 200,
+        headers={"content-type": "text/event-stream" if stream else "application/json"},
+    )
+    if knobs.flood_length:
+        response.content_length = knobs.flood_bytes
+    left = knobs.flood_bytes
+    full = FLOOD_BLOCK[: knobs.flood_block] if knobs.flood_block > 0 else FLOOD_BLOCK
+    try:
+        await response.prepare(request)
+        await response.write(head[:left])
+        left -= len(head[:left])
+        while left > 0:
+            block = full if left >= len(full) else full[:left]
+            await response.write(block)
+            left -= len(block)
+            if knobs.chunk_delay_ms > 0:
+                await asyncio.sleep(knobs.chunk_delay_ms / 1000)
+        await response.write_eof()
+    except (ConnectionError, RuntimeError):
+        pass  # the gateway stopped reading: what it should do
+    return response
 
 
 class EventStream:
@@ -987,6 +1041,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=_env_int("FAIL_FIRST", 0),
         help="the first N requests answer 503",
+    )
+    knob.add_argument(
+        "--error-message",
+        default=os.environ.get("FAKE_LLM_ERROR_MESSAGE", ""),
+        help="the message of error answers (default: fake status N)",
+    )
+    knob.add_argument(
+        "--flood-bytes",
+        type=int,
+        default=_env_int("FLOOD_BYTES", 0),
+        help="answer with this many bytes and no end (0: off)",
+    )
+    knob.add_argument(
+        "--flood-length",
+        type=int,
+        default=_env_int("FLOOD_LENGTH", 0),
+        help="1: the flood says its Content-Length",
+    )
+    knob.add_argument(
+        "--flood-block",
+        type=int,
+        default=_env_int("FLOOD_BLOCK", 0),
+        help="the flood's bytes per write (0: 1 MiB)",
     )
     knob.add_argument(
         "--require-key",

@@ -55,7 +55,8 @@ class FakeUpstream:
 
     def configure(self, **knobs: Any) -> dict[str, Any]:
         """Change the process knobs (status, delay_ms, chunk_delay_ms, cut_after, fail_first,
-        require_key) while it runs; returns the resulting knobs."""
+        require_key, error_message, flood_bytes, flood_length, flood_block) while it runs;
+        returns the resulting knobs."""
         r = httpx.post(f"{self.url}/_fake/config", json=knobs, timeout=5)
         r.raise_for_status()
         result: dict[str, Any] = r.json()

@@ -17,6 +17,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionFunctionToolParam
 
 from tests.conftest import Agwd, AgwdLauncher
 from tests.fakes.run import FakeUpstream, start_fake_upstream
@@ -217,7 +218,9 @@ def test_stream_with_include_usage_keeps_the_usage_chunk(gw: Agwd) -> None:
 
 
 def test_tool_call_stream_records_tool_names(gw: Agwd) -> None:
-    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    tools: list[ChatCompletionFunctionToolParam] = [
+        {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    ]
     chunks = list(
         oa(gw).chat.completions.create(
             model="fake-gpt",
@@ -330,7 +333,7 @@ def test_key_rejections_in_dialect_and_recorded(
 
 
 def test_bad_requests_get_dialect_errors(gw: Agwd) -> None:
-    h = {"x-api-key": gw.env["VK"]}
+    h = {"x-api-key": gw.env["VK"], "content-type": "application/json"}
     url = f"{gw.data_url}/oa/v1/chat/completions"
     r = httpx.post(url, content=b"{not json", headers=h)
     assert r.status_code == 400 and "invalid JSON body" in r.json()["error"]["message"]
@@ -414,10 +417,10 @@ def test_retry_on_another_credential(gw: Agwd, fake: FakeUpstream) -> None:
     try:
         fake.configure(fail_first=1)
         fake.reset()
-        r = oa(gw).chat.completions.create(
+        answer = oa(gw).chat.completions.create(
             model="fake-gpt", messages=[{"role": "user", "content": "retry"}]
         )
-        assert r.choices[0].message.content == "echo: retry"
+        assert answer.choices[0].message.content == "echo: retry"
         (row,) = settle(gw, 1)
         assert row["credential_source"] == "api_key" and row["credential_id"] in ("c1", "c2")
     finally:

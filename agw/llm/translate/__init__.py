@@ -273,6 +273,13 @@ class StreamTranslator:
             return b""
         return self._encode(self._decoder.finish())
 
+    def fail(self, message: str) -> bytes:
+        """The client's error event for a stream the gateway ends itself (an event over
+        :data:`agw.llm.sse.EVENT_LIMIT`), instead of the upstream's own end."""
+        if self._finished:
+            return b""
+        return self._encode([Error(message)])
+
     def _encode(self, events: list[Event]) -> bytes:
         for ev in events:
             if isinstance(ev, MessageStart) and ev.usage is not None:
