@@ -50,6 +50,7 @@ from agw.mcp.sseparse import SseError, SseEvent, SseParser
 from agw.mcp.upstream import (
     CLIENT_INFO,
     DEFAULT_CALL_TIMEOUT_S,
+    MESSAGE_LIMIT,
     MODERN_PROTOCOL_VERSION,
     Listener,
     OnMessage,
@@ -62,7 +63,6 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 5.0
-MAX_JSON_BODY = 64 * 1024 * 1024
 EXCERPT_CHARS = 300
 GET_RETRY_FIRST_S = 1.0
 GET_RETRY_MAX_S = 30.0
@@ -459,11 +459,7 @@ class StreamableHttpUpstream(Upstream):
         self, resp: aiohttp.ClientResponse, call_id: int, on_message: OnMessage | None
     ) -> JsonObj:
         sid = self.service.id
-        if (resp.content_length or 0) > MAX_JSON_BODY:
-            raise UpstreamError(f"mcp service {sid} answered a body over {MAX_JSON_BODY} bytes")
-        data = await resp.content.read(MAX_JSON_BODY + 1)
-        if len(data) > MAX_JSON_BODY:
-            raise UpstreamError(f"mcp service {sid} answered a body over {MAX_JSON_BODY} bytes")
+        data = await read_capped(resp, MESSAGE_LIMIT, sid)
         try:
             parsed = json.loads(data)
         except ValueError:
@@ -485,7 +481,7 @@ class StreamableHttpUpstream(Upstream):
     async def _read_stream(
         self, resp: aiohttp.ClientResponse, call_id: int, on_message: OnMessage | None
     ) -> JsonObj:
-        parser = SseParser()
+        parser = SseParser(MESSAGE_LIMIT)
         try:
             async for chunk in resp.content.iter_any():
                 for event in parser.feed(chunk):
@@ -585,7 +581,7 @@ class StreamableHttpUpstream(Upstream):
                         )
                         return
                     delay = GET_RETRY_FIRST_S
-                    parser = SseParser()
+                    parser = SseParser(MESSAGE_LIMIT)
                     async for chunk in resp.content.iter_any():
                         for event in parser.feed(chunk):
                             await self._event(event, None, None)
@@ -600,6 +596,24 @@ class StreamableHttpUpstream(Upstream):
     def _own(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int, service_id: str) -> bytes:
+    """The whole body, or UpstreamError naming the limit as soon as it is passed (a declared
+    ``Content-Length`` over it is refused before reading)."""
+    too_large = UpstreamError(
+        f"mcp service {service_id} answered a JSON body over the {limit // (1 << 20)} MiB limit"
+    )
+    if (resp.content_length or 0) > limit:
+        raise too_large
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _meta_server_info(found: JsonObj) -> Any:

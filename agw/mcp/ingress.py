@@ -5,9 +5,9 @@ Paths under the route prefix: ``/sse`` (GET, legacy stream) and ``/message...`` 
 messages); anything else is the streamable HTTP endpoint (POST, GET, DELETE).
 
 A POST is, in this order: the dispatcher's rejection (its status, a JSON-RPC error, and
-``WWW-Authenticate: Bearer`` on 401) -> ``Origin`` (present and neither loopback nor the
-request's own host: 403) -> ``Accept`` (neither JSON nor SSE: 406) -> body (over 4 MiB: 413;
-not JSON: 400 -32700; not a message: 400 -32600) -> the era:
+``WWW-Authenticate: Bearer`` on 401; the dispatcher's ``Host`` (421) and ``Origin`` (403)
+checks, agw.dataplane.EdgeCheck, among them) -> ``Accept`` (neither JSON nor SSE: 406) -> body
+(over 4 MiB: 413; not JSON: 400 -32700; not a message: 400 -32600) -> the era:
 
 - ``Mcp-Session-Id`` given: that session (unknown, or bound to another route or key: 404), its
   ``MCP-Protocol-Version`` checked (unsupported: 400 -32600), batches only for 2025-03-26 (and
@@ -34,7 +34,7 @@ import json
 import logging
 import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from agw.asgi import ClientGone, Headers, Rejection, Request
 from agw.errors import PayloadTooLarge
@@ -48,11 +48,11 @@ from agw.mcp.sessions import (
     Exchange,
     Handler,
     InFlight,
+    SessionRefused,
     Stream,
     sse_event,
 )
 from agw.runtime.sessions import SESSION_ID_MAX
-from agw.settings import is_loopback
 
 if TYPE_CHECKING:
     from agw.mcp.runtime import McpRuntime
@@ -69,6 +69,13 @@ SUPPORTED_VERSIONS = ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"]
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# Header values read here are bounded before use: a session id longer than the gateway's own
+# (32 hex digits) is unknown at once; a longer Mcp-Name cannot match and is not decoded; what
+# an error message quotes back is cut.
+SESSION_HEADER_MAX = 64
+NAME_HEADER_MAX = 8192
+QUOTE_MAX = 40
+SESSION_LIMIT_CODE = -32000  # no room for another session (HTTP 503)
 _B64_SENTINEL = re.compile(r"^=\?base64\?(?P<payload>.*)\?=$")
 
 
@@ -109,26 +116,9 @@ def accepts(header: str | None) -> tuple[bool, bool]:
     return json_ok, sse_ok
 
 
-def origin_allowed(origin: str | None, host: str) -> bool:
-    """No Origin (not a browser), a loopback origin, or the request's own host."""
-    if origin is None:
-        return True
-    try:
-        parts = urlsplit(origin.strip())
-        origin_host = (parts.hostname or "").lower()
-    except ValueError:
-        return False
-    if not origin_host or parts.scheme not in ("http", "https"):
-        return False
-    if is_loopback(origin_host):
-        return True
-    own = urlsplit(f"//{host}").hostname if host else None
-    return own is not None and own.lower() == origin_host
-
-
 def decode_header(value: str | None) -> str | None:
     """``Mcp-Name``: verbatim, or the ``=?base64?...?=`` sentinel decoded (None if corrupt)."""
-    if value is None:
+    if value is None or len(value) > NAME_HEADER_MAX:
         return None
     m = _B64_SENTINEL.fullmatch(value)
     if m is None:
@@ -206,7 +196,7 @@ def _peek(raw: bytes) -> tuple[str | None, str | None]:
     method = msg.get("method")
     msg_id = msg.get("id")
     return (
-        method if isinstance(method, str) else None,
+        method if isinstance(method, str) and len(method) <= rpc.METHOD_MAX_CHARS else None,
         str(msg_id) if rpc.valid_id(msg_id) else None,
     )
 
@@ -229,9 +219,6 @@ class Ingress:
                     error_type=rejection.error_type,
                     headers=headers,
                 )
-            if not origin_allowed(req.headers.get("origin"), req.headers.get("host", "")):
-                call = Call()
-                raise HttpFailure(403, RpcError(rpc.INVALID_REQUEST, "Forbidden: invalid Origin"))
             call = await self._route(req)
         except HttpFailure as exc:
             call = call or Call()
@@ -302,8 +289,24 @@ class Ingress:
             headers=[(b"allow", allow.encode())],
         )
 
+    def _new_session(self, req: Request, era: str, msg: JsonObj | None = None) -> DownstreamSession:
+        """A new session (``modern``: the route and key's shared one); 503 when refused."""
+        try:
+            if era == "modern":
+                return self.runtime.stateless(req.route.id, req.virtual_key_id)
+            return self.runtime.new_session(era, req.route.id, req.virtual_key_id)
+        except SessionRefused as exc:
+            raise HttpFailure(
+                503,
+                RpcError(SESSION_LIMIT_CODE, f"Service Unavailable: {exc}"),
+                msg_id=msg.get("id") if msg else None,
+                method=msg.get("method") if msg else None,
+                error_type="session_limit",
+                headers=[(b"retry-after", b"30")],
+            ) from None
+
     def _session(self, req: Request, key: str, era: str) -> DownstreamSession:
-        session = self.runtime.find_session(key)
+        session = self.runtime.find_session(key) if len(key) <= SESSION_HEADER_MAX else None
         if (
             session is None
             or session.closed
@@ -367,7 +370,8 @@ class Ingress:
                     400,
                     RpcError(
                         rpc.INVALID_REQUEST,
-                        f"Bad Request: unsupported protocol version {version!r} (supported: "
+                        f"Bad Request: unsupported protocol version {version[:QUOTE_MAX]!r} "
+                        "(supported: "
                         f"{', '.join(HANDSHAKE_VERSIONS)})",
                     ),
                 )
@@ -398,7 +402,7 @@ class Ingress:
                         method=msg["method"],
                         error_type="method_not_found",
                     )
-            session = self.runtime.stateless(req.route.id, req.virtual_key_id)
+            session = self._new_session(req, "modern", msg)
             session.protocol_version = MODERN_VERSIONS[0]
             await self._exchange(Exchange(req, session, sse_ok=sse_ok), messages, False)
             return None
@@ -410,7 +414,7 @@ class Ingress:
         )
 
     async def _initialize(self, req: Request, msg: JsonObj) -> None:
-        session = self.runtime.new_session("handshake", req.route.id, req.virtual_key_id)
+        session = self._new_session(req, "handshake", msg)
         exchange = Exchange(req, session, sse_ok=False)
         call = Call(session=session.short)
         response = await self._run(Context(req, session, exchange), msg, call)
@@ -579,13 +583,13 @@ class Ingress:
         try:
             while not watcher.done():
                 try:
-                    msg = await asyncio.wait_for(stream.queue.get(), PING_S)
+                    event = await asyncio.wait_for(stream.get(), PING_S)
                 except TimeoutError:
                     await req.body(b": ping\n\n", more=True)
                     continue
-                if msg is None:
+                if event is None:
                     break
-                await req.body(sse_event(msg), more=True)
+                await req.body(event, more=True)
             if not watcher.done():
                 await req.body(b"", more=False)
         finally:
@@ -594,7 +598,7 @@ class Ingress:
     # ------------------------------------------------------------------ legacy HTTP+SSE
 
     async def _legacy_stream(self, req: Request) -> None:
-        session = self.runtime.new_session("sse", req.route.id, req.virtual_key_id)
+        session = self._new_session(req, "sse")
         stream = Stream()
         session.stream = stream
         endpoint = f"{req.route.path_prefix.rstrip('/')}/message?session_id={session.key}"

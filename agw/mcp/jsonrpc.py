@@ -20,6 +20,12 @@ UNSUPPORTED_PROTOCOL_VERSION = -32022
 JsonObj = dict[str, Any]
 RequestId = str | int
 
+# Client-supplied values the gateway keeps (usage rows, in-flight views, progress keys) are
+# bounded here: a longer id, method or progress token is refused with -32600.
+ID_MAX_CHARS = 200
+METHOD_MAX_CHARS = 200
+_INT_MAX_BITS = 640  # about 193 decimal digits
+
 
 class RpcError(Exception):
     """A JSON-RPC error object, raised by whoever decided the request fails."""
@@ -81,7 +87,18 @@ def is_response(msg: JsonObj) -> bool:
 
 
 def valid_id(value: Any) -> bool:
-    return isinstance(value, str | int) and not isinstance(value, bool)
+    """A JSON-RPC id the gateway accepts: a string of at most ``ID_MAX_CHARS`` characters or an
+    integer of at most about 190 digits (never a bool, float, object or array)."""
+    if isinstance(value, str):
+        return len(value) <= ID_MAX_CHARS
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (value.bit_length() <= _INT_MAX_BITS)
+    )
+
+
+BAD_ID = f"id must be a string of at most {ID_MAX_CHARS} characters or an integer"
 
 
 def check_message(msg: Any) -> JsonObj:
@@ -92,14 +109,31 @@ def check_message(msg: Any) -> JsonObj:
     if version != "2.0":
         raise RpcError(INVALID_REQUEST, f'jsonrpc must be "2.0" (got {version!r})')
     if "method" in msg:
-        if not isinstance(msg["method"], str) or not msg["method"]:
-            raise RpcError(INVALID_REQUEST, "method must be a non-empty string")
+        method = msg["method"]
+        if not isinstance(method, str) or not method or len(method) > METHOD_MAX_CHARS:
+            raise RpcError(
+                INVALID_REQUEST,
+                f"method must be a non-empty string of at most {METHOD_MAX_CHARS} characters",
+            )
         if "id" in msg and msg["id"] is not None and not valid_id(msg["id"]):
-            raise RpcError(INVALID_REQUEST, "id must be a string or an integer")
+            raise RpcError(INVALID_REQUEST, BAD_ID)
         params = msg.get("params")
         if params is not None and not isinstance(params, dict):
             raise RpcError(INVALID_REQUEST, "params must be an object")
+        meta = params.get("_meta") if params is not None else None
+        if (
+            isinstance(meta, dict)
+            and "progressToken" in meta
+            and not valid_id(meta["progressToken"])
+        ):
+            raise RpcError(
+                INVALID_REQUEST,
+                f"params._meta.progressToken must be a string of at most {ID_MAX_CHARS} "
+                "characters or an integer",
+            )
         return msg
     if "id" in msg and ("result" in msg or "error" in msg):
+        if msg["id"] is not None and not valid_id(msg["id"]):
+            raise RpcError(INVALID_REQUEST, BAD_ID)
         return msg
     raise RpcError(INVALID_REQUEST, "a message needs a method (request) or a result (response)")

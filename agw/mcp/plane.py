@@ -11,6 +11,14 @@ the upstream's id. Otherwise the gateway answers the upstream with -32601 ``clie
 support <method>`` (always so for stateless clients: 2026-07-28 has no such requests).
 Outside calls: messages of a per-session upstream go to that session's stream; of a shared stdio
 process only ``list_changed`` goes out, to every session that used it.
+
+Attribution (docs/mcp.md, "Where they go"): a message reaches a client only when it is that
+client's own. Progress is matched by its token; anything else a shared stdio process sends
+(logging, a server->client request) names no request, so it is delivered only while that
+process has served this one tenant and nobody else (``Upstream.serves_only``; a tenant is a
+virtual key, or one session without a key); otherwise it is dropped (a request: refused) and
+counted. Every relay to a session spends a token of its bucket
+(100 a second, 200 saved up); over it, the message is dropped and counted.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from agw.mcp.ingress import HANDSHAKE_VERSIONS, LATEST_HANDSHAKE, SUPPORTED_VERS
 from agw.mcp.jsonrpc import JsonObj, RpcError
 from agw.mcp.mux import LIST_KINDS, Multiplexer, has_policy, namespace_uri, tool_allowed
 from agw.mcp.runtime import McpRuntime, SessionBackend
-from agw.mcp.sessions import Call, Context, DownstreamSession, InFlight, Relay, now_ms
+from agw.mcp.sessions import RELAYED, Call, Context, DownstreamSession, InFlight, Relay, now_ms
 from agw.mcp.upstream import CLIENT_INFO, Upstream, UpstreamError
 from agw.runtime.sessions import SessionDirectory, attribute
 from agw.usage.events import McpUsageEvent
@@ -59,6 +67,20 @@ def _arguments(params: JsonObj, method: str) -> JsonObj | None:
     if args is not None and not isinstance(args, dict):
         raise RpcError(rpc.INVALID_PARAMS, f"{method}: params.arguments must be an object")
     return args
+
+
+CLIENT_INFO_FIELDS = ("name", "title", "version")
+CLIENT_INFO_CHARS = 200
+
+
+def client_info(info: Any) -> JsonObj | None:
+    """What a session keeps of the client's ``clientInfo`` (shown in the admin views): its
+    name, title and version, each cut to 200 characters."""
+    if not isinstance(info, dict):
+        return None
+    return {
+        k: v[:CLIENT_INFO_CHARS] for k in CLIENT_INFO_FIELDS if isinstance(v := info.get(k), str)
+    }
 
 
 def upstream_params(params: JsonObj) -> JsonObj:
@@ -160,9 +182,10 @@ class McpServer:
             requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
         )
         caps = params.get("capabilities")
-        session.client_capabilities = caps if isinstance(caps, dict) else {}
-        info = params.get("clientInfo")
-        session.client_info = info if isinstance(info, dict) else None
+        # kept per session for as long as it lives: only what the gateway reads, bounded
+        caps = caps if isinstance(caps, dict) else {}
+        session.client_capabilities = {k: {} for k in RELAYED.values() if k in caps}
+        session.client_info = client_info(params.get("clientInfo"))
         capabilities, instructions = await self._merged(ctx, call)
         out: JsonObj = {
             "protocolVersion": session.protocol_version,
@@ -382,15 +405,26 @@ class McpServer:
         self, ctx: Context, mux: Multiplexer, upstream: Upstream, entry: InFlight, logs: bool
     ) -> Callable[[JsonObj], Awaitable[None]]:
         sid = upstream.service.id
+        counters = self.runtime.counters
 
         async def on_message(msg: JsonObj) -> None:
             try:
+                own = msg.get("method") == "notifications/progress" or (
+                    upstream.transport != "stdio" or upstream.serves_only(ctx.session.tenant)
+                )
                 if rpc.is_request(msg):
+                    if not own:  # a shared process: whose request this is, nobody can tell
+                        counters.unattributed += 1
+                        await self._refuse(upstream, msg, "the stdio server is shared")
+                        return
                     await self._relay(
                         ctx.session, upstream, msg, ctx.exchange.can_deliver(), ctx.exchange.emit
                     )
                     return
                 if not rpc.is_notification(msg):
+                    return
+                if not own:
+                    counters.unattributed += 1
                     return
                 method = msg["method"]
                 params = msg.get("params")
@@ -407,7 +441,14 @@ class McpServer:
                     params.get("uri"), str
                 ):
                     msg = {**msg, "params": {**params, "uri": mux.present_uri(sid, params["uri"])}}
-                await ctx.exchange.emit(msg)
+                if not ctx.exchange.can_deliver():
+                    counters.undeliverable += 1
+                elif not ctx.session.relay_budget.take():
+                    counters.rate_limited += 1
+                elif await ctx.exchange.emit(msg):
+                    counters.relayed += 1
+                else:
+                    counters.undeliverable += 1
             except Exception:
                 log.exception("mcp_upstream_message_failed", extra={"service_id": sid})
 
@@ -436,13 +477,20 @@ class McpServer:
                     },
                 )
                 return
+            if deliverable and not session.relay_budget.take():
+                self.runtime.counters.rate_limited += 1
+                await self._refuse(upstream, msg, "too many messages for the client")
+                return
             gateway_id = self.runtime.next_relay_id()
             delivered = False
             if deliverable:
                 session.add_relay(gateway_id, Relay(upstream, msg["id"], method))
                 out = {**msg, "id": gateway_id}
                 delivered = await emit(out) if emit is not None else session.push(out)
-            if not delivered:
+            if delivered:
+                self.runtime.counters.relayed += 1
+            else:
+                self.runtime.counters.undeliverable += 1
                 session.relays.pop(gateway_id, None)
                 await upstream.reply(
                     msg["id"],
@@ -453,6 +501,30 @@ class McpServer:
                 )
         except UpstreamError as exc:
             log.warning("mcp_relay_failed", extra={"method": method, "error": exc.message})
+
+    @staticmethod
+    async def _refuse(upstream: Upstream, msg: JsonObj, why: str) -> None:
+        """Answer a server->client request the gateway will not relay."""
+        try:
+            await upstream.reply(
+                msg["id"],
+                error={
+                    "code": rpc.INTERNAL_ERROR,
+                    "message": f"cannot relay {msg['method']}: {why}",
+                },
+            )
+        except UpstreamError as exc:
+            log.warning("mcp_relay_failed", extra={"method": msg["method"], "error": exc.message})
+
+    def _push(self, session: DownstreamSession, msg: JsonObj) -> None:
+        """Onto a session's standalone stream, within its relay budget (counted)."""
+        counters = self.runtime.counters
+        if session.stream is None:
+            counters.undeliverable += 1
+        elif not session.relay_budget.take():
+            counters.rate_limited += 1
+        elif session.push(msg):
+            counters.relayed += 1
 
     # ------------------------------------------------------------------- client -> gateway
 
@@ -496,29 +568,47 @@ class McpServer:
     async def upstream_message(
         self, session: DownstreamSession | None, upstream: Upstream, msg: JsonObj
     ) -> None:
+        """A message outside any call: of a session's own upstream (``session``), or of a shared
+        stdio process or an admin session (``session`` None)."""
+        sid = upstream.service.id
+        shared = session is None and upstream.transport == "stdio"
+        if shared and not self.runtime.outside_budget(sid).take():
+            self.runtime.counters.rate_limited += 1  # before any search for its sessions
+            if rpc.is_request(msg):
+                await self._refuse(upstream, msg, "too many messages outside calls")
+            return
+        # a shared process's own messages go to its one tenant's sessions, when it has one
+        owners = self.runtime.tenant_sessions(upstream) if shared else []
+        if session is not None:
+            owners = [session]
         if rpc.is_request(msg):
-            deliverable = session is not None and session.stream is not None
-            await self._relay(session, upstream, msg, deliverable, None)
+            if not owners and msg.get("method") != "ping":
+                self.runtime.counters.unattributed += 1
+            streaming = [s for s in owners if s.stream is not None]
+            target = max(streaming or owners, key=lambda s: s.last_used_at_ms, default=None)
+            deliverable = target is not None and target.stream is not None
+            await self._relay(target, upstream, msg, deliverable, None)
             return
         if not rpc.is_notification(msg):
             return
-        sid = upstream.service.id
         method = msg["method"]
         kind = LIST_CHANGED.get(method)
         if kind is not None:
             self.runtime.invalidate_names(sid, kind)
-        if session is None:
-            if kind is not None:
-                for user in self.runtime.sessions_using(sid):
-                    user.push(msg)
+            if shared:  # about the server: every session that may see it
+                owners = self.runtime.sessions_using(sid)
+        if not owners:
+            self.runtime.counters.unattributed += 1
             return
         params = msg.get("params")
-        if method == "notifications/resources/updated" and isinstance(params, dict):
-            route = self._route(session.route_id)
-            uri = params.get("uri")
-            if route is not None and len(route.services) > 1 and isinstance(uri, str):
-                msg = {**msg, "params": {**params, "uri": namespace_uri(sid, uri)}}
-        session.push(msg)
+        for owner in owners:
+            out = msg
+            if method == "notifications/resources/updated" and isinstance(params, dict):
+                route = self._route(owner.route_id)
+                uri = params.get("uri")
+                if route is not None and len(route.services) > 1 and isinstance(uri, str):
+                    out = {**msg, "params": {**params, "uri": namespace_uri(sid, uri)}}
+            self._push(owner, out)
 
     def _route(self, route_id: str) -> McpRoute | None:
         manager = self.runtime.manager

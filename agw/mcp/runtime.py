@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from agw.config.services import McpRoute, McpService
 from agw.mcp.jsonrpc import JsonObj
 from agw.mcp.mux import NameMap
-from agw.mcp.sessions import DownstreamSession, Registry, SessionStore, now_ms
+from agw.mcp.sessions import DownstreamSession, Registry, SessionStore, TokenBucket, now_ms
 from agw.mcp.upstream import Upstream, UpstreamError, create_upstream
 
 if TYPE_CHECKING:
@@ -37,15 +38,51 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ADMIN_TENANT = "\x00admin"  # the admin API as a user of a shared process (never a session key)
 READY_TIMEOUT_S = 30.0  # handshake with an upstream
 LIST_TIMEOUT_S = 60.0  # one list page from an upstream
 SESSION_IDLE_S = 1800.0
 STATELESS_IDLE_S = 600.0
 ADMIN_IDLE_S = 600.0
 JANITOR_EVERY_S = 30.0
+SESSION_LIMIT = 10_000
+SESSIONS_PER_PRINCIPAL = 1_000
+PER_PRINCIPAL_ENV = "AGW_MCP_SESSIONS_PER_PRINCIPAL"
 
 # (session or None for a shared/admin upstream, the upstream, its message)
 OnMessage = Callable[[DownstreamSession | None, Upstream, JsonObj], Awaitable[None]]
+
+
+def per_principal_from_env(env: Mapping[str, str] | None = None) -> int:
+    """``AGW_MCP_SESSIONS_PER_PRINCIPAL`` (a positive integer) or 1000; anything else is
+    ignored (logged)."""
+    raw = (os.environ if env is None else env).get(PER_PRINCIPAL_ENV, "").strip()
+    if not raw:
+        return SESSIONS_PER_PRINCIPAL
+    if raw.isascii() and raw.isdigit() and 0 < int(raw) <= SESSION_LIMIT:
+        return int(raw)
+    log.warning("mcp_sessions_per_principal_invalid", extra={"value": raw[:40]})
+    return SESSIONS_PER_PRINCIPAL
+
+
+class Counters:
+    """What the MCP plane dropped or evicted, for ``GET /admin/mcp/runtime`` (``counters``)."""
+
+    def __init__(self) -> None:
+        self.relayed = 0  # upstream messages delivered to a client
+        self.unattributed = 0  # dropped: could not be tied to the client's own request/session
+        self.rate_limited = 0  # dropped: over the session's relay rate
+        self.undeliverable = 0  # dropped: the client had no stream open to receive it
+
+    def view(self, store: SessionStore) -> JsonObj:
+        return {
+            "notifications_relayed": self.relayed,
+            "notifications_dropped_unattributed": self.unattributed,
+            "notifications_dropped_rate_limited": self.rate_limited,
+            "notifications_dropped_undeliverable": self.undeliverable,
+            "sessions_evicted": store.evicted,
+            "sessions_refused": store.refused,
+        }
 
 
 def signature(service: McpService) -> tuple[Any, ...]:
@@ -63,11 +100,19 @@ def signature(service: McpService) -> tuple[Any, ...]:
 
 class McpRuntime:
     def __init__(
-        self, manager: ConfigManager | None = None, *, session_limit: int = 10_000
+        self,
+        manager: ConfigManager | None = None,
+        *,
+        session_limit: int = SESSION_LIMIT,
+        per_principal: int | None = None,
     ) -> None:
         self.manager = manager
         self.registry = Registry()
-        self.store = SessionStore(session_limit)
+        self.counters = Counters()
+        self._outside: dict[str, TokenBucket] = {}  # per shared process: messages outside calls
+        self.store = SessionStore(
+            session_limit, per_principal_from_env() if per_principal is None else per_principal
+        )
         self._shared: dict[str, Upstream] = {}  # stdio, by service id
         self._admin: dict[str, tuple[str, Upstream]] = {}  # service id -> (view id, upstream)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -136,7 +181,9 @@ class McpRuntime:
         """The upstream session serving ``session`` for ``service``, ready."""
         if service.transport == "stdio":
             session.shared_used.add(service.id)
-            return await self.shared(service)
+            process = await self.shared(service)
+            process.admit(session.tenant)
+            return process
         lock = session.locks.setdefault(service.id, asyncio.Lock())
         async with lock:
             upstream = session.upstreams.get(service.id)
@@ -157,7 +204,9 @@ class McpRuntime:
         """The gateway-owned session of a service for the admin API (stdio: the shared
         process), ready."""
         if service.transport == "stdio":
-            return await self.shared(service)
+            process = await self.shared(service)
+            process.admit(ADMIN_TENANT)  # its messages are no client's from now on
+            return process
         async with self._lock(f"admin\x00{service.id}"):
             held = self._admin.get(service.id)
             if held is not None and (
@@ -199,6 +248,23 @@ class McpRuntime:
 
     def find_session(self, key: str) -> DownstreamSession | None:
         return self.store.get(key)
+
+    def outside_budget(self, service_id: str) -> TokenBucket:
+        """The relay budget of a shared process's messages outside calls (searching for the
+        sessions they go to costs a pass over the store)."""
+        bucket = self._outside.get(service_id)
+        if bucket is None:
+            bucket = self._outside[service_id] = TokenBucket()
+        return bucket
+
+    def tenant_sessions(self, upstream: Upstream) -> list[DownstreamSession]:
+        """The open sessions of the one tenant a shared (stdio) process has ever served, if it
+        has served only one: what it sends outside calls is that tenant's."""
+        tenant = upstream.sole_tenant
+        if tenant is None:
+            return []
+        sid = upstream.service.id
+        return [s for s in self.sessions_using(sid) if s.tenant == tenant]
 
     async def end_session(self, session: DownstreamSession) -> None:
         self.store.remove(session)
@@ -256,6 +322,7 @@ class McpRuntime:
                 closing.append(self._shared.pop(sid))
             if sid in self._admin:
                 closing.append(self._admin.pop(sid)[1])
+            self._outside.pop(sid, None)
             for session in self.store:
                 if sid in session.upstreams:
                     closing.append(session.upstreams.pop(sid))
@@ -321,6 +388,7 @@ class McpRuntime:
             "progress": self.registry.progress(),
             "sessions": self.sessions(),
             "failures": self.registry.failures(),
+            "counters": self.counters.view(self.store),
             "stdio": [
                 {
                     "service_id": sid,

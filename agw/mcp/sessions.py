@@ -36,10 +36,15 @@ from agw.mcp.jsonrpc import JsonObj, RequestId, RpcError
 from agw.mcp.upstream import Upstream
 
 STREAM_QUEUE = 1000  # messages a standalone stream buffers before dropping the oldest
+STREAM_BYTES = 16 * 1024 * 1024  # and bytes
 HISTORY = 1000
 FAILURES = 100
 PROGRESS = 1000
+PROGRESS_MESSAGE_CHARS = 500  # of a progress message, as the admin view keeps it
 RELAYS = 100  # server->client requests awaiting a client answer, per session
+# upstream messages relayed to one session: a token bucket (messages per second, burst)
+RELAY_RATE = 100.0
+RELAY_BURST = 200.0
 
 # client capability a server->client request needs
 RELAYED = {
@@ -58,25 +63,63 @@ def mask(secret: str | None) -> str | None:
 
 
 class Stream:
-    """A standalone SSE stream's queue (GET stream, or the legacy /sse stream). ``None`` ends
-    it. Full: the oldest message is dropped."""
+    """A standalone SSE stream's queue (GET stream, or the legacy /sse stream) of encoded
+    events; ``None`` ends it. At ``STREAM_QUEUE`` events or ``STREAM_BYTES`` bytes (a client
+    that does not read), the oldest are dropped; one event larger than that is still kept."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[JsonObj | None] = asyncio.Queue(maxsize=STREAM_QUEUE)
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=STREAM_QUEUE)
         self.dropped = 0
+        self.size = 0  # bytes queued
 
     def put(self, msg: JsonObj | None) -> None:
+        data = None if msg is None else sse_event(msg)
+        need = len(data) if data is not None else 0
+        while self.size + need > STREAM_BYTES and not self.queue.empty():
+            self._drop_oldest()
         while True:
             try:
-                self.queue.put_nowait(msg)
+                self.queue.put_nowait(data)
+                self.size += need
                 return
             except asyncio.QueueFull:
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    self.queue.get_nowait()
-                    self.dropped += 1
+                self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        with contextlib.suppress(asyncio.QueueEmpty):
+            old = self.queue.get_nowait()
+            self.size -= len(old) if old is not None else 0
+            self.dropped += 1
+
+    async def get(self) -> bytes | None:
+        """The next encoded event (None: the stream ends)."""
+        data = await self.queue.get()
+        self.size -= len(data) if data is not None else 0
+        return data
 
     def end(self) -> None:
         self.put(None)
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; :meth:`take` spends one."""
+
+    __slots__ = ("at", "burst", "rate", "tokens")
+
+    def __init__(self, rate: float = RELAY_RATE, burst: float = RELAY_BURST) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 @dataclass
@@ -145,11 +188,20 @@ class DownstreamSession:
     relays: dict[str, Relay] = field(default_factory=dict)
     inflight: dict[str, InFlight] = field(default_factory=dict)  # by client request id
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # legacy message handling
+    relay_budget: TokenBucket = field(default_factory=TokenBucket)  # upstream -> this client
     closed: bool = False
 
     @property
     def public_id(self) -> str | None:
         return None if self.era == "modern" else self.key
+
+    @property
+    def tenant(self) -> str:
+        """Whose messages a shared upstream may give this session (agw.mcp.plane): its
+        virtual key's, or, without a key, its own only."""
+        if self.virtual_key_id is not None:
+            return f"key\x00{self.virtual_key_id}"
+        return self.key
 
     @property
     def short(self) -> str:
@@ -218,12 +270,31 @@ class DownstreamSession:
         }
 
 
-class SessionStore:
-    """Sessions by key; the oldest idle one is closed when ``limit`` is reached."""
+class SessionRefused(Exception):
+    """No room for a new session (an anonymous caller at the store's limit): HTTP 503."""
 
-    def __init__(self, limit: int = 10_000) -> None:
+
+Bucket = tuple[str, str | None]  # (route id, virtual key id or None for anonymous callers)
+
+
+class SessionStore:
+    """Sessions by key, with quotas (docs/mcp.md, "Lifecycle").
+
+    Each (route, principal) is a bucket: a virtual key on a route, or every caller without a key
+    on a route. A bucket at ``per_principal`` makes room by closing its own oldest session (idle
+    first): one principal's flood only ever evicts its own sessions. At ``limit`` in all, a
+    caller with a key evicts from the largest bucket; an anonymous caller only from its own
+    bucket, and is refused (:class:`SessionRefused`) when that is empty: anonymous sessions
+    never evict anyone else's.
+    """
+
+    def __init__(self, limit: int = 10_000, per_principal: int = 1_000) -> None:
         self.limit = limit
+        self.per_principal = max(1, per_principal)
+        self.evicted = 0
+        self.refused = 0
         self._by_key: dict[str, DownstreamSession] = {}
+        self._buckets: dict[Bucket, dict[str, DownstreamSession]] = {}
 
     def __iter__(self) -> Iterator[DownstreamSession]:
         return iter(list(self._by_key.values()))
@@ -234,14 +305,18 @@ class SessionStore:
     def get(self, key: str) -> DownstreamSession | None:
         return self._by_key.get(key)
 
+    def count(self, route_id: str, virtual_key_id: str | None) -> int:
+        return len(self._buckets.get((route_id, virtual_key_id), ()))
+
     def create(
         self, era: str, route_id: str, virtual_key_id: str | None
     ) -> tuple[DownstreamSession, DownstreamSession | None]:
-        """A new handshake or sse session, and the one evicted to make room (to be closed)."""
-        evicted = self._evict() if len(self._by_key) >= self.limit else None
+        """A new handshake or sse session, and the one evicted to make room (to be closed).
+        Raises SessionRefused."""
+        evicted = self._make_room((route_id, virtual_key_id))
         key = secrets.token_hex(16)
         session = DownstreamSession(key, era, route_id, virtual_key_id)
-        self._by_key[key] = session
+        self._add(session)
         return session, evicted
 
     def stateless(
@@ -251,22 +326,52 @@ class SessionStore:
         found = self._by_key.get(key)
         if found is not None:
             return found, None
-        evicted = self._evict() if len(self._by_key) >= self.limit else None
+        evicted = self._make_room((route_id, virtual_key_id))
         session = DownstreamSession(key, "modern", route_id, virtual_key_id)
-        self._by_key[key] = session
+        self._add(session)
         return session, evicted
 
     def remove(self, session: DownstreamSession) -> None:
         if self._by_key.get(session.key) is session:
             del self._by_key[session.key]
+            bucket = (session.route_id, session.virtual_key_id)
+            members = self._buckets.get(bucket)
+            if members is not None:
+                members.pop(session.key, None)
+                if not members:
+                    del self._buckets[bucket]
 
-    def _evict(self) -> DownstreamSession | None:
-        idle = [s for s in self._by_key.values() if s.idle()] or list(self._by_key.values())
-        if not idle:
+    def _add(self, session: DownstreamSession) -> None:
+        self._by_key[session.key] = session
+        bucket = (session.route_id, session.virtual_key_id)
+        self._buckets.setdefault(bucket, {})[session.key] = session
+
+    def _make_room(self, bucket: Bucket) -> DownstreamSession | None:
+        own = self._buckets.get(bucket, {})
+        if len(own) >= self.per_principal:
+            return self._evict(own)
+        if len(self._by_key) < self.limit:
             return None
-        oldest = min(idle, key=lambda s: s.last_used_at_ms)
+        if bucket[1] is None:  # anonymous: never at anyone else's expense
+            if not own:
+                self.refused += 1
+                raise SessionRefused(f"too many MCP sessions ({self.limit})")
+            return self._evict(own)
+        largest = max(self._buckets.values(), key=len)
+        return self._evict(largest)
+
+    def _evict(self, members: dict[str, DownstreamSession]) -> DownstreamSession | None:
+        pool = [s for s in members.values() if s.idle()] or list(members.values())
+        if not pool:
+            return None
+        oldest = min(pool, key=lambda s: s.last_used_at_ms)
         self.remove(oldest)
+        self.evicted += 1
         return oldest
+
+
+def _number(value: Any) -> int | float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class Registry:
@@ -322,7 +427,7 @@ class Registry:
             done["cancelled"] = True
             done["cancel_reason"] = entry.cancel_reason
         if error:
-            done["error"] = error
+            done["error"] = error[:500]  # (an upstream's own error message, any length)
         self._history.append(done)
 
     @staticmethod
@@ -342,13 +447,16 @@ class Registry:
             "progress_token_key": f"{entry.session_short}:{entry.progress_token}",
             "request_id": entry.request_id,
             "request_key": entry.request_key,
-            "progress": params.get("progress"),
+            "progress": _number(params.get("progress")),
             "last_method": method,
             "updated_at": now_ms(),
         }
-        for name in ("total", "message"):
-            if params.get(name) is not None:
-                item[name] = params[name]
+        # kept for the admin view (1000 of them): what the upstream sent, bounded
+        total, message = _number(params.get("total")), params.get("message")
+        if total is not None:
+            item["total"] = total
+        if isinstance(message, str):
+            item["message"] = message[:PROGRESS_MESSAGE_CHARS]
         self._progress[key] = item
 
     def inflight(self) -> list[JsonObj]:

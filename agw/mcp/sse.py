@@ -25,7 +25,7 @@ from agw.config.services import McpService
 from agw.mcp.channel import ChannelUpstream
 from agw.mcp.jsonrpc import JsonObj
 from agw.mcp.sseparse import SseError, SseEvent, SseParser
-from agw.mcp.upstream import Listener, UpstreamError, auth_headers
+from agw.mcp.upstream import MESSAGE_LIMIT, Listener, UpstreamError, auth_headers
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class SseUpstream(ChannelUpstream):
 
     async def _read(self, resp: aiohttp.ClientResponse, found: asyncio.Future[str]) -> None:
         current_trace.set(None)  # what arrives here (and its answers) is no request's
-        parser = SseParser()
+        parser = SseParser(MESSAGE_LIMIT)
         reason = "the server ended the stream"
         try:
             async for chunk in resp.content.iter_any():

@@ -15,7 +15,8 @@ line (so an event with only ``id:`` or ``retry:`` updates :attr:`SseParser.last_
 was dispatched (the stream's, as browsers keep it); ``retry`` is the value this event block set, if
 any. Unlike a browser, :meth:`SseParser.close` also dispatches an event cut short by the end of
 the stream (a server that closes right after its last ``data:`` line loses nothing). An event (or a
-line) larger than ``max_event_bytes`` raises :class:`SseError`.
+line) larger than ``max_event_bytes`` raises :class:`SseError`; a long line arriving in many
+chunks is kept as pieces until its end arrives, so each chunk costs only its own length.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
+# what each further ``data`` line of an event counts beyond its characters (its list slot and
+# string object), so an event of millions of empty lines is held to the limit too
+LINE_COST = 64
 _EOL = re.compile(r"\r\n|\r|\n")
 
 
@@ -47,6 +51,8 @@ class SseParser:
         self.retry_ms: int | None = None
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._buf = ""  # text not yet split into lines
+        self._pending: list[str] = []  # more of the unfinished line, not yet joined to _buf
+        self._pending_len = 0
         self._first = True  # a BOM is dropped at the very start only
         self._event = ""
         self._data: list[str] = []
@@ -62,8 +68,14 @@ class SseParser:
             self._first = False
             if text.startswith("\ufeff"):
                 text = text[1:]
-        buf = self._buf + text if self._buf else text
         out: list[SseEvent] = []
+        if self._buf and _EOL.search(text) is None and not self._buf.endswith("\r"):
+            # the middle of a long line: kept as pieces, never re-scanned or re-joined per chunk
+            self._pending.append(text)
+            self._pending_len += len(text)
+            self._check_pending()
+            return out
+        buf = self._take_partial() + text
         pos = 0
         end = len(buf)
         for match in _EOL.finditer(buf):
@@ -72,15 +84,29 @@ class SseParser:
             self._line(buf[pos : match.start()], out)
             pos = match.end()
         self._buf = buf[pos:]
-        if len(self._buf) + self._size > self.max_event_bytes:
-            raise SseError(f"SSE event larger than {self.max_event_bytes} bytes")
+        self._check_pending()
         return out
+
+    def _take_partial(self) -> str:
+        """The unfinished line so far, joined once (when its end has arrived)."""
+        if self._pending:
+            self._buf += "".join(self._pending)
+            self._pending = []
+            self._pending_len = 0
+        buf, self._buf = self._buf, ""
+        return buf
+
+    def _check_pending(self) -> None:
+        if len(self._buf) + self._pending_len + self._size > self.max_event_bytes:
+            raise SseError(self._too_large())
+
+    def _too_large(self) -> str:
+        return f"an SSE event over the {_size(self.max_event_bytes)} limit"
 
     def close(self) -> list[SseEvent]:
         """The end of the stream: flush what is pending (see module docstring)."""
         out: list[SseEvent] = []
-        rest = self._buf + self._decoder.decode(b"", final=True)
-        self._buf = ""
+        rest = self._take_partial() + self._decoder.decode(b"", final=True)
         for line in _EOL.split(rest):
             if line:
                 self._line(line, out)
@@ -98,9 +124,9 @@ class SseParser:
             value = value[1:]
         if name == "data":
             self._data.append(value)
-            self._size += len(value) + 1
+            self._size += len(value) + (1 if len(self._data) == 1 else LINE_COST)
             if self._size > self.max_event_bytes:
-                raise SseError(f"SSE event larger than {self.max_event_bytes} bytes")
+                raise SseError(self._too_large())
         elif name == "event":
             self._event = value
         elif name == "id":
@@ -123,3 +149,11 @@ class SseParser:
         self._data = []
         self._size = 0
         self._retry = None
+
+
+def _size(n: int) -> str:
+    """``n`` bytes as a limit reads: 16 MiB, 64 KiB, 100 bytes."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} bytes"

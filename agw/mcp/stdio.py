@@ -40,7 +40,7 @@ from agw.procgroup import (
 
 log = logging.getLogger(__name__)
 
-LINE_LIMIT = 16 * 1024 * 1024
+LINE_LIMIT = 16 * 1024 * 1024  # one message; asyncio holds at most twice this per process
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 HEALTHY_AFTER_S = 60.0
@@ -58,6 +58,7 @@ class StdioUpstream(ChannelUpstream):
         self._backoff = 0.0
         self._retry_at = 0.0
         self._exit_reason = ""
+        self._killed_for = ""  # why the gateway killed the running process, if it did
         self.restarts = 0  # processes started after the first
         self.exit_code: int | None = None
 
@@ -108,6 +109,7 @@ class StdioUpstream(ChannelUpstream):
             self._stderr += f"\n--- restarted ({self.restarts}) ---\n".encode()
             del self._stderr[: max(0, len(self._stderr) - STDERR_TAIL_BYTES)]
         self.exit_code = None
+        self._killed_for = ""
         self._connected = True
         self._readers = [
             asyncio.create_task(self._read_stdout(proc)),
@@ -159,6 +161,7 @@ class StdioUpstream(ChannelUpstream):
                 line = await proc.stdout.readline()
             except ValueError:  # a line over LINE_LIMIT: the protocol is broken
                 log.warning("mcp_stdio_line_too_long", extra={"service_id": self.service.id})
+                self._killed_for = f"sent a line over the {LINE_LIMIT >> 20} MiB limit"
                 killpg(proc.pid, signal.SIGKILL)
                 continue
             if not line:
@@ -220,6 +223,8 @@ class StdioUpstream(ChannelUpstream):
         reason = f"mcp service {self.service.id} exited (code {code})" + (
             f": {last}" if last else ""
         )
+        if self._killed_for:
+            reason = f"mcp service {self.service.id} {self._killed_for} and was stopped"
         log.warning(
             "mcp_stdio_exited", extra={"service_id": self.service.id, "pid": proc.pid, "code": code}
         )

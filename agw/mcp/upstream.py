@@ -30,12 +30,19 @@ CLIENT_INFO = {"name": "agw", "version": VERSION}
 # declared the capability itself and answers the others with an error.
 CLIENT_CAPABILITIES: JsonObj = {"roots": {"listChanged": True}, "sampling": {}, "elicitation": {}}
 DEFAULT_CALL_TIMEOUT_S = 300.0
+# The largest message the gateway reads from an HTTP upstream: a JSON answer's body, or one
+# SSE event (docs/mcp.md, "Services: the upstreams"). A stdio line has its own limit
+# (agw.mcp.stdio.LINE_LIMIT).
+MESSAGE_LIMIT = 32 * 1024 * 1024
 
 # An upstream message addressed to the client side while a call runs: a notification
 # (progress, logging, ...) or a server->client request (sampling, elicitation, roots). The
 # callee answers a request later with :meth:`Upstream.reply`, using the message's own id.
 OnMessage = Callable[[JsonObj], Awaitable[None]]
 Listener = Callable[["Upstream", JsonObj], Awaitable[None]]
+
+
+_MANY = "\x00many"
 
 
 class UpstreamError(Exception):
@@ -61,10 +68,30 @@ class Upstream(ABC):
         self.last_error: str | None = None
         self.created_at_ms = 0
         self.last_used_at_ms = 0
+        # whom this upstream has served: one tenant (a virtual key, or a keyless session; see
+        # DownstreamSession.tenant), or _MANY once a second one (or the admin API) used it,
+        # for good (a restarted process included). What it sends that names no request can
+        # only be given to a tenant it has served alone.
+        self._tenant: str | None = None
 
     @property
     def transport(self) -> str:
         return self.service.transport
+
+    def admit(self, tenant: str) -> None:
+        """``tenant`` (a virtual key or a keyless session) uses this upstream."""
+        if self._tenant is None:
+            self._tenant = tenant
+        elif self._tenant != tenant:
+            self._tenant = _MANY
+
+    @property
+    def sole_tenant(self) -> str | None:
+        """The one tenant served so far, or None (nobody yet, or several)."""
+        return None if self._tenant in (None, _MANY) else self._tenant
+
+    def serves_only(self, tenant: str) -> bool:
+        return self._tenant == tenant
 
     @abstractmethod
     async def ensure_ready(self) -> JsonObj:

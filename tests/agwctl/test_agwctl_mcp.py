@@ -19,7 +19,19 @@ from tests.mcp.conftest import SCRIPT
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE = [str(SCRIPT), "--transport", "stdio"]
-FAKE_TOOLS = ["echo", "add", "slow", "fail", "whoami", "log", "ask", "change_tools", "crash"]
+FAKE_TOOLS = [
+    "echo",
+    "add",
+    "slow",
+    "fail",
+    "whoami",
+    "log",
+    "ask",
+    "change_tools",
+    "crash",
+    "chatter",
+    "misbehave",
+]
 
 
 def bundle_yaml(python: str) -> str:

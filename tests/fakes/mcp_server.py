@@ -28,6 +28,13 @@ Tools:
   stream), then ``"added extra_<n>"``
 - ``crash`` -> writes ``fake mcp server <name> crashing on purpose`` to stderr and exits with
   code 3 at once (any transport)
+- ``chatter {count, message, background, interval}`` -> ``count`` ``notifications/message``
+  (level info, data = message), ``interval`` seconds apart; during the call, or with
+  ``background: true`` from a task that goes on after the call returned ``"chattering"``
+- ``misbehave {kind, mib}`` -> a broken answer of ``mib`` MiB: ``kind`` ``json`` (HTTP: a JSON
+  body that never ends within ``mib``), ``event`` (HTTP: an SSE stream of one ``data:`` line
+  without a line end), ``line`` (stdio: ``mib`` MiB on stdout without a newline; then the call
+  hangs)
 
 Resources ``res://<name>/readme`` and ``res://<name>/changelog``, template
 ``res://<name>/items/{item}``, prompt ``greet {name}``.
@@ -74,6 +81,7 @@ Send = Callable[[Message], Awaitable[None]]
 Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
+WIRE_FD = 1  # stdio: a duplicate of the protocol's stdout (see main)
 
 
 class EventLog:
@@ -182,6 +190,51 @@ def build_server(name: str, page_size: int, events: EventLog) -> MCPServer:
         print(f"fake mcp server {name} crashing on purpose", file=sys.stderr, flush=True)
         os._exit(3)
 
+    chatters: set[asyncio.Task[None]] = set()
+
+    @server.tool()
+    async def chatter(
+        ctx: Context,
+        count: int = 10,
+        message: str = "chatter",
+        background: bool = False,
+        interval: float = 0.0,
+    ) -> str:
+        """Send ``count`` logging notifications, now or after returning."""
+        called(ctx, "chatter", count=count, message=message, background=background)
+        session = ctx.request_context.session
+
+        related = None if background else ctx.request_id  # HTTP: on the call's own stream
+
+        async def emit() -> None:
+            for _ in range(count):
+                await session.send_log_message(
+                    level="info", data=message, logger="chatter", related_request_id=related
+                )
+                if interval:
+                    await asyncio.sleep(interval)
+
+        if not background:
+            await emit()
+            return "chattered"
+        task = asyncio.get_running_loop().create_task(emit())
+        chatters.add(task)
+        task.add_done_callback(chatters.discard)
+        return "chattering"
+
+    @server.tool()
+    async def misbehave(ctx: Context, kind: str = "line", mib: int = 40) -> str:
+        """stdio ``line``: write ``mib`` MiB without a newline (HTTP kinds: see wrap_http)."""
+        called(ctx, "misbehave", kind=kind, mib=mib)
+        left = mib << 20
+        while left > 0:
+            try:
+                left -= os.write(WIRE_FD, b"x" * min(left, 1 << 16))
+            except BlockingIOError:  # stdout is non-blocking under the stdio transport
+                await anyio.sleep(0.001)
+        await anyio.sleep(3600)
+        return "unreachable"
+
     @server.resource(f"res://{name}/readme", mime_type="text/plain")
     def readme() -> str:
         return f"readme of {name}"
@@ -277,6 +330,13 @@ def wrap_http(app: Asgi, log: EventLog, require_key: str | None, modern_only: bo
             err = {"code": -32601, "message": "initialize is not supported (2026-07-28 only)"}
             await _respond(send, 400, {"jsonrpc": "2.0", "id": body.get("id"), "error": err})
             return
+        if (
+            isinstance(body, dict)
+            and body.get("method") == "tools/call"
+            and (body.get("params") or {}).get("name") == "misbehave"
+        ):
+            await _misbehave(send, body)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -289,6 +349,27 @@ def wrap_http(app: Asgi, log: EventLog, require_key: str | None, modern_only: bo
         await app(scope, replay, send)
 
     return wrapped
+
+
+async def _misbehave(send: Send, body: dict[str, Any]) -> None:
+    """``misbehave`` over HTTP: ``json``, a JSON answer ``mib`` MiB long that never closes its
+    string; ``event``, an SSE stream of one ``data:`` line ``mib`` MiB long, no line end."""
+    args = (body.get("params") or {}).get("arguments") or {}
+    kind, mib = args.get("kind", "json"), int(args.get("mib", 40))
+    sse = kind == "event"
+    ctype = b"text/event-stream" if sse else b"application/json"
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", ctype)]}
+    )
+    head = b"data: " if sse else b'{"jsonrpc": "2.0", "id": %d, "result": "' % body.get("id", 0)
+    await send({"type": "http.response.body", "body": head, "more_body": True})
+    block = b"x" * (1 << 20)
+    try:
+        for _ in range(mib):
+            await send({"type": "http.response.body", "body": block, "more_body": True})
+    except OSError:
+        return  # the client hung up (as it should)
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _respond(send: Send, status: int, obj: Any) -> None:
@@ -337,6 +418,8 @@ def main(argv: list[str] | None = None) -> None:
     log = EventLog(args.log)
     server = build_server(args.name, args.page_size, log)
     if args.transport == "stdio":
+        global WIRE_FD
+        WIRE_FD = os.dup(1)  # the transport moves stdout aside; misbehave writes the wire itself
         server.run("stdio")
         return
     if args.transport == "sse":

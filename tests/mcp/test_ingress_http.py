@@ -116,11 +116,18 @@ def test_accept_origin_body_and_method_rules(http: httpx.Client) -> None:
     # one of the two is enough
     assert post(http, "/mcp", rpc("ping"), session=sid, accept="application/json").is_success
     assert post(http, "/mcp", rpc("ping"), session=sid, accept="text/event-stream").is_success
-    r = post(http, "/mcp", rpc("ping"), session=sid, headers={"origin": "https://evil.example"})
-    assert r.status_code == 403 and error_of(r)["code"] == -32600
-    for origin in ("http://localhost:3000", "http://127.0.0.1", f"http://{http.base_url.host}"):
+    # Origin (agw.edge, checked by the dispatcher): only the request's own origin or a listed
+    # one; another loopback port is another site (a dev server's page). A rebinding page sends
+    # its own name as Host and Origin alike: the Host check refuses it (421)
+    own = f"http://{http.base_url.host}:{http.base_url.port}"
+    for origin in ("https://evil.example", "http://localhost:3000", "http://127.0.0.1", "null"):
         r = post(http, "/mcp", rpc("ping"), session=sid, headers={"origin": origin})
-        assert r.status_code == 200, origin
+        assert r.status_code == 403 and error_of(r)["code"] == -32600, origin
+    r = post(http, "/mcp", rpc("ping"), session=sid, headers={"origin": own})
+    assert r.status_code == 200
+    rebound = {"origin": "http://rebind.example:8080", "host": "rebind.example:8080"}
+    r = post(http, "/mcp", rpc("ping"), session=sid, headers=rebound)
+    assert r.status_code == 421 and error_of(r)["code"] == -32600
     big = b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"' + b"a" * (4 * 1024 * 1024)
     r = post(http, "/mcp", big + b'"}}', session=sid)
     assert r.status_code == 413 and error_of(r)["code"] == -32600

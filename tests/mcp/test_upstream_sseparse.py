@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
@@ -139,3 +140,32 @@ def test_oversized_event_and_line_raise() -> None:
     parser = SseParser(max_event_bytes=64)
     events = parser.feed(b"data: " + b"x" * 40 + b"\n\n" + b"data: " + b"y" * 40 + b"\n\n")
     assert [len(e.data) for e in events] == [40, 40]
+
+
+def test_a_long_line_in_many_chunks_costs_each_chunk_only_its_length() -> None:
+    """An upstream that streams one line without an end (the attack of issue 12): every chunk
+    used to re-join and re-scan everything held so far (quadratic)."""
+    parser = SseParser(max_event_bytes=32 * 1024 * 1024)
+    chunk = b"x" * 2048
+    started = time.perf_counter()
+    assert parser.feed(b"data: ") == []
+    for _ in range(2048):  # 4 MiB
+        assert parser.feed(chunk) == []
+    events = parser.feed(b"\r") + parser.feed(b"\n\n")
+    took = time.perf_counter() - started
+    assert [len(e.data) for e in events] == [4 * 1024 * 1024]
+    assert took < 0.5, f"{took:.2f} s"
+
+
+def test_a_line_without_end_is_refused_at_the_limit_naming_it() -> None:
+    parser = SseParser(max_event_bytes=1024 * 1024)
+    with pytest.raises(SseError, match="over the 1 MiB limit"):
+        for _ in range(1000):
+            parser.feed(b"y" * 4096)
+
+
+def test_an_event_of_many_empty_data_lines_is_held_to_the_limit() -> None:
+    parser = SseParser(max_event_bytes=1024 * 1024)
+    with pytest.raises(SseError):
+        for _ in range(100):
+            parser.feed(b"data:\n" * 10_000)  # a million lines: 6 MB sent, 8 MB of list slots
