@@ -15,12 +15,16 @@ and :meth:`AcpConnection.initialize` does the ``initialize`` handshake (protocol
   ``session/request_permission`` goes to :attr:`permission_handler` (``None`` means deny:
   ``cancelled``); whatever it answers is normalised fail-closed (only ``selected`` with one of
   the offered option ids survives, anything else becomes ``cancelled``). ``fs/read_text_file``
-  and ``fs/write_text_file`` are served when the service's ``fs_access`` allows them, for paths
-  inside ``allowed_roots`` after resolving symlinks. Everything else (``terminal/*``, elicitation,
-  extension methods, ``fs/*`` when disabled) gets ``-32601`` at once: never silence. An agent's
-  ``$/cancel_request`` for one of them cancels it and answers ``-32800``.
+  and ``fs/write_text_file`` are served when the service's ``fs_access`` allows them, for
+  regular files inside ``allowed_roots`` after resolving symlinks, on the executor given to
+  :meth:`AcpConnection.spawn`, within :data:`FS_TIMEOUT_S` (a FIFO, device or socket is
+  refused without ever blocking: :func:`_open_regular`). Everything else (``terminal/*``,
+  elicitation, extension methods, ``fs/*`` when disabled) gets ``-32601`` at once: never
+  silence. An agent's ``$/cancel_request`` for one of them cancels it and answers ``-32800``.
 
-Frames up to 16 MiB are read; a longer one is a protocol violation and ends the process. The
+Frames up to 16 MiB are read (through a 1 MiB reader buffer, so a handler that waits, a turn
+applying backpressure, leaves at most 2 MiB unread here and the rest in the agent's pipe); a
+longer one is a protocol violation and ends the process. The
 last 8 KiB of stderr are kept (:attr:`stderr_tail`). When the process exits, every request in
 flight fails with :class:`AgentExited` (``acp process exited: <code>: <stderr tail>``) and what
 is left of its process group is killed. :meth:`close` closes stdin, waits 2 s, SIGTERMs the
@@ -36,13 +40,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
 import logging
 import os
 import signal
+import stat
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 from agw import jsonfast
 from agw.procgroup import (
@@ -63,7 +70,12 @@ UpdateHandler = Callable[[JsonObj], Awaitable[None]]
 PROTOCOL_VERSION = 1
 CLIENT_INFO = {"name": "agw", "title": "agw gateway", "version": VERSION}
 LINE_LIMIT = 16 * 1024 * 1024
+READ_BUFFER = 1024 * 1024  # the stdout reader's buffer (it stops reading the pipe at twice this)
 FS_READ_LIMIT = 8 * 1024 * 1024  # an answer must fit in a frame
+FS_TIMEOUT_S = 30.0  # an fs/* request's file work; past it the agent gets an error
+INBOUND_LIMIT = 64  # an agent's requests being served at once; beyond, -32603 at once...
+REFUSAL_BUFFER = 1024 * 1024  # ...unless this much already waits in its stdin (not reading)
+_T = TypeVar("_T")
 
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
@@ -143,6 +155,43 @@ def within_roots(path: str, roots: Sequence[str]) -> str | None:
     return None
 
 
+def _open_regular(path: str, flags: int) -> int:
+    """A descriptor of ``path`` when it is a regular file, opened without ever blocking: a FIFO,
+    a device or a socket is refused (OSError EINVAL) before it is opened, and checked again on
+    the descriptor (``O_NONBLOCK``: a FIFO swapped in meanwhile does not wait for a writer;
+    ``O_NOFOLLOW``: ``path`` is already resolved, a symlink swapped in is refused). The
+    descriptor stays non-blocking: a "regular" file that would block (``/proc/kmsg``) fails
+    with EAGAIN instead."""
+    try:
+        before = os.stat(path)
+    except FileNotFoundError:
+        if not flags & os.O_CREAT:
+            raise
+    else:
+        if not stat.S_ISREG(before.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC, 0o666)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, min(1 << 20, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 class AcpConnection:
     """One agent process and the ACP client session over its stdio (module docstring)."""
 
@@ -153,6 +202,7 @@ class AcpConnection:
         label: str = "acp",
         fs_access: str = "none",
         allowed_roots: Sequence[str] = (),
+        executor: Executor | None = None,
     ) -> None:
         if fs_access not in FS_MODES:
             raise ValueError(f"fs_access must be one of {FS_MODES}")
@@ -161,6 +211,7 @@ class AcpConnection:
         self.pid: int | None = proc.pid  # also the process group id
         self.fs_access = fs_access
         self.allowed_roots = tuple(allowed_roots)
+        self._executor = executor  # the fs/* file work (None: asyncio's default executor)
         self.permission_handler: PermissionHandler | None = None
         self.init_result: JsonObj = {}
         self.agent_capabilities: JsonObj = {}
@@ -170,6 +221,7 @@ class AcpConnection:
         self._pending: dict[int, tuple[str, asyncio.Future[Any]]] = {}
         self._inbound: dict[str, asyncio.Task[None]] = {}
         self._cancelled_inbound: set[asyncio.Task[None]] = set()
+        self.refused_requests = 0  # the agent's requests refused over INBOUND_LIMIT
         self._senders: set[asyncio.Task[None]] = set()
         self._subscribers: list[UpdateHandler] = []
         self._stderr = bytearray()
@@ -194,8 +246,10 @@ class AcpConnection:
         label: str = "acp",
         fs_access: str = "none",
         allowed_roots: Sequence[str] = (),
+        executor: Executor | None = None,
     ) -> AcpConnection:
-        """Start ``argv`` in ``cwd`` with exactly ``env``, in a new process group."""
+        """Start ``argv`` in ``cwd`` with exactly ``env``, in a new process group; the agent's
+        ``fs/*`` file work runs on ``executor`` (give one of the caller's own, bounded)."""
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -205,12 +259,18 @@ class AcpConnection:
                 cwd=cwd,
                 env=dict(env),
                 start_new_session=True,
-                limit=LINE_LIMIT,
+                limit=READ_BUFFER,
             )
         except OSError as exc:
             raise AcpError(f"acp command {argv[0]!r} could not start: {exc}") from None
         log.info("acp_agent_started", extra={"label": label, "pid": proc.pid, "cwd": cwd})
-        return cls(proc, label=label, fs_access=fs_access, allowed_roots=allowed_roots)
+        return cls(
+            proc,
+            label=label,
+            fs_access=fs_access,
+            allowed_roots=allowed_roots,
+            executor=executor,
+        )
 
     def client_capabilities(self) -> JsonObj:
         return {
@@ -336,12 +396,37 @@ class AcpConnection:
 
     # ----------------------------------------------------------------------------- inbound
 
+    async def _read_frame(self, stdout: asyncio.StreamReader) -> bytes:
+        """One newline-terminated frame (b"" at the end of the stream). The reader's own buffer
+        is :data:`READ_BUFFER`, so a read loop that waits (a turn applying backpressure) holds
+        at most twice that unread; a frame up to :data:`LINE_LIMIT` is assembled here.
+        ValueError beyond it."""
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                chunk = await stdout.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:  # the end, maybe with a partial frame
+                chunk = exc.partial
+                done = True
+            except asyncio.LimitOverrunError as exc:  # no newline within the buffer yet
+                chunk = await stdout.readexactly(exc.consumed)
+                done = False
+            else:
+                done = True
+            size += len(chunk)
+            if size > LINE_LIMIT:
+                raise ValueError("frame too long")
+            parts.append(chunk)
+            if done:
+                return b"".join(parts)
+
     async def _read_stdout(self) -> None:
         stdout = self._proc.stdout
         assert stdout is not None
         while True:
             try:
-                line = await stdout.readline()
+                line = await self._read_frame(stdout)
             except ValueError:  # over LINE_LIMIT: the protocol is broken, end the agent
                 self._frame_error = f"acp agent sent a frame over {LINE_LIMIT // (1 << 20)} MiB"
                 log.warning("acp_frame_too_long", extra={"label": self.label, "pid": self.pid})
@@ -420,6 +505,16 @@ class AcpConnection:
             work = self._fs_read
         elif method == "fs/write_text_file" and self.fs_access == "read_write":
             work = self._fs_write
+        if len(self._inbound) >= INBOUND_LIMIT:  # an agent flooding requests: refused at once
+            self.refused_requests += 1
+            if self.refused_requests % 1000 == 1:
+                log.warning(
+                    "acp_agent_requests_over_limit",
+                    extra={"label": self.label, "refused": self.refused_requests},
+                )
+            message = f"too many requests in flight (at most {INBOUND_LIMIT})"
+            self._refuse(rid, message)
+            return
         key = json.dumps(rid)
         task = asyncio.create_task(self._answer(rid, method, params, work))
         self._inbound[key] = task
@@ -441,6 +536,19 @@ class AcpConnection:
                 sender = asyncio.create_task(self._send_quietly(reply))
                 self._senders.add(sender)
                 sender.add_done_callback(self._senders.discard)
+
+    def _refuse(self, rid: Any, message: str) -> None:
+        """Answer an agent's request with an error now, without a task: a whole frame written to
+        the pipe's buffer (frames never interleave). Dropped (the agent then waits on its own
+        request) when that buffer already holds :data:`REFUSAL_BUFFER`: the agent is not even
+        reading its answers."""
+        stdin = self._proc.stdin
+        if stdin is None or not self.alive or stdin.is_closing():
+            return
+        if stdin.transport.get_write_buffer_size() > REFUSAL_BUFFER:
+            return
+        reply = {"jsonrpc": "2.0", "id": rid, "error": {"code": INTERNAL_ERROR, "message": message}}
+        stdin.write(json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
 
     async def _send_quietly(self, msg: JsonObj) -> None:
         with contextlib.suppress(AcpError):
@@ -489,20 +597,34 @@ class AcpConnection:
             raise _RpcFailure(INVALID_PARAMS, f"path {path} is outside the allowed roots")
         return real
 
+    async def _io(self, work: Callable[[], _T]) -> _T:
+        """File work off the loop, on the connection's executor, within :data:`FS_TIMEOUT_S`."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._executor, work), FS_TIMEOUT_S)
+        except TimeoutError:
+            raise _RpcFailure(
+                INTERNAL_ERROR, f"file operation timed out after {FS_TIMEOUT_S:g} s"
+            ) from None
+
     async def _fs_read(self, params: JsonObj) -> JsonObj:
-        path = await asyncio.to_thread(self._fs_path, params)
         line, limit = params.get("line"), params.get("limit")
 
         def read() -> str:
+            path = self._fs_path(params)
             try:
-                if os.path.getsize(path) > FS_READ_LIMIT:
-                    raise _RpcFailure(INVALID_PARAMS, "file is larger than 8 MiB")
-                with open(path, encoding="utf-8", errors="replace") as fh:
-                    text = fh.read()
+                fd = _open_regular(path, os.O_RDONLY)
+                try:
+                    data = _read_at_most(fd, FS_READ_LIMIT + 1)
+                finally:
+                    os.close(fd)
             except FileNotFoundError:
                 raise _RpcFailure(RESOURCE_NOT_FOUND, f"file not found: {path}") from None
             except OSError as exc:
                 raise _RpcFailure(INVALID_PARAMS, f"cannot read {path}: {exc.strerror}") from None
+            if len(data) > FS_READ_LIMIT:
+                raise _RpcFailure(INVALID_PARAMS, "file is larger than 8 MiB")
+            text = data.decode("utf-8", errors="replace")
             if isinstance(line, int) or isinstance(limit, int):
                 lines = text.splitlines(keepends=True)
                 start = max(line - 1, 0) if isinstance(line, int) else 0
@@ -510,22 +632,28 @@ class AcpConnection:
                 text = "".join(lines[start:end])
             return text
 
-        return {"content": await asyncio.to_thread(read)}
+        return {"content": await self._io(read)}
 
     async def _fs_write(self, params: JsonObj) -> None:
         content = params.get("content")
         if not isinstance(content, str):
             raise _RpcFailure(INVALID_PARAMS, "content must be a string")
-        path = await asyncio.to_thread(self._fs_path, params)
 
         def write() -> None:
+            path = self._fs_path(params)
             try:
-                with open(path, "w", encoding="utf-8") as fh:
-                    fh.write(content)
+                fd = _open_regular(path, os.O_WRONLY | os.O_CREAT)
+                try:
+                    os.ftruncate(fd, 0)
+                    data = memoryview(content.encode("utf-8"))
+                    while data:
+                        data = data[os.write(fd, data) :]
+                finally:
+                    os.close(fd)
             except OSError as exc:
                 raise _RpcFailure(INVALID_PARAMS, f"cannot write {path}: {exc.strerror}") from None
 
-        await asyncio.to_thread(write)
+        await self._io(write)
 
     # ----------------------------------------------------------------------------- process
 

@@ -25,6 +25,7 @@ user_message_chunk, unknown    (dropped)
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 from collections.abc import Callable
@@ -114,38 +115,94 @@ def map_update(update: JsonObj) -> Event | None:
     return Event(name, {"data": update})
 
 
+QUEUE_EVENTS = 1024  # a turn's queued events: beyond this the agent waits (backpressure)...
+QUEUE_BYTES = 4 * 1024 * 1024  # ...or beyond this many bytes of rendered frames
+
+
 class UpdateQueue:
     """A turn's subscription: the updates of one session in arrival order, plus the events the
-    turn itself interleaves (permission requests), for one consumer."""
+    turn itself interleaves (permission requests), for one consumer.
 
-    def __init__(self, session_id: str) -> None:
+    Bounded: while :data:`QUEUE_EVENTS` events or :data:`QUEUE_BYTES` bytes of their frames wait
+    for a slow client, :meth:`on_update` waits too, and with it the connection's read loop, so
+    the agent's updates stay in its pipe (the agent blocks on its own writes). :meth:`close`
+    (the turn ended, or its client left) drops what waits and lets the read loop go on."""
+
+    def __init__(
+        self, session_id: str, *, max_events: int = QUEUE_EVENTS, max_bytes: int = QUEUE_BYTES
+    ) -> None:
         self.session_id = session_id
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._items: collections.deque[tuple[Event, bytes]] = collections.deque()
+        self._bytes = 0
+        self._ready = asyncio.Event()  # something to get
+        self._room = asyncio.Event()  # below both bounds
+        self._room.set()
+        self.closed = False
+        self.waited = 0  # how many times the agent was held back (for tests and logs)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(events, bytes) waiting."""
+        return len(self._items), self._bytes
 
     async def on_update(self, params: JsonObj) -> None:
-        """The connection's :data:`UpdateHandler`."""
+        """The connection's :data:`UpdateHandler`: waits while the queue is full."""
         update = update_of(params, self.session_id)
         if update is None:
             return
         event = map_update(update)
-        if event is not None:
-            self._queue.put_nowait(event)
+        if event is None:
+            return
+        if not self._room.is_set() and not self.closed:
+            self.waited += 1
+            await self._room.wait()
+        self._push(event)
 
     def put(self, event: Event) -> None:
-        self._queue.put_nowait(event)
+        """An event of the turn's own (never waits; a permission request is one per agent
+        request, which the agent is waiting on)."""
+        self._push(event)
 
-    def get_nowait(self) -> Event | None:
-        try:
-            return self._queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
+    def _push(self, event: Event) -> None:
+        if self.closed:
+            return
+        frame = event.frame()
+        self._items.append((event, frame))
+        self._bytes += len(frame)
+        self._ready.set()
+        if len(self._items) >= self.max_events or self._bytes >= self.max_bytes:
+            self._room.clear()
 
-    async def get(self) -> Event:
-        return await self._queue.get()
+    def _pop(self) -> tuple[Event, bytes]:
+        event, frame = self._items.popleft()
+        self._bytes -= len(frame)
+        if not self._items:
+            self._ready.clear()
+        if len(self._items) < self.max_events and self._bytes < self.max_bytes:
+            self._room.set()
+        return event, frame
+
+    def close(self) -> None:
+        """Drop what waits and everything that comes; a waiting :meth:`on_update` returns."""
+        self.closed = True
+        self._items.clear()
+        self._bytes = 0
+        self._ready.clear()
+        self._room.set()
+
+    def get_nowait(self) -> tuple[Event, bytes] | None:
+        return self._pop() if self._items else None
+
+    async def get(self) -> tuple[Event, bytes]:
+        while not self._items:
+            await self._ready.wait()
+        return self._pop()
 
     async def drain(
         self,
-        emit: Callable[[Event], Any],
+        emit: Callable[[Event, bytes], Any],
         *,
         quiet_s: float = DRAIN_QUIET_S,
         cap_s: float = DRAIN_CAP_S,
@@ -158,10 +215,10 @@ class UpdateQueue:
             if left <= 0:
                 return
             try:
-                event = await asyncio.wait_for(self._queue.get(), min(quiet_s, left))
+                event, frame = await asyncio.wait_for(self.get(), min(quiet_s, left))
             except TimeoutError:
                 return
-            await emit(event)
+            await emit(event, frame)
 
 
 @dataclass(slots=True)

@@ -9,8 +9,8 @@ come on SSE streams (``data: <message>``, a ``: keepalive`` comment every 15 s),
 connection id (the connection stream: answers to connection-level requests, ``session/new``
 included) or with both ids (the session stream: ``session/update`` notifications, the agent's
 ``session/request_permission`` requests, answers to session-scoped requests). ``DELETE`` ends
-the connection. Messages wait in a stream's buffer until its GET is open; one GET per stream at
-a time (a second: 409).
+the connection. Messages wait in a stream's buffer until its GET is open (and while it reads
+slowly: :class:`Outbox`, bounded); one GET per stream at a time (a second: 409).
 
 What the gateway does with each message:
 
@@ -19,7 +19,8 @@ What the gateway does with each message:
   ``sessionCapabilities``, ``mcpCapabilities`` http/sse false (the client's ``mcpServers`` are
   not passed on: with ``gateway_origin`` the gateway gives its own), ``authMethods`` empty (the
   virtual key is the authentication). The connection belongs to the route and the virtual key
-  that opened it: any other gets 404 for its id.
+  that opened it: any other gets 404 for its id; its sessions are scoped to, and owned by, that
+  route and principal (:meth:`HttpConnection.turn`), as a ``/turn``'s are.
 - ``session/new {cwd}``: a pooled instance of its own (thread ``acp-http-<connection>-<n>``),
   as a turn would start one (``cwd`` inside ``allowed_roots``, ``max_instances`` counted);
   answer ``{sessionId, configOptions}``.
@@ -28,7 +29,8 @@ What the gateway does with each message:
   session is relayed while the session lives (tail chunks after the result included).
   Permission requests follow the service's ``permission_mode``; ``interactive`` relays them to
   the client as ``session/request_permission`` with the pending id ``perm-<hex>`` as JSON-RPC id
-  (the admin API sees and can answer them too; 60 s timeout, as for SSE turns).
+  (the admin API sees and can answer them too; 60 s timeout, as for SSE turns); the answer is
+  taken only from a connection of the same route and principal.
 - ``session/cancel``, ``session/set_mode``, ``session/set_config_option``: to the agent;
   ``session/close``: the instance is closed. ``authenticate``: ``{}``. Anything else
   (``session/load``, ``session/list``, ``session/resume``, ...): ``-32601``.
@@ -65,8 +67,9 @@ from agw.acp.plane import (
     Op,
     error_type_of,
     json_reply,
+    require_json,
 )
-from agw.acp.runtime import Instance, TurnRequest, signature
+from agw.acp.runtime import Instance, TurnRequest, owner_key, principal_of, signature
 from agw.asgi import Request
 from agw.config.services import AcpService
 from agw.jsonfast import loads
@@ -81,7 +84,8 @@ KEEPALIVE_S = 15.0
 METHOD_NOT_RELAYED = "method_not_found"  # usage error_type of a method the gateway does not relay
 IDLE_CLOSE_S = 1800.0
 SWEEP_EVERY_S = 60.0
-BUFFER_LIMIT = 4096  # messages waiting for a stream's GET; beyond, the oldest are dropped
+BUFFER_LIMIT = 4096  # messages waiting for a stream's GET; beyond, the oldest are dropped...
+BUFFER_BYTES = 16 * 1024 * 1024  # ...and beyond this many bytes of them
 REQUEST_TIMEOUT_S = 30.0  # set_mode / set_config_option to the agent
 SESSION_SCOPED = frozenset(
     {
@@ -105,24 +109,37 @@ INTERNAL_ERROR = -32603
 
 
 class Outbox:
-    """The messages of one SSE stream, buffered until (and while) its GET reads them."""
+    """The messages of one SSE stream, buffered (rendered as SSE frames) until, and while, its
+    GET reads them: at most :data:`BUFFER_LIMIT` messages and :data:`BUFFER_BYTES` bytes, the
+    oldest dropped beyond (logged)."""
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[JsonObj | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._bytes = 0
         self.reading = False
         self.closed = False
+        self.dropped = 0
 
     def push(self, msg: JsonObj) -> None:
         if self.closed:
             return
-        if self._queue.qsize() >= BUFFER_LIMIT:
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self._queue.get_nowait()
-            log.warning("acp_http_buffer_full")
-        self._queue.put_nowait(msg)
+        data = json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
+        frame = f"data: {data}\n\n".encode()
+        self._queue.put_nowait(frame)
+        self._bytes += len(frame)
+        while self._queue.qsize() > 1 and (
+            self._queue.qsize() > BUFFER_LIMIT or self._bytes > BUFFER_BYTES
+        ):
+            old = self._queue.get_nowait()
+            self._bytes -= len(old or b"")
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("acp_http_buffer_full", extra={"dropped": self.dropped})
 
-    async def get(self) -> JsonObj | None:
-        return await self._queue.get()
+    async def get(self) -> bytes | None:
+        frame = await self._queue.get()
+        self._bytes -= len(frame or b"")
+        return frame
 
     def close(self) -> None:
         if not self.closed:
@@ -158,6 +175,24 @@ class HttpConnection:
     @property
     def thread_prefix(self) -> str:
         return f"acp-http-{self.id[:12]}"
+
+    @property
+    def principal(self) -> str:
+        return principal_of(self.virtual_key_id)
+
+    @property
+    def owner(self) -> str:
+        return owner_key(self.route_id, self.principal)
+
+    def turn(self, thread_id: str, cwd: str) -> TurnRequest:
+        """The runtime request of this connection's session (scoped to its route and key)."""
+        return TurnRequest(
+            thread_id=thread_id,
+            input="",
+            cwd=cwd,
+            route_id=self.route_id,
+            principal=self.principal,
+        )
 
 
 def _rpc_error(msg_id: Any, code: int, message: str) -> JsonObj:
@@ -242,9 +277,7 @@ class HttpTransport:
         return conn
 
     async def _post(self, req: Request, op: Op, service: AcpService) -> None:
-        ctype = req.headers.get("content-type", "")
-        if not ctype.lower().startswith("application/json"):
-            raise HttpError(415, "Content-Type must be application/json")
+        require_json(req)
         body = await req.read_body(BODY_LIMIT)
         try:
             msg = loads(body)
@@ -392,7 +425,7 @@ class HttpTransport:
         cwd = params.get("cwd")
         conn.count += 1
         thread = f"{conn.thread_prefix}-{conn.count}"
-        turn = TurnRequest(thread_id=thread, input="", cwd=cwd if isinstance(cwd, str) else "")
+        turn = conn.turn(thread, cwd if isinstance(cwd, str) else "")
         lease = await self.runtime.acquire(service, turn)
         async with lease:
             instance = lease.instance
@@ -437,7 +470,7 @@ class HttpTransport:
         op.status = 200
         session.counts, session.last_usage = {}, None
         try:
-            turn = TurnRequest(thread_id=session.thread_id, input="", cwd=session.cwd)
+            turn = conn.turn(session.thread_id, session.cwd)
             lease = await self.runtime.acquire(service, turn)
             async with lease:
                 instance = lease.instance
@@ -482,7 +515,9 @@ class HttpTransport:
                 return auto_approve(params)
             if service.permission_mode != "interactive":
                 return cancelled()
-            entry = registry.open(service.id, session.session_id, params, owner=session)
+            entry = registry.open(
+                service.id, session.session_id, params, owner=session, principal=conn.owner
+            )
             session.outbox.push(
                 {
                     "jsonrpc": "2.0",
@@ -506,22 +541,20 @@ class HttpTransport:
         outcome = result.get("outcome") if isinstance(result, dict) else None
         chosen = outcome.get("outcome") if isinstance(outcome, dict) else None
         option = outcome.get("optionId") if isinstance(outcome, dict) else None
-        entry = self.plane.permissions.get(request_id)
-        if entry is None or entry.service_id != conn.service_id:
+        registry = self.plane.permissions
+        entry = registry.get(request_id)
+        if entry is None or entry.service_id != conn.service_id or entry.principal != conn.owner:
             op.fail("permission_not_found")
             return
         op.session_id = entry.session_id
+        scope = {"service_id": conn.service_id, "principal": conn.owner}
         try:
             if chosen == "selected" and isinstance(option, str) and option:
-                ok = self.plane.permissions.resolve(
-                    request_id, "selected", option, service_id=conn.service_id
-                )
+                ok = registry.resolve(request_id, "selected", option, **scope)
             else:
-                ok = self.plane.permissions.resolve(
-                    request_id, "cancelled", service_id=conn.service_id
-                )
+                ok = registry.resolve(request_id, "cancelled", **scope)
         except Exception:  # an option it was not offered: fail closed
-            ok = self.plane.permissions.resolve(request_id, "cancelled", service_id=conn.service_id)
+            ok = registry.resolve(request_id, "cancelled", **scope)
         if not ok:
             op.fail("permission_not_found")
         else:
@@ -567,7 +600,7 @@ class HttpTransport:
         op.result_status = "success"
 
     async def _pump(self, req: Request, outbox: Outbox, watcher: asyncio.Task[None]) -> None:
-        getter: asyncio.Task[JsonObj | None] | None = None
+        getter: asyncio.Task[bytes | None] | None = None
         try:
             while not watcher.done():
                 if getter is None:
@@ -576,12 +609,11 @@ class HttpTransport:
                     {getter, watcher}, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
                 )
                 if getter in done:
-                    msg = getter.result()
+                    frame = getter.result()
                     getter = None
-                    if msg is None:
+                    if frame is None:
                         return
-                    data = json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
-                    await req.body(f"data: {data}\n\n".encode(), True)
+                    await req.body(frame, True)
                 elif not done:
                     await req.body(b": keepalive\n\n", True)
         finally:

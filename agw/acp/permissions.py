@@ -11,7 +11,8 @@ Modes (``permission_mode`` of the service):
   (case-insensitive; the id from ``optionId``, or the legacy ``id``); none: cancelled.
 - ``interactive``: while a turn streams on the instance, the request becomes a pending entry
   ``perm-<32 hex>`` shown to that turn's client as a ``permission`` event; the decision comes
-  back through ``POST <route>/permission`` (only for the route's own service) or the admin API.
+  back through ``POST <route>/permission`` (only for the route's own service, and only from the
+  route and principal, virtual key or anonymous, of the turn that asked) or the admin API.
   Entries are one-shot. No decision within the timeout (60 s; ``AGW_ACP_PERMISSION_TIMEOUT_S``),
   no client to ask, or the turn ending first: cancelled, and the entry is gone (a late answer
   finds nothing). Transient connections (session list, transcript) have no client: deny.
@@ -114,6 +115,7 @@ class PendingPermission:
     data: JsonObj  # the raw request_permission params
     future: asyncio.Future[JsonObj] = field(repr=False)
     owner: object = None  # the turn that asked (its pending entries end with it)
+    principal: str = ""  # who may answer on a route: the route and principal of that turn
 
     def view(self) -> JsonObj:
         return {
@@ -136,9 +138,16 @@ class PermissionRegistry:
         return len(self._pending)
 
     def open(
-        self, service_id: str, session_id: str, data: JsonObj, owner: object = None
+        self,
+        service_id: str,
+        session_id: str,
+        data: JsonObj,
+        owner: object = None,
+        *,
+        principal: str = "",
     ) -> PendingPermission:
-        """A new pending entry; await :meth:`wait` for its decision."""
+        """A new pending entry; await :meth:`wait` for its decision. ``principal``: who may
+        answer it through a route (see :meth:`resolve`)."""
         request_id = "perm-" + secrets.token_hex(16)
         entry = PendingPermission(
             request_id,
@@ -148,6 +157,7 @@ class PermissionRegistry:
             data,
             asyncio.get_running_loop().create_future(),
             owner,
+            principal,
         )
         self._pending[request_id] = entry
         return entry
@@ -182,11 +192,14 @@ class PermissionRegistry:
         option_id: str | None = None,
         *,
         service_id: str | None = None,
+        principal: str | None = None,
     ) -> bool:
         """Answer a pending request once. False when it is unknown, expired, already answered,
-        or (``service_id`` given) another service's. Raises :class:`InvalidRequest` for an
-        outcome other than ``selected``/``cancelled``, ``selected`` without ``option_id``, or an
-        option the request did not offer (the entry then stays pending)."""
+        (``service_id`` given) another service's, or (``principal`` given: a route's caller)
+        asked by another principal's turn; the admin API gives neither. Raises
+        :class:`InvalidRequest` for an outcome other than ``selected``/``cancelled``,
+        ``selected`` without ``option_id``, or an option the request did not offer (the entry
+        then stays pending)."""
         if outcome not in ("selected", "cancelled"):
             raise InvalidRequest('outcome must be "selected" or "cancelled"')
         if outcome == "selected" and not option_id:
@@ -195,6 +208,8 @@ class PermissionRegistry:
         if entry is None or entry.future.done():
             return False
         if service_id is not None and entry.service_id != service_id:
+            return False
+        if principal is not None and entry.principal != principal:
             return False
         if outcome == "selected":
             assert option_id is not None

@@ -8,8 +8,9 @@
 | ``/sessions/{id}/transcript`` | GET | a session's messages (``?cwd=``), from a transient process |
 
 Anything else under the prefix: 404; a known path with another method: 405 ``{"error":"method
-not allowed"}``; bodies over 4 MiB: 413; the dispatcher's rejections: ``{"error": msg}`` with
-their status. Every JSON error is ``{"error": "<message>"}``.
+not allowed"}``; a POST without ``Content-Type: application/json``: 415; bodies over 4 MiB:
+413; the dispatcher's rejections: ``{"error": msg}`` with their status. Every JSON error is
+``{"error": "<message>"}``.
 
 A turn: pre-stream checks (400 ``decode request: ...``, ``thread_id is required``, ``input is
 required``), then always 200 SSE: ``session`` -> the instance's cached metadata (``config_options``,
@@ -18,6 +19,12 @@ required``), then always 200 SSE: ``session`` -> the instance's cached metadata 
 drained (250 ms quiet, 2 s cap) -> ``done {stop_reason}``. Any failure: ``error {message}`` ends
 the stream. A client that goes away: ``session/cancel`` to the agent, whose prompt must then end
 within :data:`CANCEL_GRACE_S` (else the process is killed), and the row records 499 / cancelled.
+The turn's events wait in a bounded :class:`UpdateQueue` (backpressure on the agent when the
+client does not keep up); a client that takes nothing for :data:`SEND_STALL_S` is gone.
+
+Sessions, threads and permission requests belong to the route and principal of the request
+that opened them (:func:`owner_of`): another caller's ``session_id`` or permission request id
+gets the answer of an unknown one (docs/acp.md#who-a-session-belongs-to).
 """
 
 from __future__ import annotations
@@ -39,7 +46,14 @@ from agw.acp.permissions import (
     cancelled,
     timeout_from_env,
 )
-from agw.acp.runtime import METADATA_KINDS, AcpRuntime, Instance, TurnRequest
+from agw.acp.runtime import (
+    METADATA_KINDS,
+    AcpRuntime,
+    Instance,
+    TurnRequest,
+    owner_key,
+    principal_of,
+)
 from agw.acp.sessions import list_sessions, load_transcript
 from agw.asgi import ClientGone, Headers, Rejection, Request
 from agw.config.services import AcpService
@@ -54,6 +68,9 @@ JsonObj = dict[str, Any]
 
 BODY_LIMIT = 4 * 1024 * 1024
 CANCEL_GRACE_S = 5.0  # after session/cancel, the prompt must end within this, else kill
+SEND_STALL_S = 60.0  # a client that takes no bytes of a turn's stream for this long is gone
+NOT_JSON = "Content-Type must be application/json"
+MAX_ID = 1024  # characters of a client's thread_id, session_id or permission request_id
 NOT_FOUND_PERMISSION = "permission request not found (already answered or expired)"
 
 # error_type values of the acp_usage_events rows written here (besides the dispatcher's)
@@ -61,6 +78,7 @@ INVALID = "protocol_validation_failed"  # 400 / 404 / 405 / 413 of the HTTP surf
 CLIENT_ERROR = "invalid_request"  # service disabled, cwd outside allowed_roots, no session id
 SERVICE_NOT_FOUND = "service_not_found"
 PERMISSION_NOT_FOUND = "permission_not_found"
+SESSION_NOT_FOUND = "session_not_found"  # a session id the caller did not open (or unknown)
 UPSTREAM = "upstream_failed"  # the agent or its process failed (spawn, handshake, RPC error)
 AGENT_EXITED = "agent_exited"  # the process died during the turn
 SCOPE_BUSY = "scope_busy"
@@ -86,6 +104,8 @@ def error_type_of(exc: AcpError) -> str:
         return SCOPE_BUSY
     if exc.message.startswith("acp instance capacity exceeded"):
         return CAPACITY
+    if exc.status == 404 and exc.message.startswith("acp session "):
+        return SESSION_NOT_FOUND
     return CLIENT_ERROR if exc.status < 500 else UPSTREAM
 
 
@@ -144,6 +164,25 @@ def transcript_session_id(req: Request) -> str | None:
     return None if "/" in middle else middle
 
 
+def require_json(req: Request) -> None:
+    """415 unless the request says ``Content-Type: application/json``: a browser cannot send
+    that cross-site without a CORS preflight (a ``text/plain`` form post can)."""
+    media = req.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise HttpError(415, NOT_JSON)
+
+
+def owner_of(req: Request) -> str:
+    """The owner of what a request opens: its route and principal (:func:`principal_of`)."""
+    return owner_key(req.route.id, principal_of(req.virtual_key_id))
+
+
+def _check_id(key: str, value: str) -> None:
+    """An id a client sends: bounded, and without NUL (the scope's separator)."""
+    if len(value) > MAX_ID or "\x00" in value:
+        raise HttpError(400, f"decode request: {key} must be at most {MAX_ID} characters, no NUL")
+
+
 def _string(obj: JsonObj, key: str) -> str:
     value = obj.get(key)
     if value is None:
@@ -165,10 +204,12 @@ def parse_turn(body: bytes, op: Op | None = None) -> TurnRequest:
     if op is not None:
         for key in ("thread_id", "session_id"):
             if isinstance(obj.get(key), str) and obj[key]:
-                setattr(op, key, obj[key])
+                setattr(op, key, obj[key][:MAX_ID])
         if isinstance(obj.get("fresh_session"), bool):
             op.fresh_session = obj["fresh_session"]
     fields = {k: _string(obj, k) for k in ("thread_id", "input", "session_id", "cwd", "model")}
+    for key in ("thread_id", "session_id"):
+        _check_id(key, fields[key])
     fresh = obj.get("fresh_session", False)
     if fresh is None:
         fresh = False
@@ -226,26 +267,35 @@ class _Turn:
         self.last_usage: JsonObj | None = None
         self.queue: UpdateQueue | None = None
         self.instance: Instance | None = None
+        self.stalled = False  # the client stopped reading (SEND_STALL_S)
 
-    async def emit(self, event: Event) -> None:
+    async def emit(self, event: Event, frame: bytes | None = None) -> None:
         if self.gone:
             return
         try:
-            await self.req.body(event.frame(), more=True)
+            async with asyncio.timeout(SEND_STALL_S):
+                await self.req.body(event.frame() if frame is None else frame, more=True)
+        except TimeoutError:  # the client stopped reading: it is treated as gone
+            log.warning("acp_client_stalled", extra={"service_id": self.service.id})
+            self.stalled = True
+            self._lost()
+            return
         except Exception:  # the client is gone; the watcher says so too
             self._lost()
             return
         self.counts[event.name] = self.counts.get(event.name, 0) + 1
 
-    async def forward(self, event: Event) -> None:
+    async def forward(self, event: Event, frame: bytes | None = None) -> None:
         """An event of the agent's (not a replay): the last usage update is kept for the row."""
         if event.name == "usage" and isinstance(event.payload.get("data"), dict):
             self.last_usage = event.payload["data"]
-        await self.emit(event)
+        await self.emit(event, frame)
 
     def _lost(self) -> None:
         if not self.gone:
             self.gone = True
+            if self.queue is not None:  # nobody reads: the agent must not wait on the queue
+                self.queue.close()
             self.plane.permissions.cancel_owned(self)
 
     async def fail(self, message: str, error_type: str) -> None:
@@ -260,7 +310,13 @@ class _Turn:
         if mode != "interactive" or self.gone or self.queue is None or self.instance is None:
             return cancelled()
         registry = self.plane.permissions
-        entry = registry.open(self.service.id, self.instance.session_id, params, owner=self)
+        entry = registry.open(
+            self.service.id,
+            self.instance.session_id,
+            params,
+            owner=self,
+            principal=owner_of(self.req),
+        )
         self.queue.put(
             Event(
                 "permission",
@@ -329,6 +385,7 @@ class _Turn:
                 await self._prompt(instance, conn, turn, watcher)
             finally:
                 conn.permission_handler = None
+                self.queue.close()
                 unsubscribe()
 
     async def _prompt(
@@ -356,7 +413,7 @@ class _Turn:
                 },
             )
         )
-        getter: asyncio.Task[Event] | None = None
+        getter: asyncio.Task[tuple[Event, bytes]] | None = None
         try:
             while True:
                 await self._flush()
@@ -367,7 +424,7 @@ class _Turn:
                     waiting.add(watcher)
                 done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
-                    await self.forward(getter.result())
+                    await self.forward(*getter.result())
                     getter = None
                 if prompt in done:
                     break
@@ -401,8 +458,8 @@ class _Turn:
 
     async def _flush(self) -> None:
         assert self.queue is not None
-        while (event := self.queue.get_nowait()) is not None:
-            await self.forward(event)
+        while not self.gone and (item := self.queue.get_nowait()) is not None:
+            await self.forward(*item)
 
     async def _cancel(
         self, instance: Instance, conn: AcpConnection, prompt: asyncio.Task[Any]
@@ -519,8 +576,11 @@ class AcpPlane:
 
     async def _turn(self, req: Request, op: Op) -> None:
         self._method(req, "POST")
+        require_json(req)
         body = await req.read_body(BODY_LIMIT)
         turn = parse_turn(body, op)
+        turn.route_id = req.route.id
+        turn.principal = principal_of(req.virtual_key_id)
         op.fresh_session = turn.fresh_session
         service_id: str = req.route.config.service_id
         op.service_id = service_id
@@ -537,13 +597,17 @@ class AcpPlane:
             op.agent_type = service.agent_type
             runner = _Turn(self, req, op, service)
             await runner.run(turn)
+            if runner.stalled:
+                return  # the stream is left unfinished: the server drops the connection
         with contextlib.suppress(Exception):
-            await req.body(b"", False)
+            async with asyncio.timeout(SEND_STALL_S):
+                await req.body(b"", False)
 
     # ----------------------------------------------------------------------- /permission
 
     async def _permission(self, req: Request, op: Op) -> None:
         self._method(req, "POST")
+        require_json(req)
         body = await req.read_body(BODY_LIMIT)
         try:
             obj = loads(body)
@@ -553,19 +617,25 @@ class AcpPlane:
             raise HttpError(400, "decode request: the body must be a JSON object")
         fields = {k: _string(obj, k) for k in ("request_id", "outcome", "option_id")}
         request_id = fields["request_id"].strip()
-        op.permission_request_id = request_id or None
+        op.permission_request_id = request_id[:MAX_ID] or None
+        _check_id("request_id", request_id)
         service_id: str = req.route.config.service_id
         op.service_id = service_id
         service = req.snapshot.acp_services.get(service_id)
         op.agent_type = service.agent_type if service is not None else None
         if not request_id:
             raise HttpError(400, "request_id is required")
+        owner = owner_of(req)
         entry = self.permissions.get(request_id)
-        if entry is not None and entry.service_id == service_id:
+        if entry is not None and entry.service_id == service_id and entry.principal == owner:
             op.session_id = entry.session_id or None
         try:
             ok = self.permissions.resolve(
-                request_id, fields["outcome"], fields["option_id"] or None, service_id=service_id
+                request_id,
+                fields["outcome"],
+                fields["option_id"] or None,
+                service_id=service_id,
+                principal=owner,
             )
         except InvalidRequest as exc:
             raise HttpError(400, exc.message) from None
@@ -594,6 +664,8 @@ class AcpPlane:
             out = await list_sessions(self.runtime, service, cwd, _query(req).get("cursor", ""))
         except AcpError as exc:
             raise HttpError(exc.status, exc.message, error_type_of(exc)) from None
+        owner = owner_of(req)  # only the sessions this caller opened on this route
+        out["sessions"] = [s for s in out["sessions"] if self.runtime.owns(owner, s["session_id"])]
         op.result_status = "success"
         op.status = 200
         await json_reply(req, 200, out)
@@ -604,12 +676,13 @@ class AcpPlane:
             op.operation = None
             raise HttpError(404, f"not found: {req.path}")
         self._method(req, "GET")
-        op.session_id = session_id or None
+        op.session_id = session_id[:MAX_ID] or None
         if not session_id.strip():
             self._service(req, op)
             raise HttpError(400, "session id is required", CLIENT_ERROR)
         service, cwd = self._transient_service(req, op)
         try:
+            self.runtime.check_owner(owner_of(req), session_id)
             out = await load_transcript(self.runtime, service, session_id, cwd)
         except AcpError as exc:
             raise HttpError(exc.status, exc.message, error_type_of(exc)) from None

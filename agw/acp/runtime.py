@@ -19,8 +19,16 @@ API (what the plane and the admin API use)::
 
 **Scope** (reference §8.2): ``service_id``, effective cwd (request cwd or the service's, inside
 ``allowed_roots``), ``thread_id``, ``session_id`` as the client sent it, effective model
-(request model or ``default_model``), NUL-joined. One turn at a time per scope: a second gets
-``acp turn is already active for scope``. An instance is resolved in this order:
+(request model or ``default_model``), the route id and the principal (:func:`principal_of`:
+the virtual key, or ``anonymous``), NUL-joined. One turn at a time per scope: a second gets
+``acp turn is already active for scope``.
+
+**Owners**: every session an instance opens (or loads) belongs to the route and principal of
+the request that started it (:func:`owner_key`; the last :data:`OWNER_LIMIT`, in memory). A
+request naming a ``session_id`` its owner key does not own gets :func:`session_not_found`
+(404), the same answer as for an unknown id (docs/acp.md#who-a-session-belongs-to).
+
+An instance is resolved in this order:
 
 1. a live instance of the scope, without ``fresh_session``: reused;
 2. a dead one, one started with another version of the service's config, or
@@ -32,9 +40,11 @@ API (what the plane and the admin API use)::
 3. none, and the request carries a ``session_id``: **rebind**: the thread's session-less scope
    (same service, cwd, thread, model) holding a live, idle instance bound to that session id is
    moved to the new scope instead of starting a process;
-4. else, with ``max_instances > 0`` and that many instances of the service pooled (or
-   starting): ``acp instance capacity exceeded: service "<id>" reached max_instances N``;
-   otherwise a new instance is started.
+4. else a new instance is started; with ``max_instances > 0`` and that many instances of the
+   service pooled (or starting), the least recently used one without a turn in flight is
+   closed first (evicted; its session is remembered as in 2), and only when every one is busy
+   is the turn refused: ``acp instance capacity exceeded: service "<id>" reached
+   max_instances N``.
 
 **Starting** (within the 30 s handshake timeout): PATH preflight, spawn in its own process
 group, ``initialize``, then ``session/load {sessionId, cwd, mcpServers}`` when the client gave a
@@ -48,11 +58,15 @@ option when it has one (``session/set_config_option``), then the service's
 ``available_commands_update``, ``session_info_update``, ``current_mode_update``,
 ``usage_update``), for the replay at the start of each turn and for the admin view.
 
-**Closing**: the janitor (every 30 s) drops dead instances and those idle longer than the
-service's ``idle_ttl`` (when > 0); active scopes are never reaped. A config swap that changes,
+**Closing**: the janitor (every 30 s, sooner for an ``idle_ttl`` under a minute) drops dead
+instances and those idle longer than the service's ``idle_ttl`` (when > 0), remembering their
+sessions as in 2; active scopes are never reaped. A config swap that changes,
 disables or deletes a service closes its instances. ``close_thread`` / ``close_service`` close
 on demand (an active instance too: its turn then fails). Every close kills the agent's whole
 process group.
+
+**Files**: the agents' ``fs/*`` requests run on this runtime's own executor of
+:data:`FS_WORKERS` threads (see :mod:`agw.acp.connection`), never asyncio's default one.
 
 **Single origin**: with ``gateway_origin`` on the service, each instance gets a session token
 (``acps-<hex>``). ``session/new`` / ``session/load`` carry ``mcpServers = [{type: "http", name:
@@ -74,7 +88,9 @@ import logging
 import os
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
@@ -104,10 +120,34 @@ UPDATE_KINDS = {
 }
 BUSY = "acp turn is already active for scope"
 LOST_LIMIT = 1024  # sessions of dead instances remembered for their scope's next turn
+OWNER_LIMIT = 65536  # sessions whose owner is remembered; a forgotten one is refused to all
+ANONYMOUS = "anonymous"  # the principal of a request without a virtual key (an open route)
+FS_WORKERS = 4  # threads of the runtime's own executor for the agents' fs/* requests
+JANITOR_MIN_S = 0.25  # the janitor's shortest period (a short idle_ttl shortens it)
 
 
-def scope_key(service_id: str, cwd: str, thread_id: str, session_id: str, model: str) -> str:
-    return SCOPE_SEP.join((service_id, cwd, thread_id, session_id, model))
+def principal_of(virtual_key_id: str | None) -> str:
+    """Who a request is: ``key:<virtual key id>``, or :data:`ANONYMOUS` on an open route (every
+    caller without a key is the same principal there)."""
+    return f"key:{virtual_key_id}" if virtual_key_id else ANONYMOUS
+
+
+def scope_key(
+    service_id: str,
+    cwd: str,
+    thread_id: str,
+    session_id: str,
+    model: str,
+    route_id: str = "",
+    principal: str = "",
+) -> str:
+    return SCOPE_SEP.join((service_id, cwd, thread_id, session_id, model, route_id, principal))
+
+
+def session_not_found(session_id: str) -> AcpError:
+    """The one answer for a session id the caller may not use: unknown and another caller's
+    look the same (the existence of someone else's session is not revealed)."""
+    return AcpError(f'acp session "{session_id}" not found', status=404)
 
 
 def signature(service: AcpService) -> str:
@@ -132,6 +172,17 @@ class TurnRequest:
     model: str = ""
     fresh_session: bool = False
     config_overrides: dict[str, str] = field(default_factory=dict)
+    route_id: str = ""  # the route the request came by (part of the scope)
+    principal: str = ANONYMOUS  # principal_of(the request's virtual key) (part of the scope)
+
+    @property
+    def owner(self) -> str:
+        return owner_key(self.route_id, self.principal)
+
+
+def owner_key(route_id: str, principal: str) -> str:
+    """Who owns a session: the route and the principal that opened it."""
+    return route_id + SCOPE_SEP + principal
 
 
 @dataclass(eq=False)
@@ -153,6 +204,8 @@ class Instance:
     signature: str = ""
     idle_ttl_ns: int = 0
     created_at: float = field(default_factory=time.time)
+    route_id: str = ""
+    principal: str = ANONYMOUS
 
     @property
     def alive(self) -> bool:
@@ -187,6 +240,8 @@ class Instance:
             "scope": self.scope,
             "service_id": self.service_id,
             "thread_id": self.thread_id,
+            "route_id": self.route_id,
+            "principal": self.principal,
             "cwd": self.cwd,
             "model": self.model,
             "session_id": self.session_id,
@@ -248,11 +303,18 @@ class AcpRuntime:
         self._pool: dict[str, Instance] = {}
         self._inflight: dict[str, float] = {}  # scope -> since (unix seconds)
         self._spawning: dict[str, int] = {}  # service id -> instances being started
+        self._evicting: dict[str, int] = {}  # service id -> evicted instances still closing
         self._unpooled: set[AcpConnection] = set()  # transient or still starting
         self._tokens: dict[str, str] = {}  # token -> session id
         self._lost: dict[str, str] = {}  # scope -> session of its dead instance, to load again
+        # session id -> owner_key(route, principal) of the request that opened it
+        self._owners: OrderedDict[str, str] = OrderedDict()
+        # the agents' fs/* reads and writes: never asyncio's default executor (bcrypt, PATH
+        # lookups and the rest of the gateway share that one)
+        self._io = ThreadPoolExecutor(max_workers=FS_WORKERS, thread_name_prefix="agw-acp-fs")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._janitor: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # a new pooled instance: the janitor looks at its ttl
         self._closed = False
         if manager is not None:
             manager.on_swap(self._on_swap)
@@ -261,6 +323,31 @@ class AcpRuntime:
     def sessions_by_token(self) -> Mapping[str, str]:
         """token -> ACP session id, for the sessions of this runtime's live instances."""
         return MappingProxyType(self._tokens)
+
+    # ------------------------------------------------------------------------------ owners
+
+    def owns(self, owner: str, session_id: str) -> bool:
+        """Whether ``owner`` (:func:`owner_key`) opened ``session_id`` through this gateway."""
+        return bool(session_id) and self._owners.get(session_id) == owner
+
+    def check_owner(self, owner: str, session_id: str) -> None:
+        """:func:`session_not_found` unless ``owner`` opened ``session_id``."""
+        if not self.owns(owner, session_id):
+            raise session_not_found(session_id)
+
+    def _own(self, owner: str, session_id: str) -> None:
+        if not session_id:
+            return
+        held = self._owners.get(session_id)
+        if held is not None and held != owner:
+            # an agent answered session/new with a session id someone else holds: keep the
+            # first owner (the caller gets the session, not the other's history)
+            log.warning("acp_session_owner_conflict", extra={"session_id": session_id})
+            return
+        self._owners[session_id] = owner
+        self._owners.move_to_end(session_id)
+        while len(self._owners) > OWNER_LIMIT:
+            self._owners.popitem(last=False)
 
     # ------------------------------------------------------------------------------ scopes
 
@@ -288,9 +375,13 @@ class AcpRuntime:
             raise AcpError(f'acp service "{service.id}" is disabled', status=400)
         if not turn.thread_id:
             raise AcpError("thread_id is required", status=400)
+        if turn.session_id:
+            self.check_owner(turn.owner, turn.session_id)
         cwd = self.resolve_cwd(service, turn.cwd)
         model = turn.model or service.default_model
-        scope = scope_key(service.id, cwd, turn.thread_id, turn.session_id, model)
+        scope = scope_key(
+            service.id, cwd, turn.thread_id, turn.session_id, model, turn.route_id, turn.principal
+        )
         if scope in self._inflight:
             raise AcpError(BUSY, status=409)
         self._inflight[scope] = time.time()
@@ -322,7 +413,9 @@ class AcpRuntime:
         if lost and not resume and not turn.fresh_session:
             resume, fallback = lost, True
         elif existing is None and resume:
-            base = scope_key(service.id, cwd, turn.thread_id, "", model)
+            base = scope_key(
+                service.id, cwd, turn.thread_id, "", model, turn.route_id, turn.principal
+            )
             held = self._pool.get(base)
             if (
                 held is not None
@@ -338,17 +431,29 @@ class AcpRuntime:
                 log.info("acp_instance_rebound", extra={"service_id": service.id})
                 return held
         count = sum(1 for i in self._pool.values() if i.service_id == service.id)
-        count += self._spawning.get(service.id, 0)
+        count += self._spawning.get(service.id, 0) + self._evicting.get(service.id, 0)
+        victim: Instance | None = None
         if service.max_instances > 0 and count >= service.max_instances:
-            raise AcpError(
-                f'acp instance capacity exceeded: service "{service.id}" reached max_instances '
-                f"{service.max_instances}"
-            )
+            victim = self._least_recently_used(service.id)
+            if victim is None:
+                raise AcpError(
+                    f'acp instance capacity exceeded: service "{service.id}" reached '
+                    f"max_instances {service.max_instances}"
+                )
+            # taken out of the pool now (its slot is this turn's); its session is remembered,
+            # so its scope's next turn loads it again (session/load) on a new agent
+            del self._pool[victim.scope]
+            self._remember(victim)
+            self._evicting[service.id] = self._evicting.get(service.id, 0) + 1
+            try:  # closed before the new one starts: never more processes than the cap
+                await self._close_instance(victim, "evicted")
+            finally:
+                self._evicting[service.id] -= 1
+                if not self._evicting[service.id]:
+                    del self._evicting[service.id]
         self._spawning[service.id] = self._spawning.get(service.id, 0) + 1
         try:
-            instance = await self._start(
-                service, scope, cwd, model, turn.thread_id, resume, fallback
-            )
+            instance = await self._start(service, scope, cwd, model, turn, resume, fallback)
         finally:
             self._spawning[service.id] -= 1
             if not self._spawning[service.id]:
@@ -357,7 +462,20 @@ class AcpRuntime:
             await self._close_instance(instance, "shutdown")
             raise AcpError("the gateway is shutting down")
         self._pool[scope] = instance
+        self._wake.set()
         return instance
+
+    def _least_recently_used(self, service_id: str) -> Instance | None:
+        """The service's instance to close for a new one at the cap: a dead one, else the idle
+        one (no turn in flight) used least recently; None when every one is busy."""
+        idle = [
+            i
+            for i in self._pool.values()
+            if i.service_id == service_id and not i.active and i.scope not in self._inflight
+        ]
+        if not idle:
+            return None
+        return min(idle, key=lambda i: (i.alive, i.last_used))
 
     async def _release(self, instance: Instance) -> None:
         instance.active = False
@@ -397,6 +515,7 @@ class AcpRuntime:
             label=service.id,
             fs_access=service.fs_access,
             allowed_roots=service.allowed_roots,
+            executor=self._io,
         )
         if token and origin is not None:
             # the agent's credential: stands for the virtual key while this agent lives
@@ -409,7 +528,7 @@ class AcpRuntime:
         scope: str,
         cwd: str,
         model: str,
-        thread_id: str,
+        turn: TurnRequest,
         resume: str,
         fallback: bool,
     ) -> Instance:
@@ -420,7 +539,7 @@ class AcpRuntime:
         instance = Instance(
             scope=scope,
             service_id=service.id,
-            thread_id=thread_id,
+            thread_id=turn.thread_id,
             session_id="",
             cwd=cwd,
             model=model,
@@ -428,6 +547,8 @@ class AcpRuntime:
             token=token,
             signature=signature(service),
             idle_ttl_ns=service.idle_ttl,
+            route_id=turn.route_id,
+            principal=turn.principal,
         )
         conn.subscribe(instance.on_update)
         try:
@@ -449,6 +570,7 @@ class AcpRuntime:
             raise
         finally:
             self._unpooled.discard(conn)
+        self._own(turn.owner, instance.session_id)
         self._bind(instance)
         log.info(
             "acp_instance_started",
@@ -608,7 +730,7 @@ class AcpRuntime:
         doomed = [i for i in self._pool.values() if match(i)]
         for instance in doomed:
             del self._pool[instance.scope]
-            if reason == "reaped" and not instance.alive:
+            if reason == "reaped":  # dead or idle: its scope's next turn loads the session
                 self._remember(instance)
         await asyncio.gather(*(self._close_instance(i, reason) for i in doomed))
         return len(doomed)
@@ -654,13 +776,28 @@ class AcpRuntime:
         if self._janitor is None and not self._closed:
             self._janitor = asyncio.get_running_loop().create_task(self._sweep())
 
+    def _period(self) -> float:
+        """The janitor's next sleep: ``janitor_every``, shorter when a pooled instance has an
+        ``idle_ttl`` below twice that (it is reaped within half its ttl of expiring)."""
+        ttls = [i.idle_ttl_ns / 1e9 for i in self._pool.values() if i.idle_ttl_ns > 0]
+        return max(JANITOR_MIN_S, min([self.janitor_every, *(t / 2 for t in ttls)]))
+
     async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(self.janitor_every)
+        due = time.monotonic() + self._period()
+        while not self._closed:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, due - time.monotonic())):
+                    await self._wake.wait()
+            now = time.monotonic()
+            if now < due:  # a new instance: its idle_ttl may call for an earlier sweep
+                due = min(due, now + self._period())
+                continue
             try:
                 await self.reap()
             except Exception:
                 log.exception("acp_janitor_failed")
+            due = time.monotonic() + self._period()
 
     async def reap(self, now: float | None = None) -> int:
         """One janitor sweep: drop dead instances and those idle past their ``idle_ttl``;
@@ -704,11 +841,12 @@ class AcpRuntime:
         await asyncio.gather(*(c.close() for c in unpooled), return_exceptions=True)
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        self._io.shutdown(wait=False, cancel_futures=True)
 
 
 def _scope_view(scope: str) -> JsonObj:
     parts = scope.split(SCOPE_SEP)
-    names = ("service_id", "cwd", "thread_id", "session_id", "model")
+    names = ("service_id", "cwd", "thread_id", "session_id", "model", "route_id", "principal")
     return {"scope": scope, **dict(zip(names, parts, strict=False))}
 
 

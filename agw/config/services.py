@@ -225,6 +225,10 @@ class GatewayOrigin(Strict):
         return self
 
 
+DEFAULT_ACP_IDLE_TTL_NS = 15 * 60 * 10**9  # 15m: docs/acp.md#pooling
+DEFAULT_ACP_MAX_INSTANCES = 8
+
+
 class AcpService(Stamped):
     id: str
     name: str
@@ -239,8 +243,15 @@ class AcpService(Stamped):
     idle_ttl: Annotated[
         int,
         WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]}),
-    ] = Field(default=0, description="nanoseconds, or a Go duration string like 10m or 1h30m")
-    max_instances: NonNegInt = 0
+    ] = Field(
+        default=DEFAULT_ACP_IDLE_TTL_NS,
+        description="nanoseconds, or a Go duration string like 10m or 1h30m; 0 never reaps",
+    )
+    max_instances: NonNegInt = Field(
+        default=DEFAULT_ACP_MAX_INSTANCES,
+        description="agents of the service at once (0: no cap); at the cap the least recently "
+        "used idle one is closed",
+    )
     permission_mode: Literal["deny", "auto_approve", "interactive"] = "deny"
     disabled: bool = False
     description: str = ""

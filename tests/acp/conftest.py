@@ -17,10 +17,11 @@ with a state directory yourself)::
 
 The fake's prompt commands (``echo`` by default, ``think``, ``plan``, ``tool``, ``mcp``, ``env``,
 ``config``, ``llm``, ``crash``, ``slow N [S]``, ``usage``, ``meta``, ``tail``, ``fsread``,
-``fswrite``, ``term``, ``big N``, ``stderr``) and flags (``--no-load``, ``--no-list``,
-``--no-http-mcp``, ``--page-size N``, ``--hang-initialize``, ``--exit-on-start CODE``,
-``--spawn-child``) are listed in its module docstring. Sessions persist in the handle's state
-directory, so a second process of the fake can ``session/load`` / ``session/list`` them.
+``fswrite``, ``term``, ``big N``, ``flood N [SIZE]``, ``asks N``, ``stderr``) and flags
+(``--no-load``, ``--no-list``, ``--no-http-mcp``, ``--page-size N``, ``--hang-initialize``,
+``--exit-on-start CODE``, ``--spawn-child``) are listed in its module docstring. Sessions
+persist in the handle's state directory, so a second process of the fake can ``session/load`` /
+``session/list`` them.
 
 No-orphan checks: ``fake_agent.pids()`` names every fake process started so far;
 :func:`group_members` lists the live processes of a process group (every agent the gateway

@@ -36,10 +36,16 @@ def gw(module_agwd_factory: AgwdLauncher, tmp_path_factory: pytest.TempPathFacto
     return start_acp_gateway(module_agwd_factory, tmp, agent, services, routes, env)
 
 
-def answer(gw: AcpGateway, prefix: str, body: dict[str, Any] | bytes) -> httpx.Response:
+def answer(
+    gw: AcpGateway, prefix: str, body: dict[str, Any] | bytes, **headers: str
+) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     with gw.client() as client:
-        return client.post(gw.url(prefix + "/permission"), content=content)
+        return client.post(
+            gw.url(prefix + "/permission"),
+            content=content,
+            headers={"content-type": "application/json", **headers},
+        )
 
 
 def until(events: Any, name: str) -> tuple[list[SseEvent], SseEvent]:

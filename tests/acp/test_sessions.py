@@ -110,10 +110,11 @@ def test_transcript_replays_the_session(env: Env) -> None:
 def test_transcript_ids_are_one_unescaped_segment(env: Env) -> None:
     gw = env.gw
     with gw.client() as client:
-        # an escaped slash is part of the id (the agent does not know it: 502)
+        # an escaped slash is part of the id (not a session of this caller: 404)
         r = client.get(gw.url("/s/lst/sessions/" + quote("a/b", safe="") + "/transcript"))
-        assert r.status_code == 502 and "a/b" in r.json()["error"]
-        assert gw.row("operation = 'transcript' AND session_id = 'a/b'")["status_code"] == 502
+        assert r.status_code == 404 and r.json() == {"error": 'acp session "a/b" not found'}
+        row = gw.row("operation = 'transcript' AND session_id = 'a/b'")
+        assert row["status_code"] == 404 and row["error_type"] == "session_not_found"
         r = client.get(gw.url("/s/lst/sessions/a/b/transcript"))
         assert r.status_code == 404
         r = client.get(gw.url("/s/lst/sessions//transcript"))
@@ -124,11 +125,12 @@ def test_transcript_ids_are_one_unescaped_segment(env: Env) -> None:
 
 def test_errors_of_the_shared_contract(env: Env) -> None:
     gw = env.gw
+    mine = gw.turn("/s/nolist", {"thread_id": "t-nolist", "input": "hi"}).session_id
     with gw.client() as client:
         r = client.get(gw.url("/s/nolist/sessions"))
         assert r.status_code == 502
         assert r.json() == {"error": "acp agent does not advertise session/list"}
-        r = client.get(gw.url("/s/nolist/sessions/x/transcript"))
+        r = client.get(gw.url(f"/s/nolist/sessions/{mine}/transcript"))
         assert r.status_code == 502
         assert r.json() == {"error": "acp agent does not advertise session/load"}
         r = client.get(gw.url("/s/off/sessions"))
@@ -141,7 +143,7 @@ def test_errors_of_the_shared_contract(env: Env) -> None:
         assert r.status_code == 502
         assert r.json()["error"].startswith("acp process exited: 7")
         assert "fake agent: exit on start" in r.json()["error"]
-    rows = gw.rows("route_id LIKE '%nolist%'", count=2)
+    rows = gw.rows("route_id LIKE '%nolist%' AND operation != 'turn'", count=2)
     assert {r["error_type"] for r in rows} == {"upstream_failed"}
     assert gw.rows("route_id LIKE '%off%'")[0]["error_type"] == "invalid_request"
     assert gw.rows("route_id LIKE '%dead%'")[0]["error_type"] == "agent_exited"

@@ -38,7 +38,7 @@ class SseEvent:
 
 def read_events(response: httpx.Response) -> Iterator[SseEvent]:
     """The SSE events of a streaming response, as they arrive."""
-    name, data = "", []
+    name, data = "", list[str]()
     for line in response.iter_lines():
         if line == "":
             if name or data:
@@ -211,7 +211,7 @@ def gw(module_agwd_factory: AgwdLauncher, tmp_path_factory: pytest.TempPathFacto
         agent.service_config("off", disabled=True),
         agent.service_config("ask", permission_mode="interactive"),
     ]
-    routes = [
+    routes: list[dict[str, Any]] = [
         {"prefix": "/acp/echo", "service_id": "echo"},
         {"prefix": "/acp/cap", "service_id": "cap"},
         {"prefix": "/acp/crash", "service_id": "crash"},
@@ -381,15 +381,23 @@ def test_a_second_turn_on_a_busy_scope_is_refused(gw: AcpGateway) -> None:
 def test_capacity_of_the_service(gw: AcpGateway) -> None:
     ok = gw.turn("/acp/cap", {"thread_id": "t-cap-1", "input": "hi"})
     assert ok.names[-1] == "done"
-    full = gw.turn("/acp/cap", {"thread_id": "t-cap-2", "input": "hi"})
+    # while the only instance runs a turn, a new thread is refused...
+    slow = {"thread_id": "t-cap-1", "input": "slow 3 0.3"}
+    with gw.client() as client, gw.open_turn(client, "/acp/cap", slow) as r:
+        events = read_events(r)
+        assert next(events).name == "session"
+        full = gw.turn("/acp/cap", {"thread_id": "t-cap-2", "input": "hi"})
+        assert [e.name for e in events][-1] == "done"
     assert full.names == ["error"]
     assert full.events[0].data["message"] == (
         'acp instance capacity exceeded: service "cap" reached max_instances 1'
     )
     row = gw.row("thread_id = ?", ("t-cap-2",))
     assert row["error_type"] == "capacity_exceeded" and row["result_status"] == "error"
-    # the pooled instance still serves its own thread
-    assert gw.turn("/acp/cap", {"thread_id": "t-cap-1", "input": "hi"}).names[-1] == "done"
+    # ...and once it is idle, it is closed for the new thread (least recently used first)
+    assert gw.turn("/acp/cap", {"thread_id": "t-cap-2", "input": "hi"}).names[-1] == "done"
+    again = gw.turn("/acp/cap", {"thread_id": "t-cap-1", "input": "hi"})
+    assert again.names[-1] == "done" and again.session_id == ok.session_id  # loaded again
 
 
 def test_disabled_service_and_cwd_outside_roots_are_sse_errors(gw: AcpGateway) -> None:
@@ -523,7 +531,8 @@ def test_methods_paths_and_body_limit(gw: AcpGateway) -> None:
         r = client.get(gw.url("/acp/echo"))
         assert r.status_code == 404
         big = b'{"thread_id": "t-big", "input": "' + b"x" * (4 * 1024 * 1024) + b'"}'
-        r = client.post(gw.url("/acp/echo/turn"), content=big)
+        json_type = {"content-type": "application/json"}
+        r = client.post(gw.url("/acp/echo/turn"), content=big, headers=json_type)
         assert r.status_code == 413 and "error" in r.json()
     rows = gw.rows("status_code = 413")
     assert rows[0]["operation"] == "turn" and rows[0]["error_type"] == "protocol_validation_failed"

@@ -345,11 +345,15 @@ def test_runtime_view_shows_a_pooled_instance(gw: Gateway, work: Path) -> None:
     t = gw.run(url, "meta", thread)
     session_id = t.session_id()
     [instance] = gw.instances(sid)
-    assert instance["scope"].split("\x00") == [sid, str(work / "a"), thread, "", ""]
+    route_id = url.rsplit("/", 1)[1]
+    assert instance["scope"].split("\x00") == [
+        sid, str(work / "a"), thread, "", "", route_id, "anonymous"
+    ]  # fmt: skip
+    assert (instance["route_id"], instance["principal"]) == (route_id, "anonymous")
     assert instance["session_id"] == session_id
     assert instance["alive"] is True and instance["active"] is False
     assert instance["last_used"]
-    assert instance["idle_ttl"] == 0
+    assert instance["idle_ttl"] == 15 * 60 * 10**9  # the default: 15m
     assert isinstance(instance["pid"], int) and group_members(instance["pid"])
     metadata = instance["metadata"]
     assert metadata["available_commands"] and metadata["session_info"] and metadata["usage"]
@@ -487,7 +491,11 @@ def test_permission_round_trip_through_the_admin_api(gw: Gateway) -> None:
         path = f"/admin/acp/runtime/permissions/{request_id}"
         for body, message in BAD_BODIES:
             assert_error(gw.admin.post(path, json=body), 400, "invalid_request", contains=message)
-        assert_error(gw.admin.post(path, content=b"{nope"), 400, "invalid_request")
+        assert_error(
+            gw.admin.post(path, content=b"{nope", headers={"Content-Type": "application/json"}),
+            400,
+            "invalid_request",
+        )
         assert pending(gw, request_id) is not None  # still waiting
 
         answer = {"request_id": request_id, "outcome": "selected", "option_id": "ok"}

@@ -55,6 +55,11 @@ prompt              turn
 ``term``            ``terminal/create`` (``echo hi``) → ``terminal error: <code> <message>`` (or
                     ``terminal: <id>`` if a client ever served it)
 ``big N``           one chunk of N bytes (``x`` repeated)
+``flood N [SIZE]``  N chunks of SIZE bytes each (default 1024; ``f`` repeated) as fast as the
+                    pipe takes them (a client that does not read must not make the gateway
+                    buffer them), then ``echo: flood``
+``asks N``          N ``session/request_permission`` requests at once (tool calls ``a0``...), then
+                    one chunk ``{"answered": <answers>, "refused": <JSON-RPC errors>}``
 ``stderr T``        writes T on stderr, then ``echo: <input>``
 ==================  ================================================================================
 
@@ -178,7 +183,7 @@ class Session:
             SessionConfigOptionSelect(
                 id=cid,
                 name=cid.title(),
-                category=cid,  # type: ignore[arg-type]
+                category=cid,
                 type="select",
                 current_value=self.config[cid],
                 options=[SessionConfigSelectOption(value=v, name=v) for v in values],
@@ -235,7 +240,12 @@ class FakeAgent(Agent):
         return NewSessionResponse(session_id=session.id, config_options=session.config_options())
 
     async def load_session(
-        self, cwd: str, session_id: str, mcp_servers: Any = None, **kw: Any
+        self,
+        cwd: str,
+        session_id: str,
+        mcp_servers: Any = None,
+        additional_directories: Any = None,
+        **kw: Any,
     ) -> LoadSessionResponse:
         if self.args.no_load:
             raise RequestError.method_not_found("session/load")
@@ -329,7 +339,7 @@ class FakeAgent(Agent):
             stop, usage = await self.run_command(session, command, arg, text)
         finally:
             session.save()
-        return PromptResponse(stop_reason=stop, usage=usage)  # type: ignore[arg-type]
+        return PromptResponse(stop_reason=stop, usage=usage)
 
     async def run_command(
         self, session: Session, command: str, arg: str, text: str
@@ -446,6 +456,22 @@ class FakeAgent(Agent):
         elif command == "big":
             await self.conn.session_update(sid, update_agent_message(text_block("x" * int(arg))))
             return "end_turn", None
+        elif command == "flood":
+            parts = arg.split()
+            count = int(parts[0]) if parts else 1000
+            size = int(parts[1]) if len(parts) > 1 else 1024
+            update = update_agent_message(text_block("f" * size))
+            for _ in range(count):
+                if session.cancelled.is_set():
+                    return "cancelled", None
+                await self.conn.session_update(sid, update)
+        elif command == "asks":
+            outcomes = await asyncio.gather(
+                *(self.ask(sid, f"a{i}") for i in range(int(arg or "100")))
+            )
+            tally = {"answered": outcomes.count(True), "refused": outcomes.count(False)}
+            await self.say(session, compact(tally), split=False)
+            return "end_turn", None
         elif command == "stderr":
             sys.stderr.write(arg + "\n")
             sys.stderr.flush()
@@ -475,6 +501,18 @@ class FakeAgent(Agent):
         if session.cancelled.is_set():
             return "cancelled"
         return "end_turn"
+
+    async def ask(self, sid: str, tool_call_id: str) -> bool:
+        """One permission request: True when answered, False when refused with an error."""
+        try:
+            await self.conn.request_permission(
+                session_id=sid,
+                tool_call=ToolCallUpdate(tool_call_id=tool_call_id, title="ask"),
+                options=[PermissionOption(option_id="ok", name="Allow", kind="allow_once")],
+            )
+        except Exception:
+            return False
+        return True
 
     async def llm(self, session: Session, text: str) -> str:
         base = os.environ.get("OPENAI_BASE_URL", "").rstrip("/")
@@ -549,7 +587,7 @@ def main() -> None:
         )
         sys.stderr.write(f"child {child.pid}\n")
         sys.stderr.flush()
-    asyncio.run(run_agent(FakeAgent(args)))
+    asyncio.run(run_agent(FakeAgent(args)))  # type: ignore[abstract]
 
 
 if __name__ == "__main__":
