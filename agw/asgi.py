@@ -38,13 +38,22 @@ class Rejection:
     error_type: str
 
 
+# Client-supplied trace values are bounded before they reach a row, a log or an upstream
+# (docs/security.md): X-Agent-Depth at most MAX_AGENT_DEPTH (a longer number is refused with 400
+# invalid_header), tracestate at most TRACESTATE_MAX characters (W3C's limit; a longer one is
+# dropped, as the W3C spec allows).
+MAX_AGENT_DEPTH = 1000
+TRACESTATE_MAX = 512
+
+
 @dataclass(slots=True)
 class TraceContext:
     trace_id: str
     span_id: str
     parent_span_id: str | None
-    depth: int  # inbound X-Agent-Depth
+    depth: int  # inbound X-Agent-Depth, 0..MAX_AGENT_DEPTH
     tracestate: str | None = None
+    invalid: str | None = None  # why a trace header was refused (the dispatcher answers 400)
 
     @classmethod
     def from_headers(cls, headers: dict[str, str]) -> TraceContext:
@@ -59,9 +68,20 @@ class TraceContext:
             parent = span.lower() if len(span) == 16 and _hex(span) else None
         if not trace_id or trace_id == "0" * 32:
             trace_id = new_trace_id()
+        depth, invalid = 0, None
         raw_depth = headers.get("x-agent-depth", "")
-        depth = int(raw_depth) if raw_depth.isdigit() else 0
-        return cls(trace_id, new_span_id(), parent, depth, headers.get("tracestate"))
+        if raw_depth:
+            # ASCII digits only: str.isdigit() also takes superscripts (latin-1 "²"), which int()
+            # refuses
+            if len(raw_depth) <= 6 and raw_depth.isascii() and raw_depth.isdigit():
+                depth = int(raw_depth)
+            if depth > MAX_AGENT_DEPTH or (not depth and raw_depth.strip("0")):
+                depth = 0
+                invalid = f"X-Agent-Depth must be an integer from 0 to {MAX_AGENT_DEPTH}"
+        tracestate = headers.get("tracestate")
+        if tracestate is not None and len(tracestate) > TRACESTATE_MAX:
+            tracestate = None
+        return cls(trace_id, new_span_id(), parent, depth, tracestate, invalid)
 
     def response_headers(self) -> Headers:
         out = [

@@ -1,19 +1,22 @@
 """The data-plane dispatcher: a lean ASGI app over the runtime snapshot.
 
 Per request: take the snapshot once -> match the route (longest path prefix, then host, then
-method) -> strip the prefix -> trace headers -> agent-depth gate -> disabled route -> virtual key
--> the route kind's plane, which answers in its caller's dialect and records one usage event
-(rejections included). No database read happens here.
+method) -> strip the prefix -> trace headers -> ``Host`` and ``Origin`` (:class:`EdgeCheck`) ->
+malformed trace headers -> agent-depth gate -> disabled route -> virtual key -> the route kind's
+plane, which answers in its caller's dialect and records one usage event (rejections included).
+No database read happens here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
 from agw.asgi import Receive, Rejection, Request, Scope, Send, TraceContext, current_trace
+from agw.edge import HostPolicy
 from agw.llm.handler import LlmPlane, Reply
 from agw.runtime.manager import ConfigManager
 from agw.runtime.sessions import SessionDirectory
@@ -99,6 +102,66 @@ def authenticate(
     return None, Reply(401, "invalid virtual key", "virtual_key_rejected")
 
 
+class EdgeCheck:
+    """The data listener's ``Host`` and ``Origin`` rules (agw.edge), for the routes a browser
+    page could use: every open route (no virtual key), and every MCP and ACP route (a browser
+    may hold a session there). A keyed LLM route is not checked: a page cannot supply the key.
+
+    A route's own match host is trusted for that route. The answers are memoized per header
+    value (bounded), so a request pays a dict lookup, not a parse."""
+
+    MEMO_MAX = 1024
+
+    __slots__ = ("_hosts", "_origins", "_policies", "policy")
+
+    def __init__(self, policy: HostPolicy) -> None:
+        self.policy = policy
+        self._policies: dict[str, HostPolicy] = {"": policy}
+        self._hosts: dict[str, bool] = {}
+        self._origins: dict[tuple[str, str, str, str], bool] = {}
+
+    def _for_route(self, route_host: str) -> HostPolicy:
+        policy = self._policies.get(route_host)
+        if policy is None:  # route hosts come from the config: bounded
+            hosts = self.policy.allowed_hosts | {route_host}
+            policy = self._policies[route_host] = dataclasses.replace(
+                self.policy, allowed_hosts=hosts
+            )
+        return policy
+
+    def refusal(self, route: CompiledRoute, headers: dict[str, str], scheme: str) -> Reply | None:
+        host = headers.get("host", "")
+        if not route.host:  # a route with a match host only matched a Host naming it
+            trusted = self._hosts.get(host)
+            if trusted is None:
+                if len(self._hosts) >= self.MEMO_MAX:
+                    self._hosts.clear()
+                trusted = self._hosts[host] = self.policy.host_allowed(host)
+            if not trusted:
+                return Reply(
+                    421,
+                    f"Host {host[:100]!r} is not served here (see --allowed-host)",
+                    "host_not_allowed",
+                )
+        origin = headers.get("origin")
+        if origin is None:
+            return None
+        key = (route.host, origin, host, scheme)
+        allowed = self._origins.get(key)
+        if allowed is None:
+            if len(self._origins) >= self.MEMO_MAX:
+                self._origins.clear()
+            policy = self._for_route(route.host)
+            allowed = self._origins[key] = policy.origin_allowed(origin, host, scheme)
+        if allowed:
+            return None
+        return Reply(
+            403,
+            f"Origin {origin[:100]!r} is not allowed (see --allowed-origin)",
+            "origin_not_allowed",
+        )
+
+
 async def _plain(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]]) -> None:
     body = json.dumps({"error": message}).encode()
     await send(
@@ -123,11 +186,14 @@ def create_data_app(
     planes: dict[str, Plane] | None = None,
     directory: SessionDirectory | None = None,
     access_log: AccessLog | None = None,
+    policy: HostPolicy | None = None,
 ) -> ASGIApp:
     """``planes``: the handlers of the other route kinds (``mcp``, ``acp``); a kind without one
     answers 501. ``access_log`` gets a line for each request no route matches (the planes'
-    requests reach it through the usage recorder)."""
+    requests reach it through the usage recorder). ``policy``: the data listener's trusted
+    ``Host`` names and ``Origin`` values (default: loopback names and IP literals only)."""
     others = dict(planes or {})
+    edge = EdgeCheck(policy or HostPolicy())
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -161,7 +227,13 @@ def create_data_app(
             stripped = "/" + stripped
         req = Request(scope, receive, send, snapshot, route, stripped, method, headers, trace)
         rejection: Reply | None = None
-        if max_agent_depth > 0 and trace.depth >= max_agent_depth:
+        if route.kind != "llm" or not route.require_virtual_key:
+            rejection = edge.refusal(route, headers, scope.get("scheme", "http"))
+        if rejection is not None:
+            pass
+        elif trace.invalid is not None:
+            rejection = Reply(400, trace.invalid, "invalid_header")
+        elif max_agent_depth > 0 and trace.depth >= max_agent_depth:
             rejection = Reply(403, "agent depth limit exceeded", "agent_depth_exceeded")
         elif route.disabled:
             rejection = Reply(403, f'route "{route.id}" is disabled', "route_disabled")

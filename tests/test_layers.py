@@ -30,6 +30,7 @@ LAYERS = {
     "agw.admin": 4,
     "agw.dataplane": 4,
     "agw.server": 5,
+    "agw.listener": 5,
     "agw.cli": 5,
     "agwd": 5,
     "agwctl": 5,
