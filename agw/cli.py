@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -24,10 +25,25 @@ app = typer.Typer(
 @app.command("hash-password")
 def hash_password_cmd(
     plaintext: Annotated[
-        str, typer.Option(prompt=True, hide_input=True, help="the password to hash")
-    ],
+        str | None,
+        typer.Option(
+            help="the password to hash; other users can read a command line (ps, /proc), so "
+            "prefer the prompt or stdin",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Print the bcrypt hash of a password, for agwd --admin-basic-auth-hash user:HASH."""
+    """Print the bcrypt hash of a password, for agwd --admin-basic-auth-hash user:HASH.
+
+    The password is asked for (hidden, twice) on a terminal, or read from the first line of
+    stdin otherwise: echo "$PW" | agw hash-password. Give agwd the result through the
+    environment (AGW_ADMIN_BASIC_AUTH_HASH=user:HASH) rather than on its command line.
+    """
+    if plaintext is None:
+        if sys.stdin.isatty():
+            plaintext = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+        else:
+            plaintext = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
     if not plaintext:
         typer.echo("agw: password must not be empty", err=True)
         raise typer.Exit(1)

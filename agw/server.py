@@ -1,8 +1,8 @@
 """Composition root: settings -> store -> config manager -> admin app + data-plane app -> servers.
 
 Listeners are bound here (so port 0 works and the real port is known before serving), handed to
-hypercorn as file descriptors, and served until the shutdown event is set; in-flight requests
-then get ``shutdown_grace_seconds`` to finish.
+uvicorn or hypercorn with the listener limits of agw.listener, and served until the shutdown
+event is set; in-flight requests then get ``shutdown_grace_seconds`` to finish.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import uvicorn
-from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from agw.acp.plane import AcpPlane
@@ -26,6 +25,14 @@ from agw.admin.app import create_admin_app
 from agw.asgi import Receive, Scope, Send
 from agw.auth.admin_basic import BasicAuth
 from agw.dataplane import READINESS_HEADER, create_data_app
+from agw.edge import HostPolicy
+from agw.listener import (
+    ListenerLimits,
+    connection_caps,
+    httptools_protocol,
+    serve_hypercorn,
+    sweep_httptools,
+)
 from agw.llm.handler import LlmPlane
 from agw.mcp.plane import McpPlane
 from agw.mcp.runtime import McpRuntime
@@ -74,6 +81,16 @@ def shares_listener(settings: Settings) -> bool:
 def bound_addr(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def admin_auth(settings: Settings) -> BasicAuth | None:
+    """The admin API's basic auth; None only when the operator opted out (``--admin-insecure``).
+    agwd puts the generated password's hash in ``admin_basic_auth_hash`` when none is given."""
+    if settings.admin_basic_auth_hash:
+        return BasicAuth(settings.admin_basic_auth_hash)
+    if not settings.admin_insecure:
+        raise ValueError("the admin API needs a basic auth hash unless admin_insecure is set")
+    return None
 
 
 def combined_app(admin: ASGIApp, data: ASGIApp) -> ASGIApp:
@@ -189,21 +206,16 @@ class Gateway:
     def admin_addr(self) -> str:
         return bound_addr(self.admin_sock or self.data_sock)
 
-    def _config(self, sock: socket.socket) -> Config:
+    def _config(self) -> Config:
+        """hypercorn's settings; the listener limits are set by serve_hypercorn."""
         config = Config()
-        config.bind = [f"fd://{sock.detach()}"]
         config.graceful_timeout = self.settings.shutdown_grace_seconds
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")
-        config.keep_alive_timeout = 75
         return config
 
     async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
-        auth = (
-            BasicAuth(self.settings.admin_basic_auth_hash)
-            if self.settings.admin_basic_auth_hash
-            else None
-        )
+        auth = admin_auth(self.settings)
         recorder = UsageRecorder(self.db)
         if self.access_log is not None:
             recorder.add_tap(self.access_log)
@@ -237,6 +249,11 @@ class Gateway:
             recorder=recorder,
             db=self.db,
             prometheus=prometheus,
+            policy=HostPolicy.for_listener(
+                self.settings.admin_addr,
+                self.settings.admin_hosts,
+                self.settings.admin_cors_origins,
+            ),
         )
         janitor = RetentionJanitor(self.db, self.settings.metrics_retention_days)
         janitor.start()
@@ -247,6 +264,9 @@ class Gateway:
             planes={"mcp": mcp, "acp": acp},
             directory=directory,
             access_log=self.access_log,
+            policy=HostPolicy.for_listener(
+                self.settings.addr, self.settings.allowed_hosts, self.settings.allowed_origins
+            ),
         )
         servers: list[tuple[Any, socket.socket]] = []
         if self.admin_sock is None:
@@ -266,14 +286,17 @@ class Gateway:
             acp.drain()
 
         drainer = asyncio.create_task(drain_on_shutdown())
+        caps = connection_caps(self.settings.max_connections)
+        log.info(
+            "listener_limits", extra={"max_connections": caps[0], "admin_max_connections": caps[1]}
+        )
         for i, (app, sock) in enumerate(servers):
+            limits = ListenerLimits.from_settings(self.settings, caps[min(i, 1)])
             if i == 0 and self.settings.data_server == "uvicorn":
-                tasks.append(asyncio.create_task(self._uvicorn(app, sock)))
+                tasks.append(asyncio.create_task(self._uvicorn(app, sock, limits)))
             else:
-                config = self._config(sock)
-                tasks.append(
-                    asyncio.create_task(serve(app, config, shutdown_trigger=self.shutdown.wait))
-                )
+                served = serve_hypercorn(app, self._config(), sock, limits, self.shutdown.wait)
+                tasks.append(asyncio.create_task(served))
         try:
             await self._wait_accepting(addrs, tasks)
             log.info("agwd_ready", extra={"addr": addrs[0], "admin_addr": addrs[-1]})
@@ -295,18 +318,18 @@ class Gateway:
                 self.access_log.close()
             await self.db.close()
 
-    async def _uvicorn(self, app: Any, sock: socket.socket) -> None:
+    async def _uvicorn(self, app: Any, sock: socket.socket, limits: ListenerLimits) -> None:
         """The data listener on uvicorn (httptools): what scripts/bench measured fastest for
         the data plane (docs/performance.md). Signals stay with agwd."""
         config = uvicorn.Config(
             app,
             lifespan="on",
             loop="none",
-            http="httptools",
+            http=httptools_protocol(limits),  # httptools, with the listener limits
             log_config=None,
             access_log=False,
             proxy_headers=False,  # X-Forwarded-* are not trusted for anything here
-            timeout_keep_alive=75,
+            timeout_keep_alive=limits.keep_alive_timeout_s,  # type: ignore[arg-type]
             timeout_graceful_shutdown=int(self.settings.shutdown_grace_seconds),
         )
         server = _QuietUvicorn(config)
@@ -316,10 +339,12 @@ class Gateway:
             server.should_exit = True
 
         stopper = asyncio.create_task(stop_on_shutdown())
+        sweeper = asyncio.create_task(sweep_httptools(server.server_state.connections, limits))
         try:
             await server.serve(sockets=[sock])
         finally:
             stopper.cancel()
+            sweeper.cancel()
 
     async def _wait_accepting(self, addrs: list[str], tasks: list[asyncio.Task[None]]) -> None:
         """Both listeners answer HTTP (bounded: 100 tries, 10 s)."""

@@ -9,6 +9,9 @@ DEFAULT_ADDR = "127.0.0.1:8080"
 DEFAULT_ADMIN_ADDR = "localhost:8019"
 DEFAULT_CONFIG_STORE = "./data/configstore.db"
 ADMIN_REALM = "agent-gateway-admin"
+# ?reveal=true and ?include_secrets=true take effect only with this header set to "true": a page
+# cannot add it without a CORS preflight, which unlisted origins fail (docs/security.md)
+REVEAL_HEADER = "X-AGW-Reveal-Secrets"
 MAX_ADMIN_BODY = 16 * 1024 * 1024
 # Listener limits (both listeners; docs/security.md, "Listener limits")
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # the request line and all headers together

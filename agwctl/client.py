@@ -7,16 +7,24 @@ stderr and exit status 1, never a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import typer
 
+from agw.settings import ADMIN_PASSWORD_FILE, DEFAULT_CONFIG_STORE, REVEAL_HEADER
+
 DEFAULT_ADMIN_ADDR = "http://localhost:8019"
 TIMEOUT_S = 30.0
+# the file agwd writes its generated admin password to, with its default store (./data)
+DEFAULT_PASSWORD_FILE = Path(DEFAULT_CONFIG_STORE).parent / ADMIN_PASSWORD_FILE
+_REVEAL_PARAMS = ("reveal", "include_secrets")
 
 JSONObject = dict[str, Any]
 
@@ -62,6 +70,34 @@ def parse_basic_auth(value: str) -> tuple[str, str]:
     if not sep or not user:
         raise typer.BadParameter("must be user:password", param_hint="'--admin-basic-auth'")
     return user, password
+
+
+def password_file_auth(addr: str) -> tuple[str, str] | None:
+    """Credentials from the password file agwd generated: ``AGW_ADMIN_PASSWORD_FILE``, else
+    ``./data/admin-password`` when it exists and the admin address is on this machine (the
+    local gateway's password is never sent elsewhere)."""
+    named = os.environ.get("AGW_ADMIN_PASSWORD_FILE", "").strip()
+    path = Path(named) if named else DEFAULT_PASSWORD_FILE
+    if not named and not (_is_local(addr) and path.is_file()):
+        return None
+    try:
+        first = path.read_text(encoding="utf-8").splitlines()[:1]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read the admin password file {path}: {exc}") from None
+    user, sep, password = first[0].partition(":") if first else ("", "", "")
+    if not sep or not user:
+        raise CliError(f"the admin password file {path} must hold user:password")
+    return user, password
+
+
+def _is_local(addr: str) -> bool:
+    host = urlsplit(normalize_addr(addr)).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_header(value: str) -> tuple[str, str]:
@@ -120,8 +156,13 @@ class AdminClient:
     ) -> tuple[int, Any]:
         """One request; returns the status and the decoded JSON body (the text when it is not
         JSON). Raises only when the gateway cannot be reached or rejects the credentials."""
+        # secrets in clear need the reveal header too (a browser page cannot add it)
+        reveal = any(
+            (params or {}).get(name, "").lower() in ("1", "true", "yes") for name in _REVEAL_PARAMS
+        )
+        headers = {REVEAL_HEADER: "true"} if reveal else None
         try:
-            resp = self._http.request(method, path, params=params, json=body)
+            resp = self._http.request(method, path, params=params, json=body, headers=headers)
         except httpx.InvalidURL as exc:
             raise CliError(f"invalid admin address {self.addr!r}: {exc}") from None
         except httpx.HTTPError as exc:
@@ -132,8 +173,13 @@ class AdminClient:
             data = None
         if resp.status_code == 401:
             raise CliError(
-                "admin API rejected the credentials (401); "
-                "set --admin-basic-auth or AGW_ADMIN_BASIC_AUTH"
+                "admin API rejected the credentials (401); set --admin-basic-auth or "
+                "AGW_ADMIN_BASIC_AUTH, or AGW_ADMIN_PASSWORD_FILE to agwd's password file"
+            )
+        if resp.status_code == 429:
+            raise CliError(
+                "admin API refuses logins from this address for now (429, too many failed "
+                f"logins); retry in {resp.headers.get('Retry-After', '60')}s"
             )
         return resp.status_code, (data if data is not None else resp.text)
 

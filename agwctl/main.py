@@ -24,6 +24,7 @@ from agwctl.client import (
     Ctl,
     parse_basic_auth,
     parse_header,
+    password_file_auth,
 )
 
 
@@ -82,7 +83,8 @@ def create_app() -> typer.Typer:
                 "--admin-basic-auth",
                 envvar="AGW_ADMIN_BASIC_AUTH",
                 metavar="USER:PASSWORD",
-                help="Basic Auth credentials for the admin API.",
+                help="Basic Auth credentials for the admin API (default: the password file "
+                "AGW_ADMIN_PASSWORD_FILE, else ./data/admin-password for a local gateway).",
                 show_default=False,
             ),
         ] = None,
@@ -99,7 +101,9 @@ def create_app() -> typer.Typer:
         ctl = ctx.find_object(Ctl) or Ctl()
         ctl.admin = AdminSettings(
             addr=admin_addr,
-            basic_auth=parse_basic_auth(admin_basic_auth) if admin_basic_auth else None,
+            basic_auth=parse_basic_auth(admin_basic_auth)
+            if admin_basic_auth
+            else password_file_auth(admin_addr),
             headers=tuple(parse_header(h) for h in admin_header or ()),
         )
         ctx.obj = ctl

@@ -9,6 +9,7 @@ answer and ``STOPPING=1`` on shutdown; ``SIGTERM``/``SIGINT`` drain in-flight re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -20,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from agw.auth.admin_basic import AdminAuthConfigError, BasicAuth
+from agw.auth.admin_basic import AdminAuthConfigError, BasicAuth, password_file_auth
 from agw.config.models import PROVIDER_TYPES
 from agw.edge import check_host_entry, check_origin_entry
 from agw.envfile import load_env_files
@@ -164,6 +165,30 @@ def build_settings(
         keep_alive_timeout_s=keep_alive_timeout,
         max_connections=max_connections,
     )
+
+
+def with_admin_password(settings: Settings) -> Settings:
+    """Without ``--admin-basic-auth-hash`` and ``--admin-insecure``, the admin API takes the
+    password kept in ``settings.password_file``, generated (and shown once) on first start."""
+    if settings.admin_basic_auth_hash or settings.admin_insecure:
+        return settings
+    path = settings.password_file
+    try:
+        spec, generated = password_file_auth(path)
+    except AdminAuthConfigError as exc:
+        fail(f"admin password: {exc} (or give --admin-basic-auth-hash, or --admin-insecure)")
+        raise  # unreachable: fail() exits
+    if generated is not None:
+        user = spec.partition(":")[0]
+        # under systemd stderr goes to the journal, which more users may read: the file only
+        shown = "" if os.environ.get("NOTIFY_SOCKET") else f": {generated}"
+        typer.echo(
+            f"agwd: generated a password for the admin API (user {user}){shown}\n"
+            f"agwd: it is kept in {path} (mode 0600), where agwctl reads it; "
+            "this is the only time it is shown",
+            err=True,
+        )
+    return dataclasses.replace(settings, admin_basic_auth_hash=spec)
 
 
 def _entries(flag: str, values: list[str] | None, check: Callable[[str], str]) -> tuple[str, ...]:
@@ -378,6 +403,7 @@ def agwd(
         keep_alive_timeout=keep_alive_timeout,
         max_connections=max_connections,
     )
+    settings = with_admin_password(settings)
     setup_logging(log_level)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

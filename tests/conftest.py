@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -123,14 +123,17 @@ class AgwdLauncher:
     def start(
         self,
         *args: str,
-        auth: bool = True,
+        auth: bool | Literal["generated"] = True,
         db_path: Path | None = None,
         static: Path | None = None,
         env: dict[str, str] | None = None,
         wait: bool = True,
         same_listener: bool = False,
     ) -> Agwd:
-        """Start agwd; ``args`` are extra flags. Returns once both listeners answer."""
+        """Start agwd; ``args`` are extra flags. Returns once both listeners answer.
+        ``auth=False`` serves the admin API without authentication (``--admin-insecure``)
+        unless ``args`` or ``env`` give another admin auth; ``"generated"`` gives neither, so
+        agwd uses (and first writes) the password file beside the store."""
         self.count += 1
         workdir = self.base / f"agwd{self.count}"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -142,8 +145,15 @@ class AgwdLauncher:
             cmd += ["--addr", f"127.0.0.1:{port}", "--admin-addr", f"127.0.0.1:{port}"]
         else:
             cmd += ["--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"]
-        if auth:
+        if auth is True:
             cmd += ["--admin-basic-auth-hash", self.admin_hash]
+        elif (
+            auth is False
+            and not {"--admin-basic-auth-hash", "--admin-insecure", "--admin-password-file"}
+            & {a.partition("=")[0] for a in args}
+            and not {"AGW_ADMIN_BASIC_AUTH_HASH", "AGW_ADMIN_PASSWORD_FILE"} & set(env or {})
+        ):
+            cmd += ["--admin-insecure"]  # else agwd would generate a password
         if static is not None:
             cmd += ["--static-config", str(static)]
         cmd += list(args)
@@ -156,7 +166,9 @@ class AgwdLauncher:
                 env={**base_env(), **(env or {})},
                 start_new_session=True,
             )
-        agwd = Agwd(proc, workdir, db, log_path, f"{ADMIN_USER}:{ADMIN_PASSWORD}" if auth else None)
+        agwd = Agwd(
+            proc, workdir, db, log_path, f"{ADMIN_USER}:{ADMIN_PASSWORD}" if auth is True else None
+        )
         self.started.append(agwd)
         if wait:
             agwd.wait_ready()

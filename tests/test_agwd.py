@@ -19,6 +19,8 @@ from tests.conftest import Agwd, AgwdLauncher, base_env
 
 HEAD = "apiVersion: gateway.agw/v1alpha1\nkind: GatewayBundle\n"
 
+REVEAL = {"X-AGW-Reveal-Secrets": "true"}  # ?reveal=true needs it
+
 
 def run_agwd(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 20):
     return subprocess.run(
@@ -78,12 +80,12 @@ def test_refuses_a_newer_schema(tmp_path: Path) -> None:
     assert db.read_bytes() == before
 
 
-def test_refuses_unauthenticated_admin_off_loopback(
+def test_admin_off_loopback_without_a_hash_takes_the_generated_password(
     tmp_path: Path, agwd_factory: AgwdLauncher
 ) -> None:
-    proc = run_agwd("--addr", "127.0.0.1:0", "--admin-addr", "0.0.0.0:0", cwd=tmp_path)
-    assert proc.returncode == 1
-    assert "refusing to serve the admin API on 0.0.0.0:0 without authentication" in proc.stderr
+    generated = agwd_factory.start("--admin-addr", "0.0.0.0:0", auth="generated")
+    with generated.client(auth=False) as c:
+        assert c.get("/admin/llm/providers").status_code == 401
     agwd = agwd_factory.start("--admin-addr", "0.0.0.0:0", "--admin-insecure", auth=False)
     with agwd.client() as c:
         assert c.get("/admin/llm/providers").status_code == 200
@@ -177,7 +179,8 @@ def test_sigterm_drains_a_request_in_flight(agwd: Agwd) -> None:
     token = base64.b64encode(agwd.auth.encode()).decode() if agwd.auth else ""
     with socket.create_connection((host, int(port)), timeout=10) as conn:
         conn.sendall(
-            b"POST /admin/llm/providers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /admin/llm/providers HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\n"
             + f"Authorization: Basic {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body[:10]
         )
@@ -207,9 +210,8 @@ def test_config_survives_restart(agwd_factory: AgwdLauncher) -> None:
     assert agwd.stop() == 0
     again = agwd_factory.start(db_path=agwd.db_path)
     with again.client() as c:
-        assert c.get("/admin/llm/providers/p", params={"reveal": "true"}).json()["api_key"] == (
-            "sk-keepme123"
-        )
+        shown = c.get("/admin/llm/providers/p", params={"reveal": "true"}, headers=REVEAL)
+        assert shown.json()["api_key"] == "sk-keepme123"
         assert c.get("/admin/virtual_keys/k").json()["key"] == key
     logs = agwd.logs() + again.logs()
     assert "sk-keepme123" not in logs and key not in logs

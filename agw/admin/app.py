@@ -1,8 +1,11 @@
-"""The admin API app: one Quart app, one error shape, basic auth, CORS.
+"""The admin API app: one Quart app, one error shape, basic auth, browser checks.
 
-Middleware order, in one place: OPTIONS -> 204 (public), ``GET /admin/health`` public, basic
-auth for everything else, then the blueprints; every error leaves as ``{"error": ..., "code":
-...}``; CORS headers are added to every answer that came with an ``Origin``.
+Middleware order, in one place (docs/security.md, "Admin API"): a ``Host`` the listener does not
+trust -> 421; an ``Origin`` not listed with ``--admin-cors-origin`` -> 403;
+OPTIONS -> 204 (public); ``GET /admin/health`` public; a write whose body is not
+``application/json`` -> 415; basic auth (429 after repeated failures from one address), then the
+blueprints. Every error leaves as ``{"error": ..., "code": ...}``; CORS headers go only to a
+listed origin, as the operator spelled it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from werkzeug.exceptions import HTTPException
 
 from agw.admin import acp, agents, gateway, mcp, metrics, models, resources
 from agw.auth.admin_basic import BasicAuth
+from agw.edge import HostPolicy
 from agw.errors import AgwError
 from agw.llm.credstate import CredentialHealth
 from agw.llm.discovery import ModelCatalog
 from agw.runtime.manager import ConfigManager
-from agw.settings import ADMIN_REALM, MAX_ADMIN_BODY
+from agw.settings import ADMIN_REALM, MAX_ADMIN_BODY, REVEAL_HEADER
 
 if TYPE_CHECKING:
     from agw.acp.permissions import PermissionRegistry
@@ -31,6 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+JSON_MEDIA_TYPE = "application/json"
+CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+CORS_HEADERS = f"Authorization, Content-Type, {REVEAL_HEADER}"
 
 
 def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
@@ -41,11 +49,35 @@ def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = No
     )
 
 
+def _client() -> str:
+    return request.remote_addr or ""
+
+
+def _refuse(
+    status: int, message: str, code: str, headers: dict[str, str] | None = None
+) -> Response:
+    """An answer given before the handler ran (the body, if any, is left unread)."""
+    extra = {"Connection": "close"} if _body_left_unread() else {}
+    return _json({"error": message, "code": code}, status, (headers or {}) | extra)
+
+
 def _body_left_unread() -> bool:
     """An answer given before the handler read the body (auth, routing errors) leaves the body
     on the wire, and hypercorn then drops the connection: tell the client not to reuse it."""
     length = request.headers.get("Content-Length", "")
     return length not in ("", "0") or "Transfer-Encoding" in request.headers
+
+
+def json_body_refused() -> str | None:
+    """Why a write's body is refused: anything but ``application/json`` (a page can send
+    ``text/plain`` and form bodies cross-site without a preflight), or a body with no type."""
+    types = request.headers.getlist("Content-Type")
+    if not types:
+        return "a request body must be application/json" if _body_left_unread() else None
+    media = types[0].partition(";")[0].strip().lower()
+    if len(types) > 1 or media != JSON_MEDIA_TYPE:
+        return f"request body must be {JSON_MEDIA_TYPE} (got {types[0][:100]!r})"
+    return None
 
 
 def create_admin_app(
@@ -60,6 +92,7 @@ def create_admin_app(
     recorder: UsageRecorder | None = None,
     db: Database | None = None,
     prometheus: metrics.Exposition | None = None,
+    policy: HostPolicy | None = None,
 ) -> Quart:
     """``catalog`` and ``health`` are the LLM plane's model snapshots and credential states,
     shown in the views when given; ``mcp_runtime`` is the MCP plane's, which the
@@ -69,7 +102,10 @@ def create_admin_app(
     runtime they answer 404); ``recorder`` receives their audit rows (none without it) and
     gives the metrics summary its pipeline counters. ``db`` holds the usage tables the
     ``/admin/metrics/...`` reads query (without it they answer empty shapes); ``prometheus``
-    renders ``/admin/metrics/prometheus`` (without it: 503)."""
+    renders ``/admin/metrics/prometheus`` (without it: 503). ``policy`` is what the listener
+    trusts in ``Host`` and ``Origin`` (default: loopback names, no listed origin); ``auth`` None
+    serves without authentication (``--admin-insecure``)."""
+    trust = policy or HostPolicy()
     app = Quart(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_ADMIN_BODY
     app.config["BODY_TIMEOUT"] = 60
@@ -78,6 +114,16 @@ def create_admin_app(
 
     @app.before_request
     async def gate() -> Response | None:
+        host = request.headers.get("Host", "")
+        if len(request.headers.getlist("Host")) > 1 or not trust.host_allowed(host):
+            log.info("admin_host_refused", extra={"host": host[:200], "client": _client()})
+            return _refuse(421, f"host {host[:100]!r} is not served here", "misdirected_request")
+        origin = request.headers.get("Origin")
+        # only listed origins, not even the listener's own: the admin API serves no pages, and
+        # on a listener shared with the data plane a page there would be its own origin
+        if origin is not None and trust.cors_origin(origin) is None:
+            log.info("admin_origin_refused", extra={"origin": origin[:200], "client": _client()})
+            return _refuse(403, f"origin {origin[:100]!r} is not allowed", "origin_not_allowed")
         if request.method == "OPTIONS":
             response = Response("", status=204)
             del response.headers["Content-Type"]
@@ -86,25 +132,42 @@ def create_admin_app(
             return response
         if request.method == "GET" and request.path == "/admin/health":
             return None
-        if auth is not None and not await auth.check(request.headers.get("Authorization")):
-            log.info("admin_auth_failed", extra={"path": request.path})
-            return _json(
-                {"error": "unauthorized", "code": "unauthorized"},
-                401,
-                {"WWW-Authenticate": f'Basic realm="{ADMIN_REALM}"'}
-                | ({"Connection": "close"} if _body_left_unread() else {}),
+        if request.method in WRITE_METHODS and (why := json_body_refused()):
+            return _refuse(415, why, "unsupported_media_type")
+        if auth is None:
+            return None
+        verdict = await auth.check(request.headers.get("Authorization"), _client())
+        if verdict.ok:
+            return None
+        if verdict.retry_after_s:
+            log.warning("admin_auth_throttled", extra={"path": request.path, "client": _client()})
+            return _refuse(
+                429,
+                "too many failed logins from this address; retry later",
+                "too_many_requests",
+                {"Retry-After": str(verdict.retry_after_s)},
             )
-        return None
+        log.info("admin_auth_failed", extra={"path": request.path, "client": _client()})
+        return _refuse(
+            401,
+            "unauthorized",
+            "unauthorized",
+            {"WWW-Authenticate": f'Basic realm="{ADMIN_REALM}"'},
+        )
 
     @app.after_request
     async def cors(response: Response) -> Response:
+        response.headers["X-Content-Type-Options"] = "nosniff"
         origin = request.headers.get("Origin")
-        if origin:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        if origin is None:
+            return response
+        response.headers["Vary"] = "Origin"
+        allowed = trust.cors_origin(origin)
+        if allowed is not None:
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+            response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
             response.headers["Access-Control-Max-Age"] = "86400"
-            response.headers["Vary"] = "Origin"
         return response
 
     @app.errorhandler(AgwError)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Quart, request
+from quart import Quart
 
-from agw.admin.resources import JSONResponse, json_body, parse, view
+from agw.admin.resources import JSONResponse, json_body, parse, reveal_requested, view
 from agw.config import families as f
 from agw.config.loader import load_bundle_data
 from agw.config.models import API_VERSION, AUTHENTICATORS, KIND, LLM_PROTOCOLS, PROVIDER_TYPES
-from agw.errors import ConfigInvalid, InvalidRequest, NotFound, ReadOnly
+from agw.errors import ConfigInvalid, InvalidRequest, NotFound, ReadOnly, StoreUnavailable
 from agw.runtime import apply
 from agw.runtime.manager import ConfigManager
 from agw.runtime.state import ConfigState, Record, dump, touched
@@ -41,6 +41,15 @@ def export_bundle(state: ConfigState, *, include_secrets: bool) -> dict[str, Any
 
 def register(app: Quart, manager: ConfigManager) -> None:
     async def health() -> JSONResponse:
+        # A few stat calls (agw.store.db): a store deleted or read-only under agwd, or whose
+        # last write failed (disk full), is a 503.
+        problem = manager.db.problem() or manager.db.last_failure
+        if problem is not None:
+            return {
+                "status": "degraded",
+                "error": f"config store unavailable: {problem}",
+                "code": StoreUnavailable.code,
+            }, StoreUnavailable.status
         return {"status": "ok"}, 200
 
     async def provider_types() -> JSONResponse:
@@ -92,7 +101,7 @@ def register(app: Quart, manager: ConfigManager) -> None:
         }, 200
 
     async def export() -> JSONResponse:
-        include = request.args.get("include_secrets", "").lower() in ("1", "true", "yes")
+        include = reveal_requested("include_secrets")
         return export_bundle(manager.state, include_secrets=include), 200
 
     async def authenticators() -> JSONResponse:

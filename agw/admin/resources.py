@@ -25,6 +25,7 @@ from agw.runtime.apply import prepare
 from agw.runtime.manager import ConfigManager
 from agw.runtime.snapshot import attributed_routes
 from agw.runtime.state import ConfigState, Record, dump, new_virtual_key, touched
+from agw.settings import REVEAL_HEADER
 
 JSONResponse = tuple[dict[str, Any], int]
 CREDENTIAL_VIEW_FIELDS = (  # runtime state, from the LLM plane
@@ -68,8 +69,17 @@ def view(family: f.Family, oid: str, rec: Record, *, reveal: bool) -> dict[str, 
     return data
 
 
-def reveal_requested() -> bool:
-    return request.args.get("reveal", "").lower() in ("1", "true", "yes")
+def reveal_requested(param: str = "reveal") -> bool:
+    """``?reveal=true`` (``param``) with the ``X-AGW-Reveal-Secrets: true`` header: a page in a
+    browser can put the parameter in a link or form but cannot add the header without a CORS
+    preflight (docs/security.md, "Admin API"); the parameter alone is a 400."""
+    if request.args.get(param, "").lower() not in ("1", "true", "yes"):
+        return False
+    if request.headers.get(REVEAL_HEADER, "").strip().lower() != "true":
+        raise InvalidRequest(
+            f"{param}=true shows secrets in clear and needs the header {REVEAL_HEADER}: true"
+        )
+    return True
 
 
 def _reject_constant(name: str) -> Any:

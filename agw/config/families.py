@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from pydantic import BaseModel
 
@@ -24,11 +25,13 @@ _SENSITIVE_NAME = re.compile(
 
 @dataclass(frozen=True)
 class SecretPath:
-    """A secret inside an object: a dotted path, or a map whose sensitive-named values are
-    secret (``map_of_names=True``)."""
+    """A secret inside an object: a dotted path, a map whose sensitive-named values are
+    secret (``map_of_names=True``), or a URL whose credentials are (``in_url=True``: the
+    password of ``user:password@``, a lone ``token@``, and sensitive-named query values)."""
 
     path: tuple[str, ...]
     map_of_names: bool = False
+    in_url: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,12 @@ PROVIDER = Family(
     m.Provider,
     "providers",
     "store",
-    secrets=(SecretPath(("api_key",)), SecretPath(("network", "extra_headers"), True)),
+    secrets=(
+        SecretPath(("api_key",)),
+        SecretPath(("network", "extra_headers"), True),
+        SecretPath(("network", "proxy_url"), in_url=True),
+        SecretPath(("base_url",), in_url=True),
+    ),
     tag_of=lambda o: o.provider_type,
 )
 MANAGED_MODEL = Family(
@@ -89,6 +97,8 @@ MCP_SERVICE = Family(
         SecretPath(("auth", "api_key")),
         SecretPath(("auth", "password")),
         SecretPath(("env",), True),
+        SecretPath(("url",), in_url=True),
+        SecretPath(("post_url",), in_url=True),
     ),
     tag_of=lambda o: o.transport,
 )
@@ -111,6 +121,7 @@ AGENT = Family(
     svc.Agent,
     "agents",
     "config_store",
+    secrets=(SecretPath(("runtime", "http", "endpoint"), in_url=True),),
     tag_of=lambda o: o.runtime.type,
 )
 CREDENTIAL = Family(
@@ -142,8 +153,70 @@ BY_NAME: dict[str, Family] = {f.name: f for f in ALL_FAMILIES}
 BY_BUNDLE_KEY: dict[str, Family] = {f.bundle_key: f for f in BUNDLE_FAMILIES if f.bundle_key}
 
 
+def url_secrets(url: str) -> list[tuple[str, int, int]]:
+    """Where the credentials of a URL are: ``(slot, start, end)`` spans of ``url``. Slots name
+    what a span is (``password``, ``user`` for a lone ``token@``, ``query:<name>:<n>``) so a
+    masked URL sent back can take each value from the stored one."""
+    found: list[tuple[str, int, int]] = []
+    scheme_end = url.find("://")
+    if scheme_end < 0:
+        return found
+    start = scheme_end + 3
+    end = len(url)
+    for c in "/?#":
+        i = url.find(c, start)
+        if i >= 0:
+            end = min(end, i)
+    at = url.rfind("@", start, end)
+    if at > start:
+        colon = url.find(":", start, at)
+        if colon < 0 or colon + 1 == at:  # token@ or token:@
+            found.append(("user", start, colon if colon >= 0 else at))
+        else:
+            found.append(("password", colon + 1, at))
+    q = url.find("?", end)
+    if q >= 0:
+        stop = url.find("#", q)
+        stop = len(url) if stop < 0 else stop
+        seen: dict[str, int] = {}
+        pos = q + 1
+        while pos <= stop:
+            amp = url.find("&", pos, stop)
+            amp = stop if amp < 0 else amp
+            name, eq, _ = url[pos:amp].partition("=")
+            plain = unquote(name)
+            if eq and amp > pos + len(name) + 1 and _SENSITIVE_NAME.search(plain):
+                n = seen[plain] = seen.get(plain, -1) + 1
+                found.append((f"query:{plain}:{n}", pos + len(name) + 1, amp))
+            pos = amp + 1
+    return found
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its credentials replaced by ``<redacted>``."""
+    for _, start, end in reversed(url_secrets(url)):
+        if end > start:
+            url = url[:start] + REDACTED + url[end:]
+    return url
+
+
+def unmask_url(url: str, stored: str) -> tuple[str, list[str]]:
+    """``url`` with each ``<redacted>`` credential taken from ``stored`` (same slot); returns
+    it and the slots that say ``<redacted>`` but have no stored value."""
+    old = {slot: stored[start:end] for slot, start, end in url_secrets(stored)}
+    missing: list[str] = []
+    for slot, start, end in reversed(url_secrets(url)):
+        if url[start:end] != REDACTED:
+            continue
+        if old.get(slot):
+            url = url[:start] + old[slot] + url[end:]
+        else:
+            missing.append(slot)
+    return url, missing
+
+
 def _walk_secrets(
-    family: Family, data: dict[str, Any], visit: Callable[[dict[str, Any], str], None]
+    family: Family, data: dict[str, Any], visit: Callable[[SecretPath, dict[str, Any], str], None]
 ) -> None:
     for secret in family.secrets:
         node: Any = data
@@ -157,16 +230,19 @@ def _walk_secrets(
             if isinstance(inner, dict):
                 for name in list(inner):
                     if _SENSITIVE_NAME.search(name):
-                        visit(inner, name)
+                        visit(secret, inner, name)
         elif last in node:
-            visit(node, last)
+            visit(secret, node, last)
 
 
 def redact(family: Family, data: dict[str, Any]) -> dict[str, Any]:
     """Replace every non-empty secret in a dumped object with ``<redacted>`` (in place)."""
 
-    def hide(node: dict[str, Any], key: str) -> None:
-        if node.get(key):
+    def hide(secret: SecretPath, node: dict[str, Any], key: str) -> None:
+        if secret.in_url:
+            if isinstance(node[key], str):
+                node[key] = mask_url(node[key])
+        elif node.get(key):
             node[key] = REDACTED
 
     _walk_secrets(family, data, hide)
@@ -198,6 +274,12 @@ def restore_redacted(
                         inner[name] = old_inner[name]
                     else:
                         missing.append(".".join((*secret.path, name)))
+        elif secret.in_url:
+            value = node.get(last)
+            if isinstance(value, str) and REDACTED in value:
+                previous = old.get(last) if isinstance(old, dict) else None
+                node[last], lost = unmask_url(value, previous if isinstance(previous, str) else "")
+                missing += [f"{'.'.join(secret.path)} ({slot})" for slot in lost]
         elif node.get(last) == REDACTED:
             if isinstance(old, dict) and old.get(last):
                 node[last] = old[last]

@@ -18,6 +18,7 @@ API_VERSION = "gateway.agw/v1alpha1"
 KIND = "GatewayBundle"
 REDACTED = "<redacted>"
 VK_PATTERN = r"^vk-[A-Za-z0-9_-]{43}$"
+REVEAL = {"X-AGW-Reveal-Secrets": "true"}  # ?reveal=true and ?include_secrets=true need it
 
 _counter = itertools.count(1)
 
@@ -131,7 +132,7 @@ def make_service_route(client: httpx.Client, plane: str, service_id: str) -> str
 
 
 def items(client: httpx.Client, path: str, **params: str) -> list[dict[str, Any]]:
-    r = client.get(path, params=params)
+    r = client.get(path, params=params, headers=REVEAL if "reveal" in params else None)
     assert r.status_code == 200, f"GET {path}: {r.status_code} {r.text}"
     body = r.json()
     assert set(body) == {"items"}, body

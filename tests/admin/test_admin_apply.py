@@ -10,6 +10,7 @@ import httpx
 import pytest
 from admin_support import (
     REDACTED,
+    REVEAL,
     VK_PATTERN,
     assert_error,
     bundle,
@@ -336,7 +337,9 @@ def test_export_redacts_and_round_trips(agwd, client: httpx.Client) -> None:
     openai = next(p for p in data["providers"] if p["id"] == f"{u}-openai")
     assert openai["api_key"] == REDACTED
 
-    revealed = client.get("/admin/gateway/export", params={"include_secrets": "true"})
+    revealed = client.get(
+        "/admin/gateway/export", params={"include_secrets": "true"}, headers=REVEAL
+    )
     assert f"sk-{u}-secret-key" in revealed.text
     assert f"Bearer {u}-hdr-token" in revealed.text and f"{u}-mcp-env-secret" in revealed.text
 
@@ -354,10 +357,14 @@ def test_export_applies_to_a_fresh_gateway(agwd_factory) -> None:
     u = uid("copy")
     with source.client() as a, target.client() as b:
         ok(apply(a, full_bundle(u)))
-        exported = a.get("/admin/gateway/export", params={"include_secrets": "true"}).json()
+        exported = a.get(
+            "/admin/gateway/export", params={"include_secrets": "true"}, headers=REVEAL
+        ).json()
         data = ok(apply(b, exported))
         assert data["counts"]["create"] == len(EXPECTED_CREATES)
-        copy = b.get("/admin/gateway/export", params={"include_secrets": "true"}).json()
+        copy = b.get(
+            "/admin/gateway/export", params={"include_secrets": "true"}, headers=REVEAL
+        ).json()
         assert copy == exported
         # the copy's virtual key has a bearer of its own
         key_a = a.get(f"/admin/virtual_keys/{u}-vk").json()["key"]

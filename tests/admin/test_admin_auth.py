@@ -1,9 +1,11 @@
-"""Admin basic auth and CORS, against a real agwd started with --admin-basic-auth-hash."""
+"""Admin basic auth and CORS, against a real agwd started with --admin-basic-auth-hash and one
+listed CORS origin (the attacks on them: test_admin_security.py)."""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -12,11 +14,17 @@ from admin_support import created, make_provider, uid
 REALM = 'Basic realm="agent-gateway-admin"'
 UNAUTHORIZED = {"error": "unauthorized", "code": "unauthorized"}
 CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
-CORS_HEADERS = "Authorization, Content-Type"
+CORS_HEADERS = "Authorization, Content-Type, X-AGW-Reveal-Secrets"
+UI_ORIGIN = "https://ui.example:8443"
 
 
 @pytest.fixture(scope="module")
-def anon(module_agwd) -> Iterator[httpx.Client]:
+def module_agwd(module_agwd_factory: Any) -> Any:
+    return module_agwd_factory.start("--admin-cors-origin", UI_ORIGIN)
+
+
+@pytest.fixture(scope="module")
+def anon(module_agwd: Any) -> Iterator[httpx.Client]:
     with module_agwd.client(auth=False) as client:
         yield client
 
@@ -73,18 +81,25 @@ def test_no_credentials_is_401_with_realm(
         pytest.param(lambda h: "basic", id="bare-scheme"),
     ],
 )
-def test_wrong_credentials_are_401(
-    anon: httpx.Client, secret_ids: dict[str, str], admin_hash: str, authorization
-) -> None:
+def test_wrong_credentials_are_401(agwd_factory: Any, admin_hash: str, authorization: Any) -> None:
+    # its own agwd: failed logins count per client, and five of them would lock loopback out
+    agwd = agwd_factory.start()
     header = authorization(admin_hash)
-    for path in ("/admin/llm/providers", f"/admin/llm/providers/{secret_ids['provider']}"):
-        assert_401(anon.get(path, headers={"Authorization": header}), secret_ids)
-    vk_path = f"/admin/virtual_keys/{secret_ids['vk']}"
-    assert_401(anon.get(vk_path, headers={"Authorization": header}), secret_ids)
+    with agwd.client() as admin:
+        pid = make_provider(admin, pid=uid("authprov"), api_key="sk-auth-test-000111")
+        vk = created(admin, "/admin/virtual_keys", {"id": uid("authvk")})
+    secret_ids = {"provider": pid, "vk": vk["id"], "key": vk["key"]}
+    with agwd.client(auth=False) as anon:
+        for path in ("/admin/llm/providers", f"/admin/llm/providers/{pid}"):
+            assert_401(anon.get(path, headers={"Authorization": header}), secret_ids)
+        assert_401(
+            anon.get(f"/admin/virtual_keys/{vk['id']}", headers={"Authorization": header}),
+            secret_ids,
+        )
 
 
 def test_right_credentials_work_and_wrong_ones_still_fail_after(
-    module_agwd, anon: httpx.Client, secret_ids: dict[str, str]
+    module_agwd: Any, anon: httpx.Client, secret_ids: dict[str, str]
 ) -> None:
     user, _, password = module_agwd.auth.partition(":")
     ok = anon.get("/admin/virtual_keys", headers={"Authorization": basic(user, password)})
@@ -125,35 +140,34 @@ def test_options_is_204_without_auth(anon: httpx.Client, path: str) -> None:
     assert "www-authenticate" not in r.headers
     assert "access-control-allow-origin" not in r.headers  # no Origin, no CORS headers
 
-    origin = "https://ui.example:8443"
     r = anon.options(
         path,
         headers={
-            "Origin": origin,
+            "Origin": UI_ORIGIN,
             "Access-Control-Request-Method": "PUT",
             "Access-Control-Request-Headers": "authorization,content-type",
         },
     )
     assert r.status_code == 204
-    assert r.headers["access-control-allow-origin"] == origin
+    assert r.headers["access-control-allow-origin"] == UI_ORIGIN
     assert r.headers["access-control-allow-methods"] == CORS_METHODS
     assert r.headers["access-control-allow-headers"] == CORS_HEADERS
     assert r.headers["access-control-max-age"] == "86400"
+    assert r.headers["vary"] == "Origin"
 
 
-def test_origin_is_echoed_on_every_answer(
+def test_listed_origin_gets_cors_headers_on_every_answer(
     admin: httpx.Client, anon: httpx.Client, secret_ids: dict[str, str]
 ) -> None:
-    origin = "http://localhost:5173"
     answers = [
-        admin.get("/admin/llm/providers", headers={"Origin": origin}),
-        admin.post("/admin/virtual_keys", json={"id": uid("cors")}, headers={"Origin": origin}),
-        anon.get("/admin/health", headers={"Origin": origin}),
-        anon.get("/admin/llm/providers", headers={"Origin": origin}),
+        admin.get("/admin/llm/providers", headers={"Origin": UI_ORIGIN}),
+        admin.post("/admin/virtual_keys", json={"id": uid("cors")}, headers={"Origin": UI_ORIGIN}),
+        anon.get("/admin/health", headers={"Origin": UI_ORIGIN}),
+        anon.get("/admin/llm/providers", headers={"Origin": UI_ORIGIN}),
     ]
     assert [r.status_code for r in answers] == [200, 201, 200, 401]
     for r in answers:
-        assert r.headers["access-control-allow-origin"] == origin
+        assert r.headers["access-control-allow-origin"] == UI_ORIGIN
         assert r.headers["access-control-allow-methods"] == CORS_METHODS
         assert r.headers["access-control-allow-headers"] == CORS_HEADERS
         assert r.headers["access-control-max-age"] == "86400"
@@ -162,8 +176,8 @@ def test_origin_is_echoed_on_every_answer(
     assert "access-control-allow-origin" not in plain.headers
 
 
-def test_agwd_without_auth_serves_everyone(agwd_factory) -> None:
-    agwd = agwd_factory.start(auth=False)
+def test_agwd_insecure_serves_everyone(agwd_factory: Any) -> None:
+    agwd = agwd_factory.start(auth=False)  # --admin-insecure
     with agwd.client(auth=False) as c:
         r = c.post("/admin/llm/providers", json={"id": "open", "provider_type": "openai"})
         assert r.status_code == 201

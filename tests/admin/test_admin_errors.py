@@ -210,7 +210,9 @@ def test_chunked_body_over_16_mib_is_413_json(admin: httpx.Client) -> None:
             yield b"x" * (1024 * 1024)
         yield b'"}'
 
-    r = admin.post("/admin/gateway/apply", content=chunks())
+    r = admin.post(
+        "/admin/gateway/apply", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert_error(r, 413, "payload_too_large")
     assert r.headers["connection"] == "close"
     assert admin.get("/admin/health").status_code == 200  # same client, next request fine
@@ -318,15 +320,20 @@ def test_bad_apply_requests_are_400(admin: httpx.Client, body: dict[str, Any], n
     assert_error(admin.post("/admin/gateway/apply", json=body), 400, None, needle)
 
 
-def test_errors_carry_cors_headers(admin: httpx.Client) -> None:
+def test_errors_carry_cors_headers(agwd_factory: Any) -> None:
     origin = "https://console.example"
-    for r in (
-        admin.get("/admin/nope", headers={"Origin": origin}),
-        admin.post("/admin/llm/providers", content=b"{", headers={"Origin": origin}),
-        admin.delete("/admin/llm/providers", headers={"Origin": origin}),
-    ):
-        assert r.status_code >= 400
-        assert r.headers["access-control-allow-origin"] == origin
+    agwd = agwd_factory.start("--admin-cors-origin", origin)
+    json_type = {"Content-Type": "application/json"}
+    with agwd.client() as admin:
+        for r in (
+            admin.get("/admin/nope", headers={"Origin": origin}),
+            admin.post(
+                "/admin/llm/providers", content=b"{", headers={"Origin": origin} | json_type
+            ),
+            admin.delete("/admin/llm/providers", headers={"Origin": origin}),
+        ):
+            assert r.status_code >= 400
+            assert r.headers["access-control-allow-origin"] == origin
 
 
 def test_unique_ids_are_accepted_after_errors(admin: httpx.Client) -> None:

@@ -344,7 +344,11 @@ def test_bad_call_bodies_are_400(
 
 
 def test_non_json_call_body_is_400(admin: httpx.Client, services: dict[str, str]) -> None:
-    r = admin.post(svc(services["st"], "tools/call"), content=b"{nope")
+    r = admin.post(
+        svc(services["st"], "tools/call"),
+        content=b"{nope",
+        headers={"Content-Type": "application/json"},
+    )
     assert_error(r, 400, "invalid_request", contains="invalid JSON body")
 
 

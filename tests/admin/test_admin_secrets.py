@@ -10,6 +10,7 @@ import httpx
 import pytest
 from admin_support import (
     REDACTED,
+    REVEAL,
     assert_error,
     bundle,
     created,
@@ -168,7 +169,7 @@ def test_secrets_redacted_revealed_kept_and_never_logged(agwd_factory, level: st
             _assert_no_secret(admin.get(base).text)
 
             for revealed in (
-                admin.get(url, params={"reveal": "true"}).json(),
+                admin.get(url, params={"reveal": "true"}, headers=REVEAL).json(),
                 next(v for v in items(admin, base, reveal="true") if v["id"] == oid),
             ):
                 for path, value in secrets.items():
@@ -182,7 +183,7 @@ def test_secrets_redacted_revealed_kept_and_never_logged(agwd_factory, level: st
             r = admin.put(url, json={**put_body(view), **edit})
             assert r.status_code == 200, r.text
             _assert_no_secret(r.text)
-            revealed = admin.get(url, params={"reveal": "true"}).json()
+            revealed = admin.get(url, params={"reveal": "true"}, headers=REVEAL).json()
             for path, value in secrets.items():
                 assert get(revealed, path) == value, (url, path)
 
@@ -191,7 +192,9 @@ def test_secrets_redacted_revealed_kept_and_never_logged(agwd_factory, level: st
         assert exported.status_code == 200
         _assert_no_secret(exported.text)
         assert REDACTED in exported.text
-        full = admin.get("/admin/gateway/export", params={"include_secrets": "true"}).text
+        full = admin.get(
+            "/admin/gateway/export", params={"include_secrets": "true"}, headers=REVEAL
+        ).text
         for name, value in SECRETS.items():
             if name != "credential":  # credentials are not a bundle family
                 assert value in full, name
@@ -201,14 +204,23 @@ def test_secrets_redacted_revealed_kept_and_never_logged(agwd_factory, level: st
         assert r.status_code == 200, r.text
         assert r.json()["counts"]["create"] == r.json()["counts"]["update"] == 0
         pid = objects[0][0].rsplit("/", 1)[1]
-        revealed = admin.get(f"/admin/llm/providers/{pid}", params={"reveal": "1"}).json()
+        revealed = admin.get(
+            f"/admin/llm/providers/{pid}", params={"reveal": "1"}, headers=REVEAL
+        ).json()
         assert revealed["api_key"] == SECRETS["provider"]
 
         # requests that fail carry secrets too; they must not be logged either
         bad = {"id": uid("p"), "provider_type": "nope", "api_key": SECRETS["provider"]}
         assert_error(admin.post("/admin/llm/providers", json=bad), 400)
         bad_json = json.dumps({"api_key": SECRETS["provider"]})[:-1]
-        assert_error(admin.post("/admin/llm/providers", content=bad_json), 400)
+        assert_error(
+            admin.post(
+                "/admin/llm/providers",
+                content=bad_json,
+                headers={"Content-Type": "application/json"},
+            ),
+            400,
+        )
         assert_error(
             admin.post(
                 "/admin/gateway/apply",
@@ -282,7 +294,10 @@ def test_put_with_a_new_secret_replaces_it(admin: httpx.Client) -> None:
     url = f"/admin/llm/providers/{pid}"
     r = admin.put(url, json={"id": pid, "provider_type": "openai", "api_key": "sk-new-value"})
     assert r.status_code == 200 and r.json()["api_key"] == REDACTED
-    assert admin.get(url, params={"reveal": "true"}).json()["api_key"] == "sk-new-value"
+    assert (
+        admin.get(url, params={"reveal": "true"}, headers=REVEAL).json()["api_key"]
+        == "sk-new-value"
+    )
     # an omitted secret is cleared (PUT replaces the object), and empty is not redacted
     r = admin.put(url, json={"id": pid, "provider_type": "openai"})
     assert r.status_code == 200 and r.json()["api_key"] == ""

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from admin_support import (
     REDACTED,
+    REVEAL,
     assert_error,
     bundle,
     created,
@@ -107,7 +108,9 @@ def test_static_objects_are_listed_read_only(
 
 def test_static_secrets_come_from_env_and_are_redacted(sc: httpx.Client) -> None:
     assert sc.get("/admin/llm/providers/static-openai").json()["api_key"] == REDACTED
-    revealed = sc.get("/admin/llm/providers/static-openai", params={"reveal": "true"}).json()
+    revealed = sc.get(
+        "/admin/llm/providers/static-openai", params={"reveal": "true"}, headers=REVEAL
+    ).json()
     assert revealed["api_key"] == STATIC_KEY
 
 
@@ -139,7 +142,7 @@ def test_creating_an_object_with_a_static_id_is_409(
     sc: httpx.Client, family: str, path: str, oid: str
 ) -> None:
     before = everything(sc)
-    body = put_body(sc.get(f"{path}/{oid}", params={"reveal": "true"}).json())
+    body = put_body(sc.get(f"{path}/{oid}", params={"reveal": "true"}, headers=REVEAL).json())
     body.pop("source")
     body.pop("read_only")
     body.pop("owns_service", None)

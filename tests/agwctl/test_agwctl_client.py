@@ -56,7 +56,8 @@ def test_default_admin_address_is_localhost_8019(tmp_path: Path) -> None:
 def test_wrong_or_missing_credentials(gateway: Any, tmp_path: Path) -> None:
     ctl = Agwctl(gateway.env, tmp_path)
     expected = (
-        "admin API rejected the credentials (401); set --admin-basic-auth or AGW_ADMIN_BASIC_AUTH"
+        "admin API rejected the credentials (401); set --admin-basic-auth or "
+        "AGW_ADMIN_BASIC_AUTH, or AGW_ADMIN_PASSWORD_FILE to agwd's password file"
     )
     assert_one_line_error(
         ctl("gateway", "--admin-basic-auth", "admin:wrong", "provider", "list"), expected
