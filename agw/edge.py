@@ -41,7 +41,10 @@ def host_name(host_header: str) -> str | None:
         return None
     if not name or any(c in value for c in "/?#@ \t"):
         return None
-    return name.lower().rstrip(".")
+    name = name.lower()
+    if name.startswith(".") or ".." in name:  # an empty label names no host
+        return None
+    return name.rstrip(".")
 
 
 def is_ip_literal(name: str) -> bool:

@@ -87,6 +87,13 @@ SWEEP_EVERY_S = 60.0
 BUFFER_LIMIT = 4096  # messages waiting for a stream's GET; beyond, the oldest are dropped...
 BUFFER_BYTES = 16 * 1024 * 1024  # ...and beyond this many bytes of them
 REQUEST_TIMEOUT_S = 30.0  # set_mode / set_config_option to the agent
+# Connections one principal may hold on one route: each has a buffer of up to BUFFER_BYTES, so
+# without a bound a client could make the gateway hold any multiple of it. A new connection
+# beyond the quota closes the principal's own least recently used one (never another's).
+CONNECTIONS_PER_PRINCIPAL = 32
+ID_MAX_CHARS = METHOD_MAX_CHARS = 200  # a client's JSON-RPC id (string) and method
+ID_MAX_BITS = 640  # an integer id: about 190 digits (as the MCP plane's)
+CWD_MAX_CHARS = 4096  # a session/new cwd (PATH_MAX), echoed in errors
 SESSION_SCOPED = frozenset(
     {
         "session/prompt",
@@ -195,6 +202,16 @@ class HttpConnection:
         )
 
 
+def _valid_id(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= ID_MAX_CHARS
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (value.bit_length() <= ID_MAX_BITS)
+    )
+
+
 def _rpc_error(msg_id: Any, code: int, message: str) -> JsonObj:
     return {"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}}
 
@@ -288,6 +305,16 @@ class HttpTransport:
         if not isinstance(msg, dict):
             raise HttpError(400, "Invalid JSON-RPC message")
         method = msg.get("method")
+        # the id and the method are echoed in answers that wait in the connection's buffer:
+        # bounded, as the MCP plane bounds them
+        if ("id" in msg and not _valid_id(msg["id"])) or (
+            isinstance(method, str) and len(method) > METHOD_MAX_CHARS
+        ):
+            raise HttpError(
+                400,
+                f"Invalid JSON-RPC message: the id must be a string of at most {ID_MAX_CHARS} "
+                f"characters or an integer, the method at most {METHOD_MAX_CHARS} characters",
+            )
         if method == "initialize" and "id" in msg:
             op.operation = "initialize"
             await self._initialize(req, op, service, msg)
@@ -348,6 +375,7 @@ class HttpTransport:
         if isinstance(agent.get("agentInfo"), dict):
             result["agentInfo"] = agent["agentInfo"]
         conn = HttpConnection(secrets.token_hex(16), req.route.id, service.id, req.virtual_key_id)
+        self._make_room(conn)
         self.connections[conn.id] = conn
         self._watch_idle()
         op.status = 200
@@ -423,6 +451,8 @@ class HttpTransport:
         self, conn: HttpConnection, service: AcpService, params: JsonObj
     ) -> JsonObj:
         cwd = params.get("cwd")
+        if isinstance(cwd, str) and len(cwd) > CWD_MAX_CHARS:
+            raise AcpError(f"cwd must be at most {CWD_MAX_CHARS} characters", status=400)
         conn.count += 1
         thread = f"{conn.thread_prefix}-{conn.count}"
         turn = conn.turn(thread, cwd if isinstance(cwd, str) else "")
@@ -634,6 +664,10 @@ class HttpTransport:
     async def _drop(self, conn: HttpConnection, reason: str) -> None:
         if self.connections.pop(conn.id, None) is None:
             return
+        await self._finish(conn, reason)
+
+    async def _finish(self, conn: HttpConnection, reason: str) -> None:
+        """Close a connection already taken out of :attr:`connections`."""
         for task in list(conn.tasks):
             task.cancel()
         if conn.tasks:  # their leases released before the instances close
@@ -643,6 +677,22 @@ class HttpTransport:
             session.outbox.close()
         conn.outbox.close()
         log.info("acp_http_connection_closed", extra={"reason": reason})
+
+    def _make_room(self, new: HttpConnection) -> None:
+        """At the quota, close the least recently used connections of ``new``'s route and
+        principal (:data:`CONNECTIONS_PER_PRINCIPAL`)."""
+        own = [
+            c
+            for c in self.connections.values()
+            if c.route_id == new.route_id and c.virtual_key_id == new.virtual_key_id
+        ]
+        own.sort(key=lambda c: (c.streams > 0 or bool(c.tasks), c.last_seen))
+        for conn in own[: max(0, len(own) - CONNECTIONS_PER_PRINCIPAL + 1)]:
+            del self.connections[conn.id]  # unknown from now on, closed in the background
+            log.warning("acp_http_connection_evicted", extra={"route_id": conn.route_id})
+            task = asyncio.create_task(self._finish(conn, "quota"))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _sweep(self) -> None:
         now = time.monotonic()

@@ -14,7 +14,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from quart import Quart, Response, request
-from werkzeug.exceptions import HTTPException
+from quart.wrappers import BaseRequestWebsocket
+from werkzeug.exceptions import BadHost, HTTPException
+from werkzeug.routing import MapAdapter
 
 from agw.admin import acp, agents, gateway, mcp, metrics, models, resources
 from agw.auth.admin_basic import BasicAuth
@@ -80,6 +82,18 @@ def json_body_refused() -> str | None:
     return None
 
 
+class _AdminQuart(Quart):
+    """Quart, with a ``Host`` werkzeug cannot encode (``localhost..``: an empty label) left to
+    the gate, which answers 421: werkzeug refuses it while the request context is built, before
+    any handler could, and the client got a 500 with a traceback in the log."""
+
+    def create_url_adapter(self, request: BaseRequestWebsocket | None) -> MapAdapter | None:
+        try:
+            return super().create_url_adapter(request)
+        except BadHost:
+            return self.url_map.bind("invalid.host", url_scheme="http")
+
+
 def create_admin_app(
     manager: ConfigManager,
     auth: BasicAuth | None,
@@ -106,7 +120,7 @@ def create_admin_app(
     trusts in ``Host`` and ``Origin`` (default: loopback names, no listed origin); ``auth`` None
     serves without authentication (``--admin-insecure``)."""
     trust = policy or HostPolicy()
-    app = Quart(__name__, static_folder=None)
+    app = _AdminQuart(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_ADMIN_BODY
     app.config["BODY_TIMEOUT"] = 60
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False

@@ -19,7 +19,7 @@ from agw.config.models import Provider
 from agw.llm.providers import CredentialPicker, auth_headers, url_for
 from agw.llm.upstream import RESPONSE_LIMIT, BodyTooLarge, UpstreamPool, read_capped
 from agw.runtime.snapshot import Snapshot
-from agw.telemetry import redact_url
+from agw.telemetry import redact_url, scrub
 
 
 class DiscoveryFailed(Exception):
@@ -144,8 +144,11 @@ class ModelCatalog:
                     raise DiscoveryFailed(f"{redact_url(url)} answered {resp.status}")
                 raw = jsonfast.loads(await read_capped(resp, RESPONSE_LIMIT))
         except (aiohttp.ClientError, TimeoutError, ValueError, BodyTooLarge) as exc:
-            self._failed(provider, f"{type(exc).__name__}: {exc}")
-            raise DiscoveryFailed(f"model discovery for {provider_id} failed: {exc}") from None
+            # scrubbed: aiohttp's errors may quote the URL or the proxy's, credentials included
+            # (the admin views mask them)
+            reason = scrub(str(exc))
+            self._failed(provider, f"{type(exc).__name__}: {reason}")
+            raise DiscoveryFailed(f"model discovery for {provider_id} failed: {reason}") from None
         except DiscoveryFailed as exc:
             self._failed(provider, str(exc))
             raise

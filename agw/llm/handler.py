@@ -443,8 +443,12 @@ class LlmPlane:
             )
         except aiohttp.ClientError as exc:
             call.upstream_ns += time.perf_counter_ns() - sent
+            # scrubbed: aiohttp's errors quote the URL (an invalid one) or the proxy's (a
+            # refused CONNECT), credentials included, and this message goes to the client
             return Failure(
-                502, f"upstream {provider.id} unreachable: {exc}", "provider_request_failed"
+                502,
+                f"upstream {provider.id} unreachable: {scrub(str(exc))}",
+                "provider_request_failed",
             )
         call.upstream_ns += time.perf_counter_ns() - sent
         async with resp:
@@ -521,7 +525,9 @@ class LlmPlane:
                 504, f"upstream {resp.url.host} timed out", "provider_request_failed"
             ) from None
         except aiohttp.ClientError as exc:
-            raise Reply(502, f"upstream read failed: {exc}", "provider_request_failed") from None
+            raise Reply(
+                502, f"upstream read failed: {scrub(str(exc))}", "provider_request_failed"
+            ) from None
         finally:
             call.upstream_ns += time.perf_counter_ns() - sent
         if call.renamed:
@@ -719,7 +725,9 @@ class LlmPlane:
                 await req.respond(resp.status, raw, ctype, _passed_headers(resp))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Reply(
-                502, f"upstream {provider.id} unreachable: {exc}", "provider_request_failed"
+                502,
+                f"upstream {provider.id} unreachable: {scrub(str(exc))}",
+                "provider_request_failed",
             ) from None
 
     async def _count_tokens(self, call: Call, body: dict[str, Any], target: Target) -> None:

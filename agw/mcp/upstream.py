@@ -20,6 +20,7 @@ from typing import Any
 
 from agw.config.services import McpService
 from agw.mcp.jsonrpc import JsonObj, RequestId
+from agw.telemetry import scrub
 from agw.version import VERSION
 
 # The protocol version the gateway asks its upstreams for first (newest of the handshake era).
@@ -50,6 +51,9 @@ class UpstreamError(Exception):
     error the upstream answered is an :class:`agw.mcp.jsonrpc.RpcError` instead.)"""
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
+        # scrubbed: it reaches data-plane clients, admin views and logs, and aiohttp's errors
+        # quote the service's URL with its credentials (``user:pass@``, ``?api_key=``)
+        message = scrub(message)
         super().__init__(message)
         self.message = message
         self.status = status  # the upstream's HTTP status, when it answered one

@@ -208,3 +208,48 @@ def test_an_agents_request_flood_is_bounded(limits: Limits) -> None:
     assert [e for e in rest if e.name == "permission"] == []
     text = "".join(e.data.get("text", "") for e in rest if e.name == "delta")
     assert json.loads(text) == {"answered": limit, "refused": 200 - limit}
+
+
+def test_http_transport_connections_and_their_buffers_are_bounded(limits: Limits) -> None:
+    """``<route>/acp`` (issue 12 variant): each connection buffers its answers until a GET
+    reads them (up to 16 MiB), and answers echo the client's id and method. One keyless client
+    opened connections without end and filled each with four answers echoing a 4 MB id: agwd
+    grew by 16 MiB a connection (+478 MiB for 30, in 2.4 s), held for 30 minutes. Now ids and
+    methods are bounded (400) and a principal holds at most ``CONNECTIONS_PER_PRINCIPAL``
+    connections per route, its least recently used closed beyond."""
+    import agw.acp.http_transport as transport
+
+    quota = getattr(transport, "CONNECTIONS_PER_PRINCIPAL", 32)  # (absent before the fix)
+    gw = limits.gw
+    url = gw.url("/echo/acp")
+    pid = gw.agwd.proc.pid
+    json_type = {"content-type": "application/json"}
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": 1}}
+    huge = "x" * 4_000_000
+    before = rss_kib(pid)
+    opened: list[str] = []
+    with httpx.Client(timeout=FAST) as http:
+        for _ in range(quota + 8):
+            r = http.post(url, json=init, headers=json_type)
+            assert r.status_code == 200, r.text
+            cid = r.headers["acp-connection-id"]
+            opened.append(cid)
+            for message in ({"id": huge, "method": "authenticate"}, {"id": 1, "method": huge}):
+                r = http.post(
+                    url,
+                    json={"jsonrpc": "2.0", **message},
+                    headers={**json_type, "acp-connection-id": cid},
+                )
+                assert r.status_code == 400, r.text[:200]
+                assert len(r.content) < 1000
+        asked = {"jsonrpc": "2.0", "id": 1, "method": "authenticate"}
+        for cid, status in (
+            (opened[0], 404),
+            (opened[7], 404),
+            (opened[8], 202),
+            (opened[-1], 202),
+        ):
+            r = http.post(url, json=asked, headers={**json_type, "acp-connection-id": cid})
+            assert r.status_code == status, (cid, r.text)
+    grown_mib = (rss_kib(pid) - before) / 1024
+    assert grown_mib < 64, f"agwd grew by {grown_mib:.0f} MiB"

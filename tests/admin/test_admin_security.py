@@ -221,6 +221,15 @@ def test_trusted_hosts_pass(open_admin: httpx.Client, open_agwd: Any, host: str)
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.parametrize("host", ["localhost..", "127.0.0.1..", ".localhost", "a..localhost"])
+def test_a_host_with_an_empty_label_is_421(
+    open_admin: httpx.Client, open_agwd: Any, host: str
+) -> None:
+    r = open_admin.get("/admin/llm/providers", headers={"Host": host})
+    assert_error(r, 421, "misdirected_request")
+    assert "BadHost" not in open_agwd.logs()
+
+
 def test_two_host_headers_are_421(open_agwd: Any) -> None:
     request = (
         b"GET /admin/gateway/export HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: attacker.example\r\n"
@@ -392,6 +401,25 @@ def test_url_credentials_are_masked_everywhere_and_kept_on_write_back(
     assert shown["network"]["proxy_url"] == "http://proxyuser:proxy-pass-789@127.0.0.1:3128"
     shown = open_admin.get(f"/admin/mcp/services/{sid}?reveal=true", headers=REVEAL).json()
     assert shown["url"] == url
+
+
+def test_a_failed_model_refresh_shows_no_url_credentials(open_admin: httpx.Client) -> None:
+    """Model discovery of a provider whose URL carries a password and cannot be reached (an
+    invalid port: aiohttp's error quotes the whole URL): the 502 and the discovered view keep
+    it masked, as the provider's own view does (issue 12 variant: the refresh showed it)."""
+    pid = uid("discprov")
+    body = {
+        "id": pid,
+        "provider_type": "openai",
+        "base_url": "http://agw:disc-pa55word-0123@127.0.0.1:99999/v1",
+        "network": {"max_retries": 0},
+    }
+    assert open_admin.post("/admin/llm/providers", json=body).status_code == 201
+    r = open_admin.post(f"/admin/llm/models/providers/{pid}/refresh", json={})
+    assert r.status_code == 502, r.text
+    assert "disc-pa55word-0123" not in r.text and "<redacted>@" in r.text, r.text
+    r = open_admin.get(f"/admin/llm/models/providers/{pid}/discovered")
+    assert "disc-pa55word-0123" not in r.text
 
 
 def test_masked_url_without_a_stored_secret_is_refused(open_admin: httpx.Client) -> None:

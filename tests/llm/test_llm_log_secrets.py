@@ -7,6 +7,8 @@ each secret. The scrubber itself is tested format by format in tests/test_teleme
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -56,7 +58,37 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture(scope="module")
-def gw(module_agwd_factory: AgwdLauncher, fake: FakeUpstream) -> Agwd:
+def refusing_proxy() -> Iterator[int]:
+    """An HTTP proxy that refuses every ``CONNECT`` with 403 (as a proxy's ACL does); yields
+    its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def gw(module_agwd_factory: AgwdLauncher, fake: FakeUpstream, refusing_proxy: int) -> Agwd:
     agwd = module_agwd_factory.start("--log-level", "debug")
     host = fake.url.removeprefix("http://")
     once = {"max_retries": 0}
@@ -78,6 +110,15 @@ def gw(module_agwd_factory: AgwdLauncher, fake: FakeUpstream) -> Agwd:
                 "network": once,
             },
             {
+                "id": "proxied",  # through a proxy that refuses the CONNECT: the error names it
+                "provider_type": "openai",
+                "base_url": "https://127.0.0.1:9/v1",
+                "network": {
+                    "max_retries": 0,
+                    "proxy_url": f"http://agw:{SECRETS['url_password']}@127.0.0.1:{refusing_proxy}",
+                },
+            },
+            {
                 "id": "gem",
                 "provider_type": "gemini",
                 "base_url": fake.url,
@@ -93,7 +134,7 @@ def gw(module_agwd_factory: AgwdLauncher, fake: FakeUpstream) -> Agwd:
                 "auth_policy": {"require_virtual_key": True},
                 "target_policy": {"provider_id": rid},
             }
-            for rid in ("oa", "creds", "badport", "gem")
+            for rid in ("oa", "creds", "badport", "proxied", "gem")
         ],
         "virtualKeys": [{"id": "k"}],
     }
@@ -140,6 +181,17 @@ def test_an_invalid_provider_url_with_credentials_is_logged_without_them(gw: Agw
     assert r.status_code == 502, r.text
     assert "upstream_attempt_failed" in gw.logs()[since:]
     assert_no_secret(gw, since)
+
+
+@pytest.mark.parametrize("route", ["badport", "proxied"])
+def test_url_credentials_never_reach_the_client(gw: Agwd, route: str) -> None:
+    """aiohttp's error quotes the provider's URL (an invalid one) or the proxy's (a refused
+    CONNECT) with its password; that error is the client's 502 message (issue 12 variant: a
+    virtual key holder read the provider's and the proxy's passwords)."""
+    r = call(gw, route)
+    assert r.status_code == 502, r.text
+    assert "unreachable" in r.text and "<redacted>@" in r.text, r.text
+    assert SECRETS["url_password"] not in r.text
 
 
 def test_a_cut_stream_and_a_crashing_request_leave_no_key_in_the_log(

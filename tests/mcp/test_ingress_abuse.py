@@ -484,3 +484,42 @@ def test_a_standalone_stream_nobody_reads_holds_a_bounded_amount() -> None:
         assert got == 100 - stream.dropped and stream.size == 0
 
     asyncio.run(case())
+
+
+@pytest.mark.parametrize("transport", ["streamable_http", "sse"])
+def test_a_services_url_credentials_never_reach_a_client(
+    agwd_factory: AgwdLauncher, transport: str
+) -> None:
+    """An MCP service whose URL carries credentials (``user:password@``, ``?api_key=``) and
+    that cannot be reached (here an invalid port: aiohttp's error quotes the whole URL): the
+    client of the open route gets the error without them, and so does the admin API's view
+    (issue 12 variant: the error message was relayed as it was)."""
+    password, key = "mcp-url-pa55word-0123", "mcp-query-key-0123456789"
+    path = "/mcp" if transport == "streamable_http" else "/sse"
+    url = f"http://agw:{password}@127.0.0.1:99999{path}?api_key={key}"
+    gw = agwd_factory.start(auth=False)
+    bundle = {
+        "apiVersion": "gateway.agw/v1alpha1",
+        "kind": "GatewayBundle",
+        "mcpServices": [{"id": "creds", "name": "creds", "transport": transport, "url": url}],
+        "mcpRoutes": [
+            {"id": "r-creds", "service_id": "creds", "match_policy": {"path_prefix": "/creds"}}
+        ],
+    }
+    with gw.client() as admin:
+        r = admin.post("/admin/gateway/apply", json={"bundle": bundle})
+        assert r.status_code == 200, r.text
+    with httpx.Client(base_url=gw.data_url, timeout=30, trust_env=False) as http:
+        session, _ = initialize(http, "/creds")
+        answers = [
+            post(http, "/creds", rpc(method, params, 2), session=session, version="2025-11-25")
+            for method, params in (("tools/list", {}), ("resources/read", {"uri": "file:///x"}))
+        ]
+    with gw.client() as admin:
+        views = [
+            admin.get(p).text for p in ("/admin/mcp/runtime", "/admin/mcp/services/creds/tools")
+        ]
+    texts = [a.text for a in answers] + views
+    assert any("unreachable" in t or "failed" in t for t in texts[:2]), texts
+    for text in texts:
+        assert password not in text and key not in text, text
