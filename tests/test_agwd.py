@@ -22,7 +22,9 @@ HEAD = "apiVersion: gateway.agw/v1alpha1\nkind: GatewayBundle\n"
 REVEAL = {"X-AGW-Reveal-Secrets": "true"}  # ?reveal=true needs it
 
 
-def run_agwd(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 20):
+def run_agwd(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "agwd.main", *args],
         cwd=cwd,

@@ -15,12 +15,13 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
 import pytest
 from mcp import Client
+from mcp.types import RequestParamsMeta
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.acp.conftest import FakeAgentHandle
@@ -147,7 +148,9 @@ def test_one_session_id_across_llm_mcp_and_acp(
                 Client(streamable_http_client(f"{agwd.data_url}/tools", http_client=h)) as mcp,
             ):
                 await mcp.call_tool(
-                    "echo", {"message": "by meta"}, meta={"agent-session-id": "s-mcp-meta"}
+                    "echo",
+                    {"message": "by meta"},
+                    meta=cast(RequestParamsMeta, {"agent-session-id": "s-mcp-meta"}),
                 )
 
         asyncio.run(mcp_calls())

@@ -7,9 +7,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.conftest import Agwd
+
 
 @pytest.fixture(scope="module")
-def admin(module_agwd) -> Iterator[httpx.Client]:
+def admin(module_agwd: Agwd) -> Iterator[httpx.Client]:
     """An authenticated admin client on the module's agwd."""
     with module_agwd.client() as client:
         yield client

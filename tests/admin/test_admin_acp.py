@@ -20,12 +20,12 @@ from typing import Any
 
 import httpx
 import pytest
-from admin_support import assert_error, created, uid
 
 from agw.admin.acp import ADMIN_ROUTE_ID, NOT_RUNNING
 from agw.admin.app import create_admin_app
 from agw.runtime.manager import ConfigManager
 from tests.acp.conftest import FakeAgentHandle, group_members, wait_group_gone
+from tests.admin.admin_support import assert_error, created, uid
 from tests.conftest import Agwd
 
 WAIT_S = 15.0

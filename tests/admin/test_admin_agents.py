@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from admin_support import assert_error, bundle, created, problem_paths, uid
 
 from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
 from tests.acp.conftest import FakeAgentHandle
+from tests.admin.admin_support import assert_error, bundle, created, problem_paths, uid
 from tests.conftest import Agwd, AgwdLauncher, usage_rows
 from tests.fakes.run import FakeUpstream, start_fake_upstream
 
@@ -552,7 +552,7 @@ def test_resources_resolve_and_put_replaces_only_them(admin: httpx.Client) -> No
      ("GET", "resources"), ("PUT", "resources"), ("GET", "health")],
 )  # fmt: skip
 def test_unknown_agent_is_404(admin: httpx.Client, method: str, tail: str) -> None:
-    body = {"resources": {}} if method == "PUT" else None
+    body: dict[str, Any] | None = {"resources": {}} if method == "PUT" else None
     r = admin.request(method, f"/admin/agents/no-such-agent/{tail}", json=body)
     assert assert_error(r, 404, "not_found")["error"] == "agent not found"
 

@@ -4,11 +4,13 @@ no-op applies that write nothing, dry runs, prune, and export -> apply round tri
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from admin_support import (
+
+from tests.admin.admin_support import (
     REDACTED,
     REVEAL,
     VK_PATTERN,
@@ -19,6 +21,7 @@ from admin_support import (
     store_bytes,
     uid,
 )
+from tests.conftest import Agwd, AgwdLauncher
 
 
 def full_bundle(u: str) -> dict[str, Any]:
@@ -122,12 +125,12 @@ def pairs(data: dict[str, Any], action: str) -> set[tuple[str, str]]:
 
 
 @pytest.fixture
-def client(agwd) -> httpx.Client:
+def client(agwd: Agwd) -> Iterator[httpx.Client]:
     with agwd.client() as c:
         yield c
 
 
-def test_apply_creates_then_skips_and_writes_nothing(agwd, client: httpx.Client) -> None:
+def test_apply_creates_then_skips_and_writes_nothing(agwd: Agwd, client: httpx.Client) -> None:
     u = uid("ap")
     first = ok(apply(client, full_bundle(u)))
     assert first["dry_run"] is False and first["changed"] is True
@@ -172,7 +175,7 @@ def test_apply_updates_only_what_changed(client: httpx.Client) -> None:
     assert vk["disabled"] is True and vk["key"] == vk_key
 
 
-def test_dry_run_plans_but_writes_nothing(agwd, client: httpx.Client) -> None:
+def test_dry_run_plans_but_writes_nothing(agwd: Agwd, client: httpx.Client) -> None:
     u = uid("dry")
     state, on_disk = everything(client), store_bytes(agwd.db_path)
     data = ok(apply(client, full_bundle(u), dry_run=True))
@@ -243,7 +246,7 @@ def test_prune_that_would_break_a_reference_is_refused(client: httpx.Client) -> 
     assert everything(client) == state
 
 
-def test_error_in_bundle_stores_nothing(agwd, client: httpx.Client) -> None:
+def test_error_in_bundle_stores_nothing(agwd: Agwd, client: httpx.Client) -> None:
     u = uid("err")
     state, on_disk = everything(client), store_bytes(agwd.db_path)
     # the bundle has no providers key, so the dangling reference is found against the server
@@ -308,7 +311,7 @@ def test_redacted_secret_with_nothing_stored_is_an_error_action(client: httpx.Cl
     assert everything(client) == state
 
 
-def test_export_redacts_and_round_trips(agwd, client: httpx.Client) -> None:
+def test_export_redacts_and_round_trips(agwd: Agwd, client: httpx.Client) -> None:
     u = uid("ex")
     ok(apply(client, full_bundle(u)))
     exported = client.get("/admin/gateway/export")
@@ -352,7 +355,7 @@ def test_export_redacts_and_round_trips(agwd, client: httpx.Client) -> None:
     assert store_bytes(agwd.db_path) == on_disk
 
 
-def test_export_applies_to_a_fresh_gateway(agwd_factory) -> None:
+def test_export_applies_to_a_fresh_gateway(agwd_factory: AgwdLauncher) -> None:
     source, target = agwd_factory.start(), agwd_factory.start()
     u = uid("copy")
     with source.client() as a, target.client() as b:

@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from admin_support import created, make_provider, uid
+
+from tests.admin.admin_support import created, make_provider, uid
 
 REALM = 'Basic realm="agent-gateway-admin"'
 UNAUTHORIZED = {"error": "unauthorized", "code": "unauthorized"}

@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-from admin_support import (
+
+from tests.admin.admin_support import (
     FAMILIES,
     FAMILY_IDS,
     FamilySpec,

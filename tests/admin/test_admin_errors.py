@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-from admin_support import (
+
+from tests.admin.admin_support import (
     assert_error,
     everything,
     make_mcp_service,

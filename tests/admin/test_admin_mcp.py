@@ -22,11 +22,11 @@ from typing import Any
 
 import httpx
 import pytest
-from admin_support import assert_error, created, uid
 
 from agw.admin.mcp import upstream_failure
 from agw.mcp.jsonrpc import METHOD_NOT_FOUND, RpcError
 from agw.mcp.upstream import UpstreamError
+from tests.admin.admin_support import assert_error, created, uid
 from tests.conftest import free_port
 from tests.mcp.conftest import McpServerHandle, run_mcp_server
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-from admin_support import (
+
+from tests.admin.admin_support import (
     acp_agent_body,
     assert_error,
     created,
@@ -51,7 +52,7 @@ def test_llm_route_to_missing_provider_is_400(admin: httpx.Client) -> None:
 
 def test_logical_model_candidate_to_missing_provider_is_400(admin: httpx.Client) -> None:
     pid, missing = make_provider(admin), uid("no-provider")
-    body = {
+    body: dict[str, Any] = {
         "id": uid("r"),
         "protocol": "openai",
         "match_policy": {"path_prefix": f"/{uid('lm')}"},

@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
-from admin_support import (
+
+from tests.admin.admin_support import (
     REDACTED,
     REVEAL,
     assert_error,
@@ -19,6 +20,7 @@ from admin_support import (
     put_body,
     uid,
 )
+from tests.conftest import AgwdLauncher
 
 # Every secret is unique, so a grep of the log finds it wherever it leaked.
 SECRETS = {
@@ -41,7 +43,7 @@ def get(node: Any, path: str) -> Any:
 
 def _objects(admin: httpx.Client) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
     """(url, view, {path: secret}) for one object of each family that holds secrets."""
-    out = []
+    out: list[tuple[str, dict[str, Any], dict[str, str]]] = []
     pid = uid("sec-prov")
     created(
         admin,
@@ -151,7 +153,9 @@ def _assert_no_secret(text: str) -> None:
 
 
 @pytest.mark.parametrize("level", ["info", "debug"])
-def test_secrets_redacted_revealed_kept_and_never_logged(agwd_factory, level: str) -> None:
+def test_secrets_redacted_revealed_kept_and_never_logged(
+    agwd_factory: AgwdLauncher, level: str
+) -> None:
     agwd = agwd_factory.start("--log-level", level)
     with agwd.client() as admin:
         objects = _objects(admin)

@@ -23,7 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
-from admin_support import REDACTED, mcp_service_body, uid
+
+from tests.admin.admin_support import REDACTED, mcp_service_body, uid
 
 UI_ORIGIN = "https://ui.example:8443"
 REVEAL = {"X-AGW-Reveal-Secrets": "true"}

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from admin_support import (
+
+from tests.admin.admin_support import (
     REDACTED,
     REVEAL,
     assert_error,
@@ -21,6 +22,7 @@ from admin_support import (
     put_body,
     uid,
 )
+from tests.conftest import Agwd, AgwdLauncher
 
 STATIC_YAML = """\
 apiVersion: gateway.agw/v1alpha1
@@ -82,14 +84,16 @@ def view_id(path: str, view: dict[str, object]) -> str:
 
 
 @pytest.fixture(scope="module")
-def static_agwd(module_agwd_factory, tmp_path_factory: pytest.TempPathFactory):
+def static_agwd(
+    module_agwd_factory: AgwdLauncher, tmp_path_factory: pytest.TempPathFactory
+) -> Agwd:
     path: Path = tmp_path_factory.mktemp("static") / "static.yaml"
     path.write_text(STATIC_YAML)
     return module_agwd_factory.start(static=path, env={"STATIC_OPENAI_KEY": STATIC_KEY})
 
 
 @pytest.fixture(scope="module")
-def sc(static_agwd) -> Iterator[httpx.Client]:
+def sc(static_agwd: Agwd) -> Iterator[httpx.Client]:
     with static_agwd.client() as client:
         yield client
 
@@ -163,7 +167,7 @@ def test_stored_objects_sit_beside_static_ones(sc: httpx.Client) -> None:
     assert sc.delete(f"/admin/llm/routes/{rid}").status_code == 200
 
 
-def test_static_objects_are_not_written_to_the_store(static_agwd) -> None:
+def test_static_objects_are_not_written_to_the_store(static_agwd: Agwd) -> None:
     with sqlite3.connect(f"file:{static_agwd.db_path}?mode=ro", uri=True) as db:
         for table in ("providers", "routes", "mcp_services", "acp_services", "agents"):
             ids = [row[0] for row in db.execute(f"SELECT id FROM {table}")]

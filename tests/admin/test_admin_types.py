@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
-from admin_support import assert_error, bundle, everything, uid
+
+from tests.admin.admin_support import assert_error, bundle, everything, uid
+from tests.conftest import Agwd, AgwdLauncher
 
 ALL_TYPES = [
     "anthropic",
@@ -23,7 +26,7 @@ AUTHENTICATORS = ["claudecode", "codex", "gemini"]
 
 
 @pytest.fixture(scope="module")
-def restricted(module_agwd_factory) -> Iterator[httpx.Client]:
+def restricted(module_agwd_factory: AgwdLauncher) -> Iterator[httpx.Client]:
     agwd = module_agwd_factory.start("--provider-type", "openai", "--provider-type", "anthropic")
     with agwd.client() as client:
         yield client
@@ -88,11 +91,11 @@ def test_api_handler_types(admin: httpx.Client) -> None:
 
 
 @pytest.fixture
-def fresh(agwd_factory):
+def fresh(agwd_factory: AgwdLauncher) -> Agwd:
     return agwd_factory.start()
 
 
-def test_authenticators_list_and_get(fresh) -> None:
+def test_authenticators_list_and_get(fresh: Agwd) -> None:
     with fresh.client() as c:
         listed = c.get("/admin/cliauth/authenticators").json()["items"]
         assert [a["name"] for a in listed] == AUTHENTICATORS
@@ -105,7 +108,7 @@ def test_authenticators_list_and_get(fresh) -> None:
         assert_error(c.put("/admin/cliauth/authenticators/github", json={"enabled": True}), 404)
 
 
-def test_authenticator_put_lifecycle_is_runtime_only(agwd_factory) -> None:
+def test_authenticator_put_lifecycle_is_runtime_only(agwd_factory: AgwdLauncher) -> None:
     agwd = agwd_factory.start()
     url = "/admin/cliauth/authenticators/claudecode"
     with agwd.client() as c:
@@ -149,7 +152,9 @@ def test_authenticator_put_lifecycle_is_runtime_only(agwd_factory) -> None:
         ({"enabled": "yes", "config": {}}, "enabled"),
     ],
 )
-def test_authenticator_put_rejections(admin: httpx.Client, body: dict, needle: str) -> None:
+def test_authenticator_put_rejections(
+    admin: httpx.Client, body: dict[str, Any], needle: str
+) -> None:
     url = "/admin/cliauth/authenticators/gemini"
     before = admin.get(url).json()
     assert_error(admin.put(url, json=body), 400, None, needle)

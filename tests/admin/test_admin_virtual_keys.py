@@ -6,7 +6,9 @@ import re
 import sqlite3
 
 import httpx
-from admin_support import VK_PATTERN, assert_error, created, items, put_body, uid
+
+from tests.admin.admin_support import VK_PATTERN, assert_error, created, items, put_body, uid
+from tests.conftest import AgwdLauncher
 
 
 def test_key_is_generated_and_returned_by_post_get_and_list(admin: httpx.Client) -> None:
@@ -75,7 +77,7 @@ def test_allowed_route_ids_and_expiry_round_trip(admin: httpx.Client) -> None:
     assert_error(r, 400, "config_invalid")
 
 
-def test_key_and_objects_survive_a_restart(agwd_factory) -> None:
+def test_key_and_objects_survive_a_restart(agwd_factory: AgwdLauncher) -> None:
     first = agwd_factory.start()
     with first.client() as c:
         pid = created(c, "/admin/llm/providers", {"id": uid("p"), "provider_type": "openai"})["id"]

@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
-from agwctl_support import BUNDLE, Agwctl, assert_one_line_error
 
 from agw.store.db import Database
 from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
+from tests.agwctl.agwctl_support import BUNDLE, Agwctl, assert_one_line_error
 from tests.conftest import AgwdLauncher
 
 H = 3_600_000

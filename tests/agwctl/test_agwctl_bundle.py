@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agwctl_support import BUNDLE, BUNDLE_OBJECTS, Agwctl, run_agwctl
 from ruamel.yaml import YAML
+
+from tests.agwctl.agwctl_support import BUNDLE, BUNDLE_OBJECTS, Agwctl, run_agwctl
 
 CREATE_LINES = [
     "gateway apply: gateway.yaml",

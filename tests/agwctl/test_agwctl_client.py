@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agwctl_support import Agwctl, assert_one_line_error, run_agwctl
 
 from agwctl.main import hoist_persistent
+from tests.agwctl.agwctl_support import Agwctl, assert_one_line_error, run_agwctl
 
 
 def closed_port() -> int:

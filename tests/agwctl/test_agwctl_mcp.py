@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agwctl_support import Agwctl, assert_one_line_error
 
+from tests.agwctl.agwctl_support import Agwctl, assert_one_line_error
 from tests.mcp.conftest import SCRIPT
 
 REPO = Path(__file__).resolve().parents[2]

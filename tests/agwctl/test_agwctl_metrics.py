@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from agwctl_support import Agwctl
 
 from agw.store.db import Database
 from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
+from tests.agwctl.agwctl_support import Agwctl
 from tests.conftest import AgwdLauncher
 
 H = 3_600_000
@@ -45,8 +45,16 @@ def _llm(at: int, route: str, tokens: tuple[int, int], ok: bool = True, **kw: An
     )
 
 
-DIRECT = {"virtual_key_id": "team-a", "provider_id": "openai-main", "upstream_model": "gpt-4o"}
-SMART = {"virtual_key_id": "team-b", "provider_id": "local", "upstream_model": "llama-3.2"}
+DIRECT: dict[str, Any] = {
+    "virtual_key_id": "team-a",
+    "provider_id": "openai-main",
+    "upstream_model": "gpt-4o",
+}
+SMART: dict[str, Any] = {
+    "virtual_key_id": "team-b",
+    "provider_id": "local",
+    "upstream_model": "llama-3.2",
+}
 EVENTS: list[UsageEvent] = [
     _llm(H0 + 10 * M, "openai-direct", (100, 50), session_id=SESSION, **DIRECT),
     _llm(H0 + 20 * M, "openai-direct", (200, 100), **DIRECT),

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agwctl_support import BUNDLE, Agwctl
+
+from tests.agwctl.agwctl_support import BUNDLE, Agwctl
 
 
 @pytest.fixture(scope="module")

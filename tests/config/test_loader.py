@@ -10,7 +10,7 @@ import pytest
 from agw.config.loader import load_bundle_data, load_bundle_text
 from agw.config.models import Bundle
 from agw.config.schema import bundle_schema_text
-from agw.errors import ConfigInvalid
+from agw.errors import ConfigInvalid, Problem
 
 REPO = Path(__file__).resolve().parents[2]
 HEAD = "apiVersion: gateway.agw/v1alpha1\nkind: GatewayBundle\n"
@@ -94,7 +94,7 @@ def test_double_dollar_is_a_literal_and_escape_round_trips() -> None:
     stored = {"api_key": "lit${HOME}"}
     escaped = escape_env(stored)
     assert escaped == {"api_key": "lit$${HOME}"}
-    problems_: list[object] = []
+    problems_: list[Problem] = []
     from agw.config.loader import expand_env
 
     assert expand_env(escaped, {}, problems_) == stored and not problems_

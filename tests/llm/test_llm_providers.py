@@ -9,6 +9,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionToolParam
 
 from tests.conftest import Agwd, AgwdLauncher
 from tests.fakes.run import FakeUpstream, start_fake_upstream
@@ -107,7 +108,7 @@ def test_deepseek_thinking_compact_and_tuning(gw: Agwd, fake: FakeUpstream) -> N
 
 def test_codex_provider_shaping(gw: Agwd, fake: FakeUpstream) -> None:
     fake.clear()
-    tools = [
+    tools: list[ChatCompletionToolParam] = [
         {"type": "function", "function": {"name": "Task", "parameters": {"type": "object"}}},
         {"type": "function", "function": {"name": "shell", "parameters": {"type": "object"}}},
     ]

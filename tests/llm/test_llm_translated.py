@@ -4,11 +4,13 @@ upstream of another dialect, translated both ways, streaming included, usage exa
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import anthropic
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionToolParam
 
 from tests.conftest import Agwd, AgwdLauncher
 from tests.fakes.run import FakeUpstream, start_fake_upstream
@@ -26,12 +28,15 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]:
 @pytest.fixture(scope="module")
 def gw(module_agwd_factory: AgwdLauncher, fake: FakeUpstream) -> Agwd:
     agwd = module_agwd_factory.start()
-    route = lambda rid, proto, provider: {  # noqa: E731
-        "id": rid,
-        "protocol": proto,
-        "match_policy": {"path_prefix": f"/{rid}"},
-        "target_policy": {"provider_id": provider},
-    }
+
+    def route(rid: str, proto: str, provider: str) -> dict[str, Any]:
+        return {
+            "id": rid,
+            "protocol": proto,
+            "match_policy": {"path_prefix": f"/{rid}"},
+            "target_policy": {"provider_id": provider},
+        }
+
     bundle = {
         "apiVersion": "gateway.agw/v1alpha1",
         "kind": "GatewayBundle",
@@ -149,7 +154,7 @@ def test_openai_client_to_other_dialects(gw: Agwd, fake: FakeUpstream, rid: str)
 
 
 def test_openai_tool_call_to_anthropic(gw: Agwd) -> None:
-    tools = [
+    tools: list[ChatCompletionToolParam] = [
         {
             "type": "function",
             "function": {

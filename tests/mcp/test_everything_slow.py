@@ -89,7 +89,7 @@ def gw(
     binary = install_everything()
     tmp = tmp_path_factory.mktemp("everything")
     with everything_http(binary, tmp / "everything-http.log") as url:
-        services = [
+        services: list[dict[str, Any]] = [
             {"id": "evs", "name": "everything (stdio)", "transport": "stdio",
              "command": str(binary), "args": ["stdio"]},
             {"id": "evh", "name": "everything (http)", "transport": "streamable_http",
@@ -117,7 +117,7 @@ def test_progress_of_a_long_running_tool_reaches_the_client(
         async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             seen.append((progress, total, message))
 
-        async with Client(gw.url("/ev"), mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(gw.url("/ev"), mode=mode) as client:
             names = {t.name for t in (await client.list_tools()).tools}
             assert f"{service}_trigger-long-running-operation" in names
             assert f"{service}_echo" in names

@@ -14,8 +14,9 @@ import pytest
 
 from agw.config.services import McpService
 from agw.mcp.jsonrpc import JsonObj, RpcError
-from agw.mcp.stdio import STDERR_TAIL_BYTES, StdioUpstream
+from agw.mcp.stdio import StdioUpstream
 from agw.mcp.upstream import Upstream, UpstreamError, create_upstream
+from agw.procgroup import STDERR_TAIL_BYTES
 from tests.mcp.conftest import McpServerHandle, StartMcpServer
 
 T = TypeVar("T")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from metrics_support import Dataset, generate, seed
+
+from tests.conftest import AgwdLauncher
+from tests.metrics.metrics_support import Dataset, generate, seed
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def store(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def api(module_agwd_factory, store: Path) -> Iterator[httpx.Client]:
+def api(module_agwd_factory: AgwdLauncher, store: Path) -> Iterator[httpx.Client]:
     """An authenticated admin client on an agwd serving ``store``."""
     agwd = module_agwd_factory.start(db_path=store)
     with agwd.client() as client:

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from metrics_support import (
+
+from agw.store.db import Database
+from agw.usage.query import Attribution, MetricsQuery
+from tests.metrics.metrics_support import (
     HOUR_MS,
     Dataset,
     Event,
@@ -24,9 +27,6 @@ from metrics_support import (
     ranked,
     rfc3339,
 )
-
-from agw.store.db import Database
-from agw.usage.query import Attribution, MetricsQuery
 
 
 def get(api: httpx.Client, path: str, **params: Any) -> dict[str, Any]:
@@ -109,25 +109,25 @@ def test_events(api: httpx.Client, dataset: Dataset) -> None:
     body = get(
         api, "/admin/metrics/mcp/events", tool_name="search", mcp_session_id="mcp-s1", limit=1000
     )
-    want = [r for r in dataset.mcp if r.tool_name == "search" and r.mcp_session_id == "mcp-s1"]
-    assert want and [i["event_id"] for i in body["items"]] == newest(want, 1000)
-    by_id = {r.event_id: r for r in want}
+    mcp_want = [r for r in dataset.mcp if r.tool_name == "search" and r.mcp_session_id == "mcp-s1"]
+    assert mcp_want and [i["event_id"] for i in body["items"]] == newest(mcp_want, 1000)
+    mcp_by_id = {r.event_id: r for r in mcp_want}
     for item in body["items"]:
-        assert item["tool_args_json"] == by_id[item["event_id"]].tool_args_json
+        assert item["tool_args_json"] == mcp_by_id[item["event_id"]].tool_args_json
         assert item["cancelled"] is False
 
     lo, hi = window(dataset)
     params = {"operation": "turn", "thread_id": "t-1", "from": rfc3339(lo), "to": rfc3339(hi)}
     body = get(api, "/admin/metrics/acp/events", limit=1000, **params)
-    want = [
+    acp_want = [
         r
         for r in dataset.acp
         if r.operation == "turn" and r.thread_id == "t-1" and lo <= r.started_at <= hi
     ]
-    assert want and [i["event_id"] for i in body["items"]] == newest(want, 1000)
-    by_id = {r.event_id: r for r in want}
+    assert acp_want and [i["event_id"] for i in body["items"]] == newest(acp_want, 1000)
+    acp_by_id = {r.event_id: r for r in acp_want}
     for item in body["items"]:
-        event = by_id[item["event_id"]]
+        event = acp_by_id[item["event_id"]]
         assert item["fresh_session"] is event.fresh_session
         assert item["event_counts_json"] == event.event_counts_json
 
@@ -181,7 +181,9 @@ def test_timeseries(api: httpx.Client, dataset: Dataset) -> None:
 
 
 def test_breakdowns(api: httpx.Client, dataset: Dataset) -> None:
-    def check(path: str, kind: str, rows: list[Event], group: str, order: str, **params: Any):
+    def check(
+        path: str, kind: str, rows: list[Event], group: str, order: str, **params: Any
+    ) -> None:
         body = get(api, path, **params)
         limit = int(params.get("limit", 100))
         assert (body["group_by"], body["order_by"], body["limit"]) == (group, order, limit)
@@ -241,8 +243,8 @@ def test_interactions(api: httpx.Client, dataset: Dataset) -> None:
 
     body = get(api, "/admin/metrics/interactions", service_id="svc-codex", success="false",
                agent_depth="0", limit=1000)  # fmt: skip
-    want = [r for r in dataset.acp if r.service_id == "svc-codex" and not r.success]
-    assert want and [i["event_id"] for i in body["items"]] == newest(want, 1000)
+    acp_want = [r for r in dataset.acp if r.service_id == "svc-codex" and not r.success]
+    assert acp_want and [i["event_id"] for i in body["items"]] == newest(acp_want, 1000)
 
     summary = "/admin/metrics/interactions/summary"
     body = get(api, summary)
@@ -293,7 +295,7 @@ def test_attribution(store: Path, dataset: Dataset) -> None:
     expected = ranked("acp", grouped(rows, lambda r: r.service_id), "request_count", 100)
     assert_ranked("acp", acp, expected, "request_count")
     assert nothing["items"] == []
-    rows = [r for r in dataset.mcp if r.route_id == "mcp-fs" and r.tool_name is not None]
-    expected = ranked("mcp", grouped(rows, lambda r: r.tool_name), "request_count", 100)
+    tool_rows = [r for r in dataset.mcp if r.route_id == "mcp-fs" and r.tool_name is not None]
+    expected = ranked("mcp", grouped(tool_rows, lambda r: r.tool_name), "request_count", 100)
     assert_ranked("mcp", tools, expected, "request_count")
     assert json.dumps(listed)  # JSON-ready as it is

@@ -8,12 +8,12 @@ from typing import Any
 
 import httpx
 import pytest
-from metrics_support import DAY_MS, Dataset, rfc3339
 
 from agw.admin.app import create_admin_app
 from agw.errors import NotFound
 from agw.runtime.manager import ConfigManager
 from agw.usage.query import MetricsQuery
+from tests.metrics.metrics_support import DAY_MS, Dataset, rfc3339
 
 BASE = "/admin/metrics"
 LIMIT = "limit must be an integer between 1 and 1000"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from metrics_support import Dataset, Event, rfc3339
+
+from tests.metrics.metrics_support import Dataset, Event, rfc3339
 
 PATH = "/admin/metrics/sessions/sess-a"
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from usage_support import NOW_MS, count, wait_until
 
 from agw.store.db import Database
 from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
 from agw.usage.prometheus import PrometheusMetrics
 from agw.usage.recorder import UsageRecorder
+from tests.usage.usage_support import NOW_MS, count, wait_until
 
 Samples = dict[str, dict[frozenset[tuple[str, str]], float]]
 

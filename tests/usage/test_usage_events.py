@@ -8,7 +8,6 @@ import uuid
 from typing import Any
 
 import pytest
-from usage_support import NOW_MS
 
 from agw.usage.events import (
     INT64_MAX,
@@ -24,6 +23,7 @@ from agw.usage.events import (
     UsageEvent,
     new_event_id,
 )
+from tests.usage.usage_support import NOW_MS
 
 
 def values_of(event: UsageEvent) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from usage_support import DAY_MS, NOW_MS, count, rows, wait_until
 
 from agw.store.db import Database
 from agw.usage.events import (
@@ -18,6 +17,7 @@ from agw.usage.events import (
 )
 from agw.usage.recorder import UsageRecorder
 from agw.usage.retention import RetentionJanitor, purge_older_than
+from tests.usage.usage_support import DAY_MS, NOW_MS, count, rows, wait_until
 
 KINDS: tuple[type[UsageEvent], ...] = (LlmUsageEvent, McpUsageEvent, AcpUsageEvent)
 

@@ -7,10 +7,9 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from usage_support import rows, table_columns
-
 from agw.store.db import Database, migrations_dir
 from agw.usage.events import EVENT_TYPES
+from tests.usage.usage_support import rows, table_columns
 
 NEW_COLUMNS = {
     "usage_source": (None, 0),
