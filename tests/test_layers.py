@@ -17,6 +17,7 @@ LAYERS = {
     "agw.procgroup": 0,
     "agw.version": 0,
     "agw.edge": 0,
+    "agw.rpcids": 0,
     "agw.config": 1,
     "agw.store": 2,
     "agw.runtime": 3,

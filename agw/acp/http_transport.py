@@ -73,6 +73,7 @@ from agw.acp.runtime import Instance, TurnRequest, owner_key, principal_of, sign
 from agw.asgi import Request
 from agw.config.services import AcpService
 from agw.jsonfast import loads
+from agw.rpcids import ID_MAX_CHARS, METHOD_MAX_CHARS, valid_id
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,6 @@ REQUEST_TIMEOUT_S = 30.0  # set_mode / set_config_option to the agent
 # without a bound a client could make the gateway hold any multiple of it. A new connection
 # beyond the quota closes the principal's own least recently used one (never another's).
 CONNECTIONS_PER_PRINCIPAL = 32
-ID_MAX_CHARS = METHOD_MAX_CHARS = 200  # a client's JSON-RPC id (string) and method
-ID_MAX_BITS = 640  # an integer id: about 190 digits (as the MCP plane's)
 CWD_MAX_CHARS = 4096  # a session/new cwd (PATH_MAX), echoed in errors
 SESSION_SCOPED = frozenset(
     {
@@ -202,16 +201,6 @@ class HttpConnection:
         )
 
 
-def _valid_id(value: Any) -> bool:
-    if isinstance(value, str):
-        return len(value) <= ID_MAX_CHARS
-    return (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and (value.bit_length() <= ID_MAX_BITS)
-    )
-
-
 def _rpc_error(msg_id: Any, code: int, message: str) -> JsonObj:
     return {"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}}
 
@@ -307,7 +296,7 @@ class HttpTransport:
         method = msg.get("method")
         # the id and the method are echoed in answers that wait in the connection's buffer:
         # bounded, as the MCP plane bounds them
-        if ("id" in msg and not _valid_id(msg["id"])) or (
+        if ("id" in msg and not valid_id(msg["id"])) or (
             isinstance(method, str) and len(method) > METHOD_MAX_CHARS
         ):
             raise HttpError(

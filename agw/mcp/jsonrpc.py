@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from agw.rpcids import ID_MAX_CHARS as ID_MAX_CHARS  # the bounds live in agw.rpcids
+from agw.rpcids import METHOD_MAX_CHARS as METHOD_MAX_CHARS
+from agw.rpcids import valid_id as valid_id
+
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
@@ -19,12 +23,6 @@ UNSUPPORTED_PROTOCOL_VERSION = -32022
 
 JsonObj = dict[str, Any]
 RequestId = str | int
-
-# Client-supplied values the gateway keeps (usage rows, in-flight views, progress keys) are
-# bounded here: a longer id, method or progress token is refused with -32600.
-ID_MAX_CHARS = 200
-METHOD_MAX_CHARS = 200
-_INT_MAX_BITS = 640  # about 193 decimal digits
 
 
 class RpcError(Exception):
@@ -84,18 +82,6 @@ def is_notification(msg: JsonObj) -> bool:
 
 def is_response(msg: JsonObj) -> bool:
     return "method" not in msg and "id" in msg and ("result" in msg or "error" in msg)
-
-
-def valid_id(value: Any) -> bool:
-    """A JSON-RPC id the gateway accepts: a string of at most ``ID_MAX_CHARS`` characters or an
-    integer of at most about 190 digits (never a bool, float, object or array)."""
-    if isinstance(value, str):
-        return len(value) <= ID_MAX_CHARS
-    return (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and (value.bit_length() <= _INT_MAX_BITS)
-    )
 
 
 BAD_ID = f"id must be a string of at most {ID_MAX_CHARS} characters or an integer"
