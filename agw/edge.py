@@ -18,10 +18,13 @@ without ``Origin`` are not from a browser page and pass this check.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from agw.errors import Refusal
 from agw.settings import split_host_port
 
 ANY_HOST = "*"
@@ -143,3 +146,66 @@ def check_origin_entry(value: str) -> str:
     if normalized is None:
         raise ValueError(f"{value!r} is not an origin (scheme://host[:port], no path)")
     return normalized
+
+
+class EdgeCheck:
+    """The data listener's ``Host`` and ``Origin`` rules (:class:`HostPolicy`), for the routes
+    a browser page could use: every open route (no virtual key), and every route of a plane
+    where a browser may hold a session (MCP, ACP). A keyed LLM route is not checked: a page
+    cannot supply the key.
+
+    A route's own match host is trusted for that route. The answers are memoized per header
+    value (bounded), so a request pays a dict lookup, not a parse."""
+
+    MEMO_MAX = 1024
+
+    __slots__ = ("_hosts", "_origins", "_policies", "policy")
+
+    def __init__(self, policy: HostPolicy) -> None:
+        self.policy = policy
+        self._policies: dict[str, HostPolicy] = {"": policy}
+        self._hosts: dict[str, bool] = {}
+        self._origins: dict[tuple[str, str, str, str], bool] = {}
+
+    def _for_route(self, route_host: str) -> HostPolicy:
+        policy = self._policies.get(route_host)
+        if policy is None:  # route hosts come from the config: bounded
+            hosts = self.policy.allowed_hosts | {route_host}
+            policy = self._policies[route_host] = dataclasses.replace(
+                self.policy, allowed_hosts=hosts
+            )
+        return policy
+
+    def refusal(self, route_host: str, headers: Mapping[str, str], scheme: str) -> Refusal | None:
+        """Why a request to a route whose match host is ``route_host`` ("" for any) is refused
+        here, or None."""
+        host = headers.get("host", "")
+        if not route_host:  # a route with a match host only matched a Host naming it
+            trusted = self._hosts.get(host)
+            if trusted is None:
+                if len(self._hosts) >= self.MEMO_MAX:
+                    self._hosts.clear()
+                trusted = self._hosts[host] = self.policy.host_allowed(host)
+            if not trusted:
+                return Refusal(
+                    421,
+                    "host_not_allowed",
+                    f"Host {host[:100]!r} is not served here (see --allowed-host)",
+                )
+        origin = headers.get("origin")
+        if origin is None:
+            return None
+        key = (route_host, origin, host, scheme)
+        allowed = self._origins.get(key)
+        if allowed is None:
+            if len(self._origins) >= self.MEMO_MAX:
+                self._origins.clear()
+            policy = self._for_route(route_host)
+            allowed = self._origins[key] = policy.origin_allowed(origin, host, scheme)
+        if allowed:
+            return None
+        return Refusal(
+            403,
+            "origin_not_allowed",
+            f"Origin {origin[:100]!r} is not allowed (see --allowed-origin)",
+        )

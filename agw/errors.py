@@ -18,6 +18,11 @@ status it maps to and a stable snake_case ``code``; the admin API renders them a
         +-- SchemaTooNew          500 schema_too_new
         +-- StoreUnavailable      503 store_unavailable  (the file was deleted, replaced or
                                                           became read-only under agwd)
+
+    Refusal                       any status, any code   the data plane says no: the one carrier
+                                                         every step of the request pipeline raises
+                                                         or returns; each plane renders it in its
+                                                         caller's dialect (docs/errors.md)
 """
 
 from __future__ import annotations
@@ -113,3 +118,38 @@ class SchemaTooNew(StoreError):
 class StoreUnavailable(StoreError):
     status = 503
     code = "store_unavailable"
+
+
+class Refusal(Exception):
+    """The gateway says no to a data-plane request: the edge (Host, Origin, trace headers), the
+    identity step (virtual key), policy (a disabled route, the depth gate) or a plane itself (a
+    body too large, no model matches). ``code`` is the stable error type recorded on the usage
+    row; ``headers`` go on the answer (``Retry-After`` comes from ``retry_after``). A plane's
+    ``render`` turns it into an OpenAI or Anthropic error object, a JSON-RPC error or an ACP
+    error event; it is never rendered by the dispatcher."""
+
+    __slots__ = ("code", "headers", "message", "retry_after", "status")
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = list(headers)
+        self.retry_after = retry_after
+
+    def answer_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers this refusal adds to its answer (``Retry-After`` included)."""
+        if self.retry_after is None:
+            return self.headers
+        return [*self.headers, (b"retry-after", str(self.retry_after).encode())]
+
+    def __repr__(self) -> str:
+        return f"Refusal({self.status}, {self.code!r}, {self.message!r})"

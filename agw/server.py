@@ -22,9 +22,8 @@ from hypercorn.config import Config
 from agw.acp.plane import AcpPlane
 from agw.acp.runtime import AcpRuntime
 from agw.admin.app import create_admin_app
-from agw.asgi import Receive, Scope, Send
 from agw.auth.admin_basic import BasicAuth
-from agw.dataplane import READINESS_HEADER, create_data_app
+from agw.dataplane import READINESS_HEADER, Plane, create_data_app
 from agw.edge import HostPolicy
 from agw.listener import (
     ListenerLimits,
@@ -36,10 +35,11 @@ from agw.listener import (
 from agw.llm.handler import LlmPlane
 from agw.mcp.plane import McpPlane
 from agw.mcp.runtime import McpRuntime
+from agw.runtime.attribution import SessionDirectory
 from agw.runtime.manager import ConfigManager, load_static
-from agw.runtime.sessions import SessionDirectory
 from agw.settings import Settings, split_host_port
 from agw.store.db import Database
+from agw.types import Receive, Scope, Send
 from agw.usage.accesslog import OFF, AccessLog
 from agw.usage.prometheus import PrometheusMetrics
 from agw.usage.recorder import UsageRecorder
@@ -257,11 +257,11 @@ class Gateway:
         )
         janitor = RetentionJanitor(self.db, self.settings.metrics_retention_days)
         janitor.start()
+        planes: dict[str, Plane] = {"llm": llm, "mcp": mcp, "acp": acp}
         data: Any = create_data_app(
             self.manager,
-            llm,
+            planes,
             max_agent_depth=self.settings.max_agent_depth,
-            planes={"mcp": mcp, "acp": acp},
             directory=directory,
             access_log=self.access_log,
             policy=HostPolicy.for_listener(

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from agw.llm.sse import SSESplitter
+from agw.sse import SSESplitter
 from agwctl.client import CliError
 
 DEFAULT_PROMPT = "What is 2+2? Answer in one short sentence."

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 import typer
 
+from agw.clock import rfc3339
 from agwctl import render
 from agwctl.chart import print_chart
 from agwctl.client import CliError, segment
@@ -142,11 +143,6 @@ def _group_by_opt(help_text: str) -> Any:
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$", re.IGNORECASE)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def rfc3339(moment: datetime) -> str:
-    """UTC, millisecond precision, ``Z``: the form the admin API writes."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_time(value: str, option: str, now: datetime | None = None) -> str:

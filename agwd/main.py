@@ -26,6 +26,7 @@ from agw.config.models import PROVIDER_TYPES
 from agw.edge import check_host_entry, check_origin_entry
 from agw.envfile import load_env_files
 from agw.errors import AgwError
+from agw.logs import setup_logging
 from agw.server import Gateway
 from agw.settings import (
     DEFAULT_ADDR,
@@ -39,7 +40,6 @@ from agw.settings import (
     is_loopback,
     split_host_port,
 )
-from agw.telemetry import setup_logging
 
 log = logging.getLogger("agwd")
 app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Agwd, AgwdLauncher, base_env
+from tests.support.agwd import Agwd, AgwdLauncher, base_env
 
 HEAD = "apiVersion: gateway.agw/v1alpha1\nkind: GatewayBundle\n"
 

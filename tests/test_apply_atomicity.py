@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Agwd, AgwdLauncher
+from tests.support.agwd import Agwd, AgwdLauncher
 
 API = {"apiVersion": "gateway.agw/v1alpha1", "kind": "GatewayBundle"}
 
@@ -197,7 +197,7 @@ BAD_YAML = {
 def test_bad_bundle_through_agwctl_changes_no_byte(
     module_agwd: Agwd, tmp_path: Path, name: str
 ) -> None:
-    from tests.agwctl.agwctl_support import run_agwctl
+    from tests.support.agwctl import run_agwctl
 
     good = tmp_path / "good.yaml"
     good.write_text(GOOD_YAML)

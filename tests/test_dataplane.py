@@ -15,10 +15,10 @@ import httpx
 import openai
 import pytest
 
-from tests.acp.conftest import FakeAgentHandle
-from tests.conftest import Agwd, AgwdLauncher
 from tests.fakes.run import FakeUpstream, start_fake_upstream
-from tests.mcp.conftest import McpServerHandle, run_mcp_server
+from tests.support.acp import FakeAgentHandle
+from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.mcp_server import McpServerHandle, run_mcp_server
 
 INIT = {
     "jsonrpc": "2.0",

@@ -8,9 +8,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 LAYERS = {
+    "agw.types": 0,
+    "agw.clock": 0,
+    "agw.sse": 0,
     "agw.errors": 0,
     "agw.settings": 0,
-    "agw.telemetry": 0,
+    "agw.logs": 0,
     "agw.envfile": 0,
     "agw.ids": 0,
     "agw.jsonfast": 0,
@@ -23,7 +26,7 @@ LAYERS = {
     "agw.runtime": 3,
     "agw.auth": 3,
     "agw.usage": 3,
-    "agw.asgi": 3,
+    "agw.request": 3,
     "agw.tracing": 3,
     "agw.llm": 4,
     "agw.mcp": 4,

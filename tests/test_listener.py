@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from agw.listener import connection_caps
-from tests.conftest import Agwd, AgwdLauncher
 from tests.fakes.run import FakeUpstream, start_fake_upstream
+from tests.support.agwd import Agwd, AgwdLauncher
 
 HEADER_TIMEOUT_S = 1.0
 KEEP_ALIVE_TIMEOUT_S = 2.0

@@ -24,11 +24,11 @@ from mcp import Client
 from mcp.types import RequestParamsMeta
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.acp.conftest import FakeAgentHandle
 from tests.acp.test_turns import AcpGateway
-from tests.conftest import AgwdLauncher, usage_rows
 from tests.fakes.run import start_fake_upstream
-from tests.mcp.conftest import run_mcp_server
+from tests.support.acp import FakeAgentHandle
+from tests.support.agwd import AgwdLauncher, usage_rows
+from tests.support.mcp_server import run_mcp_server
 
 HEADERS = ("agent-session-id", "goose-session-id", "x-claude-code-session-id", "x-session-id",
            "session-id")  # fmt: skip

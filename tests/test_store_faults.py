@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Agwd, AgwdLauncher
+from tests.support.agwd import Agwd, AgwdLauncher
 
 BUNDLE: dict[str, Any] = {
     "apiVersion": "gateway.agw/v1alpha1",

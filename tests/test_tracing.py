@@ -21,13 +21,14 @@ from typing import Any
 import openai
 import pytest
 
+from agw.clock import now_ms
 from agw.store.db import Database
 from agw.tracing import TraceExporter, traces_url
-from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent, now_ms
+from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
 from agw.usage.recorder import UsageRecorder
-from tests.conftest import Agwd, AgwdLauncher, free_port, usage_rows
 from tests.fakes.otlp_receiver import OtlpReceiver, start_otlp_receiver
 from tests.fakes.run import FakeUpstream, start_fake_upstream
+from tests.support.agwd import Agwd, AgwdLauncher, free_port, usage_rows
 
 CALLER_SPAN = "00f067aa0ba902b7"
 SECRET = "sk-live-do-not-export-0001"

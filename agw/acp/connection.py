@@ -59,11 +59,11 @@ from agw.procgroup import (
     killpg,
     stop_group,
 )
+from agw.types import JsonObj
 from agw.version import VERSION
 
 log = logging.getLogger(__name__)
 
-JsonObj = dict[str, Any]
 PermissionHandler = Callable[[JsonObj], Awaitable[JsonObj]]
 UpdateHandler = Callable[[JsonObj], Awaitable[None]]
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-JsonObj = dict[str, Any]
+from agw.types import JsonObj
 
 DRAIN_QUIET_S = 0.25  # the tail ends after this long without an update...
 DRAIN_CAP_S = 2.0  # ...or this long after the prompt's result, whichever comes first

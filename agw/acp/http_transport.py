@@ -70,14 +70,14 @@ from agw.acp.plane import (
     require_json,
 )
 from agw.acp.runtime import Instance, TurnRequest, owner_key, principal_of, signature
-from agw.asgi import Request
 from agw.config.services import AcpService
 from agw.jsonfast import loads
+from agw.request import Request
 from agw.rpcids import ID_MAX_CHARS, METHOD_MAX_CHARS, valid_id
+from agw.types import JsonObj
 
 log = logging.getLogger(__name__)
 
-JsonObj = dict[str, Any]
 
 CONNECTION_HEADER = "acp-connection-id"
 SESSION_HEADER = "acp-session-id"

@@ -42,9 +42,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agw.acp.connection import AcpError, JsonObj
+from agw.acp.connection import AcpError
 from agw.config import families as f
 from agw.config.services import AcpService
+from agw.types import JsonObj
 
 if TYPE_CHECKING:
     from agw.runtime.snapshot import Snapshot

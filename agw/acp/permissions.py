@@ -30,14 +30,14 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
+from agw.clock import rfc3339_ms
 from agw.errors import InvalidRequest
+from agw.types import JsonObj
 
 log = logging.getLogger(__name__)
 
-JsonObj = dict[str, Any]
 Outcome = Literal["selected", "cancelled"]
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -98,14 +98,6 @@ def timeout_from_env(env: Mapping[str, str] | None = None) -> float:
     return value
 
 
-def _rfc3339(ms: int) -> str:
-    return (
-        datetime.fromtimestamp(ms / 1000, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
-
-
 @dataclass(slots=True)
 class PendingPermission:
     request_id: str
@@ -122,7 +114,7 @@ class PendingPermission:
             "request_id": self.request_id,
             "service_id": self.service_id,
             "session_id": self.session_id,
-            "created_at": _rfc3339(self.created_at_ms),
+            "created_at": rfc3339_ms(self.created_at_ms),
             "data": self.data,
         }
 

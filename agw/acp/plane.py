@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, unquote
 
 from agw.acp.connection import AcpConnection, AcpError, AgentExited
 from agw.acp.events import Event, UpdateQueue, sse_frame
+from agw.acp.history import list_sessions, load_transcript
 from agw.acp.permissions import (
     PermissionRegistry,
     auto_approve,
@@ -54,17 +55,17 @@ from agw.acp.runtime import (
     owner_key,
     principal_of,
 )
-from agw.acp.sessions import list_sessions, load_transcript
-from agw.asgi import ClientGone, Headers, Rejection, Request
+from agw.clock import now_ms
 from agw.config.services import AcpService
-from agw.errors import InvalidRequest, PayloadTooLarge
+from agw.errors import InvalidRequest, PayloadTooLarge, Refusal
 from agw.jsonfast import loads
-from agw.usage.events import AcpUsageEvent, now_ms
+from agw.request import ClientGone, Request
+from agw.types import Headers, JsonObj
+from agw.usage.events import AcpUsageEvent
 from agw.usage.recorder import UsageRecorder
 
 log = logging.getLogger(__name__)
 
-JsonObj = dict[str, Any]
 
 BODY_LIMIT = 4 * 1024 * 1024
 CANCEL_GRACE_S = 5.0  # after session/cancel, the prompt must end within this, else kill
@@ -489,6 +490,8 @@ class AcpPlane:
     ``permission_timeout_s``: how long an interactive permission request waits for its answer;
     default ``AGW_ACP_PERMISSION_TIMEOUT_S`` from the environment, else 60."""
 
+    edge_always = True  # a browser may hold an ACP session
+
     def __init__(
         self,
         recorder: UsageRecorder | None,
@@ -523,11 +526,11 @@ class AcpPlane:
 
     # ------------------------------------------------------------------------------ entry
 
-    async def handle(self, req: Request, rejection: Rejection | None) -> None:
+    async def handle(self, req: Request, rejection: Refusal | None) -> None:
         op = Op(operation_of(req.path))
         try:
             if rejection is not None:
-                raise HttpError(rejection.status, rejection.message, rejection.error_type)
+                raise HttpError(rejection.status, rejection.message, rejection.code)
             handler = self._routes.get(op.operation or "")
             if handler is None:
                 raise HttpError(404, f"not found: {req.path}")

@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
@@ -95,11 +94,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from agw.acp.connection import AcpConnection, AcpError, AgentRpcError, JsonObj
+from agw.acp.connection import AcpConnection, AcpError, AgentRpcError
 from agw.acp.launch import LaunchSpec, Origin, launch_spec, mcp_servers, resolve_origin
+from agw.clock import rfc3339
 from agw.config.base import within
 from agw.config.services import AcpService
-from agw.runtime.sessions import SessionDirectory
+from agw.runtime.attribution import SessionDirectory
+from agw.types import JsonObj
 
 if TYPE_CHECKING:
     from agw.runtime.manager import ConfigManager
@@ -153,14 +154,6 @@ def session_not_found(session_id: str) -> AcpError:
 def signature(service: AcpService) -> str:
     """What, when changed, makes a service's instances stale (timestamps excluded)."""
     return json.dumps(service.model_dump(mode="json"), sort_keys=True)
-
-
-def rfc3339(ts: float) -> str:
-    return (
-        dt.datetime.fromtimestamp(ts, dt.UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
 
 
 @dataclass

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 from quart import Quart, request
 
 from agw.acp.connection import AcpError
-from agw.acp.sessions import list_sessions, load_transcript
+from agw.acp.history import list_sessions, load_transcript
 from agw.admin.resources import JSONResponse, json_body
+from agw.clock import now_ms
 from agw.config.services import AcpService
 from agw.errors import AgwError, InvalidRequest, NotFound, UpstreamFailed
 from agw.runtime.manager import ConfigManager
-from agw.usage.events import AcpUsageEvent, now_ms
+from agw.usage.events import AcpUsageEvent
 
 if TYPE_CHECKING:  # the runtime spawns processes; the admin app needs only the types
     from agw.acp.permissions import PermissionRegistry
@@ -42,7 +43,6 @@ if TYPE_CHECKING:  # the runtime spawns processes; the admin app needs only the 
 log = logging.getLogger(__name__)
 
 ADMIN_ROUTE_ID = "/admin/acp"
-JsonObj = dict[str, Any]
 # A transient agent (spawn, handshake, one call) made for the admin API gets this long (Quart's
 # own response timeout is 60 s, so the admin gets a 502 with a reason, not a cut connection).
 ADMIN_CALL_TIMEOUT_S = 55.0

@@ -35,6 +35,7 @@ from agw.errors import InvalidRequest, NotFound, ReadOnly
 from agw.runtime.manager import ConfigManager
 from agw.runtime.snapshot import attributed_routes
 from agw.runtime.state import ConfigState, Record, dump, touched
+from agw.types import JsonObj
 from agw.usage.query import Attribution, InvalidParameter, MetricsQuery
 
 if TYPE_CHECKING:  # the runtime spawns processes; the admin app needs only the types
@@ -43,7 +44,6 @@ if TYPE_CHECKING:  # the runtime spawns processes; the admin app needs only the 
     from agw.store.db import Database
     from agw.usage.recorder import UsageRecorder
 
-JsonObj = dict[str, Any]
 ACTIVITY_LIMIT = 50  # interactions in /activity
 HEALTH_WINDOW = 200  # interactions /health looks at
 USAGE_PARAMS = ("from", "to", "bucket")

@@ -22,7 +22,7 @@ from agw.admin import acp, agents, gateway, mcp, metrics, models, resources
 from agw.auth.admin_basic import BasicAuth
 from agw.edge import HostPolicy
 from agw.errors import AgwError
-from agw.llm.credstate import CredentialHealth
+from agw.llm.credential_health import CredentialHealth
 from agw.llm.discovery import ModelCatalog
 from agw.runtime.manager import ConfigManager
 from agw.settings import ADMIN_REALM, MAX_ADMIN_BODY, REVEAL_HEADER

@@ -19,9 +19,10 @@ from quart import Quart, request
 from agw.admin.resources import JSONResponse, json_body
 from agw.config.services import McpService
 from agw.errors import Conflict, InvalidRequest, NotFound, UpstreamFailed
-from agw.mcp.jsonrpc import METHOD_NOT_FOUND, JsonObj, RpcError
+from agw.mcp.jsonrpc import METHOD_NOT_FOUND, RpcError
 from agw.mcp.upstream import UpstreamError
 from agw.runtime.manager import ConfigManager
+from agw.types import JsonObj
 
 if TYPE_CHECKING:  # the runtime module imports the transports; the admin app needs only the type
     from agw.mcp.runtime import McpRuntime

@@ -10,16 +10,16 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 from quart import Quart, request
 
+from agw.clock import rfc3339_ms
 from agw.config import families as f
 from agw.config.loader import problems_from_validation
 from agw.errors import AgwError, ConfigInvalid, Conflict, InvalidRequest, NotFound, ReadOnly
-from agw.llm.credstate import CredentialHealth
+from agw.llm.credential_health import CredentialHealth
 from agw.llm.discovery import ModelCatalog
 from agw.runtime.apply import prepare
 from agw.runtime.manager import ConfigManager
@@ -48,22 +48,14 @@ MANAGED_MODEL_VIEW_FIELDS = (
 _SERVER_FIELDS = ("created_at", "updated_at")
 
 
-def rfc3339(ms: int) -> str:
-    return (
-        datetime.fromtimestamp(ms / 1000, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
-
-
 def view(family: f.Family, oid: str, rec: Record, *, reveal: bool) -> dict[str, Any]:
     data = dump(rec.obj)
     if not reveal:
         f.redact(family, data)
     if family is f.VIRTUAL_KEY:
         data["key"] = rec.key
-    data["created_at"] = rfc3339(rec.created_at)
-    data["updated_at"] = rfc3339(rec.updated_at)
+    data["created_at"] = rfc3339_ms(rec.created_at)
+    data["updated_at"] = rfc3339_ms(rec.updated_at)
     data["source"] = "static" if rec.static else family.source_label
     data["read_only"] = rec.static
     return data

@@ -9,17 +9,17 @@ model does not override it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 
 from agw import jsonfast
+from agw.clock import rfc3339
 from agw.config.models import Provider
 from agw.llm.providers import CredentialPicker, auth_headers, url_for
 from agw.llm.upstream import RESPONSE_LIMIT, BodyTooLarge, UpstreamPool, read_capped
+from agw.logs import redact_url, scrub
 from agw.runtime.snapshot import Snapshot
-from agw.telemetry import redact_url, scrub
 
 
 class DiscoveryFailed(Exception):
@@ -52,17 +52,13 @@ class ModelSnapshot:
         }
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _dicts(value: Any) -> list[dict[str, Any]]:
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 def parse_models(provider: Provider, body: Any) -> list[ModelSnapshot]:
     """The provider's own model list, whatever its shape (OpenAI, Anthropic or Gemini)."""
-    stamp = _now()
+    stamp = rfc3339()
     out: list[ModelSnapshot] = []
     data = body if isinstance(body, dict) else {}
     if provider.provider_type == "gemini":

@@ -19,12 +19,11 @@ from typing import Any
 import aiohttp
 
 from agw import jsonfast
-from agw.asgi import ClientGone, DisconnectWatch, Headers, Request
 from agw.config.models import Provider
-from agw.errors import InvalidRequest, PayloadTooLarge
+from agw.errors import InvalidRequest, PayloadTooLarge, Refusal
 from agw.llm import translate
 from agw.llm.content import Completion, prompt_of
-from agw.llm.credstate import CredentialHealth
+from agw.llm.credential_health import CredentialHealth
 from agw.llm.dialect import error_body, stream_error_frame
 from agw.llm.discovery import ModelCatalog
 from agw.llm.observe import Observer, estimate_output_tokens, estimate_tokens, request_tools
@@ -45,7 +44,6 @@ from agw.llm.shaping import (
     restore_tool_names,
     shape,
 )
-from agw.llm.sse import EVENT_LIMIT, Event, EventTooLarge, SSESplitter, frame
 from agw.llm.upstream import (
     ERROR_BODY_LIMIT,
     RESPONSE_LIMIT,
@@ -54,8 +52,11 @@ from agw.llm.upstream import (
     limit_text,
     read_capped,
 )
-from agw.runtime.sessions import SessionDirectory, attribute
-from agw.telemetry import scrub
+from agw.logs import scrub
+from agw.request import ClientGone, DisconnectWatch, Request
+from agw.runtime.attribution import SessionDirectory, attribute
+from agw.sse import EVENT_LIMIT, Event, EventTooLarge, SSESplitter, frame
+from agw.types import Headers
 from agw.usage.events import LlmUsageEvent, UsageSource
 from agw.usage.recorder import UsageRecorder
 
@@ -159,6 +160,8 @@ def _error_message(body: bytes) -> str:
 
 
 class LlmPlane:
+    edge_always = False  # a keyed LLM route cannot be used by a page: it lacks the key
+
     def __init__(
         self,
         recorder: UsageRecorder | None,
@@ -167,7 +170,7 @@ class LlmPlane:
         trace_content: bool = False,
     ) -> None:
         self.trace_content = trace_content  # keep prompts and completions for the traces
-        self.directory = directory  # ACP sessions, for attribution (agw/runtime/sessions.py)
+        self.directory = directory  # ACP sessions, for attribution (agw/runtime/attribution.py)
         self.pool = UpstreamPool()
         self.picker = CredentialPicker()
         self.recorder = recorder
@@ -179,13 +182,13 @@ class LlmPlane:
 
     # --------------------------------------------------------------------------------- entry
 
-    async def handle(self, req: Request, rejection: Reply | None = None) -> None:
+    async def handle(self, req: Request, rejection: Refusal | None = None) -> None:
         call = Call(req)
         if self.trace_content:
             call.completion = Completion()
         try:
             if rejection is not None:
-                raise rejection
+                raise Reply(rejection.status, rejection.message, rejection.code)
             if self._probe(call):
                 await req.respond(200, b"")
                 return

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agw import jsonfast
-from agw.llm.sse import Event, EventTooLarge, SSESplitter
+from agw.sse import Event, EventTooLarge, SSESplitter
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from agw.config.models import Credential, Provider
-from agw.llm.credstate import CredentialHealth
+from agw.llm.credential_health import CredentialHealth
 from agw.runtime.snapshot import Snapshot, credential_priority
 
 ANTHROPIC_VERSION = "2023-06-01"

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
 
 # What agwd holds of one upstream answer (docs/llm.md#limits). A streamed answer is never held
-# whole: its single SSE event is capped by agw.llm.sse.EVENT_LIMIT instead.
+# whole: its single SSE event is capped by agw.sse.EVENT_LIMIT instead.
 RESPONSE_LIMIT = 64 * 1024 * 1024  # a non-streamed answer: more is a 502 naming the limit
 ERROR_BODY_LIMIT = 1024 * 1024  # an upstream error answer: more is replaced by agw's own error
 

@@ -24,15 +24,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import time
 from abc import abstractmethod
 from collections.abc import Coroutine
 from typing import Any
 
+from agw.clock import now_ms
 from agw.config.services import McpService
 from agw.mcp.jsonrpc import (
     METHOD_NOT_FOUND,
-    JsonObj,
     RequestId,
     RpcError,
     is_request,
@@ -51,6 +50,7 @@ from agw.mcp.upstream import (
     Upstream,
     UpstreamError,
 )
+from agw.types import JsonObj
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,6 @@ LISTENER_ONLY = frozenset(
         "notifications/resources/updated",
     }
 )
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def initialize_params() -> JsonObj:

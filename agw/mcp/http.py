@@ -34,19 +34,17 @@ from typing import Any
 
 import aiohttp
 
-from agw.asgi import current_trace, traceparent
+from agw.clock import now_ms
 from agw.config.services import McpService
 from agw.mcp.channel import (
     HANDSHAKE_TIMEOUT_S,
     error_response,
     initialize_params,
-    now_ms,
     ready_within,
     refusal,
 )
-from agw.mcp.jsonrpc import JsonObj, RequestId, RpcError, is_request, is_response, notification
+from agw.mcp.jsonrpc import RequestId, RpcError, is_request, is_response, notification
 from agw.mcp.jsonrpc import request as rpc_request
-from agw.mcp.sseparse import SseError, SseEvent, SseParser
 from agw.mcp.upstream import (
     CLIENT_INFO,
     DEFAULT_CALL_TIMEOUT_S,
@@ -58,6 +56,9 @@ from agw.mcp.upstream import (
     UpstreamError,
     auth_headers,
 )
+from agw.request import current_trace, traceparent
+from agw.sse import SseError, SseEvent, SseParser
+from agw.types import JsonObj
 
 log = logging.getLogger(__name__)
 

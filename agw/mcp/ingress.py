@@ -36,10 +36,9 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from agw.asgi import ClientGone, Headers, Rejection, Request
-from agw.errors import PayloadTooLarge
+from agw.errors import PayloadTooLarge, Refusal
 from agw.mcp import jsonrpc as rpc
-from agw.mcp.jsonrpc import JsonObj, RpcError
+from agw.mcp.jsonrpc import RpcError
 from agw.mcp.sessions import (
     SSE_HEADERS,
     Call,
@@ -52,7 +51,9 @@ from agw.mcp.sessions import (
     Stream,
     sse_event,
 )
-from agw.runtime.sessions import SESSION_ID_MAX
+from agw.request import ClientGone, Request
+from agw.runtime.attribution import SESSION_ID_MAX
+from agw.types import Headers, JsonObj
 
 if TYPE_CHECKING:
     from agw.mcp.runtime import McpRuntime
@@ -206,7 +207,7 @@ class Ingress:
         self.runtime = runtime
         self.handler = handler
 
-    async def handle(self, req: Request, rejection: Rejection | None) -> None:
+    async def handle(self, req: Request, rejection: Refusal | None) -> None:
         call: Call | None = None
         try:
             if rejection is not None:
@@ -216,7 +217,7 @@ class Ingress:
                 raise HttpFailure(
                     rejection.status,
                     RpcError(rpc.INVALID_REQUEST, rejection.message),
-                    error_type=rejection.error_type,
+                    error_type=rejection.code,
                     headers=headers,
                 )
             call = await self._route(req)

@@ -7,6 +7,7 @@ from typing import Any
 from agw.rpcids import ID_MAX_CHARS as ID_MAX_CHARS  # the bounds live in agw.rpcids
 from agw.rpcids import METHOD_MAX_CHARS as METHOD_MAX_CHARS
 from agw.rpcids import valid_id as valid_id
+from agw.types import JsonObj
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -21,7 +22,6 @@ HEADER_MISMATCH = -32020
 MISSING_CLIENT_CAPABILITY = -32021
 UNSUPPORTED_PROTOCOL_VERSION = -32022
 
-JsonObj = dict[str, Any]
 RequestId = str | int
 
 

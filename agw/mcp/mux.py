@@ -44,10 +44,10 @@ from agw.mcp.jsonrpc import (
     METHOD_NOT_FOUND,
     RESOURCE_NOT_FOUND,
     UPSTREAM_FAILED,
-    JsonObj,
     RpcError,
 )
 from agw.mcp.upstream import UpstreamError
+from agw.types import JsonObj
 
 MAX_NAME = 64
 CUT_TO = 55

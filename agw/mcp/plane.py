@@ -29,16 +29,19 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agw.asgi import Rejection, Request
+from agw.clock import now_ms
 from agw.config.services import McpRoute
+from agw.errors import Refusal
 from agw.mcp import jsonrpc as rpc
 from agw.mcp.ingress import HANDSHAKE_VERSIONS, LATEST_HANDSHAKE, SUPPORTED_VERSIONS, Ingress
-from agw.mcp.jsonrpc import JsonObj, RpcError
+from agw.mcp.jsonrpc import RpcError
 from agw.mcp.mux import LIST_KINDS, Multiplexer, has_policy, namespace_uri, tool_allowed
 from agw.mcp.runtime import McpRuntime, SessionBackend
-from agw.mcp.sessions import RELAYED, Call, Context, DownstreamSession, InFlight, Relay, now_ms
+from agw.mcp.sessions import RELAYED, Call, Context, DownstreamSession, InFlight, Relay
 from agw.mcp.upstream import CLIENT_INFO, Upstream, UpstreamError
-from agw.runtime.sessions import SessionDirectory, attribute
+from agw.request import Request
+from agw.runtime.attribution import SessionDirectory, attribute
+from agw.types import JsonObj
 from agw.usage.events import McpUsageEvent
 from agw.usage.recorder import UsageRecorder
 
@@ -108,7 +111,7 @@ class McpServer:
     ) -> None:
         self.runtime = runtime
         self.recorder = recorder
-        self.directory = directory  # ACP sessions, for attribution (agw/runtime/sessions.py)
+        self.directory = directory  # ACP sessions, for attribution (agw/runtime/attribution.py)
         common: dict[str, Method] = {
             "ping": self._ping,
             "tools/list": self._list,
@@ -670,6 +673,8 @@ class McpServer:
 class McpPlane:
     """The data plane's handler of ``mcp`` routes."""
 
+    edge_always = True  # a browser may hold an MCP session
+
     def __init__(
         self,
         recorder: UsageRecorder | None,
@@ -681,7 +686,7 @@ class McpPlane:
         self.ingress = Ingress(runtime, self.server)
         runtime.bind(self.server.upstream_message)
 
-    async def handle(self, req: Request, rejection: Rejection | None) -> None:
+    async def handle(self, req: Request, rejection: Refusal | None) -> None:
         await self.ingress.handle(req, rejection)
 
     async def close(self) -> None:

@@ -26,11 +26,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
+from agw.clock import now_ms
 from agw.config.services import McpRoute, McpService
-from agw.mcp.jsonrpc import JsonObj
 from agw.mcp.mux import NameMap
-from agw.mcp.sessions import DownstreamSession, Registry, SessionStore, TokenBucket, now_ms
+from agw.mcp.sessions import DownstreamSession, Registry, SessionStore, TokenBucket
 from agw.mcp.upstream import Upstream, UpstreamError, create_upstream
+from agw.types import JsonObj
 
 if TYPE_CHECKING:
     from agw.runtime.manager import ConfigManager

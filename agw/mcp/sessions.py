@@ -30,10 +30,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agw.asgi import Headers, Request
+from agw.clock import now_ms
 from agw.mcp import jsonrpc as rpc
-from agw.mcp.jsonrpc import JsonObj, RequestId, RpcError
+from agw.mcp.jsonrpc import RequestId, RpcError
 from agw.mcp.upstream import Upstream
+from agw.request import Request
+from agw.types import Headers, JsonObj
 
 STREAM_QUEUE = 1000  # messages a standalone stream buffers before dropping the oldest
 STREAM_BYTES = 16 * 1024 * 1024  # and bytes
@@ -52,10 +54,6 @@ RELAYED = {
     "elicitation/create": "elicitation",
     "roots/list": "roots",
 }
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def mask(secret: str | None) -> str | None:

@@ -20,12 +20,12 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import aiohttp
 
-from agw.asgi import current_trace, traceparent
 from agw.config.services import McpService
 from agw.mcp.channel import ChannelUpstream
-from agw.mcp.jsonrpc import JsonObj
-from agw.mcp.sseparse import SseError, SseEvent, SseParser
 from agw.mcp.upstream import MESSAGE_LIMIT, Listener, UpstreamError, auth_headers
+from agw.request import current_trace, traceparent
+from agw.sse import SseError, SseEvent, SseParser
+from agw.types import JsonObj
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,6 @@ from agw.config.services import McpService
 from agw.mcp.channel import (
     ChannelUpstream,
 )
-from agw.mcp.jsonrpc import (
-    JsonObj,
-)
 from agw.mcp.upstream import (
     Listener,
     UpstreamError,
@@ -37,6 +34,7 @@ from agw.procgroup import (
     killpg,
     stop_group,
 )
+from agw.types import JsonObj
 
 log = logging.getLogger(__name__)
 

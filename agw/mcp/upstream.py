@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agw.config.services import McpService
-from agw.mcp.jsonrpc import JsonObj, RequestId
-from agw.telemetry import scrub
+from agw.logs import scrub
+from agw.mcp.jsonrpc import RequestId
+from agw.types import JsonObj
 from agw.version import VERSION
 
 # The protocol version the gateway asks its upstreams for first (newest of the handshake era).

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel
 
+from agw.clock import now_ms
 from agw.config import families as f
 from agw.store.config_repo import Row
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def new_virtual_key() -> str:

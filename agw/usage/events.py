@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import operator
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, ClassVar, Literal
@@ -73,11 +72,6 @@ NAMES_LIMIT = 8192
 real counts)."""
 
 UsageSource = Literal["provider", "estimated", "missing"]
-
-
-def now_ms() -> int:
-    """Wall-clock time in unix milliseconds, the unit of every usage timestamp."""
-    return time.time_ns() // 1_000_000
 
 
 def encode_payload(value: Mapping[str, object]) -> str:

@@ -29,9 +29,10 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
+from agw.clock import rfc3339_ms
 from agw.errors import InvalidRequest, NotFound
 from agw.store.db import Database
 
@@ -333,12 +334,6 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
-def rfc3339(ms: int) -> str:
-    """Unix milliseconds as RFC 3339 UTC with milliseconds: ``2026-01-02T03:04:05.678Z``."""
-    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def parse_rfc3339(text: str) -> int | None:
     """RFC 3339 (an offset is required; fractions beyond milliseconds are cut) as unix ms."""
     match = _RFC3339.match(text.strip())
@@ -539,7 +534,7 @@ def _event_row(names: Sequence[str], row: Sequence[Any], kind: Kind | None) -> J
         if name in ("started_at", "finished_at") and value is not None:
             if name == "started_at":
                 out["started_at_ms"] = value
-            value = rfc3339(int(value))
+            value = rfc3339_ms(int(value))
         elif name in booleans and value is not None:
             value = bool(value)
         elif name in json_columns:
@@ -659,7 +654,7 @@ class MetricsQuery:
             raise _too_many_buckets()
         items = []
         for row in rows:
-            item: Json = {"bucket_ms": row[0], "bucket": rfc3339(row[0])}
+            item: Json = {"bucket_ms": row[0], "bucket": rfc3339_ms(row[0])}
             if group:
                 item["group_value"] = _group_value(group, row[1])
             items.append(item | _measure_values(k, row, 2 if group else 1))
@@ -909,8 +904,8 @@ class MetricsQuery:
         items = [_timeline_item(r) for r in rows]
         return {
             "session_id": session_id,
-            "first_at": rfc3339(first),
-            "last_at": rfc3339(last),
+            "first_at": rfc3339_ms(first),
+            "last_at": rfc3339_ms(last),
             "totals": totals,
             "items": items,
             "limit": limit,
@@ -921,7 +916,7 @@ def _timeline_item(row: Sequence[Any]) -> Json:
     (kind, at, route_id, model, tool, service_id, tokens_in, tokens_out, operation) = row[:9]
     status_code, success, error_type, latency_ms, trace_id, event_id = row[9:]
     item: Json = {
-        "at": rfc3339(at),
+        "at": rfc3339_ms(at),
         "at_ms": at,
         "kind": kind,
         "route_id": route_id,

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import logging
 
+from agw.clock import now_ms as current_ms
 from agw.store.db import Database
 from agw.usage.events import USAGE_TABLES
-from agw.usage.events import now_ms as current_ms
 
 log = logging.getLogger(__name__)
 

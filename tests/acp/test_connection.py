@@ -17,10 +17,10 @@ from agw.acp.connection import (
     AcpError,
     AgentExited,
     AgentRpcError,
-    JsonObj,
     normalize_permission,
 )
-from tests.acp.conftest import FakeAgentHandle, group_gone, group_members
+from agw.types import JsonObj
+from tests.support.acp import FakeAgentHandle, group_gone, group_members
 
 T = TypeVar("T")
 LIMIT_S = 60.0

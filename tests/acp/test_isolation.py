@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.acp.test_turns import AcpGateway, TurnResult, make_agent, read_events
-from tests.conftest import AgwdLauncher
+from tests.support.agwd import AgwdLauncher
 
 KEYED, OPEN = "/k", "/open"
 

@@ -24,7 +24,7 @@ from tests.acp.test_turns import (
     read_events,
     start_acp_gateway,
 )
-from tests.conftest import AgwdLauncher
+from tests.support.agwd import AgwdLauncher
 
 FAST = httpx.Timeout(15.0, connect=5.0)
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.acp.conftest import FakeAgentHandle
 from tests.acp.test_turns import AcpGateway
-from tests.conftest import AgwdLauncher, usage_rows
 from tests.fakes.run import start_fake_upstream
-from tests.mcp.conftest import run_mcp_server
+from tests.support.acp import FakeAgentHandle
+from tests.support.agwd import AgwdLauncher, usage_rows
+from tests.support.mcp_server import run_mcp_server
 
 
 def test_agent_llm_and_tool_calls_come_back_through_the_gateway(

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.acp.test_turns import AcpGateway, SseEvent, make_agent, read_events, start_acp_gateway
-from tests.conftest import AgwdLauncher
+from tests.support.agwd import AgwdLauncher
 
 TIMEOUT_S = 3.0  # AGW_ACP_PERMISSION_TIMEOUT_S of this module's gateway
 NOT_FOUND = {"error": "permission request not found (already answered or expired)"}

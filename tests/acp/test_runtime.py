@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agw.acp.connection import AcpError, AgentExited, JsonObj
+from agw.acp.connection import AcpError, AgentExited
 from agw.acp.runtime import (
     BUSY,
     METADATA_KINDS,
@@ -27,11 +27,12 @@ from agw.config import families as f
 from agw.config.loader import load_bundle_text
 from agw.config.services import AcpService
 from agw.runtime.apply import plan
+from agw.runtime.attribution import SessionDirectory
 from agw.runtime.manager import ConfigManager
-from agw.runtime.sessions import SessionDirectory
 from agw.store.db import Database
-from tests.acp.conftest import FakeAgentHandle, group_gone, group_members
+from agw.types import JsonObj
 from tests.fakes.run import start_fake_upstream
+from tests.support.acp import FakeAgentHandle, group_gone, group_members
 
 T = TypeVar("T")
 LIMIT_S = 90.0

@@ -8,9 +8,9 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.acp.conftest import FakeAgentHandle
 from tests.acp.test_turns import AcpGateway, agent_pids, make_agent, start_acp_gateway
-from tests.conftest import AgwdLauncher
+from tests.support.acp import FakeAgentHandle
+from tests.support.agwd import AgwdLauncher
 
 
 @dataclass

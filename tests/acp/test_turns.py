@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.acp.conftest import FakeAgentHandle, group_members, wait_group_gone
-from tests.conftest import Agwd, AgwdLauncher
+from tests.support.acp import FakeAgentHandle, group_members, wait_group_gone
+from tests.support.agwd import Agwd, AgwdLauncher
 
 WAIT_S = 10.0
 HTTP_TIMEOUT = httpx.Timeout(30.0, connect=5.0)

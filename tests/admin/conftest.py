@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Agwd
+from tests.support.agwd import Agwd
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ import pytest
 from agw.admin.acp import ADMIN_ROUTE_ID, NOT_RUNNING
 from agw.admin.app import create_admin_app
 from agw.runtime.manager import ConfigManager
-from tests.acp.conftest import FakeAgentHandle, group_members, wait_group_gone
-from tests.admin.admin_support import assert_error, created, uid
-from tests.conftest import Agwd
+from tests.support.acp import FakeAgentHandle, group_members, wait_group_gone
+from tests.support.admin import assert_error, created, uid
+from tests.support.agwd import Agwd
 
 WAIT_S = 15.0
 TURN_TIMEOUT_S = 30.0

@@ -24,10 +24,10 @@ import openai
 import pytest
 
 from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
-from tests.acp.conftest import FakeAgentHandle
-from tests.admin.admin_support import assert_error, bundle, created, problem_paths, uid
-from tests.conftest import Agwd, AgwdLauncher, usage_rows
 from tests.fakes.run import FakeUpstream, start_fake_upstream
+from tests.support.acp import FakeAgentHandle
+from tests.support.admin import assert_error, bundle, created, problem_paths, uid
+from tests.support.agwd import Agwd, AgwdLauncher, usage_rows
 
 KEY = "sk-agents-upstream"
 AGENT = "coder"

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.admin.admin_support import (
+from tests.support.admin import (
     REDACTED,
     REVEAL,
     VK_PATTERN,
@@ -21,7 +21,7 @@ from tests.admin.admin_support import (
     store_bytes,
     uid,
 )
-from tests.conftest import Agwd, AgwdLauncher
+from tests.support.agwd import Agwd, AgwdLauncher
 
 
 def full_bundle(u: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.admin.admin_support import created, make_provider, uid
+from tests.support.admin import created, make_provider, uid
 
 REALM = 'Basic realm="agent-gateway-admin"'
 UNAUTHORIZED = {"error": "unauthorized", "code": "unauthorized"}

@@ -26,9 +26,9 @@ import pytest
 from agw.admin.mcp import upstream_failure
 from agw.mcp.jsonrpc import METHOD_NOT_FOUND, RpcError
 from agw.mcp.upstream import UpstreamError
-from tests.admin.admin_support import assert_error, created, uid
-from tests.conftest import free_port
-from tests.mcp.conftest import McpServerHandle, run_mcp_server
+from tests.support.admin import assert_error, created, uid
+from tests.support.agwd import free_port
+from tests.support.mcp_server import McpServerHandle, run_mcp_server
 
 TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
 UPSTREAM_KEY = "sk-upstream-only-7731"

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.admin.admin_support import (
+from tests.support.admin import (
     acp_agent_body,
     assert_error,
     created,

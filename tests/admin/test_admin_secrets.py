@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.admin.admin_support import (
+from tests.support.admin import (
     REDACTED,
     REVEAL,
     assert_error,
@@ -20,7 +20,7 @@ from tests.admin.admin_support import (
     put_body,
     uid,
 )
-from tests.conftest import AgwdLauncher
+from tests.support.agwd import AgwdLauncher
 
 # Every secret is unique, so a grep of the log finds it wherever it leaked.
 SECRETS = {

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.admin.admin_support import REDACTED, mcp_service_body, uid
+from tests.support.admin import REDACTED, mcp_service_body, uid
 
 UI_ORIGIN = "https://ui.example:8443"
 REVEAL = {"X-AGW-Reveal-Secrets": "true"}

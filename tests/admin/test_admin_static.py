@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.admin.admin_support import (
+from tests.support.admin import (
     REDACTED,
     REVEAL,
     assert_error,
@@ -22,7 +22,7 @@ from tests.admin.admin_support import (
     put_body,
     uid,
 )
-from tests.conftest import Agwd, AgwdLauncher
+from tests.support.agwd import Agwd, AgwdLauncher
 
 STATIC_YAML = """\
 apiVersion: gateway.agw/v1alpha1

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.admin.admin_support import assert_error, bundle, everything, uid
-from tests.conftest import Agwd, AgwdLauncher
+from tests.support.admin import assert_error, bundle, everything, uid
+from tests.support.agwd import Agwd, AgwdLauncher
 
 ALL_TYPES = [
     "anthropic",

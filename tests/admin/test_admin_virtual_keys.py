@@ -7,8 +7,8 @@ import sqlite3
 
 import httpx
 
-from tests.admin.admin_support import VK_PATTERN, assert_error, created, items, put_body, uid
-from tests.conftest import AgwdLauncher
+from tests.support.admin import VK_PATTERN, assert_error, created, items, put_body, uid
+from tests.support.agwd import AgwdLauncher
 
 
 def test_key_is_generated_and_returned_by_post_get_and_list(admin: httpx.Client) -> None:

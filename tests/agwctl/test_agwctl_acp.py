@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.acp.conftest import FakeAgentHandle, wait_group_gone
-from tests.agwctl.agwctl_support import Agwctl, assert_one_line_error
+from tests.support.acp import FakeAgentHandle, wait_group_gone
+from tests.support.agwctl import Agwctl, assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[2]
 

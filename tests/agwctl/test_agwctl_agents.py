@@ -22,8 +22,8 @@ import pytest
 
 from agw.store.db import Database
 from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
-from tests.agwctl.agwctl_support import BUNDLE, Agwctl, assert_one_line_error
-from tests.conftest import AgwdLauncher
+from tests.support.agwctl import BUNDLE, Agwctl, assert_one_line_error
+from tests.support.agwd import AgwdLauncher
 
 H = 3_600_000
 M = 60_000

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from tests.agwctl.agwctl_support import BUNDLE, BUNDLE_OBJECTS, Agwctl, run_agwctl
+from tests.support.agwctl import BUNDLE, BUNDLE_OBJECTS, Agwctl, run_agwctl
 
 CREATE_LINES = [
     "gateway apply: gateway.yaml",

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from agwctl.main import hoist_persistent
-from tests.agwctl.agwctl_support import Agwctl, assert_one_line_error, run_agwctl
+from tests.support.agwctl import Agwctl, assert_one_line_error, run_agwctl
 
 
 def closed_port() -> int:

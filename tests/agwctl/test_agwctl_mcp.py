@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.agwctl.agwctl_support import Agwctl, assert_one_line_error
-from tests.mcp.conftest import SCRIPT
+from tests.support.agwctl import Agwctl, assert_one_line_error
+from tests.support.mcp_server import SCRIPT
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE = [str(SCRIPT), "--transport", "stdio"]

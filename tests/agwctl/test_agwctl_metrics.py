@@ -21,8 +21,8 @@ import pytest
 
 from agw.store.db import Database
 from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
-from tests.agwctl.agwctl_support import Agwctl
-from tests.conftest import AgwdLauncher
+from tests.support.agwctl import Agwctl
+from tests.support.agwd import AgwdLauncher
 
 H = 3_600_000
 M = 60_000

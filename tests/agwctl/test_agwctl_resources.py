@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.agwctl.agwctl_support import BUNDLE, Agwctl
+from tests.support.agwctl import BUNDLE, Agwctl
 
 
 @pytest.fixture(scope="module")

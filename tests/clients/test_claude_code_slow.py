@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import AgwdLauncher
 from tests.fakes.run import start_fake_upstream
+from tests.support.agwd import AgwdLauncher
 
 pytestmark = pytest.mark.slow
 

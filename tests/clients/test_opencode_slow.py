@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.acp.test_turns import AcpGateway
-from tests.conftest import AgwdLauncher, usage_rows
 from tests.fakes.run import start_fake_upstream
-from tests.mcp.conftest import run_mcp_server
+from tests.support.agwd import AgwdLauncher, usage_rows
+from tests.support.mcp_server import run_mcp_server
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import secrets
 
 import pytest
 
-from tests.llm.llm_support import TRACE
+from tests.support.llm import TRACE
 
 
 @pytest.fixture(autouse=True)

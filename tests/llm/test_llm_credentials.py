@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Agwd, AgwdLauncher
 from tests.fakes.run import FakeUpstream, start_fake_upstream
+from tests.support.agwd import Agwd, AgwdLauncher
 
 KEY = "sk-upstream-secret-0005"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.agwctl.agwctl_support import run_agwctl
-from tests.conftest import Agwd, AgwdLauncher
 from tests.fakes.run import FakeUpstream, start_fake_upstream
+from tests.support.agwctl import run_agwctl
+from tests.support.agwd import Agwd, AgwdLauncher
 
 KEY = "sk-upstream-secret-0004"
 MODELS = ["fake-gpt", "fake-claude", "fake-gemini"]

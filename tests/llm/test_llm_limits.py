@@ -19,11 +19,11 @@ import openai
 import pytest
 from anthropic.types import MessageParam
 
-from agw.llm.sse import EVENT_LIMIT
 from agw.llm.upstream import ERROR_BODY_LIMIT, RESPONSE_LIMIT
-from tests.conftest import Agwd, AgwdLauncher
+from agw.sse import EVENT_LIMIT
 from tests.fakes.run import FakeUpstream, start_fake_upstream
-from tests.llm.llm_support import settle, tp
+from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.llm import settle, tp
 
 MiB = 1024 * 1024
 OFFERED = 320 * MiB  # what the misbehaving upstream offers: five times RESPONSE_LIMIT

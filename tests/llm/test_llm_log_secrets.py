@@ -2,7 +2,7 @@
 
 A real agwd at debug level, upstreams that reject requests with error bodies that echo keys of
 every provider format, and provider URLs carrying credentials; then the log file is searched for
-each secret. The scrubber itself is tested format by format in tests/test_telemetry.py.
+each secret. The scrubber itself is tested format by format in tests/test_logs.py.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Agwd, AgwdLauncher
 from tests.fakes.run import FakeUpstream, start_fake_upstream
+from tests.support.agwd import Agwd, AgwdLauncher
 
 # Made-up secrets in each provider's format (none is real).
 SECRETS = {

@@ -19,9 +19,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionFunctionToolParam
 
-from tests.conftest import Agwd, AgwdLauncher
 from tests.fakes.run import FakeUpstream, start_fake_upstream
-from tests.llm.llm_support import settle, tp
+from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.llm import settle, tp
 
 UPSTREAM_KEY = "sk-upstream-secret-0001"
 
@@ -452,7 +452,7 @@ def test_client_disconnect_cancels_upstream_and_records_499(gw: Agwd, fake: Fake
 def test_client_leaving_a_slow_answer_cancels_upstream_and_records_499(
     gw: Agwd, fake: FakeUpstream
 ) -> None:
-    # Not a stream: the disconnect watcher starts after agw.asgi.WATCH_AFTER_S and must still
+    # Not a stream: the disconnect watcher starts after agw.request.WATCH_AFTER_S and must still
     # stop the wait on the provider long before the provider would answer.
     fake.configure(delay_ms=4000)
     with pytest.raises(httpx.ReadTimeout):
@@ -497,7 +497,7 @@ def test_quick_answers_are_not_taken_for_disconnects(gw: Agwd, fake: FakeUpstrea
 def test_agwctl_chat_and_responses(
     gw: Agwd, tmp_path: Path, args: list[str], expected: str
 ) -> None:
-    from tests.agwctl.agwctl_support import run_agwctl
+    from tests.support.agwctl import run_agwctl
 
     argv = [a.format(url=gw.data_url) for a in args]
     env = {**gw.env, "AGW_API_KEY": gw.env["VK"], "AGW_MODEL": "fake-gpt"}
@@ -509,7 +509,7 @@ def test_agwctl_chat_and_responses(
 
 
 def test_agwctl_chat_errors_are_one_line(gw: Agwd, tmp_path: Path) -> None:
-    from tests.agwctl.agwctl_support import run_agwctl
+    from tests.support.agwctl import run_agwctl
 
     proc = run_agwctl(
         "chat",

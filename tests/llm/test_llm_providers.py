@@ -11,8 +11,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionToolParam
 
-from tests.conftest import Agwd, AgwdLauncher
 from tests.fakes.run import FakeUpstream, start_fake_upstream
+from tests.support.agwd import Agwd, AgwdLauncher
 
 KEY = "sk-upstream-secret-0003"
 

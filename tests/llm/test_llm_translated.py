@@ -12,9 +12,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionToolParam
 
-from tests.conftest import Agwd, AgwdLauncher
 from tests.fakes.run import FakeUpstream, start_fake_upstream
-from tests.llm.llm_support import settle, tp
+from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.llm import settle, tp
 
 KEY = "sk-upstream-secret-0002"
 

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from agw.llm.observe import estimate_output_tokens
-from agw.llm.translate.sse import frame
+from agw.sse import frame
 
 
 def sse(*events: tuple[str | None, dict[str, Any]]) -> bytes:

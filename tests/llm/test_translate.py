@@ -25,12 +25,12 @@ from agw.llm.translate import (
     StreamTranslator,
     parse_request,
     render_request,
-    sse,
     tool_namespaces,
     translate_request,
     translate_response,
 )
 from agw.llm.translate.canonical import Image, Text, Thinking, ToolCall, ToolResult
+from tests.support import sse
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 UPDATE = os.environ.get("AGW_UPDATE_GOLDEN") == "1"

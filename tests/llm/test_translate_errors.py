@@ -17,10 +17,10 @@ from agw.llm.translate import (
     FORMATS,
     StreamTranslator,
     check_format,
-    sse,
     translate_request,
     translate_response,
 )
+from tests.support import sse
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 JUNK: list[Any] = [None, 0, -1, 1.5, True, "", "x", [], [1, "a"], {}, {"type": 3}, [{}], "[DONE]"]

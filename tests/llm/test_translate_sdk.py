@@ -25,7 +25,7 @@ from openai.types.responses import Response
 from openai.types.responses.response_create_params import ResponseCreateParamsNonStreaming
 from pydantic import TypeAdapter
 
-from agw.llm.translate import sse
+from tests.support import sse
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 

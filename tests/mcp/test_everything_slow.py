@@ -25,8 +25,8 @@ import httpx
 import pytest
 from mcp import Client
 
-from tests.conftest import Agwd, AgwdLauncher, free_port
-from tests.mcp.mcp_support import Gateway, start_gateway
+from tests.support.agwd import Agwd, AgwdLauncher, free_port
+from tests.support.mcp import Gateway, start_gateway
 
 pytestmark = pytest.mark.slow
 

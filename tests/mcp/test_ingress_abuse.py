@@ -19,9 +19,9 @@ import pytest
 
 from agw.mcp.runtime import McpRuntime
 from agw.mcp.sessions import Stream
-from tests.conftest import AgwdLauncher
-from tests.mcp.conftest import McpServerHandle, run_mcp_server
-from tests.mcp.mcp_support import BOTH, Gateway, initialize, post, rpc, start_gateway
+from tests.support.agwd import AgwdLauncher
+from tests.support.mcp import BOTH, Gateway, initialize, post, rpc, start_gateway
+from tests.support.mcp_server import McpServerHandle, run_mcp_server
 
 PER_PRINCIPAL = 20  # AGW_MCP_SESSIONS_PER_PRINCIPAL for this module's gateway
 INIT_PARAMS = {

@@ -23,7 +23,7 @@ from mcp_types import (
     LoggingMessageNotificationParams,
 )
 
-from tests.mcp.mcp_support import ALPHA_TOOLS, TIME_TOOLS, WAIT_S, Gateway, sync
+from tests.support.mcp import ALPHA_TOOLS, TIME_TOOLS, WAIT_S, Gateway, sync
 
 # ----------------------------------------------------------------------------- both eras
 

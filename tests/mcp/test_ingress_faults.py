@@ -18,11 +18,12 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
+from agw.clock import now_ms
 from agw.mcp.runtime import McpRuntime
-from agw.mcp.sessions import Stream, now_ms
-from tests.conftest import AgwdLauncher
-from tests.mcp.conftest import run_mcp_server
-from tests.mcp.mcp_support import ALPHA_TOOLS, Gateway, initialize, post, rpc, start_gateway, sync
+from agw.mcp.sessions import Stream
+from tests.support.agwd import AgwdLauncher
+from tests.support.mcp import ALPHA_TOOLS, Gateway, initialize, post, rpc, start_gateway, sync
+from tests.support.mcp_server import run_mcp_server
 
 WAIT_S = 10.0
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.mcp.mcp_support import BOTH, META, MODERN, Gateway, initialize, note, post, rpc
+from tests.support.mcp import BOTH, META, MODERN, Gateway, initialize, note, post, rpc
 
 
 @pytest.fixture

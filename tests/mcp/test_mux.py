@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agw.config.services import McpRoute
-from agw.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, UPSTREAM_FAILED, JsonObj, RpcError
+from agw.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, UPSTREAM_FAILED, RpcError
 from agw.mcp.mux import (
     Multiplexer,
     NameMap,
@@ -29,6 +29,7 @@ from agw.mcp.mux import (
     tool_allowed,
 )
 from agw.mcp.upstream import UpstreamError
+from agw.types import JsonObj
 
 VALID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import AgwdLauncher
-from tests.mcp.conftest import run_mcp_server
-from tests.mcp.mcp_support import Gateway, initialize, post, rpc, start_gateway
+from tests.support.agwd import AgwdLauncher
+from tests.support.mcp import Gateway, initialize, post, rpc, start_gateway
+from tests.support.mcp_server import run_mcp_server
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"

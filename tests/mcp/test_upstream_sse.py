@@ -10,11 +10,12 @@ from typing import Any, TypeVar
 import pytest
 
 from agw.config.services import McpService
-from agw.mcp.jsonrpc import JsonObj, RpcError
+from agw.mcp.jsonrpc import RpcError
 from agw.mcp.sse import SseUpstream
 from agw.mcp.upstream import Upstream, UpstreamError, create_upstream
-from tests.conftest import free_port
-from tests.mcp.conftest import McpServerHandle, StartMcpServer
+from agw.types import JsonObj
+from tests.support.agwd import free_port
+from tests.support.mcp_server import McpServerHandle, StartMcpServer
 
 T = TypeVar("T")
 LIMIT_S = 60.0

@@ -13,11 +13,12 @@ from typing import Any, TypeVar
 import pytest
 
 from agw.config.services import McpService
-from agw.mcp.jsonrpc import JsonObj, RpcError
+from agw.mcp.jsonrpc import RpcError
 from agw.mcp.stdio import StdioUpstream
 from agw.mcp.upstream import Upstream, UpstreamError, create_upstream
 from agw.procgroup import STDERR_TAIL_BYTES
-from tests.mcp.conftest import McpServerHandle, StartMcpServer
+from agw.types import JsonObj
+from tests.support.mcp_server import McpServerHandle, StartMcpServer
 
 T = TypeVar("T")
 TIME_SERVER = Path(sys.executable).parent / "mcp-server-time"

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import AgwdLauncher
-from tests.metrics.metrics_support import Dataset, generate, seed
+from tests.support.agwd import AgwdLauncher
+from tests.support.metrics import Dataset, generate, seed
 
 
 @pytest.fixture(scope="module")

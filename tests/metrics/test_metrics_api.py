@@ -15,7 +15,7 @@ import httpx
 
 from agw.store.db import Database
 from agw.usage.query import Attribution, MetricsQuery
-from tests.metrics.metrics_support import (
+from tests.support.metrics import (
     HOUR_MS,
     Dataset,
     Event,

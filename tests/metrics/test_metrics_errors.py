@@ -13,7 +13,7 @@ from agw.admin.app import create_admin_app
 from agw.errors import NotFound
 from agw.runtime.manager import ConfigManager
 from agw.usage.query import MetricsQuery
-from tests.metrics.metrics_support import DAY_MS, Dataset, rfc3339
+from tests.support.metrics import DAY_MS, Dataset, rfc3339
 
 BASE = "/admin/metrics"
 LIMIT = "limit must be an integer between 1 and 1000"

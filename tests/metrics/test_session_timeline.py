@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from tests.metrics.metrics_support import Dataset, Event, rfc3339
+from tests.support.metrics import Dataset, Event, rfc3339
 
 PATH = "/admin/metrics/sessions/sess-a"
 

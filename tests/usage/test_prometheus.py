@@ -19,7 +19,7 @@ from agw.store.db import Database
 from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
 from agw.usage.prometheus import PrometheusMetrics
 from agw.usage.recorder import UsageRecorder
-from tests.usage.usage_support import NOW_MS, count, wait_until
+from tests.support.usage import NOW_MS, count, wait_until
 
 Samples = dict[str, dict[frozenset[tuple[str, str]], float]]
 

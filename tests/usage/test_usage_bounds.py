@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from agw.usage.events import INT64_MAX, NAME_LIMIT, NAMES_LIMIT, TEXT_LIMIT, TEXT_LIMITS
-from tests.conftest import Agwd, AgwdLauncher
 from tests.fakes.run import start_fake_upstream
+from tests.support.agwd import Agwd, AgwdLauncher
 
 WAIT_S = 10.0
 

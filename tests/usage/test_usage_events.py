@@ -23,7 +23,7 @@ from agw.usage.events import (
     UsageEvent,
     new_event_id,
 )
-from tests.usage.usage_support import NOW_MS
+from tests.support.usage import NOW_MS
 
 
 def values_of(event: UsageEvent) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 from agw.store.db import Database
 from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
 from agw.usage.recorder import CHUNK_ROWS, UsageRecorder
-from tests.usage.usage_support import NOW_MS, count, rows, wait_until
+from tests.support.usage import NOW_MS, count, rows, wait_until
 
 
 def llm_event(n: int = 0, **kw: object) -> LlmUsageEvent:

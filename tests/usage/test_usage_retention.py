@@ -7,17 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from agw.clock import now_ms
 from agw.store.db import Database
-from agw.usage.events import (
-    AcpUsageEvent,
-    LlmUsageEvent,
-    McpUsageEvent,
-    UsageEvent,
-    now_ms,
-)
+from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
 from agw.usage.recorder import UsageRecorder
 from agw.usage.retention import RetentionJanitor, purge_older_than
-from tests.usage.usage_support import DAY_MS, NOW_MS, count, rows, wait_until
+from tests.support.usage import DAY_MS, NOW_MS, count, rows, wait_until
 
 KINDS: tuple[type[UsageEvent], ...] = (LlmUsageEvent, McpUsageEvent, AcpUsageEvent)
 

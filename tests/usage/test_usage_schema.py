@@ -9,7 +9,7 @@ from pathlib import Path
 
 from agw.store.db import Database, migrations_dir
 from agw.usage.events import EVENT_TYPES
-from tests.usage.usage_support import rows, table_columns
+from tests.support.usage import rows, table_columns
 
 NEW_COLUMNS = {
     "usage_source": (None, 0),

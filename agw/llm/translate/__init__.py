@@ -275,7 +275,7 @@ class StreamTranslator:
 
     def fail(self, message: str) -> bytes:
         """The client's error event for a stream the gateway ends itself (an event over
-        :data:`agw.llm.sse.EVENT_LIMIT`), instead of the upstream's own end."""
+        :data:`agw.sse.EVENT_LIMIT`), instead of the upstream's own end."""
         if self._finished:
             return b""
         return self._encode([Error(message)])

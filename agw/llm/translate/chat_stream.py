@@ -24,7 +24,7 @@ from agw.llm.translate.canonical import (
 )
 from agw.llm.translate.chat import FINISH_TO_STOP, STOP_TO_FINISH, parse_usage, render_usage
 from agw.llm.translate.reader import Reader
-from agw.llm.translate.sse import frame
+from agw.sse import frame
 
 
 class StreamDecoder:

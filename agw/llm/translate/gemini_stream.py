@@ -39,7 +39,7 @@ from agw.llm.translate.gemini import (
     render_usage,
 )
 from agw.llm.translate.reader import Reader
-from agw.llm.translate.sse import frame
+from agw.sse import frame
 
 
 class StreamDecoder:

@@ -30,7 +30,7 @@ from agw.llm.translate.messages import (
     tool_id,
 )
 from agw.llm.translate.reader import Reader
-from agw.llm.translate.sse import frame
+from agw.sse import frame
 
 _USAGE_FIELDS = (
     "input_tokens",

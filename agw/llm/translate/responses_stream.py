@@ -41,7 +41,7 @@ from agw.llm.translate.responses import (
     status_of,
     stop_reason,
 )
-from agw.llm.translate.sse import frame
+from agw.sse import frame
 
 
 class StreamDecoder:

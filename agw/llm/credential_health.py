@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
+
+from agw.clock import rfc3339
 
 MAX_BACKOFF_S = 300.0
 AUTH_COOLDOWN_S = 300.0
 
 
 def _rfc3339(ts: float) -> str | None:
-    if not ts:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return rfc3339(ts) if ts else None
 
 
 def retry_after_seconds(value: str | None) -> float | None:

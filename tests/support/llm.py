@@ -7,7 +7,7 @@ import sqlite3
 import time
 from typing import Any
 
-from tests.conftest import Agwd
+from tests.support.agwd import Agwd
 
 TRACE: dict[str, str] = {"id": "0" * 32}
 

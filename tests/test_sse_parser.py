@@ -1,4 +1,4 @@
-"""agw.mcp.sseparse: the incremental SSE parser, whole and cut at every byte."""
+"""agw.agw.sse: the incremental SSE parser, whole and cut at every byte."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from agw.mcp.sseparse import SseError, SseEvent, SseParser
+from agw.sse import SseError, SseEvent, SseParser
 
 
 def parse(data: bytes, cuts: list[int] | None = None) -> list[SseEvent]:

@@ -9,10 +9,11 @@ import asyncio
 import os
 from typing import Any
 
-from agw.acp.connection import AcpError, JsonObj
+from agw.acp.connection import AcpError
 from agw.acp.events import Transcript
 from agw.acp.runtime import AcpRuntime
 from agw.config.services import AcpService
+from agw.types import JsonObj
 
 SESSION_CALL_TIMEOUT_S = 30.0  # session/list and session/load on a transient process
 TRANSCRIPT_QUIET_S = 0.25  # replayed updates may trail the session/load result

@@ -1,4 +1,4 @@
-"""agw.telemetry's scrubber, one credential format at a time (a pure function, called directly;
+"""agw.logs's scrubber, one credential format at a time (a pure function, called directly;
 tests/llm/test_llm_log_secrets.py sends the same through a real agwd and searches its log)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from agw.telemetry import JsonFormatter, redact_url, scrub
+from agw.logs import JsonFormatter, redact_url, scrub
 
 # (what a log line may hold, the secret in it): made-up values in each format
 SHAPED = [

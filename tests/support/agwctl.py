@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent / "agwctl"
 BUNDLE = HERE / "gateway.yaml"
 BUNDLE_OBJECTS = 12
 

@@ -1,4 +1,4 @@
-"""agw.llm.sse's splitter: the events it finds, the limit on one event, and linear time.
+"""agw.sse's splitter: the events it finds, the limit on one event, and linear time.
 
 Pure functions, called directly; tests/llm/test_llm_limits.py attacks the same through agwd.
 """
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from agw.llm.sse import EVENT_LIMIT, EventTooLarge, SSESplitter
+from agw.sse import EVENT_LIMIT, EventTooLarge, SSESplitter
 
 
 def _reference(data: bytes) -> tuple[list[bytes], bytes]:

@@ -1,41 +1,29 @@
-"""The data plane's per-request context and raw ASGI response helpers, shared by the planes.
+"""The :class:`Request` every plane receives, and its raw ASGI response helpers.
 
-The data plane is a plain ASGI callable (no framework routing): a request is matched against the
-runtime snapshot once, and the protocol handler writes its answer with these helpers, which add
-the trace headers of the request to every answer.
+The data plane is a plain ASGI callable (no framework routing): the dispatcher matches a request
+against the runtime snapshot once and builds a ``Request`` (route, headers, trace, principal); the
+plane writes its answer with these helpers, which add the trace headers of the request to every
+answer, and builds its usage event on :meth:`Request.usage_head`, the one place the columns every
+usage table shares are filled in.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from agw.auth.principal import Principal
+from agw.clock import now_ms
 from agw.errors import PayloadTooLarge
 from agw.ids import new_span_id, new_trace_id
 from agw.runtime.snapshot import CompiledRoute, Snapshot
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
+from agw.types import Headers, Receive, Scope, Send
 
 
 class ClientGone(Exception):
     """The client disconnected before the answer was complete."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """The dispatcher refused the request (depth gate, disabled route, virtual key): the route's
-    plane answers it in its own dialect and records it."""
-
-    status: int
-    message: str
-    error_type: str
 
 
 # Client-supplied trace values are bounded before they reach a row, a log or an upstream
@@ -125,11 +113,45 @@ class Request:
     method: str
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
     trace: TraceContext
-    virtual_key_id: str | None = None
+    principal: Principal | None = None  # who is calling: set by the identity step
+    session_id: str | None = None  # the agent session the request belongs to (attribution)
+    acp_session_id: str | None = None  # the gateway-run ACP session it came from, if any
     started: bool = False  # the response start has been sent
     body_read: bool = False  # the whole request body has been received
     status: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def virtual_key_id(self) -> str | None:
+        principal = self.principal
+        return principal.key_id if principal is not None else None
+
+    def usage_head(
+        self, started_at: int, status: int, error_type: str | None = None
+    ) -> dict[str, Any]:
+        """The columns every usage table shares, as keyword arguments of a usage event: trace,
+        route, caller, session, outcome and timings. A plane adds only what is its own."""
+        trace = self.trace
+        route = self.route
+        principal = self.principal
+        return {
+            "trace_id": trace.trace_id,
+            "span_id": trace.span_id,
+            "parent_span_id": trace.parent_span_id,
+            "agent_depth": trace.depth,
+            "started_at": started_at,
+            "finished_at": now_ms(),
+            "route_id": route.id,
+            "route_protocol": route.protocol,
+            "virtual_key_id": principal.key_id if principal is not None else None,
+            "success": status < 400 and error_type is None,
+            "status_code": status,
+            "error_type": error_type,
+            "session_id": self.session_id,
+            "agent_id": route.agent_id,
+            "http_method": self.method,
+            "http_path": self.scope["path"],
+        }
 
     @property
     def query(self) -> str:

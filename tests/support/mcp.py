@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Agwd, AgwdLauncher
-from tests.mcp.conftest import McpServerHandle
+from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.mcp_server import McpServerHandle
 
 TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
 WAIT_S = 10.0
