@@ -17,7 +17,7 @@ from agwctl.client import CliError, error_of
 from agwctl.resources import admin, state
 
 if TYPE_CHECKING:
-    from agw.config.models import Bundle
+    from agw.config.bundle import Bundle
     from agw.errors import Problem
 
 # agw.config (pydantic models) is imported where it is used: the other commands start faster.

@@ -22,7 +22,7 @@ from typing import Annotated
 import typer
 
 from agw.auth.admin_basic import AdminAuthConfigError, BasicAuth, password_file_auth
-from agw.config.models import PROVIDER_TYPES
+from agw.config.llm import PROVIDER_TYPES
 from agw.edge import check_host_entry, check_origin_entry
 from agw.envfile import load_env_files
 from agw.errors import AgwError

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from agw import errors
 from agw.admin.app import create_admin_app
-from agw.config import models
+from agw.config import bundle as models
 from agw.runtime.manager import ConfigManager
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from typing import Any
 from agw.acp.connection import AcpError
 from agw.acp.events import Transcript
 from agw.acp.runtime import AcpRuntime
-from agw.config.services import AcpService
+from agw.config.acp import AcpService
 from agw.types import JsonObj
 
 SESSION_CALL_TIMEOUT_S = 30.0  # session/list and session/load on a transient process

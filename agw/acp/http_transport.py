@@ -70,7 +70,7 @@ from agw.acp.plane import (
     require_json,
 )
 from agw.acp.runtime import Instance, TurnRequest, owner_key, principal_of, signature
-from agw.config.services import AcpService
+from agw.config.acp import AcpService
 from agw.jsonfast import loads
 from agw.request import Request
 from agw.rpcids import ID_MAX_CHARS, METHOD_MAX_CHARS, valid_id

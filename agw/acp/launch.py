@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from agw.acp.connection import AcpError
 from agw.config import families as f
-from agw.config.services import AcpService
+from agw.config.acp import AcpService
 from agw.types import JsonObj
 
 if TYPE_CHECKING:

@@ -56,7 +56,7 @@ from agw.acp.runtime import (
     principal_of,
 )
 from agw.clock import now_ms
-from agw.config.services import AcpService
+from agw.config.acp import AcpService
 from agw.errors import InvalidRequest, PayloadTooLarge, Refusal
 from agw.jsonfast import loads
 from agw.request import ClientGone, Request

@@ -97,8 +97,8 @@ from typing import TYPE_CHECKING, Any
 from agw.acp.connection import AcpConnection, AcpError, AgentRpcError
 from agw.acp.launch import LaunchSpec, Origin, launch_spec, mcp_servers, resolve_origin
 from agw.clock import rfc3339
+from agw.config.acp import AcpService
 from agw.config.base import within
-from agw.config.services import AcpService
 from agw.runtime.attribution import SessionDirectory
 from agw.types import JsonObj
 

@@ -30,7 +30,7 @@ from agw.acp.connection import AcpError
 from agw.acp.history import list_sessions, load_transcript
 from agw.admin.resources import JSONResponse, json_body
 from agw.clock import now_ms
-from agw.config.services import AcpService
+from agw.config.acp import AcpService
 from agw.errors import AgwError, InvalidRequest, NotFound, UpstreamFailed
 from agw.runtime.manager import ConfigManager
 from agw.usage.events import AcpUsageEvent

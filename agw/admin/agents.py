@@ -30,7 +30,7 @@ from quart import Quart, request
 
 from agw.admin.resources import JSONResponse, json_body, parse, view
 from agw.config import families as f
-from agw.config.services import Agent
+from agw.config.agents import Agent
 from agw.errors import InvalidRequest, NotFound, ReadOnly
 from agw.runtime.manager import ConfigManager
 from agw.runtime.snapshot import attributed_routes

@@ -8,8 +8,9 @@ from quart import Quart
 
 from agw.admin.resources import JSONResponse, json_body, parse, reveal_requested, view
 from agw.config import families as f
+from agw.config.bundle import API_VERSION, KIND
+from agw.config.llm import AUTHENTICATORS, LLM_PROTOCOLS, PROVIDER_TYPES
 from agw.config.loader import load_bundle_data
-from agw.config.models import API_VERSION, AUTHENTICATORS, KIND, LLM_PROTOCOLS, PROVIDER_TYPES
 from agw.errors import ConfigInvalid, InvalidRequest, NotFound, ReadOnly, StoreUnavailable
 from agw.runtime import apply
 from agw.runtime.manager import ConfigManager

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from quart import Quart, request
 
 from agw.admin.resources import JSONResponse, json_body
-from agw.config.services import McpService
+from agw.config.mcp import McpService
 from agw.errors import Conflict, InvalidRequest, NotFound, UpstreamFailed
 from agw.mcp.jsonrpc import METHOD_NOT_FOUND, RpcError
 from agw.mcp.upstream import UpstreamError

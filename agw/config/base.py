@@ -115,3 +115,34 @@ def parse_duration_ns(value: int | str) -> int:
 def within(path: str, root: str) -> bool:
     path, root = path.rstrip("/") or "/", root.rstrip("/") or "/"
     return path == root or path.startswith(root if root == "/" else root + "/")
+
+
+class ServiceRoute(Stamped):
+    id: str = Field(default="", description="default <kind>:<service_id>:<path-slug>")
+    description: str = ""
+    disabled: bool = False
+    match_policy: MatchPolicy = Field(default_factory=MatchPolicy)
+    auth_policy: AuthPolicy = Field(default_factory=AuthPolicy)
+    service_id: str
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_id(v) if v else v
+
+    def _id_service(self) -> str:
+        return self.service_id
+
+    @model_validator(mode="after")
+    def _default_id(self) -> Self:
+        if not self._id_service().strip():
+            raise ValueError(
+                "service_id or service_ids is required"
+                if hasattr(self, "service_ids")
+                else "service_id is required"
+            )
+        if not self.id:
+            kind = getattr(self, "kind", "mcp")
+            self.id = f"{kind}:{self._id_service()}:{route_slug(self.match_policy.path_prefix)}"
+        self.id = check_id(self.id)
+        return self

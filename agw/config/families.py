@@ -14,8 +14,11 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel
 
-from agw.config import models as m
-from agw.config import services as svc
+from agw.config.access import VirtualKey
+from agw.config.acp import AcpRoute, AcpService
+from agw.config.agents import Agent
+from agw.config.llm import CliAuthAuthenticator, Credential, LLMRoute, ManagedModel, Provider
+from agw.config.mcp import McpRoute, McpService
 
 REDACTED = "<redacted>"
 _SENSITIVE_NAME = re.compile(
@@ -54,7 +57,7 @@ PROVIDER = Family(
     "provider",
     "provider",
     "providers",
-    m.Provider,
+    Provider,
     "providers",
     "store",
     secrets=(
@@ -66,14 +69,14 @@ PROVIDER = Family(
     tag_of=lambda o: o.provider_type,
 )
 MANAGED_MODEL = Family(
-    "managed_model", "managed model", "managedModels", m.ManagedModel, "model_configs", "store"
+    "managed_model", "managed model", "managedModels", ManagedModel, "model_configs", "store"
 )
-LLM_ROUTE = Family("llm_route", "llm route", "llmRoutes", m.LLMRoute, "routes", "store", "llm")
+LLM_ROUTE = Family("llm_route", "llm route", "llmRoutes", LLMRoute, "routes", "store", "llm")
 VIRTUAL_KEY = Family(
     "virtual_key",
     "virtual key",
     "virtualKeys",
-    m.VirtualKey,
+    VirtualKey,
     "virtual_keys",
     "store",
     tag_of=lambda o: o.tag,
@@ -82,7 +85,7 @@ CLIAUTH = Family(
     "cliauth_authenticator",
     "cliauth authenticator",
     "cliAuthAuthenticators",
-    m.CliAuthAuthenticator,
+    CliAuthAuthenticator,
     None,
     "runtime",
 )
@@ -90,7 +93,7 @@ MCP_SERVICE = Family(
     "mcp_service",
     "mcp service",
     "mcpServices",
-    svc.McpService,
+    McpService,
     "mcp_services",
     "config_store",
     secrets=(
@@ -102,23 +105,23 @@ MCP_SERVICE = Family(
     ),
     tag_of=lambda o: o.transport,
 )
-MCP_ROUTE = Family("mcp_route", "mcp route", "mcpRoutes", svc.McpRoute, "routes", "store", "mcp")
+MCP_ROUTE = Family("mcp_route", "mcp route", "mcpRoutes", McpRoute, "routes", "store", "mcp")
 ACP_SERVICE = Family(
     "acp_service",
     "acp service",
     "acpServices",
-    svc.AcpService,
+    AcpService,
     "acp_services",
     "config_store",
     secrets=(SecretPath(("env",), True),),
     tag_of=lambda o: o.agent_type,
 )
-ACP_ROUTE = Family("acp_route", "acp route", "acpRoutes", svc.AcpRoute, "routes", "store", "acp")
+ACP_ROUTE = Family("acp_route", "acp route", "acpRoutes", AcpRoute, "routes", "store", "acp")
 AGENT = Family(
     "agent",
     "agent",
     "agents",
-    svc.Agent,
+    Agent,
     "agents",
     "config_store",
     secrets=(SecretPath(("runtime", "http", "endpoint"), in_url=True),),
@@ -128,7 +131,7 @@ CREDENTIAL = Family(
     "credential",
     "credential",
     None,
-    m.Credential,
+    Credential,
     "cliauth_credentials",
     "store",
     secrets=(SecretPath(("attributes", "api_key")),),

@@ -22,7 +22,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from agw.config import families as f
 from agw.config import validate
-from agw.config.models import API_VERSION, KIND, Bundle
+from agw.config.bundle import API_VERSION, KIND, Bundle
 from agw.errors import ConfigInvalid, Problem
 
 _ENV_REF = re.compile(r"\$(\$?)\{([^}]*)\}")

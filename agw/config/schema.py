@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agw.config.models import Bundle
+from agw.config.bundle import Bundle
 
 
 def bundle_schema() -> dict[str, Any]:

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from agw.config import families as f
-from agw.config import models as m
+from agw.config.agents import AgentRuntime
 from agw.config.base import MatchPolicy
-from agw.config.services import AgentRuntime
+from agw.config.llm import TargetPolicy
 from agw.errors import Problem
 
 # A labelled object: the label is where a problem is reported ("llmRoutes[1]" in a bundle,
@@ -55,7 +55,7 @@ def check(catalog: Catalog, *, partial: bool, incomplete: Iterable[str] = ()) ->
     for label, cred in catalog.get(f.CREDENTIAL.name, ()):
         ref(label, "provider_id", f.PROVIDER, cred.provider_id)
     for label, route in catalog.get(f.LLM_ROUTE.name, ()):
-        tp: m.TargetPolicy = route.target_policy
+        tp: TargetPolicy = route.target_policy
         if tp.type == "direct-provider":
             ref(label, "target_policy.provider_id", f.PROVIDER, tp.provider_id)
         for ti, target in enumerate(tp.model_targets):

@@ -15,7 +15,7 @@ import aiohttp
 
 from agw import jsonfast
 from agw.clock import rfc3339
-from agw.config.models import Provider
+from agw.config.llm import Provider
 from agw.llm.providers import CredentialPicker, auth_headers, url_for
 from agw.llm.upstream import RESPONSE_LIMIT, BodyTooLarge, UpstreamPool, read_capped
 from agw.logs import redact_url, scrub

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from agw import jsonfast
-from agw.config.models import Provider
+from agw.config.llm import Provider
 from agw.errors import InvalidRequest, PayloadTooLarge, Refusal
 from agw.llm import translate
 from agw.llm.content import Completion, prompt_of

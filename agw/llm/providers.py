@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from agw.config.models import Credential, Provider
+from agw.config.llm import Credential, Provider
 from agw.llm.credential_health import CredentialHealth
 from agw.runtime.snapshot import Snapshot, credential_priority
 

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 
 from agw.config import families as f
-from agw.config.models import Candidate, LLMRoute, ModelTarget, Provider
+from agw.config.llm import Candidate, LLMRoute, ModelTarget, Provider
 from agw.llm.discovery import ModelCatalog
 from agw.runtime.snapshot import Snapshot
 

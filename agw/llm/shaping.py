@@ -19,7 +19,7 @@ import json
 from typing import Any
 
 from agw import jsonfast
-from agw.config.models import Provider
+from agw.config.llm import Provider
 from agw.errors import InvalidRequest
 
 OPENAI_COMPATIBLE = frozenset({"openai", "openrouter", "deepseek", "zhipu", "ollama"})

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from agw.config.models import NetworkConfig, Provider
+from agw.config.llm import NetworkConfig, Provider
 from agw.version import VERSION
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from agw.clock import now_ms
-from agw.config.services import McpService
+from agw.config.mcp import McpService
 from agw.mcp.jsonrpc import (
     METHOD_NOT_FOUND,
     RequestId,

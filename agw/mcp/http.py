@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 
 from agw.clock import now_ms
-from agw.config.services import McpService
+from agw.config.mcp import McpService
 from agw.mcp.channel import (
     HANDSHAKE_TIMEOUT_S,
     error_response,

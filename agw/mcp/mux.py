@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
-from agw.config.services import McpRoute
+from agw.config.mcp import McpRoute
 from agw.mcp.jsonrpc import (
     INVALID_PARAMS,
     METHOD_NOT_FOUND,

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agw.clock import now_ms
-from agw.config.services import McpRoute
+from agw.config.mcp import McpRoute
 from agw.errors import Refusal
 from agw.mcp import jsonrpc as rpc
 from agw.mcp.ingress import HANDSHAKE_VERSIONS, LATEST_HANDSHAKE, SUPPORTED_VERSIONS, Ingress

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from agw.clock import now_ms
-from agw.config.services import McpRoute, McpService
+from agw.config.mcp import McpRoute, McpService
 from agw.mcp.mux import NameMap
 from agw.mcp.sessions import DownstreamSession, Registry, SessionStore, TokenBucket
 from agw.mcp.upstream import Upstream, UpstreamError, create_upstream

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import aiohttp
 
-from agw.config.services import McpService
+from agw.config.mcp import McpService
 from agw.mcp.channel import ChannelUpstream
 from agw.mcp.upstream import MESSAGE_LIMIT, Listener, UpstreamError, auth_headers
 from agw.request import current_trace, traceparent

@@ -18,7 +18,7 @@ import signal
 import time
 from typing import Any
 
-from agw.config.services import McpService
+from agw.config.mcp import McpService
 from agw.mcp.channel import (
     ChannelUpstream,
 )

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agw.config.services import McpService
+from agw.config.mcp import McpService
 from agw.logs import scrub
 from agw.mcp.jsonrpc import RequestId
 from agw.types import JsonObj

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agw.config import families as f
-from agw.config.models import Bundle
+from agw.config.bundle import Bundle
 from agw.errors import ConfigInvalid
 from agw.runtime.state import ConfigState, Record, dump, new_virtual_key, touched
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from agw.config import families as f
+from agw.config.llm import PROVIDER_TYPES
 from agw.config.loader import load_bundle_text
-from agw.config.models import PROVIDER_TYPES
 from agw.errors import ConfigInvalid, Problem
 from agw.runtime.snapshot import Snapshot, compile_snapshot
 from agw.runtime.state import ConfigState, Record, diff, from_rows

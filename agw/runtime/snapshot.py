@@ -11,8 +11,9 @@ from types import MappingProxyType
 from typing import Any
 
 from agw.config import families as f
-from agw.config import models as m
 from agw.config import validate
+from agw.config.access import VirtualKey
+from agw.config.llm import Provider
 from agw.errors import ConfigInvalid, Problem
 from agw.runtime.state import ConfigState, Record
 
@@ -46,7 +47,7 @@ class CompiledRoute:
 class VirtualKeyEntry:
     id: str
     key: str
-    config: m.VirtualKey
+    config: VirtualKey
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,7 @@ class Snapshot:
     virtual_keys: MappingProxyType[str, VirtualKeyEntry] = field(
         default_factory=lambda: MappingProxyType({})
     )
-    providers: MappingProxyType[str, m.Provider] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    providers: MappingProxyType[str, Provider] = field(default_factory=lambda: MappingProxyType({}))
     # enabled managed credentials by scope ("id:<provider>", "type:<type>", custom), highest
     # attributes.priority first
     credentials: MappingProxyType[str, tuple[Any, ...]] = field(

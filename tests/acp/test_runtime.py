@@ -24,8 +24,8 @@ from agw.acp.runtime import (
     TurnRequest,
 )
 from agw.config import families as f
+from agw.config.acp import AcpService
 from agw.config.loader import load_bundle_text
-from agw.config.services import AcpService
 from agw.runtime.apply import plan
 from agw.runtime.attribution import SessionDirectory
 from agw.runtime.manager import ConfigManager

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from agw.config.bundle import Bundle
 from agw.config.loader import load_bundle_data, load_bundle_text
-from agw.config.models import Bundle
 from agw.config.schema import bundle_schema_text
 from agw.errors import ConfigInvalid, Problem
 

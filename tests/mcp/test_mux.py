@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agw.config.services import McpRoute
+from agw.config.mcp import McpRoute
 from agw.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, UPSTREAM_FAILED, RpcError
 from agw.mcp.mux import (
     Multiplexer,

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agw.config.services import McpService
+from agw.config.mcp import McpService
 from agw.mcp.http import StreamableHttpUpstream, header_value
 from agw.mcp.jsonrpc import RpcError
 from agw.mcp.upstream import Upstream, UpstreamError, create_upstream

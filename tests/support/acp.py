@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agw.config.services import AcpService
+from agw.config.acp import AcpService
 
 AGENT_SCRIPT = Path(__file__).resolve().parent.parent / "fakes" / "acp_agent.py"
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from agw.config.services import McpService
+from agw.config.mcp import McpService
 
 SCRIPT = Path(__file__).resolve().parent.parent / "fakes" / "mcp_server.py"
 

@@ -1,20 +1,11 @@
-"""GatewayBundle object models: the ten families of reference §3.3, strict.
-
-Every model rejects unknown keys (``extra="forbid"``); the loader turns those rejections into
-``path: unknown field; did you mean ...?`` problems. Normalisation (lower-casing, defaults that
-depend on other fields) happens in ``model_validator(mode="after")`` hooks, so two objects that
-mean the same thing dump to the same JSON and an unchanged apply is a no-op.
-
-Checks that span objects (duplicate ids, dangling references) live in ``validate.py``.
-"""
+"""Bundle models of the LLM families: providers, managed models, LLM routes, credentials and
+CLI-auth authenticators."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
-    ConfigDict,
     Field,
     field_validator,
     model_validator,
@@ -28,16 +19,6 @@ from agw.config.base import (
     Strict,
     dedupe,
 )
-from agw.config.services import (
-    AcpRoute,
-    AcpService,
-    Agent,
-    McpRoute,
-    McpService,
-)
-
-API_VERSION = "gateway.agw/v1alpha1"
-KIND = "GatewayBundle"
 
 PROVIDER_TYPES: tuple[str, ...] = (
     "anthropic",
@@ -50,6 +31,8 @@ PROVIDER_TYPES: tuple[str, ...] = (
     "openrouter",
     "zhipu",
 )
+
+
 DEFAULT_BASE_URLS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
@@ -61,11 +44,15 @@ DEFAULT_BASE_URLS: dict[str, str] = {
     "gemini": "https://generativelanguage.googleapis.com",
     "ollama": "http://localhost:11434/v1",
 }
-LLM_PROTOCOLS: tuple[str, ...] = ("anthropic", "cc", "openai")
-AUTHENTICATORS: tuple[str, ...] = ("claudecode", "codex", "gemini")
-COMPACT_MODES = ("cc", "codex", "none")
 
-# ---------------------------------------------------------------------------------- providers
+
+LLM_PROTOCOLS: tuple[str, ...] = ("anthropic", "cc", "openai")
+
+
+AUTHENTICATORS: tuple[str, ...] = ("claudecode", "codex", "gemini")
+
+
+COMPACT_MODES = ("cc", "codex", "none")
 
 
 class NetworkConfig(Strict):
@@ -150,9 +137,6 @@ class ManagedModel(Strict):
         return f"{self.provider_id}/{self.upstream_model}"
 
 
-# --------------------------------------------------------------------------------- llm routes
-
-
 class ProviderTarget(Strict):
     provider_id: str
 
@@ -178,6 +162,8 @@ class Fallback(Strict):
 
 
 SCOPE_KINDS = ("model_custom", "provider_id", "provider_type")
+
+
 CREDENTIAL_TYPES = ("api_key", "cliauth_token")
 
 
@@ -281,36 +267,6 @@ class LLMRoute(Stamped):
         return v.strip().lower() if isinstance(v, str) else v
 
 
-# ------------------------------------------------------------------------------ virtual keys
-
-
-class VirtualKey(Stamped):
-    id: str
-    tag: str = ""
-    description: str = ""
-    disabled: bool = False
-    allowed_route_ids: list[str] = Field(default_factory=list)
-    status_message: str = ""
-    expires_at: datetime | None = None
-
-    @field_validator("allowed_route_ids")
-    @classmethod
-    def _routes(cls, v: list[str]) -> list[str]:
-        if any(not r.strip() for r in v):
-            raise ValueError("allowed_route_ids must not contain empty entries")
-        return sorted(dedupe(v))
-
-    @field_validator("expires_at")
-    @classmethod
-    def _tz(cls, v: datetime | None) -> datetime | None:
-        if v is not None and v.tzinfo is None:
-            raise ValueError("expires_at must be RFC3339 with a time zone (e.g. ...Z)")
-        return v
-
-
-# ------------------------------------------------------------------------------------ cliauth
-
-
 class CliAuthConfig(Strict):
     callback_port: NonNegInt = 0
     no_browser: bool = False
@@ -332,9 +288,6 @@ class CliAuthAuthenticator(Strict):
     @property
     def id(self) -> str:
         return self.name
-
-
-# --------------------------------------------------------------- credentials (admin API only)
 
 
 class Credential(Stamped):
@@ -361,29 +314,3 @@ class Credential(Stamped):
         if not str(self.attributes.get("api_key", "")).strip():
             raise ValueError("attributes.api_key is required for an api_key credential")
         return self
-
-
-# ------------------------------------------------------------------------------------- bundle
-
-
-class Bundle(Strict):
-    """A GatewayBundle document."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        title="GatewayBundle",
-        json_schema_extra={"$id": "https://agw.dev/schemas/gateway-bundle.json"},
-    )
-
-    apiVersion: Literal["gateway.agw/v1alpha1"]
-    kind: Literal["GatewayBundle"]
-    providers: list[Provider] = Field(default_factory=list)
-    managedModels: list[ManagedModel] = Field(default_factory=list)
-    llmRoutes: list[LLMRoute] = Field(default_factory=list)
-    virtualKeys: list[VirtualKey] = Field(default_factory=list)
-    cliAuthAuthenticators: list[CliAuthAuthenticator] = Field(default_factory=list)
-    mcpServices: list[McpService] = Field(default_factory=list)
-    mcpRoutes: list[McpRoute] = Field(default_factory=list)
-    acpServices: list[AcpService] = Field(default_factory=list)
-    acpRoutes: list[AcpRoute] = Field(default_factory=list)
-    agents: list[Agent] = Field(default_factory=list)

@@ -1,0 +1,135 @@
+"""Bundle models of the MCP families: services and routes."""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from agw.config.base import (
+    ServiceRoute,
+    Stamped,
+    Strict,
+    check_env,
+    dedupe,
+)
+
+
+class McpAuth(Strict):
+    type: Literal["", "api_key", "bearer", "oauth2", "basic"] = ""
+    api_key: str = ""
+    username: str = ""
+    password: str = ""
+
+
+class McpAudit(Strict):
+    capture_tool_args: bool = False
+
+
+class McpService(Stamped):
+    id: str
+    name: str
+    transport: Literal["streamable_http", "sse", "stdio"]
+    command: str = ""
+    args: list[str] = Field(default_factory=list)
+    url: str = ""
+    post_url: str = ""
+    env: dict[str, str] = Field(default_factory=dict)
+    auto_auth: bool = False
+    auth: McpAuth = Field(default_factory=McpAuth)
+    audit: McpAudit = Field(default_factory=McpAudit)
+    disabled: bool = False
+    description: str = ""
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_env(v)
+
+    @model_validator(mode="after")
+    def _transport(self) -> Self:
+        if not self.name.strip():
+            raise ValueError("name is required")
+        if self.transport == "stdio":
+            if not self.command:
+                raise ValueError("stdio transport requires command")
+        else:
+            if not self.url:
+                raise ValueError(f"{self.transport} transport requires url")
+            if not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"url must be http(s) (got {self.url!r})")
+        if self.transport == "sse" and not self.post_url:
+            base = self.url.rstrip("/")
+            self.post_url = (
+                base[: -len("/sse")] + "/message" if base.endswith("/sse") else (base + "/message")
+            )
+        return self
+
+
+# A name an MCP client is shown: what the 2025-11-25 tool-name guidance allows, at most 64 long.
+PRESENTED_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class McpToolPolicy(Strict):
+    allow: list[str] = Field(
+        default_factory=list,
+        description="glob patterns on presented tool names; empty allows every tool",
+    )
+    deny: list[str] = Field(
+        default_factory=list, description="glob patterns on presented tool names; wins over allow"
+    )
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        return dedupe(v)
+
+
+class McpRoute(ServiceRoute):
+    kind: Literal["mcp"] = "mcp"
+    protocol: Literal["mcp"] = "mcp"
+    service_id: str = Field(default="", description="the one service of this route")
+    service_ids: list[str] = Field(
+        default_factory=list, description="several services multiplexed behind this route"
+    )
+    prefix_mode: Literal["", "always", "conditional", "never"] = Field(
+        default="",
+        description=(
+            "service-id prefix on presented names: always, conditional (only names that "
+            "collide), never; empty means never for one service and always for several"
+        ),
+    )
+    fail_closed: bool = Field(
+        default=False,
+        description="one failing service fails the whole list call instead of being skipped",
+    )
+    tool_policy: McpToolPolicy = Field(default_factory=McpToolPolicy)
+
+    @field_validator("service_ids")
+    @classmethod
+    def _service_ids(cls, v: list[str]) -> list[str]:
+        return dedupe(v)
+
+    @model_validator(mode="after")
+    def _services(self) -> Self:
+        if self.service_id.strip() and self.service_ids:
+            raise ValueError("set service_id or service_ids, not both")
+        return self
+
+    def _id_service(self) -> str:
+        return self.service_id.strip() or "+".join(self.service_ids)
+
+    @property
+    def services(self) -> list[str]:
+        """The services behind this route, in the order their names are listed."""
+        return [self.service_id] if self.service_id.strip() else list(self.service_ids)
+
+    @property
+    def effective_prefix_mode(self) -> str:
+        if self.prefix_mode:
+            return self.prefix_mode
+        return "always" if len(self.services) > 1 else "never"
