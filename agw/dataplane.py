@@ -2,10 +2,11 @@
 
 Per request: take the snapshot once -> match the route (longest path prefix, then host, then
 method) -> strip the prefix -> trace headers -> ``Host`` and ``Origin`` (:class:`EdgeCheck`) ->
-malformed trace headers -> agent-depth gate -> disabled route -> identity (a virtual key today:
-agw/auth/virtual_keys.py) -> ``planes[route.kind]``, which answers in its caller's dialect and
-records one usage event, refusals included. The dispatcher renders nothing but its own 404 and
-501; it knows no plane by name. No database read happens here.
+malformed trace headers -> the policy gates that need no identity (agent depth, disabled route:
+agw/policy) -> identity (a virtual key today: agw/auth/virtual_keys.py) ->
+``planes[route.kind]``, which answers in its caller's dialect and records one usage event,
+refusals included. The dispatcher renders nothing but its own 404 and 501; it knows no plane by
+name. No database read happens here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol
 from agw.auth.virtual_keys import authenticate
 from agw.edge import EdgeCheck, HostPolicy
 from agw.errors import Refusal
+from agw.policy import RouteGates
 from agw.request import Request, TraceContext, current_trace
 from agw.runtime.attribution import SessionDirectory, attribute
 from agw.runtime.manager import ConfigManager
@@ -84,6 +86,7 @@ def create_data_app(
     only)."""
     planes = dict(planes)
     edge = EdgeCheck(policy or HostPolicy())
+    gates = RouteGates(max_agent_depth)
     edge_always = {kind for kind, plane in planes.items() if plane.edge_always}
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -117,7 +120,8 @@ def create_data_app(
             stripped = "/" + stripped
         req = Request(scope, receive, send, snapshot, route, stripped, method, headers, trace)
         req.session_id, req.acp_session_id = attribute(headers, directory)
-        # step 1, the edge; then policy that needs no identity; then step 2, identity
+        # step 1, the edge; then the policy gates that need no identity (step 3, agw/policy);
+        # then step 2, identity
         refusal: Refusal | None = None
         if not route.require_virtual_key or route.kind in edge_always:
             refusal = edge.refusal(route.host, headers, scope.get("scheme", "http"))
@@ -125,12 +129,10 @@ def create_data_app(
             pass
         elif trace.invalid is not None:
             refusal = Refusal(400, "invalid_header", trace.invalid)
-        elif max_agent_depth > 0 and trace.depth >= max_agent_depth:
-            refusal = Refusal(403, "agent_depth_exceeded", "agent depth limit exceeded")
-        elif route.disabled:
-            refusal = Refusal(403, "route_disabled", f'route "{route.id}" is disabled')
         else:
-            req.principal, refusal = authenticate(snapshot, route, headers, directory)
+            refusal = gates.refusal(route, trace.depth)
+            if refusal is None:
+                req.principal, refusal = authenticate(snapshot, route, headers, directory)
         handler = planes.get(route.kind)
         if handler is not None:
             await handler.handle(req, refusal)

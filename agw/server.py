@@ -2,7 +2,9 @@
 
 Listeners are bound here (so port 0 works and the real port is known before serving), handed to
 uvicorn or hypercorn with the listener limits of agw.listener, and served until the shutdown
-event is set; in-flight requests then get ``shutdown_grace_seconds`` to finish.
+event is set; in-flight requests then get ``shutdown_grace_seconds`` to finish. The same
+composition (:func:`open_store`, :func:`compose`) runs without listeners in :func:`in_process`,
+for the in-process test tier.
 """
 
 from __future__ import annotations
@@ -11,16 +13,16 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import uvicorn
 from hypercorn.config import Config
+from quart import Quart
 
-from agw.acp.plane import AcpPlane
-from agw.acp.runtime import AcpRuntime
+from agw.acp import AcpPlane, AcpRuntime
 from agw.admin.app import create_admin_app
 from agw.auth.admin_basic import BasicAuth
 from agw.dataplane import READINESS_HEADER, Plane, create_data_app
@@ -32,21 +34,22 @@ from agw.listener import (
     serve_hypercorn,
     sweep_httptools,
 )
-from agw.llm.handler import LlmPlane
-from agw.mcp.plane import McpPlane
-from agw.mcp.runtime import McpRuntime
+from agw.llm import LlmPlane
+from agw.mcp import McpPlane, McpState
 from agw.runtime.attribution import SessionDirectory
 from agw.runtime.manager import ConfigManager, load_static
 from agw.settings import Settings, split_host_port
 from agw.store.db import Database
-from agw.types import Receive, Scope, Send
+from agw.types import ASGIApp, Receive, Scope, Send
 from agw.usage.accesslog import OFF, AccessLog
 from agw.usage.prometheus import PrometheusMetrics
 from agw.usage.recorder import UsageRecorder
 from agw.usage.retention import RetentionJanitor
 
+if TYPE_CHECKING:
+    from agw.tracing import TraceExporter
+
 log = logging.getLogger(__name__)
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def bind(addr: str) -> socket.socket:
@@ -141,6 +144,130 @@ async def _fan_out_lifespan(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def open_store(settings: Settings) -> tuple[Database, ConfigManager]:
+    """The config store opened (created, migrated) and the config loaded from it and from the
+    static file: where the daemon and the in-process tests (tests/support/inproc.py) start."""
+    if settings.static_config is not None:
+        load_static(settings.static_config)  # fail before the store is created or migrated
+    db = await Database.open(settings.config_store)
+    try:
+        manager = ConfigManager(
+            db, provider_types=settings.provider_types, static_path=settings.static_config
+        )
+        await manager.start()
+    except BaseException:
+        await db.close()
+        raise
+    return db, manager
+
+
+@dataclass
+class Apps:
+    """The admin app and the data-plane app, and the long-lived services they share, as
+    :func:`compose` built them; ``close`` ends those services (the store stays open)."""
+
+    admin: Quart
+    data: ASGIApp
+    recorder: UsageRecorder
+    mcp_runtime: McpState
+    acp: AcpPlane
+    janitor: RetentionJanitor
+    tracer: TraceExporter | None = None
+
+    def drain(self) -> None:
+        """End the streams that never end by themselves (standalone MCP streams, the ACP HTTP
+        transport's), so that a graceful shutdown does not wait its whole grace period."""
+        self.mcp_runtime.drain()
+        self.acp.drain()
+
+    async def close(self) -> None:
+        await self.mcp_runtime.close()  # idempotent; the lifespan shutdown closed it already
+        await self.acp.close()  # idempotent too: no agent process outlives the gateway
+        await self.janitor.close()
+        await self.recorder.close()
+        if self.tracer is not None:  # after the recorder: its last events are spans too
+            await asyncio.to_thread(self.tracer.close)
+
+
+def compose(
+    settings: Settings,
+    db: Database,
+    manager: ConfigManager,
+    *,
+    access_log: AccessLog | None,
+    gateway_url: str,
+) -> Apps:
+    """Both apps over one store and one config, with every plane, the usage pipeline and the
+    retention janitor started (in the running loop). ``gateway_url``: what gateway-run agents
+    are told to call back (the data listener). agwd serves the apps on its listeners; the
+    in-process tests drive them through ``httpx.ASGITransport`` (see :func:`in_process`)."""
+    auth = admin_auth(settings)
+    recorder = UsageRecorder(db)
+    if access_log is not None:
+        recorder.add_tap(access_log)
+    prometheus = PrometheusMetrics(recorder)
+    recorder.add_tap(prometheus)
+    tracer = None
+    if settings.otlp_endpoint:
+        # imported only when asked for: the OpenTelemetry SDK and protobuf take 5 MiB
+        from agw.tracing import TraceExporter
+
+        tracer = TraceExporter(settings.otlp_endpoint, settings.trace_content)
+        recorder.add_tap(tracer)
+    recorder.start()
+    directory = SessionDirectory()  # ACP sessions, for LLM and MCP usage attribution
+    llm = LlmPlane(recorder, trace_content=settings.trace_content)
+    mcp_runtime = McpState(manager)
+    mcp = McpPlane(recorder, mcp_runtime, directory)
+    acp_runtime = AcpRuntime(manager, directory=directory, gateway_url=lambda: gateway_url)
+    acp = AcpPlane(recorder, acp_runtime)
+    admin = create_admin_app(
+        manager,
+        auth,
+        llm.catalog,
+        llm.health,
+        mcp_runtime=mcp_runtime,
+        acp_runtime=acp_runtime,
+        acp_permissions=acp.permissions,
+        recorder=recorder,
+        db=db,
+        prometheus=prometheus,
+        policy=HostPolicy.for_listener(
+            settings.admin_addr, settings.admin_hosts, settings.admin_cors_origins
+        ),
+    )
+    janitor = RetentionJanitor(db, settings.metrics_retention_days)
+    janitor.start()
+    planes: dict[str, Plane] = {"llm": llm, "mcp": mcp, "acp": acp}
+    data = create_data_app(
+        manager,
+        planes,
+        max_agent_depth=settings.max_agent_depth,
+        directory=directory,
+        access_log=access_log,
+        policy=HostPolicy.for_listener(
+            settings.addr, settings.allowed_hosts, settings.allowed_origins
+        ),
+    )
+    return Apps(admin, data, recorder, mcp_runtime, acp, janitor, tracer)
+
+
+@contextlib.asynccontextmanager
+async def in_process(settings: Settings, gateway_url: str) -> AsyncIterator[Apps]:
+    """The gateway without listeners nor access log: the store opened, both apps composed as
+    agwd composes them; all of it closed on exit. The caller serves the apps (runs their
+    lifespans) itself: the in-process test tier, tests/support/inproc.py."""
+    db, manager = await open_store(settings)
+    try:
+        apps = compose(settings, db, manager, access_log=None, gateway_url=gateway_url)
+        try:
+            yield apps
+        finally:
+            await apps.close()
+    finally:
+        await db.close()
+
+
 class _QuietUvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: agwd owns SIGTERM, SIGINT and SIGHUP."""
 
@@ -161,15 +288,9 @@ class Gateway:
 
     @classmethod
     async def open(cls, settings: Settings) -> Gateway:
-        if settings.static_config is not None:
-            load_static(settings.static_config)  # fail before the store is created or migrated
-        db = await Database.open(settings.config_store)
+        db, manager = await open_store(settings)
         access_log: AccessLog | None = None
         try:
-            manager = ConfigManager(
-                db, provider_types=settings.provider_types, static_path=settings.static_config
-            )
-            await manager.start()
             if settings.access_log != OFF:
                 try:
                     access_log = AccessLog(settings.access_log)
@@ -215,59 +336,14 @@ class Gateway:
         return config
 
     async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
-        auth = admin_auth(self.settings)
-        recorder = UsageRecorder(self.db)
-        if self.access_log is not None:
-            recorder.add_tap(self.access_log)
-        prometheus = PrometheusMetrics(recorder)
-        recorder.add_tap(prometheus)
-        tracer = None
-        if self.settings.otlp_endpoint:
-            # imported only when asked for: the OpenTelemetry SDK and protobuf take 5 MiB
-            from agw.tracing import TraceExporter
-
-            tracer = TraceExporter(self.settings.otlp_endpoint, self.settings.trace_content)
-            recorder.add_tap(tracer)
-        recorder.start()
-        directory = SessionDirectory()  # ACP sessions, for LLM and MCP usage attribution
-        llm = LlmPlane(recorder, directory, trace_content=self.settings.trace_content)
-        mcp_runtime = McpRuntime(self.manager)
-        mcp = McpPlane(recorder, mcp_runtime, directory)
         # what agents are told to call back (gateway_origin): the data listener, on loopback
         # when it listens on every interface
         data_url = "http://" + local_addr(self.data_addr)
-        acp_runtime = AcpRuntime(self.manager, directory=directory, gateway_url=lambda: data_url)
-        acp = AcpPlane(recorder, acp_runtime)
-        admin: Any = create_admin_app(
-            self.manager,
-            auth,
-            llm.catalog,
-            llm.health,
-            mcp_runtime=mcp_runtime,
-            acp_runtime=acp_runtime,
-            acp_permissions=acp.permissions,
-            recorder=recorder,
-            db=self.db,
-            prometheus=prometheus,
-            policy=HostPolicy.for_listener(
-                self.settings.admin_addr,
-                self.settings.admin_hosts,
-                self.settings.admin_cors_origins,
-            ),
+        apps = compose(
+            self.settings, self.db, self.manager, access_log=self.access_log, gateway_url=data_url
         )
-        janitor = RetentionJanitor(self.db, self.settings.metrics_retention_days)
-        janitor.start()
-        planes: dict[str, Plane] = {"llm": llm, "mcp": mcp, "acp": acp}
-        data: Any = create_data_app(
-            self.manager,
-            planes,
-            max_agent_depth=self.settings.max_agent_depth,
-            directory=directory,
-            access_log=self.access_log,
-            policy=HostPolicy.for_listener(
-                self.settings.addr, self.settings.allowed_hosts, self.settings.allowed_origins
-            ),
-        )
+        admin: Any = apps.admin  # Quart's ASGI signature is its own, narrower one
+        data = apps.data
         servers: list[tuple[Any, socket.socket]] = []
         if self.admin_sock is None:
             servers.append((combined_app(admin, data), self.data_sock))
@@ -282,8 +358,7 @@ class Gateway:
             # themselves: end them as the servers stop, or they would hold the graceful
             # shutdown for its whole grace period
             await self.shutdown.wait()
-            mcp_runtime.drain()
-            acp.drain()
+            apps.drain()
 
         drainer = asyncio.create_task(drain_on_shutdown())
         caps = connection_caps(self.settings.max_connections)
@@ -308,12 +383,7 @@ class Gateway:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, drainer, return_exceptions=True)
-            await mcp_runtime.close()  # idempotent; the lifespan shutdown closed it already
-            await acp.close()  # idempotent too: no agent process outlives the gateway
-            await janitor.close()
-            await recorder.close()
-            if tracer is not None:  # after the recorder: its last events are spans too
-                await asyncio.to_thread(tracer.close)
+            await apps.close()
             if self.access_log is not None:
                 self.access_log.close()
             await self.db.close()

@@ -7,7 +7,6 @@ weighted by request count). Where stdout cannot print block characters, ASCII is
 """
 
 import math
-import re
 import shutil
 import sys
 import textwrap
@@ -18,36 +17,24 @@ from typing import Any
 
 import typer
 
+from agw.clock import now_ms
+from agw.usage.measures import is_average
+from agw.usage.query import parse_bucket
 from agwctl import render
 
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_BUCKET_ALIASES = {
-    **dict.fromkeys(("minute", "minutes", "min", "m"), 60_000),
-    **dict.fromkeys(("hour", "hours", "hr", "h"), 3_600_000),
-    **dict.fromkeys(("day", "days", "d"), 86_400_000),
-}
-_BUCKET_RE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _MAX_SLOTS = 10_000  # a longer timeline is drawn from the buckets present only
 MAX_BAR_ROWS = 48
 MAX_GROUPS = 12
-_AVERAGES = ("avg_latency_ms",)
 
 
 def bucket_width_ms(bucket: object) -> int | None:
-    """The width of a bucket spelled as the admin API accepts it (``hour``, ``5m``, ``1.5d``),
-    or given in milliseconds; None when unknown."""
+    """The width of a bucket spelled as the admin API accepts it (``hour``, ``5m``, ``1.5d``:
+    the gateway's own parser), or given in milliseconds; None when unknown."""
     if isinstance(bucket, int) and not isinstance(bucket, bool) and bucket > 0:
         return bucket
     if not isinstance(bucket, str):
         return None
-    text = bucket.strip().lower()
-    if text in _BUCKET_ALIASES:
-        return _BUCKET_ALIASES[text]
-    match = _BUCKET_RE.match(text)
-    if not match:
-        return None
-    width = round(float(match.group(1)) * _UNIT_S[match.group(2)] * 1000)
-    return width if width >= 1000 else None
+    return parse_bucket(bucket.strip().lower())
 
 
 @dataclass(frozen=True)
@@ -207,7 +194,7 @@ def chart(
         bucket=bucket,
         width_ms=width_ms,
         width=width or chart_width(),
-        average=measure in _AVERAGES,
+        average=is_average(measure),
         g=g or glyphs(),
     )
     if group_by:
@@ -330,7 +317,7 @@ def print_chart(
     start = ms_of(params.get("from"))
     end = ms_of(params.get("to"))
     if start is not None and end is None:
-        end = int(datetime.now(UTC).timestamp() * 1000)
+        end = now_ms()
     bucket_text = bucket if isinstance(bucket, str) else f"{bucket} ms"
     typer.echo("")
     lines = chart(

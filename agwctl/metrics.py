@@ -12,13 +12,15 @@ chart under its table, plain text that reads the same without colour and fits th
 width: without ``--group-by`` one horizontal bar per bucket, with it one sparkline row per group
 (every row on the same scale), so a day of token use per route or per key is one glance.
 
-The chart is drawn by :mod:`agwctl.chart` (shared with ``agent usage``).
+The measures are the server's catalog (:mod:`agw.usage.measures`, read, never copied); the
+tables' columns are in :mod:`agwctl.metrics_tables` and the chart is drawn by :mod:`agwctl.chart`
+(both shared with ``agent usage``).
 
 No ``from __future__ import annotations`` here: typer reads the ``Annotated`` parameters.
 """
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
@@ -26,49 +28,61 @@ from typing import Annotated, Any
 import typer
 
 from agw.clock import rfc3339
+from agw.usage.measures import KINDS
 from agwctl import render
 from agwctl.chart import print_chart
 from agwctl.client import CliError, segment
-from agwctl.render import Column, dig
+from agwctl.metrics_tables import (
+    EVENT_COLUMNS,
+    INTERACTION_COLUMNS,
+    INTERACTION_MEASURES,
+    MEASURES,
+    SESSION_COLUMNS,
+    SESSION_TOTAL_MEASURES,
+    SUMMARY_MEASURES,
+    col,
+    group_columns,
+    header,
+    measure_columns,
+    measures_of,
+    print_pipeline,
+    table,
+    when,
+)
+from agwctl.render import Column
 from agwctl.resources import admin, state
+
+__all__ = [  # what ``agent usage`` and ``agent interactions`` (agwctl/agents.py) share
+    "INTERACTION_COLUMNS",
+    "MEASURES",
+    "BucketOpt",
+    "FilterOpt",
+    "FromOpt",
+    "LimitOpt",
+    "SuccessOpt",
+    "ToOpt",
+    "check_measure",
+    "fetch",
+    "group_columns",
+    "items_of",
+    "query",
+    "register",
+    "show_interactions",
+    "table",
+]
 
 METRICS = "/admin/metrics"
 SESSIONS = f"{METRICS}/sessions"
 
 
 class Kind(StrEnum):
+    """The usage kinds of the catalog (:data:`agw.usage.measures.KINDS`)."""
+
     llm = "llm"
     mcp = "mcp"
     acp = "acp"
 
 
-# The measures of each kind, in the admin API's order (reference §7.3 plus cached/reasoning).
-MEASURES: Mapping[str, tuple[str, ...]] = {
-    "llm": (
-        "request_count",
-        "success_count",
-        "failure_count",
-        "input_tokens",
-        "output_tokens",
-        "total_tokens",
-        "cached_input_tokens",
-        "reasoning_tokens",
-        "avg_latency_ms",
-    ),
-    "mcp": (
-        "request_count",
-        "success_count",
-        "failure_count",
-        "tools_call_count",
-        "avg_latency_ms",
-    ),
-    "acp": ("request_count", "turn_count", "success_count", "failure_count", "avg_latency_ms"),
-}
-DEFAULT_MEASURE: Mapping[str, str] = {
-    "llm": "total_tokens",
-    "mcp": "request_count",
-    "acp": "request_count",
-}
 # Parameters that have their own option: --filter may not set them.
 _OWN_OPTIONS: Mapping[str, str] = {
     "from": "--from",
@@ -220,182 +234,11 @@ def items_of(data: Mapping[str, Any], path: str, key: str = "items") -> list[dic
     return [item for item in items if isinstance(item, dict)]
 
 
-# ------------------------------------------------------------------------------------- columns
-
-
-def _col(name: str, *path: str) -> Column:
-    return name, lambda obj: dig(obj, *path)
-
-
-def format_ms(value: int | float, *, seconds: bool = True) -> str:
-    moment = datetime.fromtimestamp(value / 1000, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ" if seconds else "%Y-%m-%dT%H:%MZ")
-
-
-def when(*names: str) -> Callable[[dict[str, Any]], object]:
-    """A time cell from the first of ``names`` present: unix ms as RFC 3339 (seconds), text as
-    the gateway wrote it."""
-
-    def get(obj: dict[str, Any]) -> object:
-        for name in names:
-            value = obj.get(name)
-            if isinstance(value, bool) or value is None:
-                continue
-            if isinstance(value, int | float):
-                return format_ms(value)
-            if isinstance(value, str):
-                try:
-                    return format_ms(datetime.fromisoformat(value).timestamp() * 1000)
-                except ValueError:
-                    return value
-            return value
-        return None
-
-    return get
-
-
-def first(*names: str) -> Callable[[dict[str, Any]], object]:
-    """The first non-empty of several fields (a model, else a tool, else a service...)."""
-
-    def get(obj: dict[str, Any]) -> object:
-        return next((obj[n] for n in names if obj.get(n) not in (None, "")), None)
-
-    return get
-
-
-def header(name: str) -> str:
-    """A column title from a JSON field: ``total_tokens`` -> ``TOTAL-TOKENS``."""
-    return name.upper().replace("_", "-")
-
-
-def measure_columns(names: Sequence[str]) -> tuple[Column, ...]:
-    return tuple(_col(header(n), n) for n in names)
-
-
-TIME = ("TIME", when("started_at_ms", "started_at"))
-STATUS = _col("STATUS", "status_code")
-SUCCESS = _col("OK", "success")
-LATENCY = _col("LATENCY-MS", "latency_ms")
-ERROR = _col("ERROR-TYPE", "error_type")
-
-EVENT_COLUMNS: Mapping[str, tuple[Column, ...]] = {
-    "llm": (
-        TIME,
-        _col("ROUTE-ID", "route_id"),
-        _col("VIRTUALKEY", "virtual_key_id"),
-        _col("PROVIDER-ID", "provider_id"),
-        ("MODEL", first("upstream_model", "logical_model")),
-        STATUS,
-        SUCCESS,
-        LATENCY,
-        _col("INPUT-TOKENS", "input_tokens"),
-        _col("OUTPUT-TOKENS", "output_tokens"),
-        _col("TOTAL-TOKENS", "total_tokens"),
-        ERROR,
-    ),
-    "mcp": (
-        TIME,
-        _col("ROUTE-ID", "route_id"),
-        _col("VIRTUALKEY", "virtual_key_id"),
-        _col("SERVICE-ID", "service_id"),
-        _col("METHOD", "method"),
-        _col("TOOL", "tool_name"),
-        STATUS,
-        SUCCESS,
-        LATENCY,
-        _col("RESULT", "result_status"),
-        ERROR,
-    ),
-    "acp": (
-        TIME,
-        _col("ROUTE-ID", "route_id"),
-        _col("SERVICE-ID", "service_id"),
-        _col("OPERATION", "operation"),
-        _col("THREAD-ID", "thread_id"),
-        _col("SESSION-ID", "session_id"),
-        STATUS,
-        SUCCESS,
-        LATENCY,
-        _col("RESULT", "result_status"),
-        ERROR,
-    ),
-}
-INTERACTION_COLUMNS: tuple[Column, ...] = (
-    TIME,
-    _col("KIND", "route_kind"),
-    _col("ROUTE-ID", "route_id"),
-    _col("OPERATION", "operation"),
-    ("TARGET", first("tool_name", "upstream_model", "service_id")),
-    STATUS,
-    SUCCESS,
-    LATENCY,
-    _col("INPUT-TOKENS", "input_tokens"),
-    _col("OUTPUT-TOKENS", "output_tokens"),
-    _col("SESSION-ID", "session_id"),
-    ERROR,
-)
-INTERACTION_MEASURES = ("request_count", "success_count", "failure_count", "avg_latency_ms")
-SUMMARY_MEASURES = (
-    "request_count",
-    "success_count",
-    "failure_count",
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "tools_call_count",
-    "turn_count",
-    "avg_latency_ms",
-)
-SESSION_TOTAL_MEASURES = (
-    "request_count",
-    "failure_count",
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "tools_call_count",
-    "turn_count",
-)
-SESSION_COLUMNS: tuple[Column, ...] = (
-    ("AT", when("at_ms", "at")),
-    _col("KIND", "kind"),
-    _col("ROUTE-ID", "route_id"),
-    _col("OPERATION", "operation"),
-    ("TARGET", first("model", "tool", "service_id")),
-    STATUS,
-    SUCCESS,
-    LATENCY,
-    _col("INPUT-TOKENS", "input_tokens"),
-    _col("OUTPUT-TOKENS", "output_tokens"),
-    ERROR,
-    _col("TRACE-ID", "trace_id"),
-)
-
-
-def table(columns: Sequence[Column], items: Sequence[dict[str, Any]]) -> None:
-    render.print_table([name for name, _ in columns], render.rows_of(items, columns))
-
-
-def group_columns(group_by: object, measures: Sequence[str]) -> tuple[Column, ...]:
-    name = header(group_by) if isinstance(group_by, str) and group_by else "GROUP"
-    return ((name, lambda obj: obj.get("group_value")), *measure_columns(measures))
-
-
-def measures_of(kind: str, items: Sequence[dict[str, Any]]) -> tuple[str, ...]:
-    """The kind's measures, plus any other the gateway answered with (a newer one)."""
-    known = MEASURES[kind]
-    extra = sorted({k for item in items for k in item if k.endswith(("_count", "_tokens", "_ms"))})
-    return (*known, *(k for k in extra if k not in known and k != "bucket_ms"))
-
-
-def print_pipeline(data: Mapping[str, Any]) -> None:
-    pipeline = data.get("pipeline")
-    if isinstance(pipeline, dict) and pipeline:
-        parts = " ".join(f"{k}={render.cell(v)}" for k, v in pipeline.items())
-        typer.echo(f"\npipeline: {parts}")
+# ------------------------------------------------------------------------------------ measures
 
 
 def check_measure(kind: str, measure: str | None) -> str:
-    chosen = measure or DEFAULT_MEASURE[kind]
+    chosen = measure or KINDS[kind].chart_measure
     if chosen not in MEASURES[kind]:
         raise typer.BadParameter(
             f"{chosen!r} is not a {kind} measure; choose one of {', '.join(MEASURES[kind])}",
@@ -404,14 +247,33 @@ def check_measure(kind: str, measure: str | None) -> str:
     return chosen
 
 
+def measure_help() -> str:
+    """``--measure``'s help, from the catalog: a kind's own measures (its default first when
+    it is one of them), then the ones every kind has, then the other kinds' own."""
+    kinds = list(KINDS.values())
+    shared = [n for n in kinds[0].measure_names if all(n in k.measure_names for k in kinds)]
+    before, after = [], []
+    for kind in kinds:
+        own = [n for n in kind.measure_names if n not in shared]
+        if kind.chart_measure in own:
+            own.remove(kind.chart_measure)
+            before.append(f"{kind.name} {', '.join([f'{kind.chart_measure} (default)', *own])}")
+        elif own:
+            after.append(f"{kind.name} {', '.join(own)}")
+    common = []
+    for name in shared:
+        defaults = "/".join(k.name for k in kinds if k.chart_measure == name)
+        common.append(f"{name} ({defaults} default)" if defaults else name)
+    parts = [*before, "any kind " + ", ".join(common), *after]
+    return f"What the chart draws: {'; '.join(parts)}."
+
+
 MeasureOpt = Annotated[
     str | None,
     typer.Option(
         "--measure",
         metavar="MEASURE",
-        help="What the chart draws: llm total_tokens (default), input_tokens, output_tokens, "
-        "cached_input_tokens, reasoning_tokens; any kind request_count (mcp/acp default), "
-        "success_count, failure_count, avg_latency_ms; mcp tools_call_count; acp turn_count.",
+        help=measure_help(),
         show_default=False,
     ),
 ]
@@ -447,7 +309,7 @@ def metrics_app() -> typer.Typer:
             render.print_json(data)
             return
         rows = [{"kind": k, **data[k]} for k in MEASURES if isinstance(data.get(k), dict)]
-        table((_col("KIND", "kind"), *measure_columns(SUMMARY_MEASURES)), rows)
+        table((col("KIND", "kind"), *measure_columns(SUMMARY_MEASURES)), rows)
         print_pipeline(data)
 
     @app.command(
@@ -661,7 +523,7 @@ def session_app() -> typer.Typer:
         rows = []
         if isinstance(totals, dict):
             rows = [{"kind": k, **totals[k]} for k in MEASURES if isinstance(totals.get(k), dict)]
-        table((_col("KIND", "kind"), *measure_columns(SESSION_TOTAL_MEASURES)), rows)
+        table((col("KIND", "kind"), *measure_columns(SESSION_TOTAL_MEASURES)), rows)
         typer.echo("")
         table(SESSION_COLUMNS, items)
 

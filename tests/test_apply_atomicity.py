@@ -1,4 +1,5 @@
-"""An apply is all or nothing: bad bundles change no byte, kill -9 mid-apply leaves old or new."""
+"""An apply is all or nothing: bad bundles change no byte (in-process and through agwctl), kill -9
+mid-apply leaves old or new."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.inproc import InprocGateway
 
 API = {"apiVersion": "gateway.agw/v1alpha1", "kind": "GatewayBundle"}
 
@@ -77,27 +79,27 @@ BAD_BUNDLES = {
 
 
 @pytest.mark.parametrize("name", sorted(BAD_BUNDLES))
-def test_bad_bundle_changes_nothing(module_agwd: Agwd, name: str) -> None:
-    with module_agwd.client() as c:
+def test_bad_bundle_changes_nothing(module_inproc: InprocGateway, name: str) -> None:
+    with module_inproc.client() as c:
         first = c.post("/admin/gateway/apply", json={"bundle": good_bundle()})
         assert first.status_code == 200, first.text
-        before = store_digest(module_agwd.db_path)
+        before = store_digest(module_inproc.db_path)
         r = c.post("/admin/gateway/apply", json={"bundle": BAD_BUNDLES[name]})
         assert r.status_code == 400
         assert r.json()["error"]
-        assert store_digest(module_agwd.db_path) == before
+        assert store_digest(module_inproc.db_path) == before
         assert [p["id"] for p in c.get("/admin/llm/providers").json()["items"]] == ["p1"]
         assert c.get("/admin/health").json() == {"status": "ok"}
 
 
-def test_noop_apply_writes_nothing(module_agwd: Agwd) -> None:
-    with module_agwd.client() as c:
+def test_noop_apply_writes_nothing(module_inproc: InprocGateway) -> None:
+    with module_inproc.client() as c:
         c.post("/admin/gateway/apply", json={"bundle": good_bundle()})
-        before = store_digest(module_agwd.db_path)
+        before = store_digest(module_inproc.db_path)
         r = c.post("/admin/gateway/apply", json={"bundle": good_bundle()}).json()
         assert r["changed"] is False
         assert r["counts"] == {"create": 0, "update": 0, "skip": 3, "delete": 0, "error": 0}
-        assert store_digest(module_agwd.db_path) == before
+        assert store_digest(module_inproc.db_path) == before
 
 
 def big_bundle(n: int, model: str) -> dict[str, Any]:

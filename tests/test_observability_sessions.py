@@ -24,9 +24,8 @@ from mcp import Client
 from mcp.types import RequestParamsMeta
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.acp.test_turns import AcpGateway
 from tests.fakes.run import start_fake_upstream
-from tests.support.acp import FakeAgentHandle
+from tests.support.acp import AcpGateway, FakeAgentHandle
 from tests.support.agwd import AgwdLauncher, usage_rows
 from tests.support.mcp_server import run_mcp_server
 

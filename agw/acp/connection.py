@@ -11,25 +11,20 @@ and :meth:`AcpConnection.initialize` does the ``initialize`` handshake (protocol
 - **inbound notifications**: every ``session/update`` is handed, in order, to each handler
   registered with :meth:`subscribe`, awaited by the read loop, so a handler must be quick (put
   the update in a queue) and never wait for this connection's answers.
-- **inbound requests** (agent -> gateway), each answered in its own task, off the read loop:
-  ``session/request_permission`` goes to :attr:`permission_handler` (``None`` means deny:
-  ``cancelled``); whatever it answers is normalised fail-closed (only ``selected`` with one of
-  the offered option ids survives, anything else becomes ``cancelled``). ``fs/read_text_file``
-  and ``fs/write_text_file`` are served when the service's ``fs_access`` allows them, for
-  regular files inside ``allowed_roots`` after resolving symlinks, on the executor given to
-  :meth:`AcpConnection.spawn`, within :data:`FS_TIMEOUT_S` (a FIFO, device or socket is
-  refused without ever blocking: :func:`_open_regular`). Everything else (``terminal/*``,
-  elicitation, extension methods, ``fs/*`` when disabled) gets ``-32601`` at once: never
-  silence. An agent's ``$/cancel_request`` for one of them cancels it and answers ``-32800``.
+- **inbound requests** (agent -> gateway): served by :mod:`agw.acp.agent_requests`, each in
+  its own task (``session/request_permission`` through :attr:`AcpConnection.permission_handler`,
+  fail-closed; ``fs/*`` inside ``allowed_roots`` on the executor given to
+  :meth:`AcpConnection.spawn`; anything else ``-32601`` at once).
 
-Frames up to 16 MiB are read (through a 1 MiB reader buffer, so a handler that waits, a turn
-applying backpressure, leaves at most 2 MiB unread here and the rest in the agent's pipe); a
-longer one is a protocol violation and ends the process. The
-last 8 KiB of stderr are kept (:attr:`stderr_tail`). When the process exits, every request in
-flight fails with :class:`AgentExited` (``acp process exited: <code>: <stderr tail>``) and what
-is left of its process group is killed. :meth:`close` closes stdin, waits 2 s, SIGTERMs the
-group, waits 2 s, SIGKILLs the group (and always SIGKILLs the group at the end, so nothing the
-agent started survives it); it is idempotent.
+Frames (lines) up to 16 MiB are read by :func:`agw.procgroup.read_line` (through a 1 MiB
+reader buffer, so a handler that waits, a turn applying backpressure, leaves at most 2 MiB
+unread here and the rest in the agent's pipe); a longer one is a protocol violation and ends the
+process. The last 8 KiB of stderr are kept (:attr:`stderr_tail`, :class:`AgentProcess`). When
+the process exits, every request in flight fails with :class:`AgentExited` (``acp process
+exited: <code>: <stderr tail>``) and what is left of its process group is killed.
+:meth:`close` closes stdin, waits 2 s, SIGTERMs the group, waits 2 s, SIGKILLs the group (and
+always SIGKILLs the group at the end, so nothing the agent started survives it); it is
+idempotent.
 
 Errors: :class:`AcpError` (``message``, ``status``: 502 agent/transport failure, 400 a request
 the client can correct) is what the runtime raises; :class:`AgentExited` the process died;
@@ -40,23 +35,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import itertools
 import json
 import logging
-import os
 import signal
-import stat
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import Any
 
-from agw import jsonfast
+from agw.acp.agent_requests import FS_MODES, INTERNAL_ERROR, AgentRequests, PermissionHandler
 from agw.procgroup import (
     CLOSE_GRACE_S,
+    LINE_LIMIT,
+    decode_line,
+    encode_line,
     exited_within,
     keep_tail,
+    kill_orphans,
     killpg,
+    read_line,
+    start_group,
     stop_group,
 )
 from agw.types import JsonObj
@@ -64,27 +62,13 @@ from agw.version import VERSION
 
 log = logging.getLogger(__name__)
 
-PermissionHandler = Callable[[JsonObj], Awaitable[JsonObj]]
 UpdateHandler = Callable[[JsonObj], Awaitable[None]]
 
 PROTOCOL_VERSION = 1
 CLIENT_INFO = {"name": "agw", "title": "agw gateway", "version": VERSION}
-LINE_LIMIT = 16 * 1024 * 1024
-READ_BUFFER = 1024 * 1024  # the stdout reader's buffer (it stops reading the pipe at twice this)
-FS_READ_LIMIT = 8 * 1024 * 1024  # an answer must fit in a frame
-FS_TIMEOUT_S = 30.0  # an fs/* request's file work; past it the agent gets an error
-INBOUND_LIMIT = 64  # an agent's requests being served at once; beyond, -32603 at once...
-REFUSAL_BUFFER = 1024 * 1024  # ...unless this much already waits in its stdin (not reading)
-_T = TypeVar("_T")
-
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-REQUEST_CANCELLED = -32800
-RESOURCE_NOT_FOUND = -32002
-
-CANCELLED: JsonObj = {"outcome": {"outcome": "cancelled"}}
-FS_MODES = ("none", "read", "read_write")
+# an answer sent at once (an agent's request refused) is dropped when this much already waits
+# in the agent's stdin: it is not even reading its answers
+REFUSAL_BUFFER = 1024 * 1024
 
 
 class AcpError(Exception):
@@ -121,75 +105,56 @@ class AgentRpcError(AcpError):
         self.data = data
 
 
-class _RpcFailure(Exception):
-    """How a handler of an agent's request says it fails (sent back as a JSON-RPC error)."""
+class AgentProcess:
+    """One agent process, leader of its own process group: the last 8 KiB of its stderr, the
+    kill of what it leaves in its group once it exits, and the stop of the whole group."""
 
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.pid: int | None = proc.pid  # also the process group id
+        self._stderr = bytearray()
+        self._stderr_task = asyncio.create_task(self._read_stderr())
+        # a leader that exited while a child keeps stdout open still ends: its group is killed
+        # a second later, which closes stdout
+        self._orphans = asyncio.create_task(kill_orphans(proc))
 
+    @property
+    def stderr_tail(self) -> str:
+        return self._stderr.decode("utf-8", errors="replace")
 
-def normalize_permission(answer: Any, params: JsonObj) -> JsonObj:
-    """Fail-closed: ``selected`` with one of the offered option ids, else ``cancelled``."""
-    outcome = answer.get("outcome") if isinstance(answer, dict) else None
-    if not isinstance(outcome, dict) or outcome.get("outcome") != "selected":
-        return CANCELLED
-    option_id = outcome.get("optionId")
-    offered = {o.get("optionId") for o in params.get("options") or [] if isinstance(o, dict)} - {
-        None
-    }
-    if not isinstance(option_id, str) or option_id not in offered:
-        return CANCELLED
-    return {"outcome": {"outcome": "selected", "optionId": option_id}}
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [self._stderr_task, self._orphans]
 
+    def kill(self) -> None:
+        """SIGKILL the whole group."""
+        killpg(self.pid, signal.SIGKILL)
 
-def within_roots(path: str, roots: Sequence[str]) -> str | None:
-    """``path`` with symlinks resolved when it lies inside one of ``roots`` (also resolved),
-    else None."""
-    real = os.path.realpath(path)
-    for root in roots:
-        base = os.path.realpath(root)
-        if real == base or real.startswith(base.rstrip("/") + "/"):
-            return real
-    return None
+    async def _read_stderr(self) -> None:
+        stderr = self.proc.stderr
+        assert stderr is not None
+        while True:
+            chunk = await stderr.read(4096)
+            if not chunk:
+                break
+            keep_tail(self._stderr, chunk)
 
+    async def ended(self) -> int | None:
+        """stdout closed: the process is ending (or closed stdout on its own: end it). Its exit
+        code, once it and its group are gone and its last stderr words are read."""
+        proc = self.proc
+        if not await exited_within(proc, CLOSE_GRACE_S):
+            self.kill()
+            await proc.wait()
+        self.kill()  # what the agent left in its group
+        with contextlib.suppress(BaseException):  # its last stderr words, for the error
+            await asyncio.wait_for(asyncio.shield(self._stderr_task), 1.0)
+        return proc.returncode
 
-def _open_regular(path: str, flags: int) -> int:
-    """A descriptor of ``path`` when it is a regular file, opened without ever blocking: a FIFO,
-    a device or a socket is refused (OSError EINVAL) before it is opened, and checked again on
-    the descriptor (``O_NONBLOCK``: a FIFO swapped in meanwhile does not wait for a writer;
-    ``O_NOFOLLOW``: ``path`` is already resolved, a symlink swapped in is refused). The
-    descriptor stays non-blocking: a "regular" file that would block (``/proc/kmsg``) fails
-    with EAGAIN instead."""
-    try:
-        before = os.stat(path)
-    except FileNotFoundError:
-        if not flags & os.O_CREAT:
-            raise
-    else:
-        if not stat.S_ISREG(before.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-    fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC, 0o666)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _read_at_most(fd: int, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = os.read(fd, min(1 << 20, limit - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
+    async def stop(self) -> None:
+        """Close stdin, 2 s, SIGTERM the group, 2 s, SIGKILL the group, and SIGKILL whatever it
+        left in its group, also once it exited."""
+        await stop_group(self.proc, CLOSE_GRACE_S)
+        self.kill()
 
 
 class AcpConnection:
@@ -209,30 +174,28 @@ class AcpConnection:
         self._proc = proc
         self.label = label  # for logs and errors: usually the service id
         self.pid: int | None = proc.pid  # also the process group id
+        self.process = AgentProcess(proc)
         self.fs_access = fs_access
-        self.allowed_roots = tuple(allowed_roots)
-        self._executor = executor  # the fs/* file work (None: asyncio's default executor)
-        self.permission_handler: PermissionHandler | None = None
+        self.requests = AgentRequests(
+            self,
+            label=label,
+            fs_access=fs_access,
+            allowed_roots=allowed_roots,
+            executor=executor,  # the fs/* file work (None: asyncio's default executor)
+        )
         self.init_result: JsonObj = {}
         self.agent_capabilities: JsonObj = {}
         self.exit_code: int | None = None
         self.exited = asyncio.Event()
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[str, asyncio.Future[Any]]] = {}
-        self._inbound: dict[str, asyncio.Task[None]] = {}
-        self._cancelled_inbound: set[asyncio.Task[None]] = set()
-        self.refused_requests = 0  # the agent's requests refused over INBOUND_LIMIT
-        self._senders: set[asyncio.Task[None]] = set()
         self._subscribers: list[UpdateHandler] = []
-        self._stderr = bytearray()
         self._write_lock = asyncio.Lock()
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
         self._exit_error: AcpError | None = None
         self._frame_error = ""
-        self._stderr_task = asyncio.create_task(self._read_stderr())
         self._reader = asyncio.create_task(self._read_stdout())
-        self._watcher = asyncio.create_task(self._watch_exit())
 
     # ------------------------------------------------------------------------------ opening
 
@@ -251,16 +214,7 @@ class AcpConnection:
         """Start ``argv`` in ``cwd`` with exactly ``env``, in a new process group; the agent's
         ``fs/*`` file work runs on ``executor`` (give one of the caller's own, bounded)."""
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=cwd,
-                env=dict(env),
-                start_new_session=True,
-                limit=READ_BUFFER,
-            )
+            proc = await start_group(argv, env=env, cwd=cwd)
         except OSError as exc:
             raise AcpError(f"acp command {argv[0]!r} could not start: {exc}") from None
         log.info("acp_agent_started", extra={"label": label, "pid": proc.pid, "cwd": cwd})
@@ -317,15 +271,16 @@ class AcpConnection:
     @property
     def stderr_tail(self) -> str:
         """The last 8 KiB the agent wrote on stderr."""
-        return self._stderr.decode("utf-8", errors="replace")
+        return self.process.stderr_tail
 
-    def describe(self) -> JsonObj:
-        return {
-            "pid": self.pid,
-            "alive": self.alive,
-            "exit_code": self.exit_code,
-            "stderr_tail": self.stderr_tail,
-        }
+    @property
+    def permission_handler(self) -> PermissionHandler | None:
+        """Who answers the agent's ``session/request_permission`` (None: ``cancelled``)."""
+        return self.requests.permission_handler
+
+    @permission_handler.setter
+    def permission_handler(self, handler: PermissionHandler | None) -> None:
+        self.requests.permission_handler = handler
 
     def subscribe(self, handler: UpdateHandler) -> Callable[[], None]:
         """Receive every ``session/update`` params object; returns the unsubscribe."""
@@ -381,7 +336,7 @@ class AcpConnection:
 
     async def _send(self, msg: JsonObj) -> None:
         stdin = self._proc.stdin
-        data = json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        data = encode_line(msg)
         try:
             if stdin is None:
                 raise ConnectionResetError("no stdin")
@@ -396,53 +351,26 @@ class AcpConnection:
 
     # ----------------------------------------------------------------------------- inbound
 
-    async def _read_frame(self, stdout: asyncio.StreamReader) -> bytes:
-        """One newline-terminated frame (b"" at the end of the stream). The reader's own buffer
-        is :data:`READ_BUFFER`, so a read loop that waits (a turn applying backpressure) holds
-        at most twice that unread; a frame up to :data:`LINE_LIMIT` is assembled here.
-        ValueError beyond it."""
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            try:
-                chunk = await stdout.readuntil(b"\n")
-            except asyncio.IncompleteReadError as exc:  # the end, maybe with a partial frame
-                chunk = exc.partial
-                done = True
-            except asyncio.LimitOverrunError as exc:  # no newline within the buffer yet
-                chunk = await stdout.readexactly(exc.consumed)
-                done = False
-            else:
-                done = True
-            size += len(chunk)
-            if size > LINE_LIMIT:
-                raise ValueError("frame too long")
-            parts.append(chunk)
-            if done:
-                return b"".join(parts)
-
     async def _read_stdout(self) -> None:
         stdout = self._proc.stdout
         assert stdout is not None
         while True:
             try:
-                line = await self._read_frame(stdout)
+                line = await read_line(stdout)
             except ValueError:  # over LINE_LIMIT: the protocol is broken, end the agent
                 self._frame_error = f"acp agent sent a frame over {LINE_LIMIT // (1 << 20)} MiB"
                 log.warning("acp_frame_too_long", extra={"label": self.label, "pid": self.pid})
-                self._killpg(signal.SIGKILL)
+                self.process.kill()
                 break
             if not line:
                 break
-            line = line.strip()
-            if not line:
-                continue
             try:
-                msg = jsonfast.loads(line)
+                messages = decode_line(line)
             except ValueError:
-                log.debug("acp_stdout_noise", extra={"label": self.label, "line": line[:200]})
+                noise = line.strip()[:200]
+                log.debug("acp_stdout_noise", extra={"label": self.label, "line": noise})
                 continue
-            for item in msg if isinstance(msg, list) else [msg]:
+            for item in messages:
                 if isinstance(item, dict):
                     await self._dispatch(item)
         await self._ended()
@@ -453,7 +381,7 @@ class AcpConnection:
             params = msg.get("params")
             params = params if isinstance(params, dict) else {}
             if msg.get("id") is not None:
-                self._serve(msg["id"], method, params)
+                self.requests.serve(msg["id"], method, params)
             else:
                 await self._notification(method, params)
             return
@@ -489,200 +417,33 @@ class AcpConnection:
                 except Exception:
                     log.exception("acp_update_handler_failed", extra={"label": self.label})
         elif method == "$/cancel_request":
-            key = json.dumps(params.get("requestId"))
-            task = self._inbound.get(key)
-            if task is not None and not task.done():
-                self._cancelled_inbound.add(task)
-                task.cancel()
+            self.requests.cancel(params.get("requestId"))
         else:
             log.debug("acp_notification_ignored", extra={"label": self.label, "method": method})
 
-    def _serve(self, rid: Any, method: str, params: JsonObj) -> None:
-        work: Callable[[JsonObj], Awaitable[Any]] | None = None
-        if method == "session/request_permission":
-            work = self._permission
-        elif method == "fs/read_text_file" and self.fs_access in ("read", "read_write"):
-            work = self._fs_read
-        elif method == "fs/write_text_file" and self.fs_access == "read_write":
-            work = self._fs_write
-        if len(self._inbound) >= INBOUND_LIMIT:  # an agent flooding requests: refused at once
-            self.refused_requests += 1
-            if self.refused_requests % 1000 == 1:
-                log.warning(
-                    "acp_agent_requests_over_limit",
-                    extra={"label": self.label, "refused": self.refused_requests},
-                )
-            message = f"too many requests in flight (at most {INBOUND_LIMIT})"
-            self._refuse(rid, message)
-            return
-        key = json.dumps(rid)
-        task = asyncio.create_task(self._answer(rid, method, params, work))
-        self._inbound[key] = task
-        task.add_done_callback(lambda done: self._served(key, rid, done))
+    # --------------------------------------------------------- answers to the agent's requests
 
-    def _served(self, key: str, rid: Any, task: asyncio.Task[None]) -> None:
-        """An agent's request was answered, or cancelled: by the agent (``$/cancel_request``,
-        answered -32800 here, even when it was cancelled before it began) or by the close."""
-        if self._inbound.get(key) is task:
-            del self._inbound[key]
-        if task in self._cancelled_inbound:
-            self._cancelled_inbound.discard(task)
-            if task.cancelled() and self.alive:
-                reply = {
-                    "jsonrpc": "2.0",
-                    "id": rid,
-                    "error": {"code": REQUEST_CANCELLED, "message": "request cancelled"},
-                }
-                sender = asyncio.create_task(self._send_quietly(reply))
-                self._senders.add(sender)
-                sender.add_done_callback(self._senders.discard)
+    async def send_quietly(self, msg: JsonObj) -> None:
+        """Send, and say nothing when the agent is gone (an answer nobody waits for)."""
+        with contextlib.suppress(AcpError):
+            await self._send(msg)
 
-    def _refuse(self, rid: Any, message: str) -> None:
-        """Answer an agent's request with an error now, without a task: a whole frame written to
-        the pipe's buffer (frames never interleave). Dropped (the agent then waits on its own
-        request) when that buffer already holds :data:`REFUSAL_BUFFER`: the agent is not even
-        reading its answers."""
+    def send_now(self, msg: JsonObj) -> None:
+        """Write a whole frame to the pipe's buffer now, without a task (frames never
+        interleave). Dropped (the agent then waits on its own request) when that buffer already
+        holds :data:`REFUSAL_BUFFER`: the agent is not even reading its answers."""
         stdin = self._proc.stdin
         if stdin is None or not self.alive or stdin.is_closing():
             return
         if stdin.transport.get_write_buffer_size() > REFUSAL_BUFFER:
             return
-        reply = {"jsonrpc": "2.0", "id": rid, "error": {"code": INTERNAL_ERROR, "message": message}}
-        stdin.write(json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+        stdin.write(encode_line(msg))
 
-    async def _send_quietly(self, msg: JsonObj) -> None:
-        with contextlib.suppress(AcpError):
-            await self._send(msg)
-
-    async def _answer(
-        self,
-        rid: Any,
-        method: str,
-        params: JsonObj,
-        work: Callable[[JsonObj], Awaitable[Any]] | None,
-    ) -> None:
-        reply: JsonObj = {"jsonrpc": "2.0", "id": rid}
-        if work is None:
-            reply["error"] = {"code": METHOD_NOT_FOUND, "message": f"method not found: {method}"}
-        else:
-            try:
-                reply["result"] = await work(params)
-            except _RpcFailure as exc:
-                reply["error"] = {"code": exc.code, "message": exc.message}
-            except Exception:
-                log.exception("acp_request_failed", extra={"label": self.label, "method": method})
-                reply["error"] = {"code": INTERNAL_ERROR, "message": "internal error"}
-        if self.alive:
-            await self._send_quietly(reply)
-
-    async def _permission(self, params: JsonObj) -> JsonObj:
-        handler = self.permission_handler
-        if handler is None:
-            return CANCELLED
-        try:
-            answer = await handler(params)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("acp_permission_handler_failed", extra={"label": self.label})
-            return CANCELLED
-        return normalize_permission(answer, params)
-
-    def _fs_path(self, params: JsonObj) -> str:
-        path = params.get("path")
-        if not isinstance(path, str) or not os.path.isabs(path):
-            raise _RpcFailure(INVALID_PARAMS, "path must be an absolute path")
-        real = within_roots(path, self.allowed_roots)
-        if real is None:
-            raise _RpcFailure(INVALID_PARAMS, f"path {path} is outside the allowed roots")
-        return real
-
-    async def _io(self, work: Callable[[], _T]) -> _T:
-        """File work off the loop, on the connection's executor, within :data:`FS_TIMEOUT_S`."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await asyncio.wait_for(loop.run_in_executor(self._executor, work), FS_TIMEOUT_S)
-        except TimeoutError:
-            raise _RpcFailure(
-                INTERNAL_ERROR, f"file operation timed out after {FS_TIMEOUT_S:g} s"
-            ) from None
-
-    async def _fs_read(self, params: JsonObj) -> JsonObj:
-        line, limit = params.get("line"), params.get("limit")
-
-        def read() -> str:
-            path = self._fs_path(params)
-            try:
-                fd = _open_regular(path, os.O_RDONLY)
-                try:
-                    data = _read_at_most(fd, FS_READ_LIMIT + 1)
-                finally:
-                    os.close(fd)
-            except FileNotFoundError:
-                raise _RpcFailure(RESOURCE_NOT_FOUND, f"file not found: {path}") from None
-            except OSError as exc:
-                raise _RpcFailure(INVALID_PARAMS, f"cannot read {path}: {exc.strerror}") from None
-            if len(data) > FS_READ_LIMIT:
-                raise _RpcFailure(INVALID_PARAMS, "file is larger than 8 MiB")
-            text = data.decode("utf-8", errors="replace")
-            if isinstance(line, int) or isinstance(limit, int):
-                lines = text.splitlines(keepends=True)
-                start = max(line - 1, 0) if isinstance(line, int) else 0
-                end = start + limit if isinstance(limit, int) and limit >= 0 else None
-                text = "".join(lines[start:end])
-            return text
-
-        return {"content": await self._io(read)}
-
-    async def _fs_write(self, params: JsonObj) -> None:
-        content = params.get("content")
-        if not isinstance(content, str):
-            raise _RpcFailure(INVALID_PARAMS, "content must be a string")
-
-        def write() -> None:
-            path = self._fs_path(params)
-            try:
-                fd = _open_regular(path, os.O_WRONLY | os.O_CREAT)
-                try:
-                    os.ftruncate(fd, 0)
-                    data = memoryview(content.encode("utf-8"))
-                    while data:
-                        data = data[os.write(fd, data) :]
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                raise _RpcFailure(INVALID_PARAMS, f"cannot write {path}: {exc.strerror}") from None
-
-        await self._io(write)
-
-    # ----------------------------------------------------------------------------- process
-
-    async def _read_stderr(self) -> None:
-        stderr = self._proc.stderr
-        assert stderr is not None
-        while True:
-            chunk = await stderr.read(4096)
-            if not chunk:
-                break
-            keep_tail(self._stderr, chunk)
-
-    async def _watch_exit(self) -> None:
-        """A leader that exited while a child keeps stdout open still ends: its group is
-        killed a second later, which closes stdout."""
-        await self._proc.wait()
-        await asyncio.sleep(1.0)
-        self._killpg(signal.SIGKILL)
+    # ----------------------------------------------------------------------------- ending
 
     async def _ended(self) -> None:
-        """stdout closed: the process is ending (or closed stdout on its own: end it)."""
-        proc = self._proc
-        if not await exited_within(self._proc, CLOSE_GRACE_S):
-            self._killpg(signal.SIGKILL)
-            await proc.wait()
-        self._killpg(signal.SIGKILL)  # what the agent left in its group
-        with contextlib.suppress(BaseException):  # its last stderr words, for the error
-            await asyncio.wait_for(asyncio.shield(self._stderr_task), 1.0)
-        code = proc.returncode
+        """stdout closed: the process is ending; every request in flight fails."""
+        code = await self.process.ended()
         self.exit_code = code
         if self._closing:
             error = AcpError(f"acp connection to {self.label} is closed")
@@ -696,13 +457,14 @@ class AcpConnection:
                 "acp_agent_exited", extra={"label": self.label, "pid": self.pid, "code": code}
             )
         self._exit_error = error
+        self._fail_pending(error)
+
+    def _fail_pending(self, error: AcpError) -> None:
+        """Every request in flight fails with ``error``; the connection has ended."""
         for _, future in list(self._pending.values()):
             if not future.done():
                 future.set_exception(error)
         self.exited.set()
-
-    def _killpg(self, sig: signal.Signals) -> None:
-        killpg(self.pid, sig)
 
     # ------------------------------------------------------------------------------- close
 
@@ -715,17 +477,10 @@ class AcpConnection:
     async def _shutdown(self) -> None:
         self._closing = True
         proc = self._proc
-        await stop_group(proc, CLOSE_GRACE_S)
-        self._killpg(signal.SIGKILL)  # whatever it left in its group, also once it exited
+        await self.process.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.exited.wait(), CLOSE_GRACE_S + 2)
-        tasks = [
-            self._reader,
-            self._stderr_task,
-            self._watcher,
-            *self._inbound.values(),
-            *self._senders,
-        ]
+        tasks = [self._reader, *self.process.tasks(), *self.requests.tasks()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -734,8 +489,5 @@ class AcpConnection:
                 proc.stdin.close()
         self.exit_code = proc.returncode
         error = self._dead()
-        for _, future in list(self._pending.values()):
-            if not future.done():
-                future.set_exception(error)
-        self.exited.set()
+        self._fail_pending(error)
         log.info("acp_agent_stopped", extra={"label": self.label, "pid": self.pid})

@@ -1,9 +1,9 @@
 """ACP ``session/update`` notifications as the SSE events of a turn, the tail drain, and the
 transcript of a replayed session.
 
-An SSE frame is ``event: <name>\\ndata: <json>\\n\\n``; the JSON object has the fields
-``session_id``, ``request_id``, ``text``, ``stop_reason``, ``message``, ``data``, each omitted
-when empty. Mapping (``params.update.sessionUpdate``):
+An SSE frame (:func:`agw.sse.frame`) is ``event: <name>\\ndata: <json>\\n\\n``; the JSON
+object has the fields ``session_id``, ``request_id``, ``text``, ``stop_reason``, ``message``,
+``data``, each omitted when empty. Mapping (``params.update.sessionUpdate``):
 
 =============================  =====================  =============================================
 ACP update                     event                  payload
@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agw import sse
 from agw.types import JsonObj
 
 DRAIN_QUIET_S = 0.25  # the tail ends after this long without an update...
@@ -62,13 +63,9 @@ class Event:
     payload: JsonObj
 
     def frame(self) -> bytes:
-        return sse_frame(self.name, self.payload)
-
-
-def sse_frame(name: str, payload: JsonObj) -> bytes:
-    body = {k: v for k, v in payload.items() if v not in (None, "", {}, [])}
-    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-    return f"event: {name}\ndata: {data}\n\n".encode()
+        """The event as :func:`agw.sse.frame` writes it, its empty fields left out."""
+        body = {k: v for k, v in self.payload.items() if v not in (None, "", {}, [])}
+        return sse.frame(json.dumps(body, separators=(",", ":"), ensure_ascii=False), self.name)
 
 
 def chunk_text(content: Any) -> str | None:

@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Quart, request
 
-from agw.acp.connection import AcpError
-from agw.acp.history import list_sessions, load_transcript
+from agw.acp import AcpError, list_sessions, load_transcript
 from agw.admin.resources import JSONResponse, json_body
 from agw.clock import now_ms
 from agw.config.acp import AcpService
@@ -36,8 +35,7 @@ from agw.runtime.manager import ConfigManager
 from agw.usage.events import AcpUsageEvent
 
 if TYPE_CHECKING:  # the runtime spawns processes; the admin app needs only the types
-    from agw.acp.permissions import PermissionRegistry
-    from agw.acp.runtime import AcpRuntime
+    from agw.acp import AcpRuntime, PermissionRegistry
     from agw.usage.recorder import UsageRecorder
 
 log = logging.getLogger(__name__)

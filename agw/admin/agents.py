@@ -15,7 +15,7 @@ Plain CRUD of ``/admin/agents`` is a generic family (:mod:`agw.admin.resources`)
 - ``health``: disabled or not, the runtime's counts, failures among the last 200 interactions,
   the usage pipeline's losses.
 
-Usage is read through :class:`agw.usage.query.MetricsQuery` with an
+Usage is read through :class:`agw.usage.answers.MetricsQuery` with an
 :class:`~agw.usage.query.Attribution`: a row belongs to the agent when its ``agent_id`` is the
 agent's (stamped at write time), when its route is one of the agent's routes, or (ACP rows only)
 when its service is the agent's runtime service.
@@ -36,11 +36,11 @@ from agw.runtime.manager import ConfigManager
 from agw.runtime.snapshot import attributed_routes
 from agw.runtime.state import ConfigState, Record, dump, touched
 from agw.types import JsonObj
-from agw.usage.query import Attribution, InvalidParameter, MetricsQuery
+from agw.usage.answers import MetricsQuery
+from agw.usage.query import Attribution, InvalidParameter
 
 if TYPE_CHECKING:  # the runtime spawns processes; the admin app needs only the types
-    from agw.acp.permissions import PermissionRegistry
-    from agw.acp.runtime import AcpRuntime
+    from agw.acp import AcpRuntime, PermissionRegistry
     from agw.store.db import Database
     from agw.usage.recorder import UsageRecorder
 

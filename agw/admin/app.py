@@ -22,15 +22,13 @@ from agw.admin import acp, agents, gateway, mcp, metrics, models, resources
 from agw.auth.admin_basic import BasicAuth
 from agw.edge import HostPolicy
 from agw.errors import AgwError
-from agw.llm.credential_health import CredentialHealth
-from agw.llm.discovery import ModelCatalog
+from agw.llm import CredentialHealth, ModelCatalog
 from agw.runtime.manager import ConfigManager
 from agw.settings import ADMIN_REALM, MAX_ADMIN_BODY, REVEAL_HEADER
 
 if TYPE_CHECKING:
-    from agw.acp.permissions import PermissionRegistry
-    from agw.acp.runtime import AcpRuntime
-    from agw.mcp.runtime import McpRuntime
+    from agw.acp import AcpRuntime, PermissionRegistry
+    from agw.mcp import McpState
     from agw.store.db import Database
     from agw.usage.recorder import UsageRecorder
 
@@ -99,7 +97,7 @@ def create_admin_app(
     auth: BasicAuth | None,
     catalog: ModelCatalog | None = None,
     health: CredentialHealth | None = None,
-    mcp_runtime: McpRuntime | None = None,
+    mcp_runtime: McpState | None = None,
     *,
     acp_runtime: AcpRuntime | None = None,
     acp_permissions: PermissionRegistry | None = None,

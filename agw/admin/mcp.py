@@ -12,20 +12,16 @@ error is ``502 upstream_failed``, with the JSON-RPC error's code in the message.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from quart import Quart, request
 
 from agw.admin.resources import JSONResponse, json_body
 from agw.config.mcp import McpService
 from agw.errors import Conflict, InvalidRequest, NotFound, UpstreamFailed
-from agw.mcp.jsonrpc import METHOD_NOT_FOUND, RpcError
-from agw.mcp.upstream import UpstreamError
+from agw.mcp import METHOD_NOT_FOUND, McpState, RpcError, UpstreamError
 from agw.runtime.manager import ConfigManager
 from agw.types import JsonObj
-
-if TYPE_CHECKING:  # the runtime module imports the transports; the admin app needs only the type
-    from agw.mcp.runtime import McpRuntime
 
 # A call made for the admin API waits this long for the upstream (Quart's own response
 # timeout is 60 s, so the admin gets a 502 with a reason instead of a cut connection).
@@ -83,11 +79,11 @@ def upstream_failure(service_id: str, method: str, exc: RpcError | UpstreamError
     return UpstreamFailed(message)
 
 
-def register(app: Quart, manager: ConfigManager, runtime: McpRuntime | None) -> None:
+def register(app: Quart, manager: ConfigManager, runtime: McpState | None) -> None:
     service_base = "/admin/mcp/services/<oid>"
     runtime_base = "/admin/mcp/runtime"
 
-    def _runtime() -> McpRuntime:
+    def _runtime() -> McpState:
         if runtime is None:
             raise NotFound("the MCP plane is not running on this gateway")
         return runtime

@@ -1,22 +1,26 @@
 """The metrics endpoints (reference §7.3): usage summaries, events, time series, breakdowns,
 interactions across the three planes, one agent session's timeline, and the Prometheus scrape.
 
-The queries live in :mod:`agw.usage.query`; this module only routes requests to them, adds the
-recorder's pipeline counters to the summary, and serves ``prometheus.render()``. Every endpoint
-is a ``GET`` under the admin API's basic auth. A parameter given twice is refused (the API takes
-one value per parameter).
+The answers come from :class:`agw.usage.answers.MetricsQuery`, the kinds (``llm``, ``mcp``,
+``acp``) from the metric catalog (:mod:`agw.usage.measures`); this module only routes requests
+to them, adds the recorder's pipeline counters to the summary, and serves
+``prometheus.render()``. Every endpoint is a ``GET`` under the admin API's basic auth. A
+parameter given twice is refused (the API takes one value per parameter).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from quart import Quart, Response, request
 
 from agw.admin.resources import JSONResponse
-from agw.usage.query import KINDS, InvalidParameter, MetricsQuery
+from agw.types import JsonObj
+from agw.usage.answers import MetricsQuery
+from agw.usage.measures import KINDS
+from agw.usage.query import InvalidParameter
 
 if TYPE_CHECKING:
     from agw.store.db import Database
@@ -73,7 +77,7 @@ def register(
         return Response(prometheus.render(), status=200, content_type=PROMETHEUS_CONTENT_TYPE)
 
     def answer(
-        call: Callable[[dict[str, str]], Awaitable[dict[str, Any]]],
+        call: Callable[[dict[str, str]], Awaitable[JsonObj]],
     ) -> Callable[[], Awaitable[JSONResponse]]:
         async def handler() -> JSONResponse:
             return await call(query_args()), 200

@@ -6,7 +6,7 @@ from quart import Quart
 
 from agw.admin.resources import JSONResponse
 from agw.errors import NotFound, UpstreamFailed
-from agw.llm.discovery import DiscoveryFailed, ModelCatalog
+from agw.llm import DiscoveryFailed, ModelCatalog
 from agw.runtime.manager import ConfigManager
 
 

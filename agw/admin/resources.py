@@ -19,8 +19,7 @@ from agw.clock import rfc3339_ms
 from agw.config import families as f
 from agw.config.loader import problems_from_validation
 from agw.errors import AgwError, ConfigInvalid, Conflict, InvalidRequest, NotFound, ReadOnly
-from agw.llm.credential_health import CredentialHealth
-from agw.llm.discovery import ModelCatalog
+from agw.llm import CredentialHealth, ModelCatalog
 from agw.runtime.apply import prepare
 from agw.runtime.manager import ConfigManager
 from agw.runtime.snapshot import attributed_routes

@@ -12,11 +12,12 @@ import json
 from typing import Any
 
 from agw import jsonfast
+from agw.types import JsonObj
 
 CONTENT_LIMIT = 16_384
 
 
-def prompt_of(body: dict[str, Any] | None) -> str | None:
+def prompt_of(body: JsonObj | None) -> str | None:
     if not body:
         return None
     picked = {

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from agw.clock import rfc3339
+from agw.types import JsonObj
 
 MAX_BACKOFF_S = 300.0
 AUTH_COOLDOWN_S = 300.0
@@ -84,7 +84,7 @@ class CredentialHealth:
             state.reason = f"refused by the upstream ({status})"
             state.unavailable_until = now + AUTH_COOLDOWN_S
 
-    def view(self, credential_id: str) -> dict[str, Any]:
+    def view(self, credential_id: str) -> JsonObj:
         state = self._states.get(credential_id) or CredentialState()
         unavailable = state.unavailable_until > time.time()
         return {

@@ -16,10 +16,19 @@ import aiohttp
 from agw import jsonfast
 from agw.clock import rfc3339
 from agw.config.llm import Provider
-from agw.llm.providers import CredentialPicker, auth_headers, url_for
-from agw.llm.upstream import RESPONSE_LIMIT, BodyTooLarge, UpstreamPool, read_capped
+from agw.llm.providers import (
+    RESPONSE_LIMIT,
+    BodyTooLarge,
+    CredentialPicker,
+    UpstreamPool,
+    auth_headers,
+    kind_of,
+    read_capped,
+    url_for,
+)
 from agw.logs import redact_url, scrub
 from agw.runtime.snapshot import Snapshot
+from agw.types import JsonObj
 
 
 class DiscoveryFailed(Exception):
@@ -33,12 +42,12 @@ class ModelSnapshot:
     upstream_model: str
     display_name: str = ""
     description: str = ""
-    capabilities: dict[str, Any] = field(default_factory=dict)
+    capabilities: JsonObj = field(default_factory=dict)
     status: str = "ok"  # ok | error
     fetched_at: str = ""
     last_error: str = ""
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> JsonObj:
         return {
             "provider_id": self.provider_id,
             "provider_type": self.provider_type,
@@ -52,53 +61,22 @@ class ModelSnapshot:
         }
 
 
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-
-
 def parse_models(provider: Provider, body: Any) -> list[ModelSnapshot]:
-    """The provider's own model list, whatever its shape (OpenAI, Anthropic or Gemini)."""
+    """The provider's own model list, whatever its shape (OpenAI, Anthropic or Gemini: the
+    provider's kind reads it)."""
     stamp = rfc3339()
-    out: list[ModelSnapshot] = []
-    data = body if isinstance(body, dict) else {}
-    if provider.provider_type == "gemini":
-        for m in _dicts(data.get("models")):
-            name = str(m.get("name", "")).removeprefix("models/")
-            methods = m.get("supportedGenerationMethods") or []
-            caps: dict[str, Any] = {"streaming": "streamGenerateContent" in methods}
-            if isinstance(m.get("inputTokenLimit"), int):
-                caps["context_window"] = m["inputTokenLimit"]
-            if isinstance(m.get("outputTokenLimit"), int):
-                caps["max_output_tokens"] = m["outputTokenLimit"]
-            if "embedContent" in methods:
-                caps["embeddings"] = True
-            out.append(
-                ModelSnapshot(
-                    provider.id,
-                    provider.provider_type,
-                    name,
-                    str(m.get("displayName", "")),
-                    str(m.get("description", "")),
-                    caps,
-                    fetched_at=stamp,
-                )
-            )
-        return out
-    for m in _dicts(data.get("data")):
-        model_id = str(m.get("id", ""))
-        if model_id:
-            out.append(
-                ModelSnapshot(
-                    provider.id,
-                    provider.provider_type,
-                    model_id,
-                    str(m.get("display_name", "")),
-                    "",
-                    {},
-                    fetched_at=stamp,
-                )
-            )
-    return out
+    return [
+        ModelSnapshot(
+            provider.id,
+            provider.provider_type,
+            m.id,
+            m.display_name,
+            m.description,
+            m.capabilities,
+            fetched_at=stamp,
+        )
+        for m in kind_of(provider).listed_models(body)
+    ]
 
 
 class ModelCatalog:

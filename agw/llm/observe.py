@@ -2,54 +2,40 @@
 
 One :class:`Observer` per request watches the wire format the upstream speaks. It parses an event
 only when a cheap byte check says it may hold what we need, so passthrough streams stay cheap.
+Usage is read by the wire's one parser (:mod:`agw.llm.providers.tokens`), the one translation
+uses too: the same answer records the same counts whatever the client's dialect.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from agw import jsonfast
+from agw.llm.providers.anthropic import MessagesUsage, messages_usage
+from agw.llm.providers.gemini import gemini_usage
+from agw.llm.providers.openai import chat_usage, responses_usage
+from agw.llm.providers.tokens import Usage
 from agw.sse import Event, EventTooLarge, SSESplitter
+from agw.types import JsonObj
 
 
-@dataclass(slots=True)
-class Tokens:
-    """One convention for every provider (the OpenAI one): ``input`` counts every input token,
-    cached ones included, and ``output`` every output token, reasoning included; the cached,
-    cache-creation and reasoning counts are breakdowns of those."""
-
-    input: int = 0
-    output: int = 0
-    cached_input: int = 0
-    cache_creation: int = 0
-    reasoning: int = 0
-    total: int = 0
-    seen: bool = False  # the provider reported usage
-
-    @property
-    def total_tokens(self) -> int:
-        return self.total or self.input + self.output
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _dict(value: Any) -> dict[str, Any]:
+def _dict(value: Any) -> JsonObj:
     return value if isinstance(value, dict) else {}
 
 
 @dataclass(slots=True)
 class Observer:
     wire: str  # chat | messages | responses | gemini | embeddings
-    tokens: Tokens = field(default_factory=Tokens)
+    usage: Usage = field(default_factory=Usage)
+    usage_seen: bool = False  # the provider reported usage
     tool_names: list[str] = field(default_factory=list)
     finished: bool = False  # the stream reached its own end marker
     final_usage: bool = False  # a stream's usage for the whole answer came (before its end)
     usage_only_chunk: bool = False  # last chat event was the usage-only chunk
-    uncached_input: int = 0  # Anthropic's input_tokens, before cache reads and writes
+    messages_usage: MessagesUsage | None = None  # a Messages stream's reports so far
 
     # ---------------------------------------------------------------------------- JSON bodies
 
@@ -62,7 +48,7 @@ class Observer:
             return
         self.finished = True
         if self.wire == "messages":
-            self._anthropic_usage(_dict(data.get("usage")))
+            self._usage(messages_usage, data.get("usage"))
             for block in data.get("content") or ():
                 if _dict(block).get("type") == "tool_use":
                     self.tool_names.append(str(block.get("name", "")))
@@ -71,7 +57,7 @@ class Observer:
         elif self.wire == "gemini":
             self._gemini(data)
         else:
-            self._openai_usage(_dict(data.get("usage")))
+            self._usage(chat_usage, data.get("usage"))
             for choice in data.get("choices") or ():
                 message = _dict(_dict(choice).get("message"))
                 for call in message.get("tool_calls") or ():
@@ -101,7 +87,7 @@ class Observer:
             chunk = _loads(data)
             usage = chunk.get("usage")
             if isinstance(usage, dict):
-                self._openai_usage(usage)
+                self._usage(chat_usage, usage)
                 self.final_usage = True
                 self.usage_only_chunk = not chunk.get("choices")
             for choice in chunk.get("choices") or ():
@@ -113,9 +99,9 @@ class Observer:
             if name == "message_stop":
                 self.finished = True
             elif name == "message_start":
-                self._anthropic_usage(_dict(_dict(_loads(data).get("message")).get("usage")))
+                self._stream_usage(_dict(_loads(data).get("message")).get("usage"), delta=False)
             elif name == "message_delta":
-                self._anthropic_usage(_dict(_loads(data).get("usage")), delta=True)
+                self._stream_usage(_loads(data).get("usage"), delta=True)
                 self.final_usage = True
             elif name == "content_block_start" and "tool_use" in data:
                 block = _dict(_loads(data).get("content_block"))
@@ -138,61 +124,31 @@ class Observer:
 
     # -------------------------------------------------------------------------------- formats
 
-    def _openai_usage(self, usage: dict[str, Any]) -> None:
-        if not usage:
-            return
-        t = self.tokens
-        t.seen = True
-        t.input = _int(usage.get("prompt_tokens")) or _int(usage.get("input_tokens"))
-        t.output = _int(usage.get("completion_tokens")) or _int(usage.get("output_tokens"))
-        t.total = _int(usage.get("total_tokens"))
-        t.cached_input = _int(_dict(usage.get("prompt_tokens_details")).get("cached_tokens"))
-        t.reasoning = _int(_dict(usage.get("completion_tokens_details")).get("reasoning_tokens"))
+    def _usage(self, parse: Callable[[Mapping[str, Any]], Usage], usage: Any) -> None:
+        """One complete usage report, read by the wire's parser (an empty one is none)."""
+        if isinstance(usage, dict) and usage:
+            self.usage = parse(usage)
+            self.usage_seen = True
 
-    def _anthropic_usage(self, usage: dict[str, Any], *, delta: bool = False) -> None:
-        if not usage:
+    def _stream_usage(self, usage: Any, *, delta: bool) -> None:
+        """A Messages stream's report: message_start's, then message_delta's cumulative ones."""
+        if not isinstance(usage, dict) or not usage:
             return
-        t = self.tokens
-        t.seen = True
-        if "input_tokens" in usage and (not delta or _int(usage["input_tokens"])):
-            self.uncached_input = _int(usage.get("input_tokens"))
-        if "output_tokens" in usage:
-            t.output = _int(usage.get("output_tokens"))  # cumulative in message_delta
-        for key, attr in (
-            ("cache_read_input_tokens", "cached_input"),
-            ("cache_creation_input_tokens", "cache_creation"),
-        ):
-            if key in usage and (not delta or _int(usage[key])):
-                setattr(t, attr, _int(usage[key]))
-        # Anthropic's input_tokens leaves out cache reads and writes: add them back.
-        t.input = self.uncached_input + t.cached_input + t.cache_creation
-        t.total = 0
+        if self.messages_usage is None:
+            self.messages_usage = MessagesUsage()
+        self.messages_usage.take(usage, delta=delta)
+        self.usage = self.messages_usage.usage()
+        self.usage_seen = True
 
-    def _responses(self, data: dict[str, Any], *, names: bool = True) -> None:
-        usage = _dict(data.get("usage"))
-        if usage:
-            t = self.tokens
-            t.seen = True
-            t.input = _int(usage.get("input_tokens"))
-            t.output = _int(usage.get("output_tokens"))
-            t.total = _int(usage.get("total_tokens"))
-            t.cached_input = _int(_dict(usage.get("input_tokens_details")).get("cached_tokens"))
-            t.reasoning = _int(_dict(usage.get("output_tokens_details")).get("reasoning_tokens"))
+    def _responses(self, data: JsonObj, *, names: bool = True) -> None:
+        self._usage(responses_usage, data.get("usage"))
         if names:
             for item in data.get("output") or ():
                 if _dict(item).get("type") == "function_call":
                     self.tool_names.append(str(item.get("name", "")))
 
-    def _gemini(self, data: dict[str, Any]) -> None:
-        meta = _dict(data.get("usageMetadata"))
-        if meta:
-            t = self.tokens
-            t.seen = True
-            t.input = _int(meta.get("promptTokenCount"))
-            t.reasoning = _int(meta.get("thoughtsTokenCount"))
-            t.output = _int(meta.get("candidatesTokenCount")) + t.reasoning
-            t.total = _int(meta.get("totalTokenCount"))
-            t.cached_input = _int(meta.get("cachedContentTokenCount"))
+    def _gemini(self, data: JsonObj) -> None:
+        self._usage(gemini_usage, data.get("usageMetadata"))
         for cand in data.get("candidates") or ():
             for part in _dict(_dict(cand).get("content")).get("parts") or ():
                 call = _dict(_dict(part).get("functionCall"))
@@ -220,7 +176,7 @@ def _worth_parsing(wire: str, raw: bytes) -> bool:
     return markers is None or any(m in raw for m in markers)
 
 
-def _loads(data: str) -> dict[str, Any]:
+def _loads(data: str) -> JsonObj:
     try:
         value = jsonfast.loads(data)
     except ValueError:
@@ -228,7 +184,7 @@ def _loads(data: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def request_tools(body: dict[str, Any], wire: str) -> list[str]:
+def request_tools(body: JsonObj, wire: str) -> list[str]:
     """Names of the tools a request offers, for the usage row."""
     names: list[str] = []
     if wire == "gemini":
@@ -245,7 +201,7 @@ def request_tools(body: dict[str, Any], wire: str) -> list[str]:
     return names
 
 
-def estimate_tokens(body: dict[str, Any]) -> int:
+def estimate_tokens(body: JsonObj) -> int:
     """chars/4 over every string in the request (the Go cc profile's count_tokens estimate)."""
     total = 0
     stack: list[Any] = [body]

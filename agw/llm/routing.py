@@ -8,16 +8,9 @@ from dataclasses import dataclass
 
 from agw.config import families as f
 from agw.config.llm import Candidate, LLMRoute, ModelTarget, Provider
+from agw.errors import Refusal
 from agw.llm.discovery import ModelCatalog
 from agw.runtime.snapshot import Snapshot
-
-
-class RouteRefusal(Exception):
-    def __init__(self, status: int, message: str, error_type: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.error_type = error_type
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,31 +29,30 @@ def resolve(
     stream: bool,
     catalog: ModelCatalog | None = None,
 ) -> list[Target]:
-    """Targets in the order to try them; the first is the primary."""
+    """Targets in the order to try them; the first is the primary. A route that cannot serve
+    ``model`` is a :class:`Refusal`."""
     tp = route.target_policy
     if tp.type == "direct-provider":
         provider = snapshot.providers[tp.provider_id]
         if provider.disabled:
-            raise RouteRefusal(
-                403, f'route target provider "{provider.id}" is disabled', "provider_disabled"
+            raise Refusal(
+                403, "provider_disabled", f'route target provider "{provider.id}" is disabled'
             )
         return [Target(provider, model or provider.default_model)]
     name = model or tp.default_model
     if not name:
-        raise RouteRefusal(
-            400, f'route "{route.id}" requires a model', "protocol_validation_failed"
-        )
+        raise Refusal(400, "protocol_validation_failed", f'route "{route.id}" requires a model')
     target = next((t for t in tp.model_targets if t.name == name), None)
     if target is None:
-        raise RouteRefusal(
-            403, f'model "{name}" is not allowed on route "{route.id}"', "model_not_allowed"
+        raise Refusal(
+            403, "model_not_allowed", f'model "{name}" is not allowed on route "{route.id}"'
         )
     eligible = [
         c for c in target.candidates if _eligible(snapshot, c, stream=stream, catalog=catalog)
     ]
     if not eligible:
-        raise RouteRefusal(
-            502, f'model target "{name}" has no eligible bindings', "provider_not_configured"
+        raise Refusal(
+            502, "provider_not_configured", f'model target "{name}" has no eligible bindings'
         )
     ordered = _order(eligible, target.strategy or tp.model_selector_strategy)
     limit = 1 + (tp.fallback.max_num if tp.fallback.enabled else 0)

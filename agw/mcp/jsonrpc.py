@@ -1,8 +1,12 @@
-"""JSON-RPC 2.0 as MCP uses it: message shapes, error codes, and the error type a handler raises."""
+"""JSON-RPC 2.0 as MCP uses it: message shapes, error codes, the error type a handler raises, and
+the encoder of the messages the gateway writes."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import orjson
 
 from agw.rpcids import ID_MAX_CHARS as ID_MAX_CHARS  # the bounds live in agw.rpcids
 from agw.rpcids import METHOD_MAX_CHARS as METHOD_MAX_CHARS
@@ -23,6 +27,15 @@ MISSING_CLIENT_CAPABILITY = -32021
 UNSUPPORTED_PROTOCOL_VERSION = -32022
 
 RequestId = str | int
+
+
+def encode(msg: Any) -> bytes:
+    """A message as JSON bytes: orjson (compact, UTF-8); what it refuses (integers beyond 64
+    bits, keys that are not strings, lone surrogates) goes through :func:`json.dumps`."""
+    try:
+        return orjson.dumps(msg)
+    except TypeError:
+        return json.dumps(msg).encode()
 
 
 class RpcError(Exception):

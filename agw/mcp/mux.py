@@ -317,6 +317,7 @@ class Multiplexer:
                 current.route is self.route or current.route == self.route
             )
             if fresh and current is not None and not (refresh and current is stale):
+                current.route = self.route  # the same route: found by identity from now on
                 return current
             kind = NAMED_LISTS[named]
             # Always fail-open: fail_closed is about list answers; a call to one service's tool
@@ -333,6 +334,14 @@ class Multiplexer:
             built = NameMap.build(self.route, entries)
             self.names[named] = built
             return built
+
+    def known(self, named: str, presented: str) -> tuple[str, str] | None:
+        """(service id, original name) of a presented tool/prompt name when the route's map is
+        built and current: no lock, no await (:meth:`resolve` when this is None)."""
+        current = self.names.get(named)
+        if current is None or current.route is not self.route:
+            return None
+        return current.forward.get(presented)
 
     async def resolve(self, named: str, presented: str) -> tuple[str, str] | None:
         """(service id, original name) of a presented tool/prompt name; the lists are read again

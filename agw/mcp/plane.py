@@ -1,627 +1,215 @@
-"""The MCP plane: the server every MCP route presents (the methods, over the multiplexer and the
-runtime's upstreams), the relay of upstream messages to clients, and one usage row per client
-request.
+"""The MCP plane: step 4 of the request pipeline for ``mcp`` routes (agw.dataplane.Plane).
 
-Messages an upstream sends while a call runs (progress, logging, ``list_changed``) go to that
-call's answer when the client takes SSE, else to the session's standalone stream (dropped when
-none is open). Progress keeps the client's own token. A server->client request (sampling,
-elicitation, roots) reaches the client under a gateway id ``agw-<n>`` when the client declared
-the capability and a stream to it is open; the client's answer goes back to the upstream under
-the upstream's id. Otherwise the gateway answers the upstream with -32601 ``client does not
-support <method>`` (always so for stateless clients: 2026-07-28 has no such requests).
-Outside calls: messages of a per-session upstream go to that session's stream; of a shared stdio
-process only ``list_changed`` goes out, to every session that used it.
-
-Attribution (docs/mcp.md, "Where they go"): a message reaches a client only when it is that
-client's own. Progress is matched by its token; anything else a shared stdio process sends
-(logging, a server->client request) names no request, so it is delivered only while that
-process has served this one tenant and nobody else (``Upstream.serves_only``; a tenant is a
-virtual key, or one session without a key); otherwise it is dropped (a request: refused) and
-counted. Every relay to a session spends a token of its bucket
-(100 a second, 200 saved up); over it, the message is dropped and counted.
+Per request: the dispatcher's refusal, if any, rendered as a JSON-RPC error -> the path and
+method (agw.mcp.ingress: the HTTP rules of both eras and the legacy transport) -> the POST's
+:class:`~agw.mcp.exchange.Exchange`, whose requests run against the server's methods
+(agw.mcp.server) -> one usage event per JSON-RPC request (per refused request, too). What the
+upstreams send that is no answer goes through the relay (agw.mcp.relay); the live state
+(sessions, upstreams, calls in flight) is the :class:`~agw.mcp.state.McpState`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
-from agw.clock import now_ms
-from agw.config.mcp import McpRoute
-from agw.errors import Refusal
+from agw.errors import PayloadTooLarge, Refusal
 from agw.mcp import jsonrpc as rpc
-from agw.mcp.ingress import HANDSHAKE_VERSIONS, LATEST_HANDSHAKE, SUPPORTED_VERSIONS, Ingress
-from agw.mcp.jsonrpc import RpcError
-from agw.mcp.mux import LIST_KINDS, Multiplexer, has_policy, namespace_uri, tool_allowed
-from agw.mcp.runtime import McpRuntime, SessionBackend
-from agw.mcp.sessions import RELAYED, Call, Context, DownstreamSession, InFlight, Relay
-from agw.mcp.upstream import CLIENT_INFO, Upstream, UpstreamError
-from agw.request import Request
-from agw.runtime.attribution import SessionDirectory, attribute
+from agw.mcp.exchange import Call, Exchange
+from agw.mcp.ingress import BODY_LIMIT, Ingress, not_allowed, peek
+from agw.mcp.jsonrpc import RequestId, RpcError, encode
+from agw.mcp.relay import Relay
+from agw.mcp.server import McpServer
+from agw.mcp.state import McpState
+from agw.request import ClientGone, Request
+from agw.runtime.attribution import SessionDirectory
 from agw.types import JsonObj
 from agw.usage.events import McpUsageEvent
 from agw.usage.recorder import UsageRecorder
 
 log = logging.getLogger(__name__)
 
-SERVER_INFO: JsonObj = {"name": "agw", "version": CLIENT_INFO["version"]}
-SERVER_INFO_META = "io.modelcontextprotocol/serverInfo"
-META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
-LIST_CHANGED = {
-    "notifications/tools/list_changed": "tools",
-    "notifications/prompts/list_changed": "prompts",
-    "notifications/resources/list_changed": "resources",
-}
-Method = Callable[[Context, JsonObj, Call, InFlight], Awaitable[Any]]
+INTERNAL = "internal gateway error"
 
 
-def _name(params: JsonObj, key: str, method: str) -> str:
-    value = params.get(key)
-    if not isinstance(value, str) or not value:
-        raise RpcError(rpc.INVALID_PARAMS, f"{method} needs params.{key} (a string)")
-    return value
+class McpPlane:
+    """The data plane's handler of ``mcp`` routes."""
 
-
-def _arguments(params: JsonObj, method: str) -> JsonObj | None:
-    args = params.get("arguments")
-    if args is not None and not isinstance(args, dict):
-        raise RpcError(rpc.INVALID_PARAMS, f"{method}: params.arguments must be an object")
-    return args
-
-
-CLIENT_INFO_FIELDS = ("name", "title", "version")
-CLIENT_INFO_CHARS = 200
-
-
-def client_info(info: Any) -> JsonObj | None:
-    """What a session keeps of the client's ``clientInfo`` (shown in the admin views): its
-    name, title and version, each cut to 200 characters."""
-    if not isinstance(info, dict):
-        return None
-    return {
-        k: v[:CLIENT_INFO_CHARS] for k in CLIENT_INFO_FIELDS if isinstance(v := info.get(k), str)
-    }
-
-
-def upstream_params(params: JsonObj) -> JsonObj:
-    """The client's params as an upstream gets them: without the 2026-07-28 envelope keys (the
-    progress token goes up unchanged; the transport maps its own)."""
-    out = dict(params)
-    meta = out.get("_meta")
-    if isinstance(meta, dict):
-        meta = {k: v for k, v in meta.items() if not k.startswith("io.modelcontextprotocol/")}
-        if meta:
-            out["_meta"] = meta
-        else:
-            del out["_meta"]
-    return out
-
-
-class McpServer:
-    """The methods (ingress :class:`~agw.mcp.ingress.Handler`)."""
+    edge_always = True  # a browser may hold an MCP session
 
     def __init__(
         self,
-        runtime: McpRuntime,
         recorder: UsageRecorder | None,
+        state: McpState,
         directory: SessionDirectory | None = None,
     ) -> None:
-        self.runtime = runtime
+        """``directory`` is not used: the dispatcher attributes sessions (``req.session_id``,
+        ``req.acp_session_id``) before the plane runs."""
+        self.state = state
         self.recorder = recorder
-        self.directory = directory  # ACP sessions, for attribution (agw/runtime/attribution.py)
-        common: dict[str, Method] = {
-            "ping": self._ping,
-            "tools/list": self._list,
-            "prompts/list": self._list,
-            "resources/list": self._list,
-            "resources/templates/list": self._list,
-            "tools/call": self._tools_call,
-            "prompts/get": self._prompts_get,
-            "resources/read": self._resource_call,
-            "resources/subscribe": self._resource_call,
-            "resources/unsubscribe": self._resource_call,
-            "completion/complete": self._complete,
-            "logging/setLevel": self._set_level,
-        }
-        self._handshake = common | {"initialize": self._initialize}
-        removed = ("ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe")
-        self._modern = {k: v for k, v in common.items() if k not in removed}
-        self._modern["server/discover"] = self._discover
-        self.modern_methods = frozenset(self._modern)
+        self.relay = Relay(state)
+        self.server = McpServer(state, self.relay)
+        self.ingress = Ingress(state, self.server.handshake_methods, self.server.modern_methods)
+        state.bind(self.relay.upstream_message)
 
-    # -------------------------------------------------------------------------------- entry
+    async def close(self) -> None:
+        await self.state.close()
 
-    async def request(self, ctx: Context, msg: JsonObj, call: Call, entry: InFlight) -> JsonObj:
-        method = msg["method"]
-        params = msg.get("params") or {}
-        modern = ctx.session.era == "modern"
+    # --------------------------------------------------------------------------------- entry
+
+    async def handle(self, req: Request, refusal: Refusal | None) -> None:
+        # the usage row of this request when it is refused, or of its first JSON-RPC request
+        call = Call()
+        record = True
         try:
-            fn = (self._modern if modern else self._handshake).get(method)
-            if fn is None:
-                raise RpcError(rpc.METHOD_NOT_FOUND, f"Method not found: {method}")
-            result = await fn(ctx, params, call, entry)
-            if modern:
-                result = self._modern_result(method, result)
-            return rpc.result(msg["id"], result)
-        except RpcError as exc:
-            call.fail(exc)
-            return rpc.error(msg["id"], exc)
-        except Exception:
-            log.exception("mcp_request_failed", extra={"route_id": ctx.req.route.id})
-            internal = RpcError(rpc.INTERNAL_ERROR, "internal gateway error")
-            call.fail(internal, "internal_error")
-            return rpc.error(msg["id"], internal)
-
-    @staticmethod
-    def _modern_result(method: str, result: Any) -> Any:
-        if not isinstance(result, dict):
-            return result
-        out = dict(result)
-        out.setdefault("resultType", "complete")
-        if method in LIST_KINDS or method == "server/discover":
-            out.setdefault("ttlMs", 0)
-            out.setdefault("cacheScope", "private")
-        meta = out.get("_meta")
-        out["_meta"] = {**(meta if isinstance(meta, dict) else {}), SERVER_INFO_META: SERVER_INFO}
-        return out
-
-    def _mux(self, ctx: Context) -> tuple[Multiplexer, SessionBackend]:
-        route: McpRoute = ctx.req.route.config
-        backend = self.runtime.backend(ctx.session, ctx.req.snapshot.mcp_services, route.id)
-        names, locks = self.runtime.names(ctx.req.route.id)
-        return Multiplexer(route, backend, names, locks), backend
-
-    # ------------------------------------------------------------------------ session setup
-
-    async def _initialize(self, ctx: Context, params: JsonObj, call: Call, entry: InFlight) -> Any:
-        session = ctx.session
-        if session.protocol_version:
-            raise RpcError(rpc.INVALID_REQUEST, "the session is already initialized")
-        requested = params.get("protocolVersion")
-        session.protocol_version = (
-            requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
-        )
-        caps = params.get("capabilities")
-        # kept per session for as long as it lives: only what the gateway reads, bounded
-        caps = caps if isinstance(caps, dict) else {}
-        session.client_capabilities = {k: {} for k in RELAYED.values() if k in caps}
-        session.client_info = client_info(params.get("clientInfo"))
-        capabilities, instructions = await self._merged(ctx, call)
-        out: JsonObj = {
-            "protocolVersion": session.protocol_version,
-            "capabilities": capabilities,
-            "serverInfo": SERVER_INFO,
-        }
-        if instructions:
-            out["instructions"] = instructions
-        return out
-
-    async def _discover(self, ctx: Context, params: JsonObj, call: Call, entry: InFlight) -> Any:
-        capabilities, instructions = await self._merged(ctx, call)
-        out: JsonObj = {
-            "supportedVersions": SUPPORTED_VERSIONS,
-            "capabilities": capabilities,
-            "serverInfo": SERVER_INFO,
-        }
-        if instructions:
-            out["instructions"] = instructions
-        return out
-
-    async def _merged(self, ctx: Context, call: Call) -> tuple[JsonObj, str]:
-        """Capabilities and instructions of the route's services (each connected now)."""
-        mux, backend = self._mux(ctx)
-
-        async def connect(sid: str) -> JsonObj | Exception:
-            try:
-                upstream = await backend.get(sid)
-            except (UpstreamError, RpcError) as exc:
-                return exc
-            return upstream.init_result or {}
-
-        results = await asyncio.gather(*(connect(sid) for sid in mux.services))
-        caps: JsonObj = {}
-        texts: list[tuple[str, str]] = []
-        ready = 0
-        for sid, res in zip(mux.services, results, strict=True):
-            if isinstance(res, Exception):  # skipped even on fail_closed routes: the session
-                # still serves the other services, and the lists fail closed later
-                backend.failed(sid, "initialize", getattr(res, "message", str(res)))
-                continue
-            ready += 1
-            theirs = res.get("capabilities")
-            theirs = theirs if isinstance(theirs, dict) else {}
-            for name in ("tools", "prompts"):
-                if name in theirs:
-                    caps[name] = {"listChanged": True}
-            if "resources" in theirs:
-                resources = caps.setdefault("resources", {"listChanged": True})
-                sub = theirs["resources"]
-                if isinstance(sub, dict) and sub.get("subscribe"):
-                    resources["subscribe"] = True
-            for name in ("logging", "completions"):
-                if name in theirs:
-                    caps[name] = {}
-            text = res.get("instructions")
-            if isinstance(text, str) and text.strip():
-                texts.append((sid, text.strip()))
-        if not ready:  # none answered now: announce the lists, they may come back
-            caps = {k: {"listChanged": True} for k in ("tools", "prompts", "resources")}
-        if len(mux.services) == 1:
-            return caps, texts[0][1] if texts else ""
-        return caps, "\n\n".join(f"{sid}: {text}" for sid, text in texts)
-
-    # ------------------------------------------------------------------------------ methods
-
-    async def _ping(self, ctx: Context, params: JsonObj, call: Call, entry: InFlight) -> Any:
-        return {}
-
-    async def _list(self, ctx: Context, params: JsonObj, call: Call, entry: InFlight) -> Any:
-        assert call.method is not None
-        mux, _ = self._mux(ctx)
-        return await mux.list_page(call.method, params.get("cursor"))
-
-    async def _tools_call(self, ctx: Context, params: JsonObj, call: Call, entry: InFlight) -> Any:
-        name = _name(params, "name", "tools/call")
-        call.tool_name = name
-        args = _arguments(params, "tools/call")
-        call.arg_count = len(args or {})
-        mux, backend = self._mux(ctx)
-        if has_policy(mux.route):
-            if not tool_allowed(mux.route, name):
-                call.policy_action = "deny"
-                call.error_type = "policy_denied"
-                raise RpcError(rpc.INVALID_PARAMS, f'tool "{name}" is denied by route policy')
-            call.policy_action = "allow"
-        owner = await mux.resolve("tools", name)
-        if owner is None:
-            raise RpcError(rpc.INVALID_PARAMS, f'unknown tool "{name}"')
-        sid, original = owner
-        call.service_id, call.executed_tool_name = sid, original
-        service = ctx.req.snapshot.mcp_services.get(sid)
-        if service is not None and service.audit.capture_tool_args:
-            call.tool_args = args or {}
-        result = await self._forward(
-            ctx, mux, backend, entry, call, sid, "tools/call", {**params, "name": original}
-        )
-        if isinstance(result, dict) and result.get("isError") is True:
-            call.result_status = "error"
-        return mux.present_content(sid, result)
-
-    async def _prompts_get(self, ctx: Context, params: JsonObj, call: Call, entry: InFlight) -> Any:
-        name = _name(params, "name", "prompts/get")
-        call.prompt_name = name
-        call.arg_count = len(_arguments(params, "prompts/get") or {})
-        mux, backend = self._mux(ctx)
-        owner = await mux.resolve("prompts", name)
-        if owner is None:
-            raise RpcError(rpc.INVALID_PARAMS, f'unknown prompt "{name}"')
-        sid, original = owner
-        call.service_id = sid
-        result = await self._forward(
-            ctx, mux, backend, entry, call, sid, "prompts/get", {**params, "name": original}
-        )
-        return mux.present_content(sid, result)
-
-    async def _resource_call(
-        self, ctx: Context, params: JsonObj, call: Call, entry: InFlight
-    ) -> Any:
-        assert call.method is not None
-        uri = _name(params, "uri", call.method)
-        call.resource_uri = uri
-        mux, backend = self._mux(ctx)
-        sid, original = mux.owner_of_uri(uri)
-        call.service_id = sid
-        result = await self._forward(
-            ctx, mux, backend, entry, call, sid, call.method, {**params, "uri": original}
-        )
-        return mux.present_content(sid, result)
-
-    async def _complete(self, ctx: Context, params: JsonObj, call: Call, entry: InFlight) -> Any:
-        ref = params.get("ref")
-        argument = params.get("argument")
-        if not isinstance(ref, dict) or not isinstance(argument, dict):
-            raise RpcError(
-                rpc.INVALID_PARAMS, "completion/complete needs params.ref and params.argument"
-            )
-        kind = ref.get("type")
-        call.completion_ref_type = kind if isinstance(kind, str) else None
-        arg_name = argument.get("name")
-        call.completion_argument = arg_name if isinstance(arg_name, str) else None
-        mux, backend = self._mux(ctx)
-        if kind == "ref/prompt":
-            name = _name(ref, "name", "completion/complete ref")
-            call.prompt_name = name
-            owner = await mux.resolve("prompts", name)
-            if owner is None:
-                raise RpcError(rpc.INVALID_PARAMS, f'unknown prompt "{name}"')
-            sid, original = owner
-            new_ref = {**ref, "name": original}
-        elif kind == "ref/resource":
-            uri = _name(ref, "uri", "completion/complete ref")
-            call.resource_uri = uri
-            sid, original = mux.owner_of_uri(uri)
-            new_ref = {**ref, "uri": original}
-        else:
-            raise RpcError(rpc.INVALID_PARAMS, f"unknown completion ref type {kind!r}")
-        call.service_id = sid
-        return await self._forward(
-            ctx, mux, backend, entry, call, sid, "completion/complete", {**params, "ref": new_ref}
-        )
-
-    async def _set_level(self, ctx: Context, params: JsonObj, call: Call, entry: InFlight) -> Any:
-        mux, backend = self._mux(ctx)
-
-        async def one(sid: str) -> None:
-            try:
-                if "logging" in await backend.capabilities(sid):
-                    await backend.request(sid, "logging/setLevel", upstream_params(params))
-            except (UpstreamError, RpcError) as exc:
-                backend.failed(sid, "logging/setLevel", exc.message)
-
-        await asyncio.gather(*(one(sid) for sid in mux.services))
-        return {}
-
-    # ---------------------------------------------------------------------- the upstream call
-
-    async def _forward(
-        self,
-        ctx: Context,
-        mux: Multiplexer,
-        backend: SessionBackend,
-        entry: InFlight,
-        call: Call,
-        sid: str,
-        method: str,
-        params: JsonObj,
-    ) -> Any:
-        since = time.perf_counter_ns()
-        try:
-            upstream = await backend.get(sid)
-        except UpstreamError as exc:
-            call.error_type = "upstream_failed"
-            raise RpcError(
-                rpc.UPSTREAM_FAILED, f"mcp service {sid} failed: {exc.message}"
-            ) from None
-        finally:
-            call.waited(since)
-        meta = params.get("_meta")
-        logs = ctx.session.era != "modern" or (isinstance(meta, dict) and META_LOG_LEVEL in meta)
-        on_message = self._call_listener(ctx, mux, upstream, entry, logs)
-        since = time.perf_counter_ns()
-        try:
-            return await upstream.request(method, upstream_params(params), on_message=on_message)
-        except UpstreamError as exc:
-            call.error_type = "upstream_failed"
-            raise RpcError(
-                rpc.UPSTREAM_FAILED, f"mcp service {sid} failed: {exc.message}"
-            ) from None
-        except RpcError:
-            call.error_type = "upstream_error"
-            raise
-        finally:
-            call.waited(since)
-
-    def _call_listener(
-        self, ctx: Context, mux: Multiplexer, upstream: Upstream, entry: InFlight, logs: bool
-    ) -> Callable[[JsonObj], Awaitable[None]]:
-        sid = upstream.service.id
-        counters = self.runtime.counters
-
-        async def on_message(msg: JsonObj) -> None:
-            try:
-                own = msg.get("method") == "notifications/progress" or (
-                    upstream.transport != "stdio" or upstream.serves_only(ctx.session.tenant)
-                )
-                if rpc.is_request(msg):
-                    if not own:  # a shared process: whose request this is, nobody can tell
-                        counters.unattributed += 1
-                        await self._refuse(upstream, msg, "the stdio server is shared")
-                        return
-                    await self._relay(
-                        ctx.session, upstream, msg, ctx.exchange.can_deliver(), ctx.exchange.emit
-                    )
-                    return
-                if not rpc.is_notification(msg):
-                    return
-                if not own:
-                    counters.unattributed += 1
-                    return
-                method = msg["method"]
-                params = msg.get("params")
-                params = params if isinstance(params, dict) else {}
-                if method == "notifications/progress":
-                    if entry.progress_token is None:
-                        return  # the client asked for none
-                    self.runtime.registry.record_progress(entry, params, method)
-                elif method == "notifications/message" and not logs:
-                    return  # a 2026-07-28 client opts in per request
-                elif method in LIST_CHANGED:
-                    self.runtime.invalidate_names(sid, LIST_CHANGED[method])
-                elif method == "notifications/resources/updated" and isinstance(
-                    params.get("uri"), str
-                ):
-                    msg = {**msg, "params": {**params, "uri": mux.present_uri(sid, params["uri"])}}
-                if not ctx.exchange.can_deliver():
-                    counters.undeliverable += 1
-                elif not ctx.session.relay_budget.take():
-                    counters.rate_limited += 1
-                elif await ctx.exchange.emit(msg):
-                    counters.relayed += 1
-                else:
-                    counters.undeliverable += 1
-            except Exception:
-                log.exception("mcp_upstream_message_failed", extra={"service_id": sid})
-
-        return on_message
-
-    async def _relay(
-        self,
-        session: DownstreamSession | None,
-        upstream: Upstream,
-        msg: JsonObj,
-        deliverable: bool,
-        emit: Callable[[JsonObj], Awaitable[bool]] | None,
-    ) -> None:
-        """A server->client request: to the client, or answered here with an error."""
-        method = msg["method"]
-        try:
-            if method == "ping":
-                await upstream.reply(msg["id"], result={})
-                return
-            if session is None or not session.supports(method):
-                await upstream.reply(
-                    msg["id"],
-                    error={
-                        "code": rpc.METHOD_NOT_FOUND,
-                        "message": f"client does not support {method}",
-                    },
-                )
-                return
-            if deliverable and not session.relay_budget.take():
-                self.runtime.counters.rate_limited += 1
-                await self._refuse(upstream, msg, "too many messages for the client")
-                return
-            gateway_id = self.runtime.next_relay_id()
-            delivered = False
-            if deliverable:
-                session.add_relay(gateway_id, Relay(upstream, msg["id"], method))
-                out = {**msg, "id": gateway_id}
-                delivered = await emit(out) if emit is not None else session.push(out)
-            if delivered:
-                self.runtime.counters.relayed += 1
+            if refusal is not None:
+                if req.method == "POST":
+                    with contextlib.suppress(PayloadTooLarge, ClientGone):
+                        call.method, call.request_id = peek(await req.read_body(BODY_LIMIT))
+                raise refusal
+            path, method = req.path, req.method
+            ingress = self.ingress
+            if path == "/sse":
+                if method != "GET":
+                    raise not_allowed("GET")
+                record = False
+                await ingress.legacy_stream(req, call)
+            elif path.startswith("/message"):
+                if method != "POST":
+                    raise not_allowed("POST")
+                ex = await ingress.legacy_post(req, call)
+                record = False
+                await req.respond(202, b"Accepted", b"text/plain")
+                ex.session.own_task(asyncio.create_task(self._legacy(ex, call)))
+            elif method == "POST":
+                ex = await ingress.post(req, call)
+                record = False
+                for done in await self._answer(ex, call):
+                    self.record(req, done)
+            elif method == "GET":
+                record = False
+                await ingress.get(req)
+            elif method == "DELETE":
+                record = False
+                await ingress.delete(req)
             else:
-                self.runtime.counters.undeliverable += 1
-                session.relays.pop(gateway_id, None)
-                await upstream.reply(
-                    msg["id"],
-                    error={
-                        "code": rpc.INTERNAL_ERROR,
-                        "message": f"no stream to the client is open to relay {method}",
-                    },
+                raise not_allowed("GET, POST, DELETE")
+        except Refusal as exc:
+            record = True
+            cause = exc.__cause__
+            call.fail(cause if isinstance(cause, RpcError) else _invalid(exc), exc.code)
+            call.status_code = exc.status
+            if not req.started:
+                await self.render(req, exc, call.msg_id)
+        except ClientGone:
+            record = False  # the client left before its request was read: nothing ran
+        except Exception:
+            log.exception("mcp_request_failed", extra={"route_id": req.route.id})
+            call, record = Call(), True
+            call.fail(RpcError(rpc.INTERNAL_ERROR, INTERNAL), "internal_error")
+            call.status_code = 500
+            if not req.started:
+                await req.respond(
+                    500, encode(rpc.error(None, RpcError(rpc.INTERNAL_ERROR, INTERNAL)))
                 )
-        except UpstreamError as exc:
-            log.warning("mcp_relay_failed", extra={"method": method, "error": exc.message})
+        if record:
+            self.record(req, call)
 
     @staticmethod
-    async def _refuse(upstream: Upstream, msg: JsonObj, why: str) -> None:
-        """Answer a server->client request the gateway will not relay."""
+    async def render(req: Request, refusal: Refusal, msg_id: RequestId | None = None) -> None:
+        """A refusal as MCP answers it: its status, a JSON-RPC error (the refusal's cause when
+        that is one, else -32600 with its message), and ``WWW-Authenticate: Bearer`` on 401."""
+        cause = refusal.__cause__
+        error = cause if isinstance(cause, RpcError) else _invalid(refusal)
+        headers = refusal.answer_headers()
+        if refusal.status == 401:
+            headers = [(b"www-authenticate", b"Bearer"), *headers]
+        await req.respond(
+            refusal.status,
+            encode(rpc.error(msg_id, error)),
+            headers=headers + req.close_if_unread(),
+        )
+
+    # ------------------------------------------------------------------------------ answers
+
+    async def _answer(self, ex: Exchange, first: Call) -> list[Call]:
+        """Run an exchange's messages and send its answer; the usage rows of its requests
+        (``first`` is the first one's)."""
+        req, session = ex.req, ex.session
+        messages = ex.messages
+        if ex.opens:
+            return [await self._initialize(ex, messages[0], first)]
+        session.touch()
+        if len(messages) == 1 and rpc.is_request(messages[0]):  # most POSTs: one request
+            first.session = None if session.modern else session.short
+            if not ex.legacy:
+                ex.watch()
+            try:
+                answer = await ex.call(messages[0], first)
+            finally:
+                ex.unwatch()
+            if answer is not None:
+                await ex.finish([answer], batch=False, cancelled=[])
+            else:
+                await ex.finish([], batch=False, cancelled=[_client_cancelled(messages[0])])
+            first.status_code = self._status(ex)
+            return [first]
+        for msg in messages:
+            if rpc.is_response(msg):
+                await self.relay.response(ex, msg)
+            elif rpc.is_notification(msg):
+                await self.relay.notification(ex, msg)
+        requests = [m for m in messages if rpc.is_request(m)]
+        if not requests:
+            if not ex.legacy:
+                await req.respond(202, b"")
+            return []
+        handle = None if session.modern else session.short
+        first.session = handle
+        calls = [first, *(Call(session=handle) for _ in requests[1:])]
+        if not ex.legacy:
+            ex.watch()
         try:
-            await upstream.reply(
-                msg["id"],
-                error={
-                    "code": rpc.INTERNAL_ERROR,
-                    "message": f"cannot relay {msg['method']}: {why}",
-                },
-            )
-        except UpstreamError as exc:
-            log.warning("mcp_relay_failed", extra={"method": msg["method"], "error": exc.message})
+            answers = await ex.call_all(requests, calls)
+        finally:
+            ex.unwatch()
+        responses = [a for a in answers if a is not None]
+        cancelled = [
+            _client_cancelled(m) for m, a in zip(requests, answers, strict=True) if a is None
+        ]
+        await ex.finish(responses, batch=ex.batch, cancelled=cancelled)
+        status = self._status(ex)
+        for call in calls:
+            call.status_code = status
+        return calls
 
-    def _push(self, session: DownstreamSession, msg: JsonObj) -> None:
-        """Onto a session's standalone stream, within its relay budget (counted)."""
-        counters = self.runtime.counters
-        if session.stream is None:
-            counters.undeliverable += 1
-        elif not session.relay_budget.take():
-            counters.rate_limited += 1
-        elif session.push(msg):
-            counters.relayed += 1
+    @staticmethod
+    def _status(ex: Exchange) -> int:
+        if ex.gone:  # as the LLM plane records a client that left mid-answer
+            return 499
+        return 202 if ex.legacy else (ex.req.status or 200)
 
-    # ------------------------------------------------------------------- client -> gateway
+    async def _initialize(self, ex: Exchange, msg: JsonObj, call: Call) -> Call:
+        session = ex.session
+        call.session = session.short
+        response = await ex.call(msg, call)
+        if response is not None and "result" in response:
+            headers = [(b"mcp-session-id", session.key.encode())]
+        else:
+            headers = []
+            await self.state.end_session(session)
+        await ex.finish([response] if response else [], batch=False, cancelled=[], headers=headers)
+        call.status_code = ex.req.status
+        return call
 
-    async def notification(self, ctx: Context, msg: JsonObj) -> None:
-        method = msg["method"]
-        params = msg.get("params")
-        params = params if isinstance(params, dict) else {}
-        session = ctx.session
-        if method == "notifications/cancelled":
-            rid = params.get("requestId")
-            entry = session.inflight.get(str(rid)) if rpc.valid_id(rid) else None
-            if entry is not None:
-                reason = params.get("reason")
-                entry.cancel(
-                    "client cancelled" + (f": {reason}" if isinstance(reason, str) else "")
-                )
-        elif method == "notifications/roots/list_changed":
-            await asyncio.gather(
-                *(u.notify(method) for u in list(session.upstreams.values())),
-                return_exceptions=True,
-            )
-
-    async def response(self, ctx: Context, msg: JsonObj) -> None:
-        rid = msg.get("id")
-        relay = ctx.session.relays.pop(rid, None) if isinstance(rid, str) else None
-        if relay is None:
-            log.info("mcp_unmatched_client_response", extra={"route_id": ctx.req.route.id})
-            return
-        error = msg.get("error")
+    async def _legacy(self, ex: Exchange, first: Call) -> None:
+        """A legacy message POST, after its 202: the answers go to the session's stream."""
         try:
-            await relay.upstream.reply(
-                relay.upstream_id,
-                result=msg.get("result") if error is None else None,
-                error=error if isinstance(error, dict) else None,
-            )
-        except UpstreamError as exc:
-            log.warning("mcp_relay_failed", extra={"method": relay.method, "error": exc.message})
-
-    # ---------------------------------------------------------- upstream -> gateway, no call
-
-    async def upstream_message(
-        self, session: DownstreamSession | None, upstream: Upstream, msg: JsonObj
-    ) -> None:
-        """A message outside any call: of a session's own upstream (``session``), or of a shared
-        stdio process or an admin session (``session`` None)."""
-        sid = upstream.service.id
-        shared = session is None and upstream.transport == "stdio"
-        if shared and not self.runtime.outside_budget(sid).take():
-            self.runtime.counters.rate_limited += 1  # before any search for its sessions
-            if rpc.is_request(msg):
-                await self._refuse(upstream, msg, "too many messages outside calls")
-            return
-        # a shared process's own messages go to its one tenant's sessions, when it has one
-        owners = self.runtime.tenant_sessions(upstream) if shared else []
-        if session is not None:
-            owners = [session]
-        if rpc.is_request(msg):
-            if not owners and msg.get("method") != "ping":
-                self.runtime.counters.unattributed += 1
-            streaming = [s for s in owners if s.stream is not None]
-            target = max(streaming or owners, key=lambda s: s.last_used_at_ms, default=None)
-            deliverable = target is not None and target.stream is not None
-            await self._relay(target, upstream, msg, deliverable, None)
-            return
-        if not rpc.is_notification(msg):
-            return
-        method = msg["method"]
-        kind = LIST_CHANGED.get(method)
-        if kind is not None:
-            self.runtime.invalidate_names(sid, kind)
-            if shared:  # about the server: every session that may see it
-                owners = self.runtime.sessions_using(sid)
-        if not owners:
-            self.runtime.counters.unattributed += 1
-            return
-        params = msg.get("params")
-        for owner in owners:
-            out = msg
-            if method == "notifications/resources/updated" and isinstance(params, dict):
-                route = self._route(owner.route_id)
-                uri = params.get("uri")
-                if route is not None and len(route.services) > 1 and isinstance(uri, str):
-                    out = {**msg, "params": {**params, "uri": namespace_uri(sid, uri)}}
-            self._push(owner, out)
-
-    def _route(self, route_id: str) -> McpRoute | None:
-        manager = self.runtime.manager
-        if manager is None:
-            return None
-        for route in manager.snapshot.routes:
-            if route.id == route_id and route.kind == "mcp":
-                config: McpRoute = route.config
-                return config
-        return None
+            for call in await self._answer(ex, first):
+                self.record(ex.req, call)
+        except Exception:
+            log.exception("mcp_request_failed", extra={"route_id": ex.req.route.id})
 
     # -------------------------------------------------------------------------------- usage
 
@@ -629,21 +217,12 @@ class McpServer:
         if self.recorder is None:
             return
         status = call.status_code or req.status or 500
-        session_id, acp_session_id = attribute(req.headers, self.directory)
+        head = req.usage_head(call.started_ms, status, call.error_type)
+        if not head["session_id"]:  # the dispatcher's attribution first, then the request's
+            head["session_id"] = call.agent_session
         self.recorder.emit(
             McpUsageEvent(
-                trace_id=req.trace.trace_id,
-                span_id=req.trace.span_id,
-                parent_span_id=req.trace.parent_span_id,
-                agent_depth=req.trace.depth,
-                started_at=call.started_ms,
-                finished_at=now_ms(),
-                route_id=req.route.id,
-                route_protocol=req.route.protocol,
-                virtual_key_id=req.virtual_key_id,
-                success=status < 400 and call.error_type is None,
-                status_code=status,
-                error_type=call.error_type,
+                **head,
                 request_id=call.request_id,
                 service_id=call.service_id,
                 method=call.method,
@@ -660,34 +239,16 @@ class McpServer:
                 cancelled=call.cancelled,
                 tool_args_json=call.tool_args,
                 mcp_session_id=call.session,
-                session_id=session_id or call.agent_session,
-                acp_session_id=acp_session_id,
-                agent_id=req.route.agent_id,
-                http_method=req.method,
-                http_path=req.scope["path"],
+                acp_session_id=req.acp_session_id,
                 overhead_ms=call.overhead_ms(),
             )
         )
 
 
-class McpPlane:
-    """The data plane's handler of ``mcp`` routes."""
+def _invalid(refusal: Refusal) -> RpcError:
+    """The JSON-RPC error of a refusal that names none (the dispatcher's)."""
+    return RpcError(rpc.INVALID_REQUEST, refusal.message)
 
-    edge_always = True  # a browser may hold an MCP session
 
-    def __init__(
-        self,
-        recorder: UsageRecorder | None,
-        runtime: McpRuntime,
-        directory: SessionDirectory | None = None,
-    ) -> None:
-        self.runtime = runtime
-        self.server = McpServer(runtime, recorder, directory)
-        self.ingress = Ingress(runtime, self.server)
-        runtime.bind(self.server.upstream_message)
-
-    async def handle(self, req: Request, rejection: Refusal | None) -> None:
-        await self.ingress.handle(req, rejection)
-
-    async def close(self) -> None:
-        await self.runtime.close()
+def _client_cancelled(msg: JsonObj) -> JsonObj:
+    return rpc.error(msg["id"], RpcError(rpc.REQUEST_CANCELLED, "request cancelled"))

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import orjson
 
+from agw.clock import now_ms
 from agw.usage.events import TEXT_LIMIT, TEXT_LIMITS, LlmUsageEvent, McpUsageEvent, UsageEvent, clip
 from agw.usage.taxonomy import error_class
 
@@ -50,7 +51,8 @@ _second: list[object] = [None, ""]  # the last second formatted, and its text
 
 
 def _time(ms: int) -> str:
-    """RFC 3339 UTC with milliseconds; the date and time of a second are formatted once."""
+    """:func:`agw.clock.rfc3339_ms`'s text, with the date and time of a second formatted once
+    (this runs per request; the general formatter builds a datetime each time)."""
     second = ms // 1000
     if _second[0] != second:
         _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
@@ -134,7 +136,7 @@ class AccessLog:
 
     def unmatched(self, method: str, path: str, status: int, trace_id: str | None = None) -> None:
         """A request no route matched (answered 404 by the dispatcher)."""
-        line: dict[str, object] = {"time": _time(time.time_ns() // 1_000_000)}
+        line: dict[str, object] = {"time": _time(now_ms())}
         if trace_id is not None:
             line["trace_id"] = trace_id
         line |= {

@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Literal
 
 from agw.ids import new_event_id as new_event_id
 from agw.ids import new_span_id
+from agw.store import usage_sql
 
 PAYLOAD_LIMIT_BYTES = 4096
 
@@ -226,10 +227,9 @@ class UsageEvent:
 
     @classmethod
     def insert_sql(cls) -> str:
-        """``INSERT INTO <table> (<columns>) VALUES (?, ...)`` for :meth:`row` values."""
-        names = cls.columns()
-        marks = ", ".join("?" for _ in names)
-        return f"INSERT INTO {cls.table} ({', '.join(names)}) VALUES ({marks})"
+        """The store's one-row ``INSERT`` for :meth:`row` values (the recorder inserts in
+        chunks, :func:`agw.store.usage_repo.insert`; tests seed a store with this)."""
+        return usage_sql.insert(cls.table, cls.columns())
 
     def row(self) -> tuple[object, ...]:
         """The column values in :meth:`columns` order, converted for SQLite (booleans bind as

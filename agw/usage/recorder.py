@@ -1,13 +1,14 @@
-"""The usage pipeline: handlers emit events, one owned writer task batches them into SQLite.
+"""The usage pipeline: handlers emit events, one owned writer task batches them into the store.
 
 ``emit`` is for the event loop's thread and costs a queue put: it never waits and never raises.
 A full queue (or a closed recorder) drops the event and counts it in ``dropped_events``. The
 writer takes up to ``batch_size`` events (waiting ``flush_interval`` for a batch to fill when the
 queue runs dry), bounds each (:meth:`UsageEvent.bound`: what a client sent can no longer make a
-row fail), groups them by table and inserts each table's rows with one multi-row ``INSERT``,
-all in one call on the store's thread (:meth:`Database.write`): each statement is its own
-transaction, checked against the store's files just before it, so a store changed under agwd
-is noticed before SQLite touches it.
+row fail), groups them by table and hands them to the store (:func:`agw.store.usage_repo.insert`),
+which inserts each table's rows with one multi-row ``INSERT`` per chunk, all in one call on the
+store's thread (:meth:`Database.write`): each statement is its own transaction, checked against
+the store's files just before it, so a store changed under agwd is noticed before SQLite
+touches it.
 
 One row can still fail (a store's trigger or constraint, an encoding nobody foresaw): when a
 chunk fails for a row's sake the writer inserts its rows one by one, writes every good row and
@@ -33,35 +34,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 
-from agw.errors import StoreUnavailable
-from agw.store.db import Database, Statements
+from agw.store import usage_repo
+from agw.store.db import Database
+from agw.store.usage_repo import TableRows
 from agw.usage.events import UsageEvent
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[UsageEvent], None]
-Rows = dict[type[UsageEvent], list[tuple[UsageEvent, tuple[object, ...]]]]
 
 LOG_INTERVAL_S = 10.0
-# What one row can make a statement raise: a constraint or trigger (IntegrityError), a value
-# SQLite refuses (DataError: too big), a value sqlite3 cannot bind (InterfaceError, OverflowError,
-# UnicodeEncodeError, a ValueError). Anything else is the store's and fails the whole batch.
-_ROW_ERRORS = (
-    sqlite3.IntegrityError,
-    sqlite3.DataError,
-    sqlite3.InterfaceError,
-    sqlite3.ProgrammingError,
-    OverflowError,
-    ValueError,
-    TypeError,
-)
 
 
 class _Throttle:
@@ -246,7 +232,7 @@ class UsageRecorder:
         return batch
 
     async def _write(self, batch: list[UsageEvent]) -> None:
-        grouped: Rows = {}
+        grouped: dict[type[UsageEvent], TableRows] = {}
         encoded: list[UsageEvent] = []  # batch order, which the listeners see
         for event in batch:
             try:
@@ -254,13 +240,17 @@ class UsageRecorder:
             except Exception as exc:  # an unencodable payload loses its own event only
                 self._rejected_rows(1, exc)
                 continue
-            grouped.setdefault(type(event), []).append((event, row))
+            cls = type(event)
+            rows = grouped.get(cls)
+            if rows is None:
+                rows = grouped[cls] = TableRows(cls.table, cls.columns())
+            rows.rows.append((id(event), row))
             encoded.append(event)
         if not encoded:
             self._in_flight = 0
             return
         try:
-            outcome = await self._db.write(functools.partial(_insert, grouped))
+            outcome = await usage_repo.insert(self._db, list(grouped.values()))
         except Exception as exc:  # the store refused before the first statement
             self._lost(len(encoded), exc)
             return
@@ -293,7 +283,7 @@ class UsageRecorder:
                     "events": count,
                     "written": written,
                     "error": type(exc).__name__,
-                    "detail": _detail(exc),
+                    "detail": usage_repo.error_detail(exc),
                     "suppressed": self._rejected_log.take(),
                 },
             )
@@ -307,90 +297,7 @@ class UsageRecorder:
                 extra={
                     "events": count,
                     "error": type(exc).__name__,
-                    "detail": _detail(exc),
+                    "detail": usage_repo.error_detail(exc),
                     "suppressed": self._failed_log.take(),
                 },
             )
-
-
-@dataclass
-class _Outcome:
-    written: set[int] = field(default_factory=set)  # id() of the events written
-    rejected: set[int] = field(default_factory=set)  # id() of the events whose row failed
-    rejected_by: Exception | None = None  # the last row's error
-    failed_by: Exception | None = None  # the error that stopped the writing, if one did
-
-
-def _insert(grouped: Rows, statements: Statements) -> _Outcome:
-    """Insert a batch: per table, one multi-row ``INSERT`` of its rows (one statement, its own
-    transaction: see :meth:`Database.write`; fewer statements, fewer chances for a change to the
-    store's files to land while SQLite runs one). A chunk that fails
-    for one of its rows is inserted again row by row, leaving out the rows that fail. An error
-    of the store stops the writing; what was written before it stays written."""
-    out = _Outcome()
-    try:
-        for cls, pairs in grouped.items():
-            for chunk in _chunks(pairs, statements.max_params() // len(cls.columns())):
-                try:
-                    statements.execute(
-                        _insert_sql(cls, len(chunk)), [v for _, row in chunk for v in row]
-                    )
-                except _ROW_ERRORS:
-                    _insert_each(cls, chunk, statements, out)
-                else:
-                    out.written.update(id(event) for event, _ in chunk)
-    except Exception as exc:
-        out.failed_by = exc
-    return out
-
-
-def _insert_each(
-    cls: type[UsageEvent],
-    chunk: list[tuple[UsageEvent, tuple[object, ...]]],
-    statements: Statements,
-    out: _Outcome,
-) -> None:
-    sql = cls.insert_sql()
-    for event, row in chunk:
-        try:
-            statements.execute(sql, row)
-        except _ROW_ERRORS as exc:
-            out.rejected.add(id(event))
-            out.rejected_by = exc
-        else:
-            out.written.add(id(event))
-
-
-# The row counts a multi-row INSERT is built for. SQLite's statement cache keeps one prepared
-# statement per SQL text, so a text per row count (1..256) held up to 128 large statements: about
-# 22 MiB more peak memory under load (scripts/bench). Four shapes per table keep the cache small.
-CHUNK_ROWS = (64, 16, 4, 1)
-
-
-def _chunks(
-    pairs: list[tuple[UsageEvent, tuple[object, ...]]], most: int
-) -> Iterator[list[tuple[UsageEvent, tuple[object, ...]]]]:
-    """``pairs`` in chunks of the ``CHUNK_ROWS`` sizes, largest first, none over ``most`` rows
-    (a SQLite built with a low limit on ``?`` per statement)."""
-    start = 0
-    for rows in CHUNK_ROWS:
-        size = max(1, min(rows, most))
-        while len(pairs) - start >= size:
-            yield pairs[start : start + size]
-            start += size
-
-
-def _insert_sql(cls: type[UsageEvent], rows: int) -> str:
-    """``INSERT INTO <table> (<columns>) VALUES (?, ...), ...`` for ``rows`` rows (one of
-    ``CHUNK_ROWS``)."""
-    one = "(" + ", ".join("?" * len(cls.columns())) + ")"
-    return cls.insert_sql().partition(" VALUES ")[0] + " VALUES " + ", ".join([one] * rows)
-
-
-def _detail(exc: Exception) -> str:
-    """The error's message where it names no value: SQLite's name tables and constraints (a
-    trigger's, what the store's owner wrote), ours say why the store is unavailable. Others (a
-    value sqlite3 cannot bind) are named by type only."""
-    if isinstance(exc, sqlite3.Error | StoreUnavailable):
-        return str(exc)[:200]
-    return ""

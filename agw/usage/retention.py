@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from agw.clock import now_ms as current_ms
+from agw.store import usage_repo
 from agw.store.db import Database
 from agw.usage.events import USAGE_TABLES
 
@@ -23,13 +24,7 @@ async def purge_older_than(db: Database, days: int, now_ms: int | None = None) -
     if days < 0:
         raise ValueError("days must not be negative")
     cutoff = (current_ms() if now_ms is None else now_ms) - days * DAY_MS
-    deleted = 0
-    async with db.transaction() as conn:
-        for table in USAGE_TABLES:
-            cursor = await conn.execute(f"DELETE FROM {table} WHERE started_at < ?", (cutoff,))
-            deleted += max(0, cursor.rowcount)
-            await cursor.close()
-    return deleted
+    return await usage_repo.delete_before(db, USAGE_TABLES, cutoff)
 
 
 class RetentionJanitor:

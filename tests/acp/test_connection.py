@@ -11,14 +11,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agw.acp.connection import (
-    LINE_LIMIT,
-    AcpConnection,
-    AcpError,
-    AgentExited,
-    AgentRpcError,
-    normalize_permission,
-)
+from agw.acp.agent_requests import normalize_permission
+from agw.acp.connection import AcpConnection, AcpError, AgentExited, AgentRpcError
+from agw.procgroup import LINE_LIMIT
 from agw.types import JsonObj
 from tests.support.acp import FakeAgentHandle, group_gone, group_members
 

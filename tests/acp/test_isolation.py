@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.acp.test_turns import AcpGateway, TurnResult, make_agent, read_events
+from tests.support.acp import AcpGateway, TurnResult, make_agent, read_events
 from tests.support.agwd import AgwdLauncher
 
 KEYED, OPEN = "/k", "/open"

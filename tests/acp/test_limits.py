@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.acp.test_turns import (
+from tests.support.acp import (
     AcpGateway,
     agent_pids,
     make_agent,

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.acp.test_turns import AcpGateway
 from tests.fakes.run import start_fake_upstream
-from tests.support.acp import FakeAgentHandle
+from tests.support.acp import AcpGateway, FakeAgentHandle
 from tests.support.agwd import AgwdLauncher, usage_rows
 from tests.support.mcp_server import run_mcp_server
 

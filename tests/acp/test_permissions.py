@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.acp.test_turns import AcpGateway, SseEvent, make_agent, read_events, start_acp_gateway
+from tests.support.acp import AcpGateway, SseEvent, make_agent, read_events, start_acp_gateway
 from tests.support.agwd import AgwdLauncher
 
 TIMEOUT_S = 3.0  # AGW_ACP_PERMISSION_TIMEOUT_S of this module's gateway

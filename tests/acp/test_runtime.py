@@ -1,6 +1,6 @@
-"""agw.acp.runtime: the pool of agents (scopes, reuse, rebind, capacity, reaping, closing, config
-swaps, process shapes and the single-origin injection), against the fake SDK agent as real
-processes."""
+"""agw.acp.pool and agw.acp.runtime: the pool of agents (scopes, reuse, rebind, capacity,
+reaping, closing, config swaps, process shapes and the single-origin injection), against the
+fake SDK agent as real processes."""
 
 from __future__ import annotations
 
@@ -15,14 +15,8 @@ from typing import Any, TypeVar
 import pytest
 
 from agw.acp.connection import AcpError, AgentExited
-from agw.acp.runtime import (
-    BUSY,
-    METADATA_KINDS,
-    SCOPE_SEP,
-    AcpRuntime,
-    Instance,
-    TurnRequest,
-)
+from agw.acp.pool import BUSY, METADATA_KINDS, SCOPE_SEP, Instance, TurnRequest
+from agw.acp.runtime import AcpRuntime, apply_overrides
 from agw.config import families as f
 from agw.config.acp import AcpService
 from agw.config.loader import load_bundle_text
@@ -74,7 +68,7 @@ async def turn(
         instance = lease.instance
         assert instance.active
         if overrides:
-            await runtime.apply_overrides(instance, overrides)
+            await apply_overrides(instance, overrides)
         updates: list[JsonObj] = []
 
         async def collect(params: JsonObj) -> None:

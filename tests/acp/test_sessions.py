@@ -8,8 +8,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.acp.test_turns import AcpGateway, agent_pids, make_agent, start_acp_gateway
-from tests.support.acp import FakeAgentHandle
+from tests.support.acp import AcpGateway, FakeAgentHandle, agent_pids, make_agent, start_acp_gateway
 from tests.support.agwd import AgwdLauncher
 
 

@@ -7,195 +7,27 @@ shared by tests/acp/test_permissions.py and tests/acp/test_sessions.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import sqlite3
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.acp import FakeAgentHandle, group_members, wait_group_gone
-from tests.support.agwd import Agwd, AgwdLauncher
-
-WAIT_S = 10.0
-HTTP_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
-
-
-# ------------------------------------------------------------------------------------ helpers
-
-
-@dataclass
-class SseEvent:
-    name: str
-    data: dict[str, Any]
-
-
-def read_events(response: httpx.Response) -> Iterator[SseEvent]:
-    """The SSE events of a streaming response, as they arrive."""
-    name, data = "", list[str]()
-    for line in response.iter_lines():
-        if line == "":
-            if name or data:
-                yield SseEvent(name or "message", json.loads("\n".join(data)) if data else {})
-            name, data = "", []
-        elif line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].lstrip())
-
-
-@dataclass
-class TurnResult:
-    status: int
-    headers: httpx.Headers
-    events: list[SseEvent]
-
-    @property
-    def names(self) -> list[str]:
-        return [e.name for e in self.events]
-
-    @property
-    def text(self) -> str:
-        return "".join(e.data.get("text", "") for e in self.events if e.name == "delta")
-
-    @property
-    def session_id(self) -> str:
-        for e in self.events:
-            if e.name == "session":
-                return str(e.data["session_id"])
-        raise AssertionError(f"no session event in {self.names}")
-
-    def first(self, name: str) -> SseEvent:
-        for e in self.events:
-            if e.name == name:
-                return e
-        raise AssertionError(f"no {name} event in {self.names}")
-
-
-@dataclass
-class AcpGateway:
-    agwd: Agwd
-    agent: FakeAgentHandle
-
-    def url(self, path: str) -> str:
-        return self.agwd.data_url + path
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(timeout=HTTP_TIMEOUT, trust_env=False)
-
-    def turn(self, prefix: str, body: dict[str, Any] | bytes, **headers: str) -> TurnResult:
-        """One whole turn (or its pre-stream refusal: ``events`` empty, JSON in ``.error``)."""
-        with self.client() as client, self.open_turn(client, prefix, body, **headers) as r:
-            if r.headers.get("content-type", "").startswith("text/event-stream"):
-                return TurnResult(r.status_code, r.headers, list(read_events(r)))
-            r.read()
-            return TurnResult(r.status_code, r.headers, [SseEvent("http", r.json())])
-
-    @contextlib.contextmanager
-    def open_turn(
-        self, client: httpx.Client, prefix: str, body: dict[str, Any] | bytes, **headers: str
-    ) -> Iterator[httpx.Response]:
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        with client.stream(
-            "POST",
-            self.url(prefix + "/turn"),
-            content=content,
-            headers={"content-type": "application/json", **headers},
-        ) as r:
-            yield r
-
-    def rows(
-        self, where: str, args: tuple[Any, ...] = (), *, count: int = 1
-    ) -> list[dict[str, Any]]:
-        """``acp_usage_events`` rows matching ``where``, waiting (bounded) for ``count``."""
-        deadline = time.monotonic() + WAIT_S
-        rows: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            with contextlib.closing(sqlite3.connect(self.agwd.db_path)) as db:
-                db.row_factory = sqlite3.Row
-                found = db.execute(
-                    f"SELECT * FROM acp_usage_events WHERE {where} ORDER BY started_at", args
-                ).fetchall()
-            rows = [dict(r) for r in found]
-            if len(rows) >= count:
-                return rows
-            time.sleep(0.05)
-        return rows
-
-    def row(self, where: str, args: tuple[Any, ...] = ()) -> dict[str, Any]:
-        rows = self.rows(where, args)
-        assert len(rows) == 1, rows
-        return rows[0]
-
-
-def start_acp_gateway(
-    factory: AgwdLauncher,
-    tmp: Path,
-    agent: FakeAgentHandle,
-    services: list[dict[str, Any]],
-    routes: list[dict[str, Any]],
-    env: dict[str, str] | None = None,
-) -> AcpGateway:
-    """agwd with a static bundle of ``acpServices`` and ``acpRoutes`` (routes as ``{"prefix":
-    ..., "service_id": ..., **extra}``)."""
-    route_list = []
-    for route in routes:
-        extra = {k: v for k, v in route.items() if k != "prefix"}
-        route_list.append({"match_policy": {"path_prefix": route["prefix"]}, **extra})
-    bundle = {
-        "apiVersion": "gateway.agw/v1alpha1",
-        "kind": "GatewayBundle",
-        "acpServices": services,
-        "acpRoutes": route_list,
-    }
-    path = tmp / "bundle.yaml"
-    path.write_text(json.dumps(bundle, indent=1))  # JSON is YAML
-    return AcpGateway(factory.start(static=path, env=env), agent)
-
-
-def make_agent(tmp: Path) -> FakeAgentHandle:
-    state, work = tmp / "fake-acp-state", tmp / "work"
-    state.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    return FakeAgentHandle(state=state, workdir=work)
-
-
-def agent_pids(agent: FakeAgentHandle) -> list[int]:
-    """Live fake agent processes of this handle (found by their ``--state`` argument)."""
-    needle = str(agent.state).encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                argv = fh.read().split(b"\0")
-            with open(f"/proc/{entry}/stat") as fh:
-                state = fh.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and needle in argv and any(a.endswith(b"acp_agent.py") for a in argv):
-            found.append(int(entry))
-    return sorted(found)
-
-
-def wait_pids(agent: FakeAgentHandle, count: int, timeout: float = WAIT_S) -> list[int]:
-    deadline = time.monotonic() + timeout
-    pids = agent_pids(agent)
-    while len(pids) != count and time.monotonic() < deadline:
-        time.sleep(0.05)
-        pids = agent_pids(agent)
-    assert len(pids) == count, pids
-    return pids
-
-
-# ------------------------------------------------------------------------------------ fixture
+from tests.support.acp import (
+    WAIT_S,
+    AcpGateway,
+    SdkClient,
+    agent_pids,
+    group_members,
+    make_agent,
+    read_events,
+    start_acp_gateway,
+    wait_group_gone,
+    wait_pids,
+)
+from tests.support.agwd import AgwdLauncher
 
 
 @pytest.fixture(scope="module")
@@ -222,9 +54,6 @@ def gw(module_agwd_factory: AgwdLauncher, tmp_path_factory: pytest.TempPathFacto
         {"prefix": "/acp/ask", "service_id": "ask"},
     ]  # fmt: skip
     return start_acp_gateway(module_agwd_factory, tmp, agent, services, routes)
-
-
-# -------------------------------------------------------------------------------------- turns
 
 
 def test_turn_streams_sse_in_order_and_records_a_row(gw: AcpGateway) -> None:
@@ -328,9 +157,6 @@ def test_config_overrides_per_turn(gw: AcpGateway) -> None:
     assert row["status_code"] == 200 and row["error_type"] == "upstream_failed"
 
 
-# ------------------------------------------------------------------------------- pooling
-
-
 def test_reuse_by_thread_and_rebind_by_session(gw: AcpGateway) -> None:
     first = gw.turn("/acp/echo", {"thread_id": "t-reuse", "input": "one"})
     pids = agent_pids(gw.agent)
@@ -415,9 +241,6 @@ def test_disabled_service_and_cwd_outside_roots_are_sse_errors(gw: AcpGateway) -
     assert json.loads(sub.text)["cwd"] == str(gw.agent.workdir / "sub")
 
 
-# ----------------------------------------------------------------------- disconnect, crash
-
-
 def test_client_disconnect_cancels_the_prompt(gw: AcpGateway) -> None:
     with (
         gw.client() as client,
@@ -494,9 +317,6 @@ def test_gateway_shutdown_leaves_no_agent_process(
         wait_group_gone(pid)
 
 
-# -------------------------------------------------------------------- HTTP surface errors
-
-
 def test_pre_stream_errors(gw: AcpGateway) -> None:
     bad = gw.turn("/acp/echo", b"{not json")
     assert bad.status == 400 and bad.events[0].data["error"].startswith("decode request: ")
@@ -556,35 +376,6 @@ def test_rejections_answer_json_and_are_recorded(gw: AcpGateway) -> None:
     assert locked[0]["operation"] == "turn" and locked[0]["status_code"] == 401
     shut = gw.row("route_id = 'acp-shut'")
     assert shut["error_type"] == "route_disabled" and shut["operation"] == "sessions"
-
-
-# ------------------------------------------------------------- the draft HTTP transport (/acp)
-
-
-class SdkClient:
-    """An ACP client (the official SDK's) that answers permission requests with ``ok``."""
-
-    def __init__(self) -> None:
-        self.updates: list[Any] = []
-        self.asked: list[Any] = []
-
-    async def session_update(self, session_id: str, update: Any, **kw: Any) -> None:
-        self.updates.append(update)
-
-    async def request_permission(
-        self, options: Any, session_id: str, tool_call: Any, **kw: Any
-    ) -> Any:
-        from acp.schema import AllowedOutcome, RequestPermissionResponse
-
-        self.asked.append((session_id, [o.option_id for o in options]))
-        return RequestPermissionResponse(outcome=AllowedOutcome(outcome="selected", option_id="ok"))
-
-    def text(self) -> str:
-        out = ""
-        for update in self.updates:
-            if getattr(update, "session_update", "") == "agent_message_chunk":
-                out += getattr(update.content, "text", "")
-        return out
 
 
 def test_http_transport_with_the_sdk_client(gw: AcpGateway) -> None:

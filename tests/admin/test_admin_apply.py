@@ -21,7 +21,7 @@ from tests.support.admin import (
     store_bytes,
     uid,
 )
-from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.inproc import InprocGateway, InprocLauncher
 
 
 def full_bundle(u: str) -> dict[str, Any]:
@@ -125,12 +125,14 @@ def pairs(data: dict[str, Any], action: str) -> set[tuple[str, str]]:
 
 
 @pytest.fixture
-def client(agwd: Agwd) -> Iterator[httpx.Client]:
-    with agwd.client() as c:
+def client(inproc: InprocGateway) -> Iterator[httpx.Client]:
+    with inproc.client() as c:
         yield c
 
 
-def test_apply_creates_then_skips_and_writes_nothing(agwd: Agwd, client: httpx.Client) -> None:
+def test_apply_creates_then_skips_and_writes_nothing(
+    inproc: InprocGateway, client: httpx.Client
+) -> None:
     u = uid("ap")
     first = ok(apply(client, full_bundle(u)))
     assert first["dry_run"] is False and first["changed"] is True
@@ -146,14 +148,14 @@ def test_apply_creates_then_skips_and_writes_nothing(agwd: Agwd, client: httpx.C
     assert client.get(f"/admin/mcp/routes/mcp:{u}-mcp:{u}-mcp").status_code == 200
     assert client.get("/admin/cliauth/authenticators/codex").json()["enabled"] is True
     state = everything(client)
-    on_disk = store_bytes(agwd.db_path)
+    on_disk = store_bytes(inproc.db_path)
 
     second = ok(apply(client, full_bundle(u)))
     assert second["changed"] is False
     assert pairs(second, "skip") == want
     assert second["counts"]["skip"] == len(want) and second["counts"]["create"] == 0
     assert everything(client) == state  # updated_at and the VK key untouched
-    assert store_bytes(agwd.db_path) == on_disk
+    assert store_bytes(inproc.db_path) == on_disk
 
 
 def test_apply_updates_only_what_changed(client: httpx.Client) -> None:
@@ -175,20 +177,20 @@ def test_apply_updates_only_what_changed(client: httpx.Client) -> None:
     assert vk["disabled"] is True and vk["key"] == vk_key
 
 
-def test_dry_run_plans_but_writes_nothing(agwd: Agwd, client: httpx.Client) -> None:
+def test_dry_run_plans_but_writes_nothing(inproc: InprocGateway, client: httpx.Client) -> None:
     u = uid("dry")
-    state, on_disk = everything(client), store_bytes(agwd.db_path)
+    state, on_disk = everything(client), store_bytes(inproc.db_path)
     data = ok(apply(client, full_bundle(u), dry_run=True))
     assert data["dry_run"] is True and data["changed"] is True
     assert data["counts"]["create"] == len(EXPECTED_CREATES)
     assert everything(client) == state
-    assert store_bytes(agwd.db_path) == on_disk
+    assert store_bytes(inproc.db_path) == on_disk
     assert client.get("/admin/cliauth/authenticators/codex").json()["enabled"] is False
 
     ok(apply(client, full_bundle(u)))
     changed = full_bundle(u)
     changed["providers"][0]["default_model"] = "gpt-4.1"
-    state, on_disk = everything(client), store_bytes(agwd.db_path)
+    state, on_disk = everything(client), store_bytes(inproc.db_path)
     data = ok(
         apply(
             client, bundle(providers=changed["providers"], virtualKeys=[]), dry_run=True, prune=True
@@ -198,7 +200,7 @@ def test_dry_run_plans_but_writes_nothing(agwd: Agwd, client: httpx.Client) -> N
     assert pairs(data, "update") == {("provider", f"{u}-openai")}
     assert pairs(data, "delete") == {("virtual_key", f"{u}-vk")}
     assert everything(client) == state
-    assert store_bytes(agwd.db_path) == on_disk
+    assert store_bytes(inproc.db_path) == on_disk
 
 
 def test_prune_deletes_only_within_families_present(client: httpx.Client) -> None:
@@ -246,9 +248,9 @@ def test_prune_that_would_break_a_reference_is_refused(client: httpx.Client) -> 
     assert everything(client) == state
 
 
-def test_error_in_bundle_stores_nothing(agwd: Agwd, client: httpx.Client) -> None:
+def test_error_in_bundle_stores_nothing(inproc: InprocGateway, client: httpx.Client) -> None:
     u = uid("err")
-    state, on_disk = everything(client), store_bytes(agwd.db_path)
+    state, on_disk = everything(client), store_bytes(inproc.db_path)
     # the bundle has no providers key, so the dangling reference is found against the server
     good_and_bad = bundle(
         virtualKeys=[{"id": f"{u}-vk"}],
@@ -272,7 +274,7 @@ def test_error_in_bundle_stores_nothing(agwd: Agwd, client: httpx.Client) -> Non
     assert f"{u}-missing" in error["error"]
     assert "nothing was changed" in data["error"]
     assert everything(client) == state
-    assert store_bytes(agwd.db_path) == on_disk
+    assert store_bytes(inproc.db_path) == on_disk
     # and the same bundle with the provider applies
     good_and_bad["providers"] = [{"id": f"{u}-missing", "provider_type": "openai"}]
     ok(apply(client, good_and_bad))
@@ -311,7 +313,7 @@ def test_redacted_secret_with_nothing_stored_is_an_error_action(client: httpx.Cl
     assert everything(client) == state
 
 
-def test_export_redacts_and_round_trips(agwd: Agwd, client: httpx.Client) -> None:
+def test_export_redacts_and_round_trips(inproc: InprocGateway, client: httpx.Client) -> None:
     u = uid("ex")
     ok(apply(client, full_bundle(u)))
     exported = client.get("/admin/gateway/export")
@@ -346,17 +348,17 @@ def test_export_redacts_and_round_trips(agwd: Agwd, client: httpx.Client) -> Non
     assert f"sk-{u}-secret-key" in revealed.text
     assert f"Bearer {u}-hdr-token" in revealed.text and f"{u}-mcp-env-secret" in revealed.text
 
-    state, on_disk = everything(client), store_bytes(agwd.db_path)
+    state, on_disk = everything(client), store_bytes(inproc.db_path)
     for body in (data, revealed.json()):
         again = ok(apply(client, body, prune=True))
         assert again["changed"] is False
         assert again["counts"]["skip"] == len(again["actions"]) > 0
     assert everything(client) == state
-    assert store_bytes(agwd.db_path) == on_disk
+    assert store_bytes(inproc.db_path) == on_disk
 
 
-def test_export_applies_to_a_fresh_gateway(agwd_factory: AgwdLauncher) -> None:
-    source, target = agwd_factory.start(), agwd_factory.start()
+def test_export_applies_to_a_fresh_gateway(inproc_factory: InprocLauncher) -> None:
+    source, target = inproc_factory.start(), inproc_factory.start()
     u = uid("copy")
     with source.client() as a, target.client() as b:
         ok(apply(a, full_bundle(u)))

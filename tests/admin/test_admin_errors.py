@@ -16,28 +16,29 @@ from tests.support.admin import (
     problem_paths,
     uid,
 )
+from tests.support.inproc import InprocLauncher
 
 MAX_BODY = 16 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def seeded(admin: httpx.Client) -> dict[str, str]:
+def seeded(api: httpx.Client) -> dict[str, str]:
     """A few objects, so 'nothing changed' compares non-empty lists."""
-    pid = make_provider(admin, api_key="sk-seeded-000000")
-    return {"provider": pid, "mcp_service": make_mcp_service(admin)}
+    pid = make_provider(api, api_key="sk-seeded-000000")
+    return {"provider": pid, "mcp_service": make_mcp_service(api)}
 
 
 @pytest.fixture
-def unchanged(admin: httpx.Client, seeded: dict[str, str]) -> Iterator[None]:
+def unchanged(api: httpx.Client, seeded: dict[str, str]) -> Iterator[None]:
     """After the test: the server still answers, and every list is as it was before."""
-    before = everything(admin)
+    before = everything(api)
     yield
-    assert admin.get("/admin/health").json() == {"status": "ok"}
-    assert everything(admin) == before
+    assert api.get("/admin/health").json() == {"status": "ok"}
+    assert everything(api) == before
 
 
-def post_raw(admin: httpx.Client, path: str, content: bytes) -> httpx.Response:
-    return admin.post(path, content=content, headers={"Content-Type": "application/json"})
+def post_raw(api: httpx.Client, path: str, content: bytes) -> httpx.Response:
+    return api.post(path, content=content, headers={"Content-Type": "application/json"})
 
 
 # ---------------------------------------------------------------------------- bad JSON bodies
@@ -57,13 +58,13 @@ BAD_JSON = [
 @pytest.mark.usefixtures("unchanged")
 @pytest.mark.parametrize("path", ["/admin/llm/providers", "/admin/gateway/apply"])
 @pytest.mark.parametrize("content", BAD_JSON)
-def test_malformed_json_is_400_naming_json(admin: httpx.Client, path: str, content: bytes) -> None:
-    assert_error(post_raw(admin, path, content), 400, "invalid_request", "json")
+def test_malformed_json_is_400_naming_json(api: httpx.Client, path: str, content: bytes) -> None:
+    assert_error(post_raw(api, path, content), 400, "invalid_request", "json")
 
 
 @pytest.mark.usefixtures("unchanged")
-def test_malformed_json_on_put_is_400(admin: httpx.Client, seeded: dict[str, str]) -> None:
-    r = admin.put(
+def test_malformed_json_on_put_is_400(api: httpx.Client, seeded: dict[str, str]) -> None:
+    r = api.put(
         f"/admin/llm/providers/{seeded['provider']}",
         content=b'{"id": ',
         headers={"Content-Type": "application/json"},
@@ -86,9 +87,9 @@ def test_malformed_json_on_put_is_400(admin: httpx.Client, seeded: dict[str, str
 )
 @pytest.mark.parametrize("path", ["/admin/llm/providers", "/admin/agents", "/admin/gateway/apply"])
 def test_body_that_is_not_an_object_is_400(
-    admin: httpx.Client, path: str, content: bytes, needle: str
+    api: httpx.Client, path: str, content: bytes, needle: str
 ) -> None:
-    assert_error(post_raw(admin, path, content), 400, "invalid_request", needle)
+    assert_error(post_raw(api, path, content), 400, "invalid_request", needle)
 
 
 # ------------------------------------------------------------------------- wrong field types
@@ -133,9 +134,9 @@ WRONG_TYPES = [
 @pytest.mark.usefixtures("unchanged")
 @pytest.mark.parametrize(("path", "body", "where"), WRONG_TYPES)
 def test_wrong_field_types_are_400_with_problem_paths(
-    admin: httpx.Client, path: str, body: dict[str, Any], where: str
+    api: httpx.Client, path: str, body: dict[str, Any], where: str
 ) -> None:
-    err = assert_error(admin.post(path, json=body), 400, "config_invalid")
+    err = assert_error(api.post(path, json=body), 400, "config_invalid")
     assert where in problem_paths(err), err
     assert all(isinstance(p["message"], str) and p["message"] for p in err["problems"])
     assert where in err["error"]
@@ -172,18 +173,18 @@ def test_wrong_field_types_are_400_with_problem_paths(
     ],
 )
 def test_unknown_field_is_400_with_did_you_mean(
-    admin: httpx.Client, path: str, body: dict[str, Any], where: str, meant: str
+    api: httpx.Client, path: str, body: dict[str, Any], where: str, meant: str
 ) -> None:
-    err = assert_error(admin.post(path, json=body), 400, "config_invalid")
+    err = assert_error(api.post(path, json=body), 400, "config_invalid")
     problem = next(p for p in err["problems"] if p["path"] == where)
     assert "unknown field" in problem["message"]
     assert f"did you mean {meant}" in problem["message"]
 
 
 @pytest.mark.usefixtures("unchanged")
-def test_wrong_types_on_put_are_400(admin: httpx.Client, seeded: dict[str, str]) -> None:
+def test_wrong_types_on_put_are_400(api: httpx.Client, seeded: dict[str, str]) -> None:
     pid = seeded["provider"]
-    r = admin.put(
+    r = api.put(
         f"/admin/llm/providers/{pid}",
         json={"id": pid, "provider_type": "openai", "network": {"max_retries": -1}},
     )
@@ -194,35 +195,37 @@ def test_wrong_types_on_put_are_400(admin: httpx.Client, seeded: dict[str, str])
 # -------------------------------------------------------------------------------- body size
 
 
+def chunks(mib: int) -> Iterator[bytes]:
+    """A JSON body of a little over ``mib`` MiB, sent chunked (no Content-Length)."""
+    yield b'{"id": "'
+    for _ in range(mib):
+        yield b"x" * (1024 * 1024)
+    yield b'"}'
+
+
 @pytest.mark.usefixtures("unchanged")
-def test_body_over_16_mib_is_413_json(admin: httpx.Client) -> None:
+def test_body_over_16_mib_is_413_json(api: httpx.Client) -> None:
     body = b'{"id": "' + b"x" * MAX_BODY + b'"}'
-    r = post_raw(admin, "/admin/llm/providers", body)
+    r = post_raw(api, "/admin/llm/providers", body)
     assert_error(r, 413, "payload_too_large")
     # the unread rest of the body spoils the connection: the server must say it closes it
     assert r.headers["connection"] == "close"
 
 
 @pytest.mark.usefixtures("unchanged")
-def test_chunked_body_over_16_mib_is_413_json(admin: httpx.Client) -> None:
-    def chunks() -> Iterator[bytes]:
-        yield b'{"id": "'
-        for _ in range(17):
-            yield b"x" * (1024 * 1024)
-        yield b'"}'
-
-    r = admin.post(
-        "/admin/gateway/apply", content=chunks(), headers={"Content-Type": "application/json"}
+def test_chunked_body_over_16_mib_is_413_json(api: httpx.Client) -> None:
+    r = api.post(
+        "/admin/gateway/apply", content=chunks(17), headers={"Content-Type": "application/json"}
     )
     assert_error(r, 413, "payload_too_large")
+    # on agwd's listener: test_admin_auth.py::test_an_unread_chunked_body_closes_the_connection
     assert r.headers["connection"] == "close"
-    assert admin.get("/admin/health").status_code == 200  # same client, next request fine
 
 
 @pytest.mark.usefixtures("unchanged")
-def test_body_just_under_the_limit_is_read(admin: httpx.Client) -> None:
+def test_body_just_under_the_limit_is_read(api: httpx.Client) -> None:
     filler = "y" * (MAX_BODY - 200)
-    r = admin.post("/admin/llm/providers", json={"id": "x", "provider_type": "openai", "z": filler})
+    r = api.post("/admin/llm/providers", json={"id": "x", "provider_type": "openai", "z": filler})
     err = assert_error(r, 400, "config_invalid")  # read and validated, not refused for size
     assert problem_paths(err) == ["z"]
 
@@ -243,9 +246,9 @@ def test_body_just_under_the_limit_is_read(admin: httpx.Client) -> None:
         "/v1/chat/completions",
     ],
 )
-def test_unknown_path_is_404_json(admin: httpx.Client, path: str) -> None:
+def test_unknown_path_is_404_json(api: httpx.Client, path: str) -> None:
     for method in ("GET", "POST"):
-        r = admin.request(method, path, json={"id": "x"} if method == "POST" else None)
+        r = api.request(method, path, json={"id": "x"} if method == "POST" else None)
         body = assert_error(r, 404, "not_found")
         assert path in body["error"] or path == "/"
         # a body left unread: the server says it will close the connection
@@ -267,8 +270,8 @@ def test_unknown_path_is_404_json(admin: httpx.Client, path: str) -> None:
         ("DELETE", "/admin/cliauth/authenticators/codex"),
     ],
 )
-def test_wrong_method_is_405_json(admin: httpx.Client, method: str, path: str) -> None:
-    body = assert_error(admin.request(method, path), 405, "method_not_allowed")
+def test_wrong_method_is_405_json(api: httpx.Client, method: str, path: str) -> None:
+    body = assert_error(api.request(method, path), 405, "method_not_allowed")
     assert method in body["error"]
 
 
@@ -317,28 +320,26 @@ def test_wrong_method_is_405_json(admin: httpx.Client, method: str, path: str) -
         ),
     ],
 )
-def test_bad_apply_requests_are_400(admin: httpx.Client, body: dict[str, Any], needle: str) -> None:
-    assert_error(admin.post("/admin/gateway/apply", json=body), 400, None, needle)
+def test_bad_apply_requests_are_400(api: httpx.Client, body: dict[str, Any], needle: str) -> None:
+    assert_error(api.post("/admin/gateway/apply", json=body), 400, None, needle)
 
 
-def test_errors_carry_cors_headers(agwd_factory: Any) -> None:
+def test_errors_carry_cors_headers(inproc_factory: InprocLauncher) -> None:
     origin = "https://console.example"
-    agwd = agwd_factory.start("--admin-cors-origin", origin)
+    gateway = inproc_factory.start(admin_cors_origins=(origin,))
     json_type = {"Content-Type": "application/json"}
-    with agwd.client() as admin:
+    with gateway.client() as api:
         for r in (
-            admin.get("/admin/nope", headers={"Origin": origin}),
-            admin.post(
-                "/admin/llm/providers", content=b"{", headers={"Origin": origin} | json_type
-            ),
-            admin.delete("/admin/llm/providers", headers={"Origin": origin}),
+            api.get("/admin/nope", headers={"Origin": origin}),
+            api.post("/admin/llm/providers", content=b"{", headers={"Origin": origin} | json_type),
+            api.delete("/admin/llm/providers", headers={"Origin": origin}),
         ):
             assert r.status_code >= 400
             assert r.headers["access-control-allow-origin"] == origin
 
 
-def test_unique_ids_are_accepted_after_errors(admin: httpx.Client) -> None:
+def test_unique_ids_are_accepted_after_errors(api: httpx.Client) -> None:
     """The server keeps serving writes after a run of bad requests."""
     pid = uid("after-errors")
-    r = admin.post("/admin/llm/providers", json={"id": pid, "provider_type": "openai"})
+    r = api.post("/admin/llm/providers", json={"id": pid, "provider_type": "openai"})
     assert r.status_code == 201, r.text

@@ -41,12 +41,12 @@ def get(node: Any, path: str) -> Any:
     return node
 
 
-def _objects(admin: httpx.Client) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
+def _objects(client: httpx.Client) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
     """(url, view, {path: secret}) for one object of each family that holds secrets."""
     out: list[tuple[str, dict[str, Any], dict[str, str]]] = []
     pid = uid("sec-prov")
     created(
-        admin,
+        client,
         "/admin/llm/providers",
         {
             "id": pid,
@@ -74,7 +74,7 @@ def _objects(admin: httpx.Client) -> list[tuple[str, dict[str, Any], dict[str, s
     )
     cid = uid("sec-cred")
     created(
-        admin,
+        client,
         "/admin/credentials",
         {
             "id": cid,
@@ -100,7 +100,7 @@ def _objects(admin: httpx.Client) -> list[tuple[str, dict[str, Any], dict[str, s
     ):
         sid = uid("sec-mcp")
         created(
-            admin,
+            client,
             "/admin/mcp/services",
             {"id": sid, "name": "m", "transport": "streamable_http", "url": "http://x/mcp"}
             | {"auth": auth},
@@ -108,7 +108,7 @@ def _objects(admin: httpx.Client) -> list[tuple[str, dict[str, Any], dict[str, s
         out.append((f"/admin/mcp/services/{sid}", {}, {path: SECRETS[secret]}))
     sid = uid("sec-mcp")
     created(
-        admin,
+        client,
         "/admin/mcp/services",
         {
             "id": sid,
@@ -127,7 +127,7 @@ def _objects(admin: httpx.Client) -> list[tuple[str, dict[str, Any], dict[str, s
     )
     sid = uid("sec-acp")
     created(
-        admin,
+        client,
         "/admin/acp/services",
         {
             "id": sid,
@@ -284,24 +284,23 @@ def test_secrets_redacted_revealed_kept_and_never_logged(
     ],
 )
 def test_redacted_placeholder_without_stored_secret_is_400(
-    admin: httpx.Client, url_of: Any, body_of: Any
+    api: httpx.Client, url_of: Any, body_of: Any
 ) -> None:
-    pid = make_provider(admin)
+    pid = make_provider(api)
     url = url_of(pid)
-    before = items(admin, url, reveal="true")
-    assert_error(admin.post(url, json=body_of(pid)), 400, None, REDACTED)
-    assert items(admin, url, reveal="true") == before
+    before = items(api, url, reveal="true")
+    assert_error(api.post(url, json=body_of(pid)), 400, None, REDACTED)
+    assert items(api, url, reveal="true") == before
 
 
-def test_put_with_a_new_secret_replaces_it(admin: httpx.Client) -> None:
-    pid = make_provider(admin, api_key="sk-old-value")
+def test_put_with_a_new_secret_replaces_it(api: httpx.Client) -> None:
+    pid = make_provider(api, api_key="sk-old-value")
     url = f"/admin/llm/providers/{pid}"
-    r = admin.put(url, json={"id": pid, "provider_type": "openai", "api_key": "sk-new-value"})
+    r = api.put(url, json={"id": pid, "provider_type": "openai", "api_key": "sk-new-value"})
     assert r.status_code == 200 and r.json()["api_key"] == REDACTED
     assert (
-        admin.get(url, params={"reveal": "true"}, headers=REVEAL).json()["api_key"]
-        == "sk-new-value"
+        api.get(url, params={"reveal": "true"}, headers=REVEAL).json()["api_key"] == "sk-new-value"
     )
     # an omitted secret is cleared (PUT replaces the object), and empty is not redacted
-    r = admin.put(url, json={"id": pid, "provider_type": "openai"})
+    r = api.put(url, json={"id": pid, "provider_type": "openai"})
     assert r.status_code == 200 and r.json()["api_key"] == ""

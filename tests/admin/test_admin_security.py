@@ -1,5 +1,7 @@
-"""Attacks on the admin API from a browser page, a rebinding name and a password guesser, each
-performed against a real agwd (docs/security.md, "Admin API").
+"""Attacks on the admin API from a browser page, a rebinding name and a password guesser
+(docs/security.md, "Admin API"): against the admin app in-process, and against a real agwd
+where the listener, the process or its files are part of the answer (raw requests, client
+addresses, the password file).
 
 A page in the operator's browser can send "simple" requests (``text/plain``, form bodies, no
 custom header) to loopback without a CORS preflight, with the browser's saved Basic credentials;
@@ -25,6 +27,7 @@ import httpx
 import pytest
 
 from tests.support.admin import REDACTED, mcp_service_body, uid
+from tests.support.inproc import InprocGateway, InprocLauncher
 
 UI_ORIGIN = "https://ui.example:8443"
 REVEAL = {"X-AGW-Reveal-Secrets": "true"}
@@ -79,22 +82,22 @@ def assert_error(r: httpx.Response, status: int, code: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def open_agwd(module_agwd_factory: Any) -> Any:
+def open_gateway(module_inproc_factory: InprocLauncher) -> InprocGateway:
     """The loopback default an attacker hopes for: no password (--admin-insecure), one listed
     UI origin."""
-    return module_agwd_factory.start("--admin-cors-origin", UI_ORIGIN, auth=False)
+    return module_inproc_factory.start(auth=False, admin_cors_origins=(UI_ORIGIN,))
 
 
 @pytest.fixture(scope="module")
-def open_admin(open_agwd: Any) -> Iterator[httpx.Client]:
-    with open_agwd.client(auth=False) as client:
+def open_admin(open_gateway: InprocGateway) -> Iterator[httpx.Client]:
+    with open_gateway.client(auth=False) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def locked_agwd(module_agwd_factory: Any) -> Any:
-    """With a password: the page rides on the browser's saved credentials (CSRF)."""
-    return module_agwd_factory.start()
+def open_agwd(module_agwd_factory: Any) -> Any:
+    """The same as a process, for requests only a raw socket can send."""
+    return module_agwd_factory.start("--admin-cors-origin", UI_ORIGIN, auth=False)
 
 
 # ------------------------------------------------------------------ simple requests (CSRF)
@@ -168,10 +171,13 @@ def test_two_content_types_are_415(open_agwd: Any) -> None:
     assert answer.startswith(b"HTTP/1.1 415"), answer[:200]
 
 
-def test_basic_auth_csrf_with_saved_credentials_is_415(locked_agwd: Any, tmp_path: Path) -> None:
+def test_basic_auth_csrf_with_saved_credentials_is_415(
+    inproc: InprocGateway, tmp_path: Path
+) -> None:
+    """With a password: the page rides on the browser's saved credentials (CSRF)."""
     sid = uid("sh")
     marker = tmp_path / "ran"
-    with locked_agwd.client() as admin:  # the browser's saved credentials ride along
+    with inproc.client() as admin:  # the browser's saved credentials ride along
         r = admin.post(
             "/admin/mcp/services",
             content=json.dumps(shell_service(sid, marker)),
@@ -216,19 +222,21 @@ def test_rebinding_host_is_421(open_admin: httpx.Client, host: str, method: str,
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "LOCALHOST.", "[::1]", "agw.localhost"])
-def test_trusted_hosts_pass(open_admin: httpx.Client, open_agwd: Any, host: str) -> None:
-    port = open_agwd.admin_url.rpartition(":")[2]
+def test_trusted_hosts_pass(
+    open_admin: httpx.Client, open_gateway: InprocGateway, host: str
+) -> None:
+    port = open_gateway.admin_url.rpartition(":")[2]
     r = open_admin.get("/admin/llm/providers", headers={"Host": f"{host}:{port}"})
     assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("host", ["localhost..", "127.0.0.1..", ".localhost", "a..localhost"])
 def test_a_host_with_an_empty_label_is_421(
-    open_admin: httpx.Client, open_agwd: Any, host: str
+    open_admin: httpx.Client, caplog: pytest.LogCaptureFixture, host: str
 ) -> None:
     r = open_admin.get("/admin/llm/providers", headers={"Host": host})
     assert_error(r, 421, "misdirected_request")
-    assert "BadHost" not in open_agwd.logs()
+    assert "BadHost" not in caplog.text
 
 
 def test_two_host_headers_are_421(open_agwd: Any) -> None:
@@ -241,9 +249,9 @@ def test_two_host_headers_are_421(open_agwd: Any) -> None:
     assert b"apiVersion" not in answer
 
 
-def test_listed_admin_host_passes(agwd_factory: Any) -> None:
-    agwd = agwd_factory.start("--admin-host", "gw.internal", auth=False)
-    with agwd.client(auth=False) as c:
+def test_listed_admin_host_passes(inproc_factory: InprocLauncher) -> None:
+    gateway = inproc_factory.start(admin_hosts=("gw.internal",), auth=False)
+    with gateway.client(auth=False) as c:
         assert c.get("/admin/llm/providers", headers={"Host": "gw.internal:1"}).status_code == 200
         r = c.get("/admin/llm/providers", headers={"Host": "other.internal"})
         assert_error(r, 421, "misdirected_request")
@@ -308,11 +316,11 @@ def test_listed_origin_gets_exactly_the_listed_origin(open_admin: httpx.Client, 
 
 
 def test_the_listeners_own_origin_is_not_trusted_either(
-    open_admin: httpx.Client, open_agwd: Any
+    open_admin: httpx.Client, open_gateway: InprocGateway
 ) -> None:
     """The admin API serves no pages; on a listener shared with the data plane, a page served
     there (an upstream's HTML error passed through) would be the admin API's own origin."""
-    own = open_agwd.admin_url
+    own = open_gateway.admin_url
     r = open_admin.get("/admin/gateway/export", headers={"Origin": own})
     assert_error(r, 403, "origin_not_allowed")
     assert "access-control-allow-origin" not in r.headers

@@ -22,7 +22,7 @@ from tests.support.admin import (
     put_body,
     uid,
 )
-from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.inproc import InprocGateway, InprocLauncher
 
 STATIC_YAML = """\
 apiVersion: gateway.agw/v1alpha1
@@ -84,17 +84,17 @@ def view_id(path: str, view: dict[str, object]) -> str:
 
 
 @pytest.fixture(scope="module")
-def static_agwd(
-    module_agwd_factory: AgwdLauncher, tmp_path_factory: pytest.TempPathFactory
-) -> Agwd:
+def static_gateway(
+    module_inproc_factory: InprocLauncher, tmp_path_factory: pytest.TempPathFactory
+) -> InprocGateway:
     path: Path = tmp_path_factory.mktemp("static") / "static.yaml"
     path.write_text(STATIC_YAML)
-    return module_agwd_factory.start(static=path, env={"STATIC_OPENAI_KEY": STATIC_KEY})
+    return module_inproc_factory.start(static=path, env={"STATIC_OPENAI_KEY": STATIC_KEY})
 
 
 @pytest.fixture(scope="module")
-def sc(static_agwd: Agwd) -> Iterator[httpx.Client]:
-    with static_agwd.client() as client:
+def sc(static_gateway: InprocGateway) -> Iterator[httpx.Client]:
+    with static_gateway.client() as client:
         yield client
 
 
@@ -167,8 +167,8 @@ def test_stored_objects_sit_beside_static_ones(sc: httpx.Client) -> None:
     assert sc.delete(f"/admin/llm/routes/{rid}").status_code == 200
 
 
-def test_static_objects_are_not_written_to_the_store(static_agwd: Agwd) -> None:
-    with sqlite3.connect(f"file:{static_agwd.db_path}?mode=ro", uri=True) as db:
+def test_static_objects_are_not_written_to_the_store(static_gateway: InprocGateway) -> None:
+    with sqlite3.connect(f"file:{static_gateway.db_path}?mode=ro", uri=True) as db:
         for table in ("providers", "routes", "mcp_services", "acp_services", "agents"):
             ids = [row[0] for row in db.execute(f"SELECT id FROM {table}")]
             assert not [i for i in ids if "static-" in i], (table, ids)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.support.admin import assert_error, bundle, everything, uid
-from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.inproc import InprocGateway, InprocLauncher
 
 ALL_TYPES = [
     "anthropic",
@@ -26,14 +26,14 @@ AUTHENTICATORS = ["claudecode", "codex", "gemini"]
 
 
 @pytest.fixture(scope="module")
-def restricted(module_agwd_factory: AgwdLauncher) -> Iterator[httpx.Client]:
-    agwd = module_agwd_factory.start("--provider-type", "openai", "--provider-type", "anthropic")
-    with agwd.client() as client:
+def restricted(module_inproc_factory: InprocLauncher) -> Iterator[httpx.Client]:
+    gateway = module_inproc_factory.start(provider_types=("openai", "anthropic"))
+    with gateway.client() as client:
         yield client
 
 
-def test_provider_types_all_enabled_by_default(admin: httpx.Client) -> None:
-    r = admin.get("/admin/llm/provider_types")
+def test_provider_types_all_enabled_by_default(api: httpx.Client) -> None:
+    r = api.get("/admin/llm/provider_types")
     assert r.status_code == 200
     assert r.json() == {"items": [{"provider_type": t, "enabled": True} for t in ALL_TYPES]}
 
@@ -73,14 +73,14 @@ def test_disabled_types_are_rejected(restricted: httpx.Client, ptype: str) -> No
     assert everything(restricted) == before
 
 
-def test_unknown_provider_type_is_400(admin: httpx.Client) -> None:
-    r = admin.post("/admin/llm/providers", json={"id": uid("x"), "provider_type": "bedrock"})
+def test_unknown_provider_type_is_400(api: httpx.Client) -> None:
+    r = api.post("/admin/llm/providers", json={"id": uid("x"), "provider_type": "bedrock"})
     body = assert_error(r, 400, "config_invalid")
     assert [p["path"] for p in body["problems"]] == ["provider_type"]
 
 
-def test_api_handler_types(admin: httpx.Client) -> None:
-    r = admin.get("/admin/llm/api_handler_types")
+def test_api_handler_types(api: httpx.Client) -> None:
+    r = api.get("/admin/llm/api_handler_types")
     assert r.status_code == 200
     assert r.json() == {
         "items": [{"llm_api_handler_type": t} for t in ("anthropic", "cc", "openai")]
@@ -90,13 +90,8 @@ def test_api_handler_types(admin: httpx.Client) -> None:
 # ------------------------------------------------------------------------------------ cliauth
 
 
-@pytest.fixture
-def fresh(agwd_factory: AgwdLauncher) -> Agwd:
-    return agwd_factory.start()
-
-
-def test_authenticators_list_and_get(fresh: Agwd) -> None:
-    with fresh.client() as c:
+def test_authenticators_list_and_get(inproc: InprocGateway) -> None:
+    with inproc.client() as c:
         listed = c.get("/admin/cliauth/authenticators").json()["items"]
         assert [a["name"] for a in listed] == AUTHENTICATORS
         assert all(a["enabled"] is False and a["config"] is None for a in listed)
@@ -108,10 +103,10 @@ def test_authenticators_list_and_get(fresh: Agwd) -> None:
         assert_error(c.put("/admin/cliauth/authenticators/github", json={"enabled": True}), 404)
 
 
-def test_authenticator_put_lifecycle_is_runtime_only(agwd_factory: AgwdLauncher) -> None:
-    agwd = agwd_factory.start()
+def test_authenticator_put_lifecycle_is_runtime_only(inproc_factory: InprocLauncher) -> None:
+    first = inproc_factory.start()
     url = "/admin/cliauth/authenticators/claudecode"
-    with agwd.client() as c:
+    with first.client() as c:
         r = c.put(url, json={"enabled": True, "config": {}})
         assert r.status_code == 201, r.text
         assert r.json()["status"] == "enabled"
@@ -126,9 +121,9 @@ def test_authenticator_put_lifecycle_is_runtime_only(agwd_factory: AgwdLauncher)
         assert c.get(url).json()["config"]["transport_profile"] == "browser_like_tls"
         listed = {a["name"]: a for a in c.get("/admin/cliauth/authenticators").json()["items"]}
         assert listed["claudecode"]["enabled"] is True and listed["codex"]["enabled"] is False
-    assert agwd.stop() == 0
+    first.stop()
 
-    again = agwd_factory.start(db_path=agwd.db_path)
+    again = inproc_factory.start(db_path=first.db_path)
     with again.client() as c:
         assert c.get(url).json()["enabled"] is False  # not persisted
         r = c.put(url, json={"enabled": True, "config": {"no_browser": True}})
@@ -152,10 +147,8 @@ def test_authenticator_put_lifecycle_is_runtime_only(agwd_factory: AgwdLauncher)
         ({"enabled": "yes", "config": {}}, "enabled"),
     ],
 )
-def test_authenticator_put_rejections(
-    admin: httpx.Client, body: dict[str, Any], needle: str
-) -> None:
+def test_authenticator_put_rejections(api: httpx.Client, body: dict[str, Any], needle: str) -> None:
     url = "/admin/cliauth/authenticators/gemini"
-    before = admin.get(url).json()
-    assert_error(admin.put(url, json=body), 400, None, needle)
-    assert admin.get(url).json() == before
+    before = api.get(url).json()
+    assert_error(api.put(url, json=body), 400, None, needle)
+    assert api.get(url).json() == before

@@ -8,90 +8,90 @@ import sqlite3
 import httpx
 
 from tests.support.admin import VK_PATTERN, assert_error, created, items, put_body, uid
-from tests.support.agwd import AgwdLauncher
+from tests.support.inproc import InprocLauncher
 
 
-def test_key_is_generated_and_returned_by_post_get_and_list(admin: httpx.Client) -> None:
+def test_key_is_generated_and_returned_by_post_get_and_list(api: httpx.Client) -> None:
     vid = uid("vk")
-    view = created(admin, "/admin/virtual_keys", {"id": vid, "description": "ci"})
+    view = created(api, "/admin/virtual_keys", {"id": vid, "description": "ci"})
     key = view["key"]
     assert re.match(VK_PATTERN, key), key
-    assert admin.get(f"/admin/virtual_keys/{vid}").json()["key"] == key
-    listed = [v for v in items(admin, "/admin/virtual_keys") if v["id"] == vid]
+    assert api.get(f"/admin/virtual_keys/{vid}").json()["key"] == key
+    listed = [v for v in items(api, "/admin/virtual_keys") if v["id"] == vid]
     assert [v["key"] for v in listed] == [key]
 
 
-def test_keys_are_unique(admin: httpx.Client) -> None:
-    keys = [created(admin, "/admin/virtual_keys", {"id": uid("vk")})["key"] for _ in range(20)]
+def test_keys_are_unique(api: httpx.Client) -> None:
+    keys = [created(api, "/admin/virtual_keys", {"id": uid("vk")})["key"] for _ in range(20)]
     assert all(re.match(VK_PATTERN, k) for k in keys)
     assert len(set(keys)) == len(keys)
-    listed = [v["key"] for v in items(admin, "/admin/virtual_keys")]
+    listed = [v["key"] for v in items(api, "/admin/virtual_keys")]
     assert len(set(listed)) == len(listed)
 
 
-def test_post_with_key_is_400_and_stores_nothing(admin: httpx.Client) -> None:
+def test_post_with_key_is_400_and_stores_nothing(api: httpx.Client) -> None:
     vid = uid("vk")
-    r = admin.post("/admin/virtual_keys", json={"id": vid, "key": "vk-" + "a" * 43})
+    r = api.post("/admin/virtual_keys", json={"id": vid, "key": "vk-" + "a" * 43})
     assert_error(r, 400, None, "key")
-    assert_error(admin.get(f"/admin/virtual_keys/{vid}"), 404, "not_found")
+    assert_error(api.get(f"/admin/virtual_keys/{vid}"), 404, "not_found")
 
 
-def test_key_is_immutable_across_put_and_toggles(admin: httpx.Client) -> None:
+def test_key_is_immutable_across_put_and_toggles(api: httpx.Client) -> None:
     vid = uid("vk")
-    view = created(admin, "/admin/virtual_keys", {"id": vid, "tag": "a"})
+    view = created(api, "/admin/virtual_keys", {"id": vid, "tag": "a"})
     key = view["key"]
     url = f"/admin/virtual_keys/{vid}"
 
     # without the key: fine, key kept
-    r = admin.put(url, json={"id": vid, "tag": "b"})
+    r = api.put(url, json={"id": vid, "tag": "b"})
     assert r.status_code == 200, r.text
     assert r.json()["key"] == key and r.json()["tag"] == "b"
 
     # with the same key (a GET view sent back): fine
-    r = admin.put(url, json={**put_body(r.json()), "description": "same key"})
+    r = api.put(url, json={**put_body(r.json()), "description": "same key"})
     assert r.status_code == 200, r.text
     assert r.json()["key"] == key and r.json()["description"] == "same key"
 
     # with another key: 400, nothing changes
-    current = admin.get(url).json()
+    current = api.get(url).json()
     other = "vk-" + "B" * 43
-    assert_error(admin.put(url, json={**put_body(current), "key": other, "tag": "c"}), 400)
-    assert admin.get(url).json() == current
+    assert_error(api.put(url, json={**put_body(current), "key": other, "tag": "c"}), 400)
+    assert api.get(url).json() == current
 
     for action in ("disable", "enable"):
-        r = admin.post(f"{url}/{action}")
+        r = api.post(f"{url}/{action}")
         assert r.status_code == 200 and r.json()["key"] == key
     assert r.json()["created_at"] == view["created_at"]
 
 
-def test_allowed_route_ids_and_expiry_round_trip(admin: httpx.Client) -> None:
+def test_allowed_route_ids_and_expiry_round_trip(api: httpx.Client) -> None:
     vid = uid("vk")
     view = created(
-        admin,
+        api,
         "/admin/virtual_keys",
         {"id": vid, "expires_at": "2999-01-01T00:00:00Z", "status_message": "hi"},
     )
     assert view["expires_at"].startswith("2999-01-01T00:00:00")
     assert view["allowed_route_ids"] == []
-    r = admin.post("/admin/virtual_keys", json={"id": uid("vk"), "expires_at": "2999-01-01"})
+    r = api.post("/admin/virtual_keys", json={"id": uid("vk"), "expires_at": "2999-01-01"})
     assert_error(r, 400, "config_invalid")
 
 
-def test_key_and_objects_survive_a_restart(agwd_factory: AgwdLauncher) -> None:
-    first = agwd_factory.start()
+def test_key_and_objects_survive_a_restart(inproc_factory: InprocLauncher) -> None:
+    first = inproc_factory.start()
     with first.client() as c:
         pid = created(c, "/admin/llm/providers", {"id": uid("p"), "provider_type": "openai"})["id"]
         vk = created(c, "/admin/virtual_keys", {"id": uid("vk"), "tag": "persist"})
         before = {
             p: items(c, p, reveal="true") for p in ("/admin/llm/providers", "/admin/virtual_keys")
         }
-    assert first.stop() == 0
+    first.stop()
     # the key is in its own unique column of the store
     with sqlite3.connect(first.db_path) as db:
         rows = db.execute("SELECT id, key FROM virtual_keys").fetchall()
     assert rows == [(vk["id"], vk["key"])]
 
-    second = agwd_factory.start(db_path=first.db_path)
+    second = inproc_factory.start(db_path=first.db_path)
     with second.client() as c:
         after = {p: items(c, p, reveal="true") for p in before}
         assert after == before

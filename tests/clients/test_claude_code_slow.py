@@ -5,14 +5,13 @@ that tool through agw's multiplexed MCP route (``mcp-server-time`` twice, over s
 the result back. Checks every hop on the wire and in the usage tables.
 
 Claude Code is installed with npm into ``.cache/npm-claude-code`` on first use (the npm registry
-must be reachable; about 235 MB)."""
+must be reachable; about 235 MB); without npm the test is skipped (tests/support/npm.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -23,31 +22,12 @@ import pytest
 
 from tests.fakes.run import start_fake_upstream
 from tests.support.agwd import AgwdLauncher
+from tests.support.npm import npm_tool
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "@anthropic-ai/claude-code@2.1.197"
-PREFIX = REPO / ".cache" / "npm-claude-code"
-CLAUDE = PREFIX / "node_modules" / ".bin" / "claude"
 TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
-
-
-def install_claude_code() -> Path:
-    if CLAUDE.exists():
-        return CLAUDE
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is needed for the Claude Code tier (Node.js 18+)")
-    PREFIX.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(PREFIX), PACKAGE],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0 and CLAUDE.exists(), done.stderr[-2000:]
-    return CLAUDE
 
 
 def rows(db_path: Path, sql: str) -> list[dict[str, Any]]:
@@ -59,7 +39,7 @@ def rows(db_path: Path, sql: str) -> list[dict[str, Any]]:
 def test_claude_code_through_agw_for_its_llm_and_its_tools(
     agwd_factory: AgwdLauncher, tmp_path: Path
 ) -> None:
-    claude = install_claude_code()
+    claude = npm_tool(PACKAGE, "claude-code", "claude")
     fake_env = {
         "FAKE_LLM_TOOL": "time_get_current_time",
         "FAKE_LLM_TOOL_ARGS": json.dumps({"timezone": "UTC"}),

@@ -4,52 +4,32 @@ agw's LLM route to a fake OpenAI-compatible upstream, which answers with a call 
 ``echo``; opencode calls it through agw's MCP route on the fake MCP server, sends the result
 back, and the turn ends. Checks every hop and the ACP session on the LLM and MCP usage rows.
 
-opencode is installed with npm into ``.cache/npm-opencode`` on first use (about 180 MB)."""
+opencode is installed with npm into ``.cache/npm-opencode`` on first use (about 180 MB); without
+npm the test is skipped (tests/support/npm.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.acp.test_turns import AcpGateway
 from tests.fakes.run import start_fake_upstream
+from tests.support.acp import AcpGateway
 from tests.support.agwd import AgwdLauncher, usage_rows
 from tests.support.mcp_server import run_mcp_server
+from tests.support.npm import npm_tool
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "opencode-ai@1.18.33"
-PREFIX = REPO / ".cache" / "npm-opencode"
-BIN = PREFIX / "node_modules" / ".bin"
-
-
-def install_opencode() -> Path:
-    if (BIN / "opencode").exists():
-        return BIN
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is needed for the opencode tier (Node.js 18+)")
-    PREFIX.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(PREFIX), PACKAGE],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0 and (BIN / "opencode").exists(), done.stderr[-2000:]
-    return BIN
 
 
 def test_opencode_turn_through_agw_with_llm_and_tool_calls_through_agw(
     agwd_factory: AgwdLauncher, tmp_path: Path
 ) -> None:
-    bin_dir = install_opencode()
+    bin_dir = npm_tool(PACKAGE, "opencode", "opencode").parent
     home = tmp_path / "home"
     work = tmp_path / "work"
     for d in (home, work):

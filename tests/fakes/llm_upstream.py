@@ -24,12 +24,15 @@ Endpoints (deterministic answers):
 
 Token counts (see :func:`prompt_tokens`, :func:`completion_tokens`): prompt = 7 + characters of
 all message text // 3; completion = words in the reply + 3; cached = 2, reasoning = 1,
-Anthropic cache creation = 4. The reply is ``"echo: " + last user text[:60]``. With tools
-offered and no tool result in the conversation, the answer is one call of the first tool with
-arguments ``{"text": last user text[:60]}``; env ``FAKE_LLM_TOOL=<suffix>`` picks the first
-offered tool whose name ends with it instead (none matching: no call) and ``FAKE_LLM_TOOL_ARGS``
-gives the arguments JSON. Anthropic ``thinking: {type: enabled}`` adds a
-thinking block first.
+Anthropic cache creation = 4. A chat model named ``deepseek-*`` reports usage as DeepSeek does
+(:func:`deepseek_usage`): cache hits (3) as ``prompt_cache_hit_tokens`` and the rest as
+``prompt_cache_miss_tokens``, no ``prompt_tokens_details``.
+
+The reply is ``"echo: " + last user text[:60]``. With tools offered and no tool result in the
+conversation, the answer is one call of the first tool with arguments ``{"text": last user
+text[:60]}``; env ``FAKE_LLM_TOOL=<suffix>`` picks the first offered tool whose name ends with
+it instead (none matching: no call) and ``FAKE_LLM_TOOL_ARGS`` gives the arguments JSON.
+Anthropic ``thinking: {type: enabled}`` adds a thinking block first.
 
 Knobs, per process (CLI flag, or env var ``FAKE_LLM_<FLAG>`` such as ``FAKE_LLM_FAIL_FIRST``)
 or per request (header, wins). A gateway need not forward ``x-fake-*`` headers: behind one, set
@@ -92,6 +95,7 @@ FINGERPRINT = "fp_fake0001"
 CACHED_TOKENS = 2
 REASONING_TOKENS = 1
 CACHE_CREATION_TOKENS = 4
+DEEPSEEK_CACHE_HIT_TOKENS = 3
 REPLY_PREFIX = "echo: "
 THINKING_TEXT = "Let me think about this request step by step."
 EMBEDDING_DIM = 8
@@ -625,12 +629,25 @@ def openai_usage(prompt: int, completion: int) -> dict[str, Any]:
     }
 
 
+def deepseek_usage(prompt: int, completion: int) -> dict[str, Any]:
+    """DeepSeek's usage object: cache hits and misses at the top level."""
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_cache_hit_tokens": DEEPSEEK_CACHE_HIT_TOKENS,
+        "prompt_cache_miss_tokens": prompt - DEEPSEEK_CACHE_HIT_TOKENS,
+        "completion_tokens_details": {"reasoning_tokens": REASONING_TOKENS},
+    }
+
+
 async def chat_completions(
     request: web.Request, fake: Fake, knobs: Knobs, body: dict[str, Any]
 ) -> web.StreamResponse:
     model = str(body.get("model") or "fake-gpt")
     reply = reply_text(body, "openai")
-    usage = openai_usage(prompt_tokens(body, "openai"), completion_tokens(reply))
+    counted = (prompt_tokens(body, "openai"), completion_tokens(reply))
+    usage = deepseek_usage(*counted) if model.startswith("deepseek-") else openai_usage(*counted)
     call = tool_call(body, "openai")
     cid = fake.next_id("chatcmpl-", 29)
     call_id = fake.next_id("call_", 24)

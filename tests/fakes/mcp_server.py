@@ -46,7 +46,8 @@ appends one JSON line per event: ``{"event": "call", "tool", "args", "request_id
 "method", "path", "headers", "body"}`` for every HTTP request (headers lower-case, body parsed
 JSON or null). ``--require-key K``: HTTP requests without ``Authorization: Bearer K`` get 401.
 ``--modern-only``: an ``initialize`` POST gets HTTP 400 with a JSON-RPC error (a server of the
-2026-07-28 era that never does the handshake).
+2026-07-28 era that never does the handshake). ``--start-delay S``: sleep S seconds before serving
+anything (a server slow to start).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ import json
 import os
 import socket
 import sys
+import time
 import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -414,7 +416,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log", default=None)
     parser.add_argument("--require-key", default=None)
     parser.add_argument("--modern-only", action="store_true")
+    parser.add_argument("--start-delay", type=float, default=0.0)
     args = parser.parse_args(argv)
+    if args.start_delay > 0:  # a server slow to start: nothing is read or served before
+        time.sleep(args.start_delay)
     log = EventLog(args.log)
     server = build_server(args.name, args.page_size, log)
     if args.transport == "stdio":

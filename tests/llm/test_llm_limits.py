@@ -19,7 +19,7 @@ import openai
 import pytest
 from anthropic.types import MessageParam
 
-from agw.llm.upstream import ERROR_BODY_LIMIT, RESPONSE_LIMIT
+from agw.llm.providers import ERROR_BODY_LIMIT, RESPONSE_LIMIT
 from agw.sse import EVENT_LIMIT
 from tests.fakes.run import FakeUpstream, start_fake_upstream
 from tests.support.agwd import Agwd, AgwdLauncher

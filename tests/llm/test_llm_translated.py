@@ -12,6 +12,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionToolParam
 
+from tests.fakes.llm_upstream import DEEPSEEK_CACHE_HIT_TOKENS, REASONING_TOKENS
 from tests.fakes.run import FakeUpstream, start_fake_upstream
 from tests.support.agwd import Agwd, AgwdLauncher
 from tests.support.llm import settle, tp
@@ -57,6 +58,7 @@ def gw(module_agwd_factory: AgwdLauncher, fake: FakeUpstream) -> Agwd:
             route("oa2gm", "openai", "gm"),
             route("oa2ds", "openai", "ds"),
             route("an2oa", "anthropic", "oa"),
+            route("an2ds", "anthropic", "ds"),
             route("cc2gm", "cc", "gm"),
             route("oa2oa", "openai", "oa"),
             {
@@ -103,14 +105,36 @@ def gw(module_agwd_factory: AgwdLauncher, fake: FakeUpstream) -> Agwd:
     return agwd
 
 
+# The SDK clients a test opened, closed when it ends (a kept-alive connection left to the
+# garbage collector is an unclosed-socket warning, an error here, in whichever test it lands).
+_opened: list[openai.OpenAI | anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
 def oa(gw: Agwd, rid: str) -> openai.OpenAI:
-    return openai.OpenAI(
+    client = openai.OpenAI(
         base_url=f"{gw.data_url}/{rid}/v1",
         api_key="unused",
         max_retries=0,
         default_headers=tp(),
         timeout=20,
     )
+    _opened.append(client)
+    return client
+
+
+def claude(gw: Agwd, rid: str) -> anthropic.Anthropic:
+    client = anthropic.Anthropic(
+        base_url=f"{gw.data_url}/{rid}", api_key="unused", max_retries=0, default_headers=tp()
+    )
+    _opened.append(client)
+    return client
 
 
 @pytest.mark.parametrize("rid", ["oa2an", "oa2gm"])
@@ -184,7 +208,7 @@ def test_openai_tool_call_to_anthropic(gw: Agwd) -> None:
 
 
 def test_anthropic_client_to_openai_provider(gw: Agwd) -> None:
-    client = anthropic.Anthropic(base_url=f"{gw.data_url}/an2oa", api_key="unused", max_retries=0)
+    client = claude(gw, "an2oa")
     msg = client.messages.create(
         model="fake-gpt", max_tokens=50, messages=[{"role": "user", "content": "from claude"}]
     )
@@ -201,7 +225,7 @@ def test_anthropic_client_to_openai_provider(gw: Agwd) -> None:
 
 
 def test_cc_client_to_gemini_and_openai_to_deepseek(gw: Agwd) -> None:
-    client = anthropic.Anthropic(base_url=f"{gw.data_url}/cc2gm", api_key="unused", max_retries=0)
+    client = claude(gw, "cc2gm")
     with client.messages.stream(
         model="fake-gemini", max_tokens=50, messages=[{"role": "user", "content": "gemini please"}]
     ) as s:
@@ -242,13 +266,7 @@ def test_missing_model_is_a_clear_400(gw: Agwd) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_responses_passthrough_usage_is_exact(gw: Agwd, stream: bool) -> None:
-    client = openai.OpenAI(
-        base_url=f"{gw.data_url}/oa2oa/v1",
-        api_key="unused",
-        max_retries=0,
-        default_headers=tp(),
-        timeout=20,
-    )
+    client = oa(gw, "oa2oa")
     if stream:
         events = list(client.responses.create(model="fake-gpt", input="count these", stream=True))
         usage = events[-1].response.usage  # type: ignore[union-attr]
@@ -266,14 +284,60 @@ def test_responses_passthrough_usage_is_exact(gw: Agwd, stream: bool) -> None:
     assert row["api_operation"] == "responses" and row["usage_finalized"] == 1
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_deepseek_cache_hits_recorded_alike_passed_through_and_translated(
+    gw: Agwd, fake: FakeUpstream, stream: bool
+) -> None:
+    """DeepSeek reports cache hits as ``usage.prompt_cache_hit_tokens``: one parser per wire
+    reads them whether the answer passes through (an OpenAI client) or is translated (an
+    Anthropic client), so both record the same cached input tokens."""
+    content = "cache me if you can"
+    client = oa(gw, "oa2ds")
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model="deepseek-chat",
+                messages=[{"role": "user", "content": content}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        usage = chunks[-1].usage
+    else:
+        usage = client.chat.completions.create(
+            model="deepseek-chat", messages=[{"role": "user", "content": content}]
+        ).usage
+    assert usage is not None and usage.prompt_tokens_details is None  # DeepSeek's own shape
+    assert (usage.model_extra or {})["prompt_cache_hit_tokens"] == DEEPSEEK_CACHE_HIT_TOKENS
+    (passed,) = settle(gw, 1)
+    assert fake.requests()[-1]["body"]["thinking"] == {"type": "disabled"}  # a deepseek call
+
+    ask: dict[str, Any] = {
+        "model": "deepseek-chat",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": content}],
+    }
+    if stream:
+        with claude(gw, "an2ds").messages.stream(**ask) as s:
+            msg = s.get_final_message()
+    else:
+        msg = claude(gw, "an2ds").messages.create(**ask)
+    assert msg.usage.cache_read_input_tokens == DEEPSEEK_CACHE_HIT_TOKENS
+    _, translated = settle(gw, 2)
+    assert fake.requests()[-1]["path"] == "/v1/chat/completions"
+
+    for row in (passed, translated):
+        assert row["usage_source"] == "provider" and row["stream"] == int(stream)
+        assert row["cached_input_tokens"] == DEEPSEEK_CACHE_HIT_TOKENS
+        assert row["reasoning_tokens"] == REASONING_TOKENS
+        assert row["input_tokens"] == usage.prompt_tokens
+    assert translated["input_tokens"] == msg.usage.input_tokens + DEEPSEEK_CACHE_HIT_TOKENS
+    assert (passed["provider_type"], translated["provider_type"]) == ("deepseek", "deepseek")
+    assert (passed["llm_api"], translated["llm_api"]) == ("openai", "anthropic")
+
+
 def test_logical_model_priority_and_fallback(gw: Agwd, fake: FakeUpstream) -> None:
-    client = openai.OpenAI(
-        base_url=f"{gw.data_url}/smart/v1",
-        api_key="unused",
-        max_retries=0,
-        default_headers=tp(),
-        timeout=20,
-    )
+    client = oa(gw, "smart")
     r = client.chat.completions.create(
         model="smart", messages=[{"role": "user", "content": "pick"}]
     )

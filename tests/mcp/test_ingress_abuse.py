@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from agw.mcp.runtime import McpRuntime
 from agw.mcp.sessions import Stream
+from agw.mcp.state import McpState
 from tests.support.agwd import AgwdLauncher
 from tests.support.mcp import BOTH, Gateway, initialize, post, rpc, start_gateway
 from tests.support.mcp_server import McpServerHandle, run_mcp_server
@@ -445,7 +445,7 @@ def test_the_store_never_lets_anonymous_sessions_evict_others() -> None:
     from agw.mcp.sessions import SessionRefused  # (a name of issue 12's fix)
 
     async def case() -> None:
-        runtime = McpRuntime(session_limit=10, per_principal=6)
+        runtime = McpState(session_limit=10, per_principal=6)
         keyed = [runtime.new_session("handshake", "keyed", "vk-1") for _ in range(4)]
         for _ in range(50):
             runtime.new_session("handshake", "open", None)

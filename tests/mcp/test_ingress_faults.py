@@ -19,8 +19,8 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from agw.clock import now_ms
-from agw.mcp.runtime import McpRuntime
 from agw.mcp.sessions import Stream
+from agw.mcp.state import McpState
 from tests.support.agwd import AgwdLauncher
 from tests.support.mcp import ALPHA_TOOLS, Gateway, initialize, post, rpc, start_gateway, sync
 from tests.support.mcp_server import run_mcp_server
@@ -229,7 +229,7 @@ def test_gateway_stops_promptly_with_open_streams(
 
 def test_idle_sessions_expire_and_the_oldest_idle_is_evicted() -> None:
     async def case() -> None:
-        runtime = McpRuntime(session_limit=3)
+        runtime = McpState(session_limit=3)
         handshake = runtime.new_session("handshake", "r", None)
         stateless = runtime.stateless("r", "vk")
         streaming = runtime.new_session("handshake", "r", None)

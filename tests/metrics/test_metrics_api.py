@@ -13,8 +13,10 @@ from typing import Any
 
 import httpx
 
+from agw.clock import rfc3339_ms
 from agw.store.db import Database
-from agw.usage.query import Attribution, MetricsQuery
+from agw.usage.answers import MetricsQuery
+from agw.usage.query import Attribution
 from tests.support.metrics import (
     HOUR_MS,
     Dataset,
@@ -25,7 +27,6 @@ from tests.support.metrics import (
     grouped,
     measures,
     ranked,
-    rfc3339,
 )
 
 
@@ -61,8 +62,8 @@ def test_summary(api: httpx.Client, dataset: Dataset) -> None:
 
     lo, hi = window(dataset)
     # "to" given with an offset: the same instant as hi in UTC
-    shifted = rfc3339(hi + 2 * HOUR_MS).replace("Z", "+02:00")
-    body = get(api, "/admin/metrics", **{"from": rfc3339(lo), "to": shifted})
+    shifted = rfc3339_ms(hi + 2 * HOUR_MS).replace("Z", "+02:00")
+    body = get(api, "/admin/metrics", **{"from": rfc3339_ms(lo), "to": shifted})
     for kind in ("llm", "mcp", "acp"):
         inside = [r for r in dataset.of(kind) if lo <= r.started_at <= hi]
         assert_measures(body[kind], measures(kind, inside), f"{kind} window")
@@ -75,9 +76,9 @@ def test_events(api: httpx.Client, dataset: Dataset) -> None:
 
     top = max(dataset.llm, key=lambda r: r.started_at)
     row = body["items"][0]
-    assert row["started_at"] == rfc3339(top.started_at)
+    assert row["started_at"] == rfc3339_ms(top.started_at)
     assert row["started_at_ms"] == top.started_at
-    assert row["finished_at"] == rfc3339(top.finished_at)
+    assert row["finished_at"] == rfc3339_ms(top.finished_at)
     assert row["success"] is top.success and row["stream"] is top.stream
     assert row["usage_finalized"] is True
     assert row["request_tool_names"] == (top.request_tool_names or None)
@@ -117,7 +118,7 @@ def test_events(api: httpx.Client, dataset: Dataset) -> None:
         assert item["cancelled"] is False
 
     lo, hi = window(dataset)
-    params = {"operation": "turn", "thread_id": "t-1", "from": rfc3339(lo), "to": rfc3339(hi)}
+    params = {"operation": "turn", "thread_id": "t-1", "from": rfc3339_ms(lo), "to": rfc3339_ms(hi)}
     body = get(api, "/admin/metrics/acp/events", limit=1000, **params)
     acp_want = [
         r
@@ -150,7 +151,7 @@ def assert_series(body: dict[str, Any], kind: str, expected: list[Any], group: s
         (b, g) for b, g, _ in expected
     ]
     for item, (b, g, m) in zip(items, expected, strict=True):
-        assert item["bucket"] == rfc3339(b)
+        assert item["bucket"] == rfc3339_ms(b)
         assert ("group_value" in item) is (group is not None)
         assert_measures(item, m, f"{kind} {b} {g}")
 
@@ -162,7 +163,7 @@ def test_timeseries(api: httpx.Client, dataset: Dataset) -> None:
     assert_series(body, "llm", series("llm", dataset.llm, HOUR_MS, "route_id"), "route_id")
 
     lo, hi = window(dataset)
-    params = {"bucket": "30m", "tool_name": "search", "from": rfc3339(lo), "to": rfc3339(hi)}
+    params = {"bucket": "30m", "tool_name": "search", "from": rfc3339_ms(lo), "to": rfc3339_ms(hi)}
     body = get(api, "/admin/metrics/mcp/timeseries", **params)
     assert "group_by" not in body
     rows = [r for r in dataset.mcp if r.tool_name == "search" and lo <= r.started_at <= hi]
@@ -226,7 +227,7 @@ def test_interactions(api: httpx.Client, dataset: Dataset) -> None:
     for item in body["items"]:
         event = kinds[item["event_id"]]
         assert item["route_kind"] == event.route_kind
-        assert item["started_at"] == rfc3339(event.started_at)
+        assert item["started_at"] == rfc3339_ms(event.started_at)
         assert item["success"] is event.success
         assert item["session_id"] == event.session_id
         operation = {"llm": "api_operation", "mcp": "method", "acp": "operation"}

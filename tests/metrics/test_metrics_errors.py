@@ -10,10 +10,11 @@ import httpx
 import pytest
 
 from agw.admin.app import create_admin_app
+from agw.clock import rfc3339_ms
 from agw.errors import NotFound
 from agw.runtime.manager import ConfigManager
-from agw.usage.query import MetricsQuery
-from tests.support.metrics import DAY_MS, Dataset, rfc3339
+from agw.usage.answers import MetricsQuery
+from tests.support.metrics import DAY_MS, Dataset
 
 BASE = "/admin/metrics"
 LIMIT = "limit must be an integer between 1 and 1000"
@@ -72,7 +73,7 @@ def test_not_found_and_not_enabled(api: httpx.Client, dataset: Dataset) -> None:
         "code": "not_found",
     }
     # a known session, outside the window asked for
-    before = {"to": rfc3339(dataset.start_ms - DAY_MS)}
+    before = {"to": rfc3339_ms(dataset.start_ms - DAY_MS)}
     assert api.get(f"{BASE}/sessions/sess-a", params=before).status_code == 404
 
     r = api.get(f"{BASE}/prometheus")

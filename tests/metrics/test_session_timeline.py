@@ -6,13 +6,14 @@ from typing import Any
 
 import httpx
 
-from tests.support.metrics import Dataset, Event, rfc3339
+from agw.clock import rfc3339_ms
+from tests.support.metrics import Dataset, Event
 
 PATH = "/admin/metrics/sessions/sess-a"
 
 
 def expected_item(r: Event) -> dict[str, Any]:
-    item: dict[str, Any] = {"at": rfc3339(r.started_at), "at_ms": r.started_at}
+    item: dict[str, Any] = {"at": rfc3339_ms(r.started_at), "at_ms": r.started_at}
     item |= {"kind": r.route_kind, "route_id": r.route_id}
     if r.route_kind == "llm":
         item |= {"operation": r.api_operation, "model": r.upstream_model or r.logical_model}
@@ -65,8 +66,8 @@ def test_session_timeline(api: httpx.Client, dataset: Dataset) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["session_id"] == "sess-a"
-    assert body["first_at"] == rfc3339(rows[0].started_at)
-    assert body["last_at"] == rfc3339(rows[-1].started_at)
+    assert body["first_at"] == rfc3339_ms(rows[0].started_at)
+    assert body["last_at"] == rfc3339_ms(rows[-1].started_at)
     assert body["totals"] == totals(rows)
     assert body["limit"] == 1000
     assert body["items"] == [expected_item(x) for x in rows]
@@ -78,9 +79,9 @@ def test_session_timeline(api: httpx.Client, dataset: Dataset) -> None:
 
     # from/to narrow everything
     lo, hi = rows[3].started_at, rows[-4].started_at
-    params = {"from": rfc3339(lo), "to": rfc3339(hi)}
+    params = {"from": rfc3339_ms(lo), "to": rfc3339_ms(hi)}
     body = api.get(PATH, params=params).json()
     inside = rows[3:-3]
     assert body["items"] == [expected_item(x) for x in inside]
     assert body["totals"] == totals(inside)
-    assert (body["first_at"], body["last_at"]) == (rfc3339(lo), rfc3339(hi))
+    assert (body["first_at"], body["last_at"]) == (rfc3339_ms(lo), rfc3339_ms(hi))

@@ -15,7 +15,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +42,6 @@ class Dataset:
 
     def everything(self) -> list[Event]:
         return [*self.llm, *self.mcp, *self.acp]
-
-
-def rfc3339(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _maybe(rng: random.Random, values: Sequence[str], none_share: float = 0.25) -> str | None:

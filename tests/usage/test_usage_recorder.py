@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from agw.store.db import Database
+from agw.store.usage_repo import CHUNK_ROWS
 from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
-from agw.usage.recorder import CHUNK_ROWS, UsageRecorder
+from agw.usage.recorder import UsageRecorder
 from tests.support.usage import NOW_MS, count, rows, wait_until
 
 

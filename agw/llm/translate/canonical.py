@@ -6,9 +6,10 @@ is dropped at parse time and named in ``Request.dropped``.
 
 Conventions that every format module follows:
 
-* ``Usage.input_tokens`` counts *all* prompt tokens, cached ones included (the OpenAI and
-  Gemini convention); ``cached_input_tokens`` and ``cache_creation_input_tokens`` are parts
-  of it. ``output_tokens`` includes ``reasoning_tokens``.
+* ``Usage`` (:mod:`agw.llm.providers.tokens`, with each wire's one usage parser):
+  ``input_tokens`` counts *all* prompt tokens, cached ones included (the OpenAI and Gemini
+  convention); ``cached_input_tokens`` and ``cache_creation_input_tokens`` are parts of it.
+  ``output_tokens`` includes ``reasoning_tokens``.
 * ``ToolCall.arguments`` is the JSON text of the arguments object, as chat and responses
   carry it; messages and gemini parse it into an object.
 * A ``Thinking`` signature is opaque and only valid for the format named by ``origin``;
@@ -22,6 +23,8 @@ import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from agw.llm.providers.tokens import Usage as Usage  # re-exported: the canonical counts
 
 Format = Literal["chat", "messages", "responses", "gemini"]
 FORMATS: tuple[Format, ...] = ("chat", "messages", "responses", "gemini")
@@ -172,32 +175,6 @@ class Request:
 
 
 # --- response -----------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Usage:
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_input_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    reasoning_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-    def merge(self, other: Usage) -> None:
-        """Take every non-zero count of ``other`` (later stream reports are cumulative)."""
-        for name in (
-            "input_tokens",
-            "output_tokens",
-            "cached_input_tokens",
-            "cache_creation_input_tokens",
-            "reasoning_tokens",
-        ):
-            value = getattr(other, name)
-            if value:
-                setattr(self, name, value)
 
 
 @dataclass(slots=True)

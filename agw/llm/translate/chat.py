@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from agw.errors import InvalidRequest
+from agw.llm.providers.openai import chat_usage
 from agw.llm.translate.canonical import (
     Ids,
     Image,
@@ -385,21 +386,6 @@ def _render_assistant(m: Message, req: Request, index: int) -> list[dict[str, An
 # --- response -----------------------------------------------------------------------------
 
 
-def parse_usage(u: Reader) -> Usage:
-    prompt = u.obj("prompt_tokens_details")
-    completion = u.obj("completion_tokens_details")
-    cached = prompt.integer("cached_tokens")
-    if cached is None:
-        cached = u.integer("prompt_cache_hit_tokens")  # DeepSeek
-    return Usage(
-        input_tokens=u.integer("prompt_tokens") or 0,
-        output_tokens=u.integer("completion_tokens") or 0,
-        cached_input_tokens=cached or 0,
-        cache_creation_input_tokens=prompt.integer("cache_write_tokens") or 0,
-        reasoning_tokens=completion.integer("reasoning_tokens") or 0,
-    )
-
-
 def render_usage(u: Usage) -> dict[str, Any]:
     prompt_details: dict[str, Any] = {"cached_tokens": u.cached_input_tokens}
     if u.cache_creation_input_tokens:
@@ -419,7 +405,7 @@ def parse_response(body: Any) -> Response:
     resp = Response(id=r.text("id") or None, model=r.text("model") or None)
     resp.created = r.integer("created") or None
     if r.has("usage"):
-        resp.usage = parse_usage(r.obj("usage"))
+        resp.usage = chat_usage(r.obj("usage").data)
     if not choices:
         return resp
     choice = choices[0]

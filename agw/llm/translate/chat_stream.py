@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from agw import jsonfast
+from agw.llm.providers.openai import chat_usage
 from agw.llm.translate.canonical import (
     BlockStop,
     Error,
@@ -22,7 +23,7 @@ from agw.llm.translate.canonical import (
     ToolCallStart,
     Usage,
 )
-from agw.llm.translate.chat import FINISH_TO_STOP, STOP_TO_FINISH, parse_usage, render_usage
+from agw.llm.translate.chat import FINISH_TO_STOP, STOP_TO_FINISH, render_usage
 from agw.llm.translate.reader import Reader
 from agw.sse import frame
 
@@ -68,7 +69,7 @@ class StreamDecoder:
                 )
             )
         if r.has("usage"):
-            self._usage = parse_usage(r.obj("usage"))
+            self._usage = chat_usage(r.obj("usage").data)
         for choice in r.objects("choices")[:1]:
             out.extend(self._delta(choice.obj("delta")))
             finish = choice.text("finish_reason")

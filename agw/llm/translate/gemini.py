@@ -18,6 +18,7 @@ from typing import Any
 
 from agw import jsonfast
 from agw.errors import InvalidRequest
+from agw.llm.providers.gemini import gemini_usage
 from agw.llm.translate.canonical import (
     Ids,
     Image,
@@ -356,17 +357,6 @@ def _render_parts(
 # --- response -----------------------------------------------------------------------------
 
 
-def parse_usage(u: Reader) -> Usage:
-    thoughts = u.integer("thoughtsTokenCount") or 0
-    return Usage(
-        input_tokens=(u.integer("promptTokenCount") or 0)
-        + (u.integer("toolUsePromptTokenCount") or 0),
-        output_tokens=(u.integer("candidatesTokenCount") or 0) + thoughts,
-        cached_input_tokens=u.integer("cachedContentTokenCount") or 0,
-        reasoning_tokens=thoughts,
-    )
-
-
 def render_usage(u: Usage) -> dict[str, Any]:
     out: dict[str, Any] = {
         "promptTokenCount": u.input_tokens,
@@ -409,7 +399,7 @@ def parse_response(body: Any) -> Response:
     elif r.obj("promptFeedback").text("blockReason"):
         resp.stop_reason = "content_filter"
     if r.has("usageMetadata"):
-        resp.usage = parse_usage(r.obj("usageMetadata"))
+        resp.usage = gemini_usage(r.obj("usageMetadata").data)
     return resp
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from agw.llm.providers.gemini import gemini_usage
 from agw.llm.translate.canonical import (
     BlockStop,
     Error,
@@ -34,7 +35,6 @@ from agw.llm.translate.gemini import (
     finish_reason,
     loads_or_none,
     parse_candidate_parts,
-    parse_usage,
     render_part,
     render_usage,
 )
@@ -68,7 +68,7 @@ class StreamDecoder:
                 MessageStart(id=r.text("responseId") or None, model=r.text("modelVersion") or None)
             )
         if r.has("usageMetadata"):
-            self._usage = parse_usage(r.obj("usageMetadata"))
+            self._usage = gemini_usage(r.obj("usageMetadata").data)
         candidates = r.objects("candidates")
         if candidates:
             for part in parse_candidate_parts(candidates[0]):

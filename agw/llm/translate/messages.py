@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from agw.errors import InvalidRequest
+from agw.llm.providers.anthropic import messages_usage
 from agw.llm.translate.canonical import (
     Ids,
     Image,
@@ -373,18 +374,6 @@ def _render_blocks(m: Message, req: Request, index: int) -> list[dict[str, Any]]
 # --- response -----------------------------------------------------------------------------
 
 
-def parse_usage(u: Reader) -> Usage:
-    cached = u.integer("cache_read_input_tokens") or 0
-    creation = u.integer("cache_creation_input_tokens") or 0
-    return Usage(
-        input_tokens=(u.integer("input_tokens") or 0) + cached + creation,
-        output_tokens=u.integer("output_tokens") or 0,
-        cached_input_tokens=cached,
-        cache_creation_input_tokens=creation,
-        reasoning_tokens=u.obj("output_tokens_details").integer("thinking_tokens") or 0,
-    )
-
-
 def render_usage(u: Usage) -> dict[str, Any]:
     uncached = u.input_tokens - u.cached_input_tokens - u.cache_creation_input_tokens
     out: dict[str, Any] = {
@@ -406,7 +395,7 @@ def parse_response(body: Any) -> Response:
     resp.stop_reason = STOP_REASONS.get(reason, "end_turn") if reason else None
     resp.stop_sequence = r.text("stop_sequence")
     if r.has("usage"):
-        resp.usage = parse_usage(r.obj("usage"))
+        resp.usage = messages_usage(r.obj("usage").data)
     return resp
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from agw import jsonfast
+from agw.llm.providers.anthropic import MessagesUsage
 from agw.llm.translate.canonical import (
     BlockStop,
     Error,
@@ -24,7 +25,6 @@ from agw.llm.translate.canonical import (
 )
 from agw.llm.translate.messages import (
     STOP_REASONS,
-    parse_usage,
     render_stop_reason,
     render_usage,
     tool_id,
@@ -32,20 +32,12 @@ from agw.llm.translate.messages import (
 from agw.llm.translate.reader import Reader
 from agw.sse import frame
 
-_USAGE_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-    "output_tokens_details",
-)
-
 
 class StreamDecoder:
     """Upstream Anthropic events in, canonical events out."""
 
     def __init__(self) -> None:
-        self._usage: dict[str, Any] = {}
+        self._usage = MessagesUsage()
         self._blocks: dict[int, str] = {}  # index -> "text" | "thinking" | "tool" | "skip"
         self._started = False
         self._stop: MessageDelta | None = None
@@ -60,13 +52,13 @@ class StreamDecoder:
         out: list[Event] = []
         if kind == "message_start":
             msg = r.obj("message")
-            self._take_usage(msg.obj("usage"))
+            self._usage.take(msg.obj("usage").data, delta=False)
             self._started = True
             out.append(
                 MessageStart(
                     id=msg.text("id") or None,
                     model=msg.text("model") or None,
-                    usage=parse_usage(Reader(self._usage)),
+                    usage=self._usage.usage(),
                 )
             )
         elif kind == "content_block_start":
@@ -77,18 +69,18 @@ class StreamDecoder:
             if self._blocks.get(r.integer("index") or 0, "skip") != "skip":
                 out.append(BlockStop())
         elif kind == "message_delta":
-            self._take_usage(r.obj("usage"))
+            self._usage.take(r.obj("usage").data, delta=True)
             delta = r.obj("delta")
             reason = delta.text("stop_reason")
             self._stop = MessageDelta(
                 STOP_REASONS.get(reason, "end_turn") if reason else None,
                 delta.text("stop_sequence"),
-                parse_usage(Reader(self._usage)),
+                self._usage.usage(),
             )
             out.append(self._stop)
         elif kind == "message_stop":
             if self._stop is None:
-                self._stop = MessageDelta(usage=parse_usage(Reader(self._usage)))
+                self._stop = MessageDelta(usage=self._usage.usage())
                 out.append(self._stop)
             self._done = True
             out.append(MessageStop())
@@ -107,11 +99,6 @@ class StreamDecoder:
         if self._stop is not None:
             return [MessageStop()]
         return [Error("upstream stream ended before the message was complete")]
-
-    def _take_usage(self, u: Reader) -> None:
-        for name in _USAGE_FIELDS:
-            if u.raw(name) is not None:
-                self._usage[name] = u.raw(name)
 
     def _block_start(self, index: int, block: Reader) -> list[Event]:
         kind = block.text("type")

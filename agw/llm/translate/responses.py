@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agw.errors import InvalidRequest
+from agw.llm.providers.openai import responses_usage
 from agw.llm.translate.canonical import (
     Format,
     Ids,
@@ -371,17 +372,6 @@ def _summary(p: Thinking) -> list[dict[str, Any]]:
 # --- response -----------------------------------------------------------------------------
 
 
-def parse_usage(u: Reader) -> Usage:
-    details = u.obj("input_tokens_details")
-    return Usage(
-        input_tokens=u.integer("input_tokens") or 0,
-        output_tokens=u.integer("output_tokens") or 0,
-        cached_input_tokens=details.integer("cached_tokens") or 0,
-        cache_creation_input_tokens=details.integer("cache_write_tokens") or 0,
-        reasoning_tokens=u.obj("output_tokens_details").integer("reasoning_tokens") or 0,
-    )
-
-
 def render_usage(u: Usage) -> dict[str, Any]:
     return {
         "input_tokens": u.input_tokens,
@@ -429,7 +419,7 @@ def parse_response(body: Any) -> Response:
         resp.content.extend(parse_output_item(item))
     resp.stop_reason = stop_reason(r.text("status"), r.obj("incomplete_details"))
     if r.has("usage"):
-        resp.usage = parse_usage(r.obj("usage"))
+        resp.usage = responses_usage(r.obj("usage").data)
     return resp
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agw import jsonfast
+from agw.llm.providers.openai import responses_usage
 from agw.llm.translate.canonical import (
     BlockStop,
     Error,
@@ -35,7 +36,6 @@ from agw.llm.translate.responses import (
     message_item,
     parse_output_item,
     parse_reasoning,
-    parse_usage,
     reasoning_item,
     response_object,
     status_of,
@@ -95,7 +95,7 @@ class StreamDecoder:
             reason = stop_reason(resp.text("status"), resp.obj("incomplete_details"))
             if kind == "response.incomplete" and reason == "end_turn":
                 reason = "max_tokens"
-            usage = parse_usage(resp.obj("usage")) if resp.has("usage") else None
+            usage = responses_usage(resp.obj("usage").data) if resp.has("usage") else None
             self._done = True
             out.append(MessageDelta(settle_stop_reason(reason, self._calls), None, usage))
             out.append(MessageStop())

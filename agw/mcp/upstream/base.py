@@ -1,4 +1,4 @@
-"""The interface every upstream MCP transport implements, and the factory that picks one.
+"""The interface every upstream MCP transport implements (the factory is :mod:`agw.mcp.upstream`).
 
 An :class:`Upstream` is one MCP client session with one upstream server: it does the handshake
 (``initialize`` + ``notifications/initialized``, or ``server/discover`` for a modern-only server),
@@ -7,34 +7,30 @@ upstream-side messages (progress, logging, server->client requests) to that call
 Messages that belong to no call (``list_changed``, logging between calls, a server->client request
 with no call in flight) go to the ``listener`` given at construction.
 
-Who owns an upstream (see :mod:`agw.mcp.runtime`): a stdio server is one process per service,
+Who owns an upstream (see :mod:`agw.mcp.pool`): a stdio server is one process per service,
 shared by every client of the gateway; an HTTP upstream session belongs to one downstream
 session, so no client's upstream session state reaches another.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agw.config.mcp import McpService
 from agw.logs import scrub
-from agw.mcp.jsonrpc import RequestId
+from agw.mcp.jsonrpc import METHOD_NOT_FOUND, RequestId
+from agw.mcp.protocol import CLIENT_CAPABILITIES, CLIENT_INFO, UPSTREAM_PROTOCOL_VERSION
 from agw.types import JsonObj
-from agw.version import VERSION
 
-# The protocol version the gateway asks its upstreams for first (newest of the handshake era).
-UPSTREAM_PROTOCOL_VERSION = "2025-11-25"
-MODERN_PROTOCOL_VERSION = "2026-07-28"
-CLIENT_INFO = {"name": "agw", "version": VERSION}
-# Declared to upstreams so they may ask; the gateway relays a request only to a client that
-# declared the capability itself and answers the others with an error.
-CLIENT_CAPABILITIES: JsonObj = {"roots": {"listChanged": True}, "sampling": {}, "elicitation": {}}
 DEFAULT_CALL_TIMEOUT_S = 300.0
+HANDSHAKE_TIMEOUT_S = 30.0
 # The largest message the gateway reads from an HTTP upstream: a JSON answer's body, or one
 # SSE event (docs/mcp.md, "Services: the upstreams"). A stdio line has its own limit
-# (agw.mcp.stdio.LINE_LIMIT).
+# (agw.mcp.upstream.stdio.LINE_LIMIT).
 MESSAGE_LIMIT = 32 * 1024 * 1024
 
 # An upstream message addressed to the client side while a call runs: a notification
@@ -152,29 +148,49 @@ class Upstream(ABC):
         }
 
 
-def create_upstream(service: McpService, listener: Listener | None = None) -> Upstream:
-    """The transport the service asks for."""
-    if service.transport == "stdio":
-        from agw.mcp.stdio import StdioUpstream
-
-        return StdioUpstream(service, listener)
-    if service.transport == "sse":
-        from agw.mcp.sse import SseUpstream
-
-        return SseUpstream(service, listener)
-    from agw.mcp.http import StreamableHttpUpstream
-
-    return StreamableHttpUpstream(service, listener)
-
-
 def auth_headers(service: McpService) -> dict[str, str]:
     """The service's own credentials (never the client's)."""
     auth = service.auth
     if auth.type in ("api_key", "bearer", "oauth2") and auth.api_key:
         return {"authorization": f"Bearer {auth.api_key}"}
     if auth.type == "basic":
-        import base64
-
         token = base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
         return {"authorization": f"Basic {token}"}
     return {}
+
+
+def initialize_params() -> JsonObj:
+    """The ``initialize`` request's params (handshake era)."""
+    return {
+        "protocolVersion": UPSTREAM_PROTOCOL_VERSION,
+        "capabilities": CLIENT_CAPABILITIES,
+        "clientInfo": CLIENT_INFO,
+    }
+
+
+async def ready_within(upstream: Upstream, timeout: float | None) -> None:  # noqa: ASYNC109
+    """``ensure_ready`` bounded by a call's own timeout (the handshake goes on for others)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await upstream.ensure_ready()
+    except TimeoutError:
+        raise UpstreamError(
+            f"mcp service {upstream.service.id} was not ready within {timeout:g}s"
+        ) from None
+
+
+def error_response(msg_id: RequestId, err: JsonObj) -> JsonObj:
+    return {"jsonrpc": "2.0", "id": msg_id, "error": err}
+
+
+def refusal(msg: JsonObj) -> JsonObj:
+    """The answer to a server->client request nobody on the gateway side can take."""
+    method = msg.get("method")
+    err = {"code": METHOD_NOT_FOUND, "message": f"client does not support {method}"}
+    return error_response(msg["id"], err)
+
+
+def retrieve(task: asyncio.Task[Any]) -> None:
+    """A done callback: a task's exception counts as seen (nobody may await it)."""
+    if not task.cancelled():
+        task.exception()

@@ -31,7 +31,6 @@ from typing import Any
 from agw.clock import now_ms
 from agw.config.mcp import McpService
 from agw.mcp.jsonrpc import (
-    METHOD_NOT_FOUND,
     RequestId,
     RpcError,
     is_request,
@@ -40,21 +39,23 @@ from agw.mcp.jsonrpc import (
     request,
     result,
 )
-from agw.mcp.upstream import (
-    CLIENT_CAPABILITIES,
-    CLIENT_INFO,
+from agw.mcp.upstream.base import (
     DEFAULT_CALL_TIMEOUT_S,
-    UPSTREAM_PROTOCOL_VERSION,
+    HANDSHAKE_TIMEOUT_S,
     Listener,
     OnMessage,
     Upstream,
     UpstreamError,
+    error_response,
+    initialize_params,
+    ready_within,
+    refusal,
+    retrieve,
 )
 from agw.types import JsonObj
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT_S = 30.0
 # Notifications about the server's state, never about one call.
 LISTENER_ONLY = frozenset(
     {
@@ -64,36 +65,6 @@ LISTENER_ONLY = frozenset(
         "notifications/resources/updated",
     }
 )
-
-
-def initialize_params() -> JsonObj:
-    return {
-        "protocolVersion": UPSTREAM_PROTOCOL_VERSION,
-        "capabilities": CLIENT_CAPABILITIES,
-        "clientInfo": CLIENT_INFO,
-    }
-
-
-async def ready_within(upstream: Upstream, timeout: float | None) -> None:  # noqa: ASYNC109
-    """``ensure_ready`` bounded by a call's own timeout (the handshake goes on for others)."""
-    try:
-        async with asyncio.timeout(timeout):
-            await upstream.ensure_ready()
-    except TimeoutError:
-        raise UpstreamError(
-            f"mcp service {upstream.service.id} was not ready within {timeout:g}s"
-        ) from None
-
-
-def error_response(msg_id: RequestId, err: JsonObj) -> JsonObj:
-    return {"jsonrpc": "2.0", "id": msg_id, "error": err}
-
-
-def refusal(msg: JsonObj) -> JsonObj:
-    """The answer to a server->client request nobody on the gateway side can take."""
-    method = msg.get("method")
-    err = {"code": METHOD_NOT_FOUND, "message": f"client does not support {method}"}
-    return error_response(msg["id"], err)
 
 
 def progress_token(params: JsonObj | None) -> str | int | None:
@@ -158,7 +129,7 @@ class ChannelUpstream(Upstream):
         task = self._handshake
         if task is None or task.done():
             task = self._handshake = asyncio.create_task(self._do_handshake())
-            task.add_done_callback(_retrieve)
+            task.add_done_callback(retrieve)
         return await asyncio.shield(task)
 
     async def _do_handshake(self) -> JsonObj:
@@ -383,8 +354,3 @@ class ChannelUpstream(Upstream):
 
 def _result(msg_id: RequestId, value: Any) -> JsonObj:
     return result(msg_id, value)
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()

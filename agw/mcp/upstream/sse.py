@@ -4,9 +4,9 @@ GET ``service.url`` (``Accept: text/event-stream``) opens the stream; its first 
 names the URL (usually relative, resolved against ``service.url``, and it must stay on the same
 origin) where every client message is POSTed (2xx expected). Without an ``endpoint`` event within
 10 s, ``service.post_url`` is used. Every server message arrives as ``event: message`` on the
-stream and is matched by id (see :class:`agw.mcp.stdio.ChannelUpstream` for the routing). When
-the stream drops, every call in flight fails with :class:`UpstreamError` at once, the state is
-``error``, and the next call reconnects (a new GET, a new endpoint, a new handshake).
+stream and is matched by id (see :class:`agw.mcp.upstream.channel.ChannelUpstream` for the
+routing). When the stream drops, every call in flight fails with :class:`UpstreamError` at once,
+the state is ``error``, and the next call reconnects (a new GET, a new endpoint, a new handshake).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import aiohttp
 
 from agw.config.mcp import McpService
-from agw.mcp.channel import ChannelUpstream
-from agw.mcp.upstream import MESSAGE_LIMIT, Listener, UpstreamError, auth_headers
+from agw.mcp.upstream.base import MESSAGE_LIMIT, Listener, UpstreamError, auth_headers
+from agw.mcp.upstream.channel import ChannelUpstream
 from agw.request import current_trace, traceparent
 from agw.sse import SseError, SseEvent, SseParser
 from agw.types import JsonObj

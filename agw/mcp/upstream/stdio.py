@@ -1,17 +1,18 @@
 """The stdio upstream: one process per service, shared by every client of the gateway.
 
 :class:`StdioUpstream` starts the process on first use (``ensure_ready``), speaks
-newline-delimited JSON on stdin/stdout, keeps the last 8 KiB of stderr, and when the process
-exits fails every call in flight at once; the next call restarts it after a backoff (0.5 s
-doubling to 30 s, reset once a process ran 60 s). ``close()`` closes stdin, then SIGTERMs and
-SIGKILLs the process group. Message routing is :class:`agw.mcp.channel.ChannelUpstream`'s.
+newline-delimited JSON on stdin/stdout (framed by :mod:`agw.procgroup`: one line at most 16 MiB,
+past it the process is killed and its calls fail naming the limit), keeps the last 8 KiB of
+stderr, and when the process exits fails every call in flight at once; the next call restarts it
+after a backoff (0.5 s doubling to 30 s, reset once a process ran 60 s). ``close()`` closes
+stdin, then SIGTERMs and SIGKILLs the process group. Message routing is
+:class:`agw.mcp.upstream.channel.ChannelUpstream`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -19,26 +20,27 @@ import time
 from typing import Any
 
 from agw.config.mcp import McpService
-from agw.mcp.channel import (
-    ChannelUpstream,
-)
-from agw.mcp.upstream import (
-    Listener,
-    UpstreamError,
-)
+from agw.mcp.upstream.base import Listener, UpstreamError
+from agw.mcp.upstream.channel import ChannelUpstream
 from agw.procgroup import (
     CLOSE_GRACE_S,
+    LINE_LIMIT,
     STDERR_TAIL_BYTES,
+    LineTooLong,
+    decode_line,
+    encode_line,
     exited_within,
     keep_tail,
+    kill_orphans,
     killpg,
+    read_line,
+    start_group,
     stop_group,
 )
 from agw.types import JsonObj
 
 log = logging.getLogger(__name__)
 
-LINE_LIMIT = 16 * 1024 * 1024  # one message; asyncio holds at most twice this per process
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 HEALTHY_AFTER_S = 60.0
@@ -85,18 +87,9 @@ class StdioUpstream(ChannelUpstream):
         if self._proc is not None:
             self.restarts += 1
             await self._reap(self._proc)
-        env = {**os.environ, **self.service.env}
+        argv = [self.service.command, *self.service.args]
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self.service.command,
-                *self.service.args,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                start_new_session=True,
-                limit=LINE_LIMIT,
-            )
+            proc = await start_group(argv, env={**os.environ, **self.service.env})
         except OSError as exc:
             reason = f"mcp service {sid} could not start {self.service.command!r}: {exc}"
             self._schedule_retry(reason, ran=0.0)
@@ -112,7 +105,7 @@ class StdioUpstream(ChannelUpstream):
         self._readers = [
             asyncio.create_task(self._read_stdout(proc)),
             asyncio.create_task(self._read_stderr(proc)),
-            asyncio.create_task(self._watch_exit(proc)),
+            asyncio.create_task(kill_orphans(proc)),
         ]
         log.info("mcp_stdio_started", extra={"service_id": sid, "pid": proc.pid})
 
@@ -122,12 +115,24 @@ class StdioUpstream(ChannelUpstream):
             raise UpstreamError(
                 self._exit_reason or f"mcp service {self.service.id} is not running"
             )
-        data = json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
         try:
-            proc.stdin.write(data)
+            proc.stdin.write(encode_line(msg))
             await proc.stdin.drain()
         except (ConnectionError, RuntimeError) as exc:
-            raise UpstreamError(f"mcp service {self.service.id} is not running: {exc}") from None
+            reason = await self._exit_reason_of(proc)
+            raise UpstreamError(
+                reason or f"mcp service {self.service.id} is not running: {exc}"
+            ) from None
+
+    async def _exit_reason_of(self, proc: asyncio.subprocess.Process) -> str:
+        """Why ``proc`` went away, once its stdout reader has seen it exit: a write to a process
+        that just exited can fail before the reader reports the exit (code and stderr)."""
+        reader = self._readers[0] if self._readers else None
+        if proc is not self._proc or reader is None or reader is asyncio.current_task():
+            return ""
+        await asyncio.wait({reader}, timeout=CLOSE_GRACE_S + 2)
+        ended = reader.done() and not reader.cancelled()
+        return self._exit_reason if ended and not self._closed else ""
 
     async def _abort(self, reason: str) -> None:
         proc = self._proc
@@ -156,25 +161,23 @@ class StdioUpstream(ChannelUpstream):
         assert proc.stdout is not None
         while True:
             try:
-                line = await proc.stdout.readline()
-            except ValueError:  # a line over LINE_LIMIT: the protocol is broken
+                line = await read_line(proc.stdout, LINE_LIMIT)
+            except LineTooLong as exc:  # the protocol is broken: end the process
                 log.warning("mcp_stdio_line_too_long", extra={"service_id": self.service.id})
-                self._killed_for = f"sent a line over the {LINE_LIMIT >> 20} MiB limit"
+                self._killed_for = f"sent {exc}"
                 killpg(proc.pid, signal.SIGKILL)
-                continue
+                break
             if not line:
                 break
-            line = line.strip()
-            if not line:
-                continue
             try:
-                msg = json.loads(line)
+                messages = decode_line(line)
             except ValueError:
                 log.debug(
-                    "mcp_stdio_noise", extra={"service_id": self.service.id, "line": line[:200]}
+                    "mcp_stdio_noise",
+                    extra={"service_id": self.service.id, "line": line.strip()[:200]},
                 )
                 continue
-            for item in msg if isinstance(msg, list) else [msg]:
+            for item in messages:
                 await self._receive(item)
         # stdout closed: the process is ending (or closed stdout on its own: then end it)
         if not await exited_within(proc, CLOSE_GRACE_S):
@@ -200,13 +203,6 @@ class StdioUpstream(ChannelUpstream):
                         "mcp_stdio_stderr",
                         extra={"service_id": self.service.id, "line": raw.decode(errors="replace")},
                     )
-
-    async def _watch_exit(self, proc: asyncio.subprocess.Process) -> None:
-        """A process whose leader exited while a child keeps stdout open still ends: the
-        group is killed a second later, which closes stdout."""
-        await proc.wait()
-        await asyncio.sleep(1.0)
-        killpg(proc.pid, signal.SIGKILL)
 
     def _exited(self, proc: asyncio.subprocess.Process) -> None:
         if proc is not self._proc or self._closed:

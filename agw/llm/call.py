@@ -1,0 +1,47 @@
+"""What one LLM request has learned on its way: the plane, the attempts and the relays fill a
+:class:`Call`, and the plane turns it into the request's usage event."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from agw.clock import now_ms
+from agw.llm.content import Completion
+from agw.llm.observe import Observer
+from agw.llm.providers import Key
+from agw.llm.routing import Target
+from agw.request import Request
+from agw.types import JsonObj
+
+# A client operation -> the wire format the client speaks (the rest: models, embeddings,
+# count_tokens, are not chat-style).
+CLIENT_WIRE = {"chat_completions": "chat", "responses": "responses", "messages": "messages"}
+
+
+@dataclass(slots=True)
+class Call:
+    """What one request has learned so far: becomes the usage event."""
+
+    req: Request
+    operation: str = ""
+    started_ms: int = field(default_factory=now_ms)
+    t0: int = field(default_factory=time.perf_counter_ns)
+    upstream_ns: int = 0  # time spent waiting on the provider (the rest is the gateway's)
+    first_byte_ns: int = 0  # streams: when the first event went to the client
+    completion: Completion | None = None  # the answer's text, only with --trace-content
+    stream: bool = False
+    target: Target | None = None
+    key: Key | None = None
+    observer: Observer | None = None
+    body: JsonObj | None = None  # kept for the estimate when the provider reports none
+    raw: bytes = b""  # the client's request body as it came
+    request_tools: list[str] = field(default_factory=list)
+    error_type: str | None = None
+    status: int = 0
+    finalized: bool = True
+    client_wants_usage: bool = False  # chat clients: stream_options.include_usage
+    renamed: dict[str, str] = field(default_factory=dict)  # upstream tool name -> the client's
+    answer: bytes = b""  # the JSON answer the client got
+    relayed: list[bytes] | None = None  # the stream's pieces the client got (RELAYED_KEPT)
+    relayed_size: int = 0  # bytes of the stream the client got, all of them

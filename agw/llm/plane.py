@@ -1,0 +1,260 @@
+"""The LLM plane: one matched request -> provider(s) -> the answer, and one usage event.
+
+:meth:`LlmPlane.handle` checks the path, method and body, resolves the route's targets
+(:mod:`agw.llm.routing`) and awaits the work: the attempts over targets and credentials
+(:mod:`agw.llm.forward`), whose answer is relayed as it came or translated
+(:mod:`agw.llm.relay`). Every "no", the dispatcher's or the plane's own, is an
+:class:`agw.errors.Refusal` rendered in the caller's dialect (OpenAI error object or Anthropic
+envelope); every request, refusals included, records one :class:`LlmUsageEvent`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from agw import jsonfast
+from agw.errors import PayloadTooLarge, Refusal
+from agw.llm.call import CLIENT_WIRE, Call
+from agw.llm.content import Completion, prompt_of
+from agw.llm.credential_health import CredentialHealth
+from agw.llm.discovery import ModelCatalog
+from agw.llm.forward import Forwarder
+from agw.llm.observe import estimate_output_tokens, estimate_tokens, request_tools
+from agw.llm.providers import CredentialPicker, UpstreamPool, error_dialect
+from agw.llm.relay import count_tokens, list_models
+from agw.llm.routing import resolve
+from agw.request import ClientGone, DisconnectWatch, Request
+from agw.types import JsonObj
+from agw.usage.events import LlmUsageEvent, UsageSource
+from agw.usage.recorder import UsageRecorder
+
+log = logging.getLogger(__name__)
+
+BODY_LIMIT = 16 * 1024 * 1024
+_OPENAI_PATHS = {
+    "/v1/chat/completions": "chat_completions",
+    "/chat/completions": "chat_completions",
+    "/v1/responses": "responses",
+    "/responses": "responses",
+    "/v1/models": "models",
+    "/models": "models",
+    "/v1/embeddings": "embeddings",
+    "/embeddings": "embeddings",
+}
+_ANTHROPIC_PATHS = {"/v1/messages": "messages", "/v1/messages/count_tokens": "count_tokens"}
+
+
+class LlmPlane:
+    edge_always = False  # a keyed LLM route cannot be used by a page: it lacks the key
+
+    def __init__(
+        self,
+        recorder: UsageRecorder | None,
+        *,
+        trace_content: bool = False,
+    ) -> None:
+        """Sessions are attributed by the dispatcher (``req.session_id``, ``req.acp_session_id``)
+        before the plane runs."""
+        self.trace_content = trace_content  # keep prompts and completions for the traces
+        self.pool = UpstreamPool()
+        self.picker = CredentialPicker()
+        self.recorder = recorder
+        self.catalog = ModelCatalog(self.pool, self.picker)
+        self.health = CredentialHealth()
+        self.forwarder = Forwarder(self.pool, self.picker, self.health)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # --------------------------------------------------------------------------------- entry
+
+    async def handle(self, req: Request, refusal: Refusal | None = None) -> None:
+        call = Call(req)
+        if self.trace_content:
+            call.completion = Completion()
+        try:
+            if refusal is not None:
+                raise refusal
+            if self._probe(call):
+                await req.respond(200, b"")
+                return
+            if req.method == "POST" and req.headers.get("content-type") != "application/json":
+                _check_content_type(req.headers.get("content-type", ""))
+            try:
+                raw = await req.read_body(BODY_LIMIT)
+            except PayloadTooLarge as exc:
+                raise Refusal(413, "protocol_validation_failed", exc.message) from None
+            work = self._work(call, raw)
+            # The work is awaited here, not in a helper: every resumption of a coroutine walks
+            # the whole chain of awaiting frames, and on the hot path each level is measurable.
+            async with DisconnectWatch(req) as watch:
+                await work
+            if watch.gone:
+                call.status, call.error_type, call.finalized = 499, "client_cancelled", False
+        except Refusal as exc:
+            call.status, call.error_type = exc.status, exc.code
+            if not req.started:
+                await self.render(req, exc)
+        except ClientGone:
+            call.status, call.error_type, call.finalized = 499, "client_cancelled", False
+        except Exception:
+            log.exception("llm_request_failed", extra={"route_id": req.route.id})
+            call.status, call.error_type = 500, "internal_error"
+            if not req.started:
+                await req.respond(
+                    500, error_dialect(req.route.protocol).body(500, "internal gateway error")
+                )
+        finally:
+            self._record(call)
+
+    @staticmethod
+    async def render(req: Request, refusal: Refusal) -> None:
+        """A refusal in the caller's dialect: the OpenAI error object, or Anthropic's envelope
+        on the ``anthropic`` and ``cc`` surfaces."""
+        await req.respond(
+            refusal.status,
+            error_dialect(req.route.protocol).body(refusal.status, refusal.message),
+            headers=refusal.answer_headers() + req.close_if_unread(),
+        )
+
+    def _probe(self, call: Call) -> bool:
+        """Checks the path and method; True for Claude Code's ``HEAD /`` reachability probe."""
+        req = call.req
+        protocol = req.route.protocol
+        if protocol == "cc" and req.method == "HEAD" and req.path in ("/", ""):
+            call.operation, call.status = "probe", 200
+            return True
+        paths = _OPENAI_PATHS if protocol == "openai" else _ANTHROPIC_PATHS
+        operation = paths.get(req.path)
+        if operation is None:
+            raise Refusal(404, "route_not_found", f"no {protocol} endpoint at {req.path}")
+        call.operation = operation
+        want = "GET" if operation == "models" else "POST"
+        if req.method != want:
+            raise Refusal(
+                405,
+                "protocol_validation_failed",
+                f"method {req.method} not allowed on {req.path}",
+            )
+        return False
+
+    def _work(self, call: Call, raw: bytes) -> Coroutine[Any, Any, None]:
+        """Validates the request and resolves its targets; the coroutine that answers it."""
+        req = call.req
+        operation = call.operation
+        if operation == "models":
+            return list_models(call, self.pool, self.picker)
+        body = _parse_body(raw)
+        model = body.get("model", "")
+        if not isinstance(model, str):
+            raise Refusal(400, "protocol_validation_failed", "model must be a string")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise Refusal(400, "protocol_validation_failed", "stream must be a boolean")
+        call.stream = stream and operation in CLIENT_WIRE
+        opts = body.get("stream_options")
+        call.client_wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        call.request_tools = request_tools(body, CLIENT_WIRE.get(operation, "chat"))
+        targets = resolve(
+            req.snapshot, req.route.config, model, stream=call.stream, catalog=self.catalog
+        )
+        if operation == "count_tokens":
+            return count_tokens(call, self.pool, self.picker, body, targets[0])
+        if not targets[0].upstream_model:
+            raise Refusal(
+                400,
+                "protocol_validation_failed",
+                "model is required (the route's provider has no default_model)",
+            )
+        call.body, call.raw = body, raw
+        return self.forwarder.forward(call, body, targets)
+
+    # --------------------------------------------------------------------------------- usage
+
+    def _record(self, call: Call) -> None:
+        if self.recorder is None:
+            return
+        req = call.req
+        obs = call.observer
+        usage = obs.usage if obs is not None and obs.usage_seen else None
+        source: UsageSource
+        if obs is not None and usage is not None and (obs.finished or obs.final_usage):
+            source, tin, tout = "provider", usage.input_tokens, usage.output_tokens
+        elif call.body is not None and call.target is not None and call.status:
+            # The answer's own usage never came (a cut stream, a client that left): the input
+            # the provider reported if any, else estimated; the output estimated from what the
+            # client received (or what the provider had counted, when that is more).
+            source = "estimated"
+            tin = usage.input_tokens if usage is not None else 0
+            tin = tin or estimate_tokens(call.body)
+            if call.relayed is not None:
+                tout = estimate_output_tokens(call.relayed, call.relayed_size, stream=True)
+            else:
+                tout = estimate_output_tokens([call.answer], len(call.answer), stream=False)
+            tout = max(tout, usage.output_tokens if usage is not None else 0)
+        else:
+            source, tin, tout = "missing", 0, 0
+        status = call.status or req.status or 500
+        target = call.target
+        key = call.key
+        event = LlmUsageEvent(
+            **req.usage_head(call.started_ms, status, call.error_type),
+            llm_api=req.route.protocol,
+            api_operation=call.operation or None,
+            provider_id=target.provider.id if target else None,
+            provider_type=target.provider.provider_type if target else None,
+            logical_model=(target.logical_model or None) if target else None,
+            upstream_model=(target.upstream_model or None) if target else None,
+            credential_source=key.source if key else None,
+            credential_id=(key.credential_id or None) if key else None,
+            stream=call.stream,
+            input_tokens=tin,
+            output_tokens=tout,
+            total_tokens=tin + tout,
+            usage_finalized=call.finalized and (obs.finished if obs else True),
+            request_tool_count=len(call.request_tools),
+            request_tool_names=call.request_tools,
+            tool_call_count=len(obs.tool_names) if obs else 0,
+            tool_names=list(obs.tool_names) if obs else [],
+            usage_source=source,
+            cached_input_tokens=usage.cached_input_tokens if usage else 0,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens if usage else 0,
+            reasoning_tokens=usage.reasoning_tokens if usage else 0,
+            acp_session_id=req.acp_session_id,
+            overhead_ms=max(0, time.perf_counter_ns() - call.t0 - call.upstream_ns) / 1e6,
+            ttft_ms=(call.first_byte_ns - call.t0) / 1e6 if call.first_byte_ns else None,
+        )
+        if call.completion is not None:
+            event.trace_content = {
+                "input": prompt_of(call.body),
+                "output": call.completion.text(),
+            }
+        self.recorder.emit(event)
+
+
+def _check_content_type(value: str) -> None:
+    """LLM POST bodies are JSON, and say so: every SDK and agent sends ``application/json``.
+    What a browser may send cross-site without a CORS preflight (``text/plain``, forms, no
+    type at all) is refused, so a web page cannot make the operator's browser spend an open
+    route's credits (docs/security.md)."""
+    mime = value.partition(";")[0].strip().lower()
+    if mime == "application/json":
+        return
+    raise Refusal(
+        415,
+        "protocol_validation_failed",
+        f"Content-Type must be application/json, not {mime[:100] or 'none'}",
+    )
+
+
+def _parse_body(raw: bytes) -> JsonObj:
+    try:
+        body = jsonfast.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise Refusal(400, "protocol_validation_failed", f"invalid JSON body: {exc}") from None
+    if not isinstance(body, dict):
+        raise Refusal(400, "protocol_validation_failed", "request body must be a JSON object")
+    return body

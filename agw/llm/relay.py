@@ -1,0 +1,316 @@
+"""Answers going back to the client: a JSON answer, an SSE stream (passed through event by
+event, or translated), and the one-call relays of ``/models`` and ``count_tokens``.
+
+Passthrough first: when the client's wire format equals the provider's, the upstream bytes come
+back unchanged, event by event, while the :class:`Observer` reads usage on the side. Only when
+the formats differ does :mod:`agw.llm.translate` convert, through its canonical model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import aiohttp
+
+from agw import jsonfast
+from agw.errors import Refusal
+from agw.llm import translate
+from agw.llm.call import CLIENT_WIRE, Call
+from agw.llm.observe import Observer, estimate_tokens
+from agw.llm.providers import (
+    ERROR_BODY_LIMIT,
+    RESPONSE_LIMIT,
+    BodyTooLarge,
+    CredentialPicker,
+    UpstreamPool,
+    error_dialect,
+    kind_of,
+    limit_text,
+    read_capped,
+    restore_event,
+    restore_tool_names,
+    wire_format,
+)
+from agw.llm.routing import Target
+from agw.logs import scrub
+from agw.sse import EVENT_LIMIT, Event, EventTooLarge, SSESplitter, frame
+from agw.types import Headers, JsonObj
+
+log = logging.getLogger(__name__)
+
+_PASSED_RESPONSE_HEADERS = ("retry-after", "x-request-id", "request-id")
+_PASSED_PREFIXES = ("openai-", "anthropic-", "x-ratelimit-")
+JSON = b"application/json"
+# What of a stream's answer is kept for the output estimate when its usage never comes (the
+# first pieces sent; their share of text is applied to the rest): references, not copies.
+RELAYED_KEPT = 256 * 1024
+
+
+def passed_headers(resp: aiohttp.ClientResponse) -> Headers:
+    """The upstream answer's headers a client may see (request ids, rate limits)."""
+    out: Headers = []
+    for name, value in resp.headers.items():
+        lname = name.lower()
+        if lname in _PASSED_RESPONSE_HEADERS or lname.startswith(_PASSED_PREFIXES):
+            out.append((lname.encode(), value.encode("latin-1", "replace")))
+    return out
+
+
+# ----------------------------------------------------------------------------------- JSON
+
+
+async def relay_json(
+    call: Call, resp: aiohttp.ClientResponse, wire: str, observer: Observer
+) -> None:
+    req = call.req
+    sent = time.perf_counter_ns()
+    try:
+        length = resp.content_length  # under the limit: read here, one frame less
+        if length is not None and length <= RESPONSE_LIMIT:
+            raw = await resp.read()
+        else:
+            raw = await read_capped(resp, RESPONSE_LIMIT)
+    except BodyTooLarge:
+        raise Refusal(
+            502,
+            "provider_request_failed",
+            f"upstream answer larger than {limit_text(RESPONSE_LIMIT)} (the gateway's limit "
+            "on a non-streamed answer)",
+        ) from None
+    except TimeoutError:
+        raise Refusal(
+            504, "provider_request_failed", f"upstream {resp.url.host} timed out"
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise Refusal(
+            502, "provider_request_failed", f"upstream read failed: {scrub(str(exc))}"
+        ) from None
+    finally:
+        call.upstream_ns += time.perf_counter_ns() - sent
+    if call.renamed:
+        try:
+            answer = jsonfast.loads(raw)
+        except ValueError:
+            answer = None
+        if isinstance(answer, dict) and restore_tool_names(answer, call.renamed):
+            raw = json.dumps(answer).encode()
+    observer.body(raw)
+    if call.completion is not None:
+        call.completion.feed(raw)
+    client_wire = CLIENT_WIRE.get(call.operation, wire)
+    headers = passed_headers(resp)
+    if client_wire != wire:
+        target = call.target
+        model = (target.logical_model or target.upstream_model) if target else None
+        try:
+            converted = translate.translate_response(
+                jsonfast.loads(raw), wire, client_wire, model=model
+            )
+        except ValueError:
+            raise Refusal(
+                502, "provider_request_failed", "upstream answered invalid JSON"
+            ) from None
+        raw = json.dumps(converted).encode()
+        ctype = JSON
+    else:
+        ctype = resp.headers.get("content-type", "application/json").encode()
+    call.status = resp.status
+    call.answer = raw
+    await req.respond(resp.status, raw, ctype, headers)
+
+
+# ------------------------------------------------------------------------------------ SSE
+
+
+async def relay_stream(
+    call: Call,
+    resp: aiohttp.ClientResponse,
+    wire: str,
+    observer: Observer,
+    injected: bool,
+) -> None:
+    """The upstream's SSE stream to the client, event by event: passed through (less the usage
+    chunk the gateway asked for when ``injected``), or translated to the client's format. A
+    stream cut short ends with an error event in the client's dialect."""
+    req = call.req
+    client_wire = CLIENT_WIRE.get(call.operation, wire)
+    translator = None
+    if client_wire != wire:
+        target = call.target
+        model = (target.logical_model or target.upstream_model) if target else ""
+        translator = translate.StreamTranslator(
+            wire, client_wire, model=model, include_usage=call.client_wants_usage
+        )
+    await req.start(
+        200,
+        [
+            (b"content-type", b"text/event-stream"),
+            (b"cache-control", b"no-cache"),
+            *passed_headers(resp),
+        ],
+    )
+    call.status = 200
+    splitter = SSESplitter()
+    chunks = resp.content.iter_any()
+    clock = time.perf_counter_ns
+    relayed: list[bytes] = []
+    call.relayed = relayed
+    too_large = False
+    try:
+        while True:
+            waited = clock()
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            finally:
+                call.upstream_ns += clock() - waited
+            out: list[bytes] = []
+            for event in splitter.feed(chunk):
+                if call.renamed:
+                    event = _restored(event, call.renamed)
+                observer.raw_event(event)
+                if call.completion is not None:
+                    call.completion.feed(event.data)
+                if translator is not None:
+                    out.append(translator.feed(event.name or None, event.data))
+                elif not (injected and observer.usage_only_chunk):
+                    out.append(event.raw)
+            if out:
+                payload = b"".join(out)
+                await req.body(payload, more=True)
+                if call.relayed_size < RELAYED_KEPT:
+                    relayed.append(payload)
+                call.relayed_size += len(payload)
+                if not call.first_byte_ns:
+                    call.first_byte_ns = clock()
+    except EventTooLarge:
+        too_large = True
+        resp.close()  # the rest is never read: the connection is not reused
+        log.info("upstream_event_too_large", extra={"route_id": req.route.id})
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.info("upstream_stream_failed", extra={"route_id": req.route.id, "error": str(exc)})
+    if not observer.finished:
+        call.error_type, call.finalized = "provider_stream_failed", False
+        message = "upstream stream ended early"
+        if too_large:
+            message = (
+                f"upstream stream event larger than {limit_text(EVENT_LIMIT)} (the gateway's "
+                "limit on one event); the stream was cut"
+            )
+        if translator is not None:
+            tail = translator.fail(message) if too_large else translator.finish()
+        else:
+            tail = error_dialect(req.route.protocol).stream_frame(502, message)
+            tail += wire_format(wire).stream_tail
+        await req.body(tail, more=True)
+    elif translator is not None:
+        await req.body(translator.finish(), more=True)
+    await req.body(b"")
+
+
+def _restored(event: Event, renamed: dict[str, str]) -> Event:
+    data = restore_event(event.name, event.data, renamed)
+    return event if data is None else Event(frame(data, event.name), event.name, data)
+
+
+# ------------------------------------------------------------------- models, count_tokens
+
+
+async def list_models(call: Call, pool: UpstreamPool, picker: CredentialPicker) -> None:
+    """``GET /models``: a logical-model route's model names; a provider's own list when it has
+    one to relay, else its default model."""
+    req = call.req
+    tp = req.route.config.target_policy
+    if tp.type == "logical-model":
+        data = [
+            {"id": t.name, "object": "model", "created": 0, "owned_by": "agw"}
+            for t in tp.model_targets
+        ]
+        await req.respond(200, json.dumps({"object": "list", "data": data}).encode())
+        return
+    provider = req.snapshot.providers[tp.provider_id]
+    call.target = Target(provider, "")
+    if kind_of(provider).lists_models:
+        await _relay_once(call, pool, picker, "models", {})
+        return
+    ids = [provider.default_model] if provider.default_model else []
+    data = [
+        {"id": i, "object": "model", "created": 0, "owned_by": provider.provider_type} for i in ids
+    ]
+    await req.respond(200, json.dumps({"object": "list", "data": data}).encode())
+
+
+async def count_tokens(
+    call: Call,
+    pool: UpstreamPool,
+    picker: CredentialPicker,
+    body: JsonObj,
+    target: Target,
+) -> None:
+    """``count_tokens``: relayed to a provider that counts, else estimated here."""
+    req = call.req
+    provider = target.provider
+    call.target = target
+    kind = kind_of(provider)
+    if kind.counts_tokens:
+        payload = dict(body)
+        if target.upstream_model:
+            payload["model"] = target.upstream_model
+        headers = {"content-type": "application/json"}
+        for name in wire_format(kind.chat_wire).forwarded_headers:
+            if name in req.headers:
+                headers[name] = req.headers[name]
+        await _relay_once(call, pool, picker, "count_tokens", headers, json.dumps(payload).encode())
+        return
+    await req.respond(200, json.dumps({"input_tokens": estimate_tokens(body)}).encode())
+    call.status = 200
+
+
+async def _relay_once(
+    call: Call,
+    pool: UpstreamPool,
+    picker: CredentialPicker,
+    operation: str,
+    headers: dict[str, str],
+    data: bytes | None = None,
+) -> None:
+    """One call to the target's provider with its first key, the answer passed back unchanged
+    (``models`` is a GET, ``count_tokens`` a POST of ``data``)."""
+    req = call.req
+    assert call.target is not None
+    provider = call.target.provider
+    kind = kind_of(provider)
+    key = next(iter(picker.keys(req.snapshot, provider.id, ["provider_id"], "round_robin")))
+    call.key = key
+    headers = {**headers, **kind.auth_headers(provider, operation, key.value)}
+    method = "GET" if data is None else "POST"
+    try:
+        async with pool.session(provider).request(
+            method,
+            kind.url(provider, operation, "", stream=False),
+            data=data,
+            headers=headers,
+            timeout=pool.timeout(provider, stream=False),
+        ) as resp:
+            limit = RESPONSE_LIMIT if resp.status < 400 else ERROR_BODY_LIMIT
+            try:
+                raw = await read_capped(resp, limit)
+            except BodyTooLarge:
+                raise Refusal(
+                    502,
+                    "provider_request_failed",
+                    f"upstream answered {resp.status} with a body larger than "
+                    f"{limit_text(limit)} (the gateway's limit)",
+                ) from None
+            call.status = resp.status
+            ctype = resp.headers.get("content-type", "application/json").encode()
+            await req.respond(resp.status, raw, ctype, passed_headers(resp))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise Refusal(
+            502,
+            "provider_request_failed",
+            f"upstream {provider.id} unreachable: {scrub(str(exc))}",
+        ) from None

@@ -1,0 +1,37 @@
+"""The npm tools of the slow tier (tests/clients: Claude Code, opencode), installed with npm into
+``.cache/npm-<name>`` of the repository on first use (the npm registry must be reachable then).
+A test that needs one is skipped, with the reason, where npm or Node.js is not installed; a
+failed install fails it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+INSTALL_TIMEOUT_S = 600
+
+
+def npm_tool(package: str, name: str, binary: str) -> Path:
+    """The path of ``binary`` from ``package`` (``name@version``), installed into
+    ``.cache/npm-<name>`` unless it is there already."""
+    prefix = REPO / ".cache" / f"npm-{name}"
+    path = prefix / "node_modules" / ".bin" / binary
+    if path.exists():
+        return path
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.skip(f"{package} is installed with npm: needs npm and node (Node.js 18+) on PATH")
+    prefix.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), package],
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0 and path.exists(), f"npm install {package}: {done.stderr[-2000:]}"
+    return path
