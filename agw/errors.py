@@ -126,9 +126,11 @@ class Refusal(Exception):
     body too large, no model matches). ``code`` is the stable error type recorded on the usage
     row; ``headers`` go on the answer (``Retry-After`` comes from ``retry_after``). A plane's
     ``render`` turns it into an OpenAI or Anthropic error object, a JSON-RPC error or an ACP
-    error event; it is never rendered by the dispatcher."""
+    error event; it is never rendered by the dispatcher. ``detail`` is what the plane that
+    raised it renders it with when status and message are not enough (MCP: the JSON-RPC
+    error, with its code)."""
 
-    __slots__ = ("code", "headers", "message", "retry_after", "status")
+    __slots__ = ("code", "detail", "headers", "message", "retry_after", "status")
 
     def __init__(
         self,
@@ -137,6 +139,7 @@ class Refusal(Exception):
         message: str,
         headers: Sequence[tuple[bytes, bytes]] = (),
         retry_after: int | None = None,
+        detail: object = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -144,6 +147,7 @@ class Refusal(Exception):
         self.message = message
         self.headers = list(headers)
         self.retry_after = retry_after
+        self.detail = detail
 
     def answer_headers(self) -> list[tuple[bytes, bytes]]:
         """The headers this refusal adds to its answer (``Retry-After`` included)."""

@@ -218,7 +218,7 @@ def compose(
     directory = SessionDirectory()  # ACP sessions, for LLM and MCP usage attribution
     llm = LlmPlane(recorder, trace_content=settings.trace_content)
     mcp_runtime = McpState(manager)
-    mcp = McpPlane(recorder, mcp_runtime, directory)
+    mcp = McpPlane(recorder, mcp_runtime)
     acp_runtime = AcpRuntime(manager, directory=directory, gateway_url=lambda: gateway_url)
     acp = AcpPlane(recorder, acp_runtime)
     admin = create_admin_app(

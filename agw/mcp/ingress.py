@@ -78,12 +78,9 @@ def refuse(
     headers: Sequence[tuple[bytes, bytes]] = (),
     retry_after: int | None = None,
 ) -> Refusal:
-    """The refusal of a message: ``error`` is its cause, the JSON-RPC error it is answered
-    with; ``error_type`` the usage row's. (Inside ``except``: ``raise refuse(..., error)
-    from error``; ``from None`` would drop the cause.)"""
-    refusal = Refusal(status, error_type, error.message, headers, retry_after)
-    refusal.__cause__ = error
-    return refusal
+    """The refusal of a message: ``error`` (its ``detail``) is the JSON-RPC error it is
+    answered with; ``error_type`` the usage row's."""
+    return Refusal(status, error_type, error.message, headers, retry_after, detail=error)
 
 
 def about(call: Call, msg_id: Any, method: Any = None) -> Call:

@@ -23,7 +23,6 @@ from agw.mcp.relay import Relay
 from agw.mcp.server import McpServer
 from agw.mcp.state import McpState
 from agw.request import ClientGone, Request
-from agw.runtime.attribution import SessionDirectory
 from agw.types import JsonObj
 from agw.usage.events import McpUsageEvent
 from agw.usage.recorder import UsageRecorder
@@ -42,10 +41,9 @@ class McpPlane:
         self,
         recorder: UsageRecorder | None,
         state: McpState,
-        directory: SessionDirectory | None = None,
     ) -> None:
-        """``directory`` is not used: the dispatcher attributes sessions (``req.session_id``,
-        ``req.acp_session_id``) before the plane runs."""
+        """Sessions are attributed by the dispatcher (``req.session_id``, ``req.acp_session_id``)
+        before the plane runs."""
         self.state = state
         self.recorder = recorder
         self.relay = Relay(state)
@@ -97,8 +95,8 @@ class McpPlane:
                 raise not_allowed("GET, POST, DELETE")
         except Refusal as exc:
             record = True
-            cause = exc.__cause__
-            call.fail(cause if isinstance(cause, RpcError) else _invalid(exc), exc.code)
+            detail = exc.detail
+            call.fail(detail if isinstance(detail, RpcError) else _invalid(exc), exc.code)
             call.status_code = exc.status
             if not req.started:
                 await self.render(req, exc, call.msg_id)
@@ -118,10 +116,11 @@ class McpPlane:
 
     @staticmethod
     async def render(req: Request, refusal: Refusal, msg_id: RequestId | None = None) -> None:
-        """A refusal as MCP answers it: its status, a JSON-RPC error (the refusal's cause when
-        that is one, else -32600 with its message), and ``WWW-Authenticate: Bearer`` on 401."""
-        cause = refusal.__cause__
-        error = cause if isinstance(cause, RpcError) else _invalid(refusal)
+        """A refusal as MCP answers it: its status, a JSON-RPC error (the refusal's ``detail``
+        when that is one, else -32600 with its message), and ``WWW-Authenticate: Bearer`` on
+        401."""
+        detail = refusal.detail
+        error = detail if isinstance(detail, RpcError) else _invalid(refusal)
         headers = refusal.answer_headers()
         if refusal.status == 401:
             headers = [(b"www-authenticate", b"Bearer"), *headers]

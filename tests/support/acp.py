@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 
 from agw.config.acp import AcpService
-from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.agwd import Agwd, AgwdLauncher, usage_rows
 
 AGENT_SCRIPT = Path(__file__).resolve().parent.parent / "fakes" / "acp_agent.py"
 
@@ -197,19 +196,7 @@ class AcpGateway:
         self, where: str, args: tuple[Any, ...] = (), *, count: int = 1
     ) -> list[dict[str, Any]]:
         """``acp_usage_events`` rows matching ``where``, waiting (bounded) for ``count``."""
-        deadline = time.monotonic() + WAIT_S
-        rows: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            with contextlib.closing(sqlite3.connect(self.agwd.db_path)) as db:
-                db.row_factory = sqlite3.Row
-                found = db.execute(
-                    f"SELECT * FROM acp_usage_events WHERE {where} ORDER BY started_at", args
-                ).fetchall()
-            rows = [dict(r) for r in found]
-            if len(rows) >= count:
-                return rows
-            time.sleep(0.05)
-        return rows
+        return usage_rows(self.agwd.db_path, "acp_usage_events", where, count, args)
 
     def row(self, where: str, args: tuple[Any, ...] = ()) -> dict[str, Any]:
         rows = self.rows(where, args)

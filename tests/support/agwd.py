@@ -184,15 +184,18 @@ def run_cli(
     )
 
 
-def usage_rows(db: Path, table: str, where: str, count: int = 1) -> list[dict[str, Any]]:
-    """Rows of a usage table matching ``where``, waiting (at most 10 s) until ``count`` are
-    there: the recorder writes off the request path."""
+def usage_rows(
+    db: Path, table: str, where: str, count: int = 1, args: tuple[Any, ...] = ()
+) -> list[dict[str, Any]]:
+    """Rows of a usage table matching ``where`` (``args`` bound), oldest first, waiting (at
+    most 10 s) until ``count`` are there: the recorder writes off the request path."""
     deadline = time.monotonic() + 10
     found: list[dict[str, Any]] = []
+    sql = f"SELECT * FROM {table} WHERE {where} ORDER BY started_at"
     while time.monotonic() < deadline:
         with contextlib.closing(sqlite3.connect(db)) as conn:
             conn.row_factory = sqlite3.Row
-            found = [dict(r) for r in conn.execute(f"SELECT * FROM {table} WHERE {where}")]
+            found = [dict(r) for r in conn.execute(sql, args)]
         if len(found) >= count:
             break
         time.sleep(0.05)

@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import sqlite3
 import sys
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.agwd import Agwd, AgwdLauncher, usage_rows
 from tests.support.mcp_server import McpServerHandle
 
 TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
@@ -61,19 +58,7 @@ class Gateway:
         self, where: str, args: tuple[Any, ...] = (), *, count: int = 1
     ) -> list[dict[str, Any]]:
         """``mcp_usage_events`` rows matching ``where``, waiting (bounded) for ``count``."""
-        deadline = time.monotonic() + WAIT_S
-        rows: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            with contextlib.closing(sqlite3.connect(self.agwd.db_path)) as db:
-                db.row_factory = sqlite3.Row
-                found = db.execute(
-                    f"SELECT * FROM mcp_usage_events WHERE {where} ORDER BY started_at", args
-                ).fetchall()
-            rows = [dict(r) for r in found]
-            if len(rows) >= count:
-                return rows
-            time.sleep(0.05)
-        return rows
+        return usage_rows(self.agwd.db_path, "mcp_usage_events", where, count, args)
 
 
 def start_gateway(
