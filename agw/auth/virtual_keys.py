@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from agw.auth.principal import ANONYMOUS, Principal
 from agw.errors import Refusal
@@ -30,6 +31,13 @@ def virtual_key_candidates(headers: Mapping[str, str]) -> list[str]:
     if scheme.lower() == "bearer" and token and token not in found:
         found.append(token)
     return found
+
+
+@lru_cache(maxsize=4096)
+def key_principal(key_id: str) -> Principal:
+    """The principal of a virtual key: the same immutable value on every request, built once
+    (a frozen dataclass is not free to build on the hot path)."""
+    return Principal("virtual_key", key_id=key_id)
 
 
 def authenticate(
@@ -57,7 +65,7 @@ def authenticate(
         if entry is None:
             continue
         vk = entry.config
-        principal = Principal("virtual_key", key_id=entry.id)
+        principal = key_principal(entry.id)
         if vk.disabled:
             message = "virtual key is disabled"
             if vk.status_message:
