@@ -134,6 +134,14 @@ AGENT_COLUMNS: tuple[Column, ...] = (
     DISABLED,
     SOURCE,
 )
+JWT_PROVIDER_COLUMNS: tuple[Column, ...] = (
+    _col("ID", "id"),
+    _col("ISSUER", "issuer"),
+    _col("AUDIENCES", "audiences"),
+    _col("JWKS", "jwks_uri"),
+    DISABLED,
+    SOURCE,
+)
 VIRTUAL_KEY_COLUMNS: tuple[Column, ...] = (
     _col("ID", "id"),
     _col("KEY", "key"),
@@ -191,6 +199,7 @@ FAMILIES: tuple[Family, ...] = (
         "virtualkey", "virtual key", "/admin/virtual_keys", VIRTUAL_KEY_COLUMNS, custom_list=True
     ),
     Family("credential", "credential", "/admin/credentials", CREDENTIAL_COLUMNS, custom_list=True),
+    Family("jwt-provider", "JWT provider", "/admin/jwt_providers", JWT_PROVIDER_COLUMNS),
 )
 
 _REVEAL_HELP = "Show secrets in clear (they are shown as <redacted> otherwise)."

@@ -121,6 +121,7 @@ RESOURCES: tuple[Resource, ...] = (
         (("provider_id", lambda o: o.provider_id),),
     ),
     Resource(f.VIRTUAL_KEY, "/admin/virtual_keys", list_filters=(("tag", lambda o: o.tag),)),
+    Resource(f.JWT_PROVIDER, "/admin/jwt_providers"),
     Resource(
         f.CREDENTIAL,
         "/admin/credentials",

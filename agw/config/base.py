@@ -70,7 +70,45 @@ class MatchPolicy(Strict):
 
 
 class AuthPolicy(Strict):
+    """Which credentials admit a caller to a route.
+
+    - ``require_virtual_key``: a valid virtual key is required (``x-api-key`` or
+      ``Authorization: Bearer``). With ``jwt_provider_ids`` too, a JWT may come beside it (the
+      key in ``x-api-key``) and names the user.
+    - ``jwt_provider_ids`` without ``require_virtual_key``: a valid JWT from one of these
+      providers is required; ``allow_virtual_key`` lets a valid virtual key in instead.
+    - ``required_scopes``: every one must be in the JWT's ``scope``/``scp`` (else 403
+      ``insufficient_scope``).
+    """
+
     require_virtual_key: bool = False
+    jwt_provider_ids: list[str] = Field(default_factory=list)
+    allow_virtual_key: bool = False
+    required_scopes: list[str] = Field(default_factory=list)
+
+    @field_validator("jwt_provider_ids", "required_scopes")
+    @classmethod
+    def _list(cls, v: list[str]) -> list[str]:
+        return dedupe(v)
+
+    @property
+    def needs_credential(self) -> bool:
+        return self.require_virtual_key or bool(self.jwt_provider_ids)
+
+
+class Authorization(Strict):
+    """CEL rules, compiled when the snapshot is built. Deny wins; when ``allow`` has rules, one
+    must match. A rule that errors at run time denies."""
+
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _rules(cls, v: list[str]) -> list[str]:
+        if any(not r.strip() for r in v):
+            raise ValueError("rules must not be empty")
+        return [r.strip() for r in v]
 
 
 def check_env(env: dict[str, str]) -> dict[str, str]:
@@ -123,6 +161,7 @@ class ServiceRoute(Stamped):
     disabled: bool = False
     match_policy: MatchPolicy = Field(default_factory=MatchPolicy)
     auth_policy: AuthPolicy = Field(default_factory=AuthPolicy)
+    authorization: Authorization = Field(default_factory=Authorization)
     service_id: str
 
     @field_validator("id")

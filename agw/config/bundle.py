@@ -16,7 +16,7 @@ from pydantic import (
     Field,
 )
 
-from agw.config.access import VirtualKey
+from agw.config.access import JwtProvider, VirtualKey
 from agw.config.acp import AcpRoute, AcpService
 from agw.config.agents import Agent
 from agw.config.base import (
@@ -46,6 +46,7 @@ class Bundle(Strict):
     managedModels: list[ManagedModel] = Field(default_factory=list)
     llmRoutes: list[LLMRoute] = Field(default_factory=list)
     virtualKeys: list[VirtualKey] = Field(default_factory=list)
+    jwtProviders: list[JwtProvider] = Field(default_factory=list)
     cliAuthAuthenticators: list[CliAuthAuthenticator] = Field(default_factory=list)
     mcpServices: list[McpService] = Field(default_factory=list)
     mcpRoutes: list[McpRoute] = Field(default_factory=list)

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel
 
-from agw.config.access import VirtualKey
+from agw.config.access import JwtProvider, VirtualKey
 from agw.config.acp import AcpRoute, AcpService
 from agw.config.agents import Agent
 from agw.config.llm import CliAuthAuthenticator, Credential, LLMRoute, ManagedModel, Provider
@@ -81,6 +81,14 @@ VIRTUAL_KEY = Family(
     "store",
     tag_of=lambda o: o.tag,
 )
+JWT_PROVIDER = Family(
+    "jwt_provider",
+    "jwt provider",
+    "jwtProviders",
+    JwtProvider,
+    "jwt_providers",
+    "store",
+)
 CLIAUTH = Family(
     "cliauth_authenticator",
     "cliauth authenticator",
@@ -144,6 +152,7 @@ BUNDLE_FAMILIES: tuple[Family, ...] = (
     MANAGED_MODEL,
     LLM_ROUTE,
     VIRTUAL_KEY,
+    JWT_PROVIDER,
     CLIAUTH,
     MCP_SERVICE,
     MCP_ROUTE,

@@ -12,6 +12,7 @@ from pydantic import (
 )
 
 from agw.config.base import (
+    Authorization,
     AuthPolicy,
     MatchPolicy,
     NonNegInt,
@@ -259,6 +260,7 @@ class LLMRoute(Stamped):
     disabled: bool = False
     match_policy: MatchPolicy = Field(default_factory=MatchPolicy)
     auth_policy: AuthPolicy = Field(default_factory=AuthPolicy)
+    authorization: Authorization = Field(default_factory=Authorization)
     target_policy: TargetPolicy
 
     @field_validator("protocol", mode="before")

@@ -42,6 +42,8 @@ class McpService(Stamped):
     auto_auth: bool = False
     auth: McpAuth = Field(default_factory=McpAuth)
     audit: McpAudit = Field(default_factory=McpAudit)
+    # send the caller's own Authorization (a JWT) to this server; never otherwise
+    forward_client_token: bool = False
     disabled: bool = False
     description: str = ""
 

@@ -69,6 +69,10 @@ def check(catalog: Catalog, *, partial: bool, incomplete: Iterable[str] = ()) ->
             ref(label, f"service_ids[{si}]", f.MCP_SERVICE, sid)
     for label, route in catalog.get(f.ACP_ROUTE.name, ()):
         ref(label, "service_id", f.ACP_SERVICE, route.service_id)
+    for name in _ROUTE_FAMILIES:
+        for label, route in catalog.get(name, ()):
+            for pi, pid in enumerate(route.auth_policy.jwt_provider_ids):
+                ref(label, f"auth_policy.jwt_provider_ids[{pi}]", f.JWT_PROVIDER, pid)
     for label, svc in catalog.get(f.ACP_SERVICE.name, ()):
         origin = svc.gateway_origin
         if origin is not None:
