@@ -1,12 +1,13 @@
 """The data-plane dispatcher: steps 1 to 3 of the request pipeline, then the route's plane.
 
-Per request: take the snapshot once -> match the route (longest path prefix, then host, then
-method) -> strip the prefix -> trace headers -> ``Host`` and ``Origin`` (:class:`EdgeCheck`) ->
-malformed trace headers -> the policy gates that need no identity (agent depth, disabled route:
-agw/policy) -> identity (a virtual key today: agw/auth/virtual_keys.py) ->
-``planes[route.kind]``, which answers in its caller's dialect and records one usage event,
-refusals included. The dispatcher renders nothing but its own 404 and 501; it knows no plane by
-name. No database read happens here.
+Per request: take the snapshot once -> the MCP OAuth documents and registration shim
+(agw/auth/oauth_metadata.py: well-known paths, answered before any route) -> match the route
+(longest path prefix, then host, then method) -> strip the prefix -> trace headers -> ``Host`` and
+``Origin`` (:class:`EdgeCheck`) -> malformed trace headers -> the policy gates that need no
+identity (agent depth, disabled route: agw/policy) -> identity (virtual keys and JWTs:
+agw/auth/identity.py) -> ``planes[route.kind]``, which answers in its caller's dialect and records
+one usage event, refusals included. The dispatcher renders nothing but its own 404 and 501; it
+knows no plane by name. No database read happens here.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import json
 from collections.abc import Mapping
 from typing import Protocol
 
-from agw.auth.virtual_keys import authenticate
+from agw.auth.identity import Identity
+from agw.auth.oauth_metadata import PATHS as OAUTH_PATHS
+from agw.auth.oauth_metadata import OAuthEndpoints
 from agw.edge import EdgeCheck, HostPolicy
 from agw.errors import Refusal
 from agw.policy import RouteGates
-from agw.request import Request, TraceContext, current_trace
+from agw.request import Request, TraceContext, current_client_token, current_trace
 from agw.runtime.attribution import SessionDirectory, attribute
 from agw.runtime.manager import ConfigManager
 from agw.types import ASGIApp, Receive, Scope, Send
@@ -77,15 +80,19 @@ def create_data_app(
     directory: SessionDirectory | None = None,
     access_log: AccessLog | None = None,
     policy: HostPolicy | None = None,
+    identity: Identity | None = None,
 ) -> ASGIApp:
     """``planes``: the plane of each route kind; a kind without one answers 501. ``directory``:
     the gateway-run agents' sessions, for the identity step (a session credential stands for
     its key) and attribution. ``access_log`` gets a line for each request no route matches (the
     planes' requests reach it through the usage recorder). ``policy``: the data listener's
     trusted ``Host`` names and ``Origin`` values (default: loopback names and IP literals
-    only)."""
+    only). ``identity``: the identity step (default: one of its own, closed with the app)."""
     planes = dict(planes)
+    ident = identity or Identity(directory)
+    manager.on_swap(ident.sync)
     edge = EdgeCheck(policy or HostPolicy())
+    oauth = OAuthEndpoints(edge)  # MCP OAuth metadata and the registration shim
     gates = RouteGates(max_agent_depth)
     edge_always = {kind for kind, plane in planes.items() if plane.edge_always}
 
@@ -94,10 +101,13 @@ def create_data_app(
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
+                    ident.sync(manager.snapshot)  # JWT providers start fetching their keys
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     for plane in planes.values():
                         await plane.close()
+                    await ident.close()
+                    await oauth.close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] != "http":
@@ -106,6 +116,10 @@ def create_data_app(
         headers = _headers(scope)
         path: str = scope["path"]
         method: str = scope["method"]
+        if path.startswith(OAUTH_PATHS) and await oauth.serve(
+            scope, receive, send, snapshot, headers
+        ):
+            return
         route = snapshot.match(headers.get("host", ""), path, method)
         if route is None:
             unread = [] if method in ("GET", "HEAD") else [(b"connection", b"close")]
@@ -123,7 +137,7 @@ def create_data_app(
         # step 1, the edge; then the policy gates that need no identity (step 3, agw/policy);
         # then step 2, identity
         refusal: Refusal | None = None
-        if not route.require_virtual_key or route.kind in edge_always:
+        if not route.needs_credential or route.kind in edge_always:
             refusal = edge.refusal(route.host, headers, scope.get("scheme", "http"))
         if refusal is not None:
             pass
@@ -131,8 +145,11 @@ def create_data_app(
             refusal = Refusal(400, "invalid_header", trace.invalid)
         else:
             refusal = gates.refusal(route, trace.depth)
-            if refusal is None:
-                req.principal, refusal = authenticate(snapshot, route, headers, directory)
+            if refusal is None and route.needs_credential:
+                req.principal, refusal = await ident.authenticate(
+                    snapshot, route, headers, scope.get("scheme", "http")
+                )
+                current_client_token.set(req.principal.token)
         handler = planes.get(route.kind)
         if handler is not None:
             await handler.handle(req, refusal)

@@ -88,6 +88,10 @@ class TraceContext:
 # a request starts inherit it.
 current_trace: ContextVar[TraceContext | None] = ContextVar("agw_current_trace", default=None)
 
+# The caller's own bearer JWT, set by the dispatcher for a JWT principal: an MCP service with
+# ``forward_client_token: true`` sends it upstream; nothing else ever reads it.
+current_client_token: ContextVar[str | None] = ContextVar("agw_client_token", default=None)
+
 
 def traceparent(trace: TraceContext) -> str:
     """The W3C ``traceparent`` an upstream call made for this request carries: the request's
@@ -126,14 +130,26 @@ class Request:
         principal = self.principal
         return principal.key_id if principal is not None else None
 
+    @property
+    def owner_id(self) -> str | None:
+        """Whose sessions this caller may use: its virtual key, or its JWT's provider and
+        subject (agw/auth/principal.py); None on an open route."""
+        principal = self.principal
+        return principal.owner if principal is not None else None
+
     def usage_head(
         self, started_at: int, status: int, error_type: str | None = None
     ) -> dict[str, Any]:
         """The columns every usage table shares, as keyword arguments of a usage event: trace,
-        route, caller, session, outcome and timings. A plane adds only what is its own."""
+        route, caller (the principal's key id, user and org), session, outcome and timings. A
+        plane adds only what is its own."""
         trace = self.trace
         route = self.route
         principal = self.principal
+        if principal is None:
+            key_id = user_id = org_id = None
+        else:
+            key_id, user_id, org_id = principal.key_id, principal.user, principal.org
         return {
             "trace_id": trace.trace_id,
             "span_id": trace.span_id,
@@ -143,7 +159,9 @@ class Request:
             "finished_at": now_ms(),
             "route_id": route.id,
             "route_protocol": route.protocol,
-            "virtual_key_id": principal.key_id if principal is not None else None,
+            "virtual_key_id": key_id,
+            "user_id": user_id,
+            "org_id": org_id,
             "success": status < 400 and error_type is None,
             "status_code": status,
             "error_type": error_type,

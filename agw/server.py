@@ -25,6 +25,7 @@ from quart import Quart
 from agw.acp import AcpPlane, AcpRuntime
 from agw.admin.app import create_admin_app
 from agw.auth.admin_basic import BasicAuth
+from agw.auth.identity import Identity
 from agw.dataplane import READINESS_HEADER, Plane, create_data_app
 from agw.edge import HostPolicy
 from agw.listener import (
@@ -149,7 +150,7 @@ async def open_store(settings: Settings) -> tuple[Database, ConfigManager]:
     static file: where the daemon and the in-process tests (tests/support/inproc.py) start."""
     if settings.static_config is not None:
         load_static(settings.static_config)  # fail before the store is created or migrated
-    db = await Database.open(settings.config_store)
+    db = await Database.open(settings.config_store, secret_key=settings.secret_key)
     try:
         manager = ConfigManager(
             db, provider_types=settings.provider_types, static_path=settings.static_config
@@ -172,6 +173,7 @@ class Apps:
     mcp_runtime: McpState
     acp: AcpPlane
     janitor: RetentionJanitor
+    identity: Identity
     tracer: TraceExporter | None = None
 
     def drain(self) -> None:
@@ -184,6 +186,7 @@ class Apps:
         await self.mcp_runtime.close()  # idempotent; the lifespan shutdown closed it already
         await self.acp.close()  # idempotent too: no agent process outlives the gateway
         await self.janitor.close()
+        await self.identity.close()  # idempotent: the data app's lifespan closed it already
         await self.recorder.close()
         if self.tracer is not None:  # after the recorder: its last events are spans too
             await asyncio.to_thread(self.tracer.close)
@@ -216,6 +219,7 @@ def compose(
         recorder.add_tap(tracer)
     recorder.start()
     directory = SessionDirectory()  # ACP sessions, for LLM and MCP usage attribution
+    identity = Identity(directory)  # step 2: virtual keys and JWTs
     llm = LlmPlane(recorder, trace_content=settings.trace_content)
     mcp_runtime = McpState(manager)
     mcp = McpPlane(recorder, mcp_runtime)
@@ -235,6 +239,7 @@ def compose(
         policy=HostPolicy.for_listener(
             settings.admin_addr, settings.admin_hosts, settings.admin_cors_origins
         ),
+        identity=identity,
     )
     janitor = RetentionJanitor(db, settings.metrics_retention_days)
     janitor.start()
@@ -248,8 +253,9 @@ def compose(
         policy=HostPolicy.for_listener(
             settings.addr, settings.allowed_hosts, settings.allowed_origins
         ),
+        identity=identity,
     )
-    return Apps(admin, data, recorder, mcp_runtime, acp, janitor, tracer)
+    return Apps(admin, data, recorder, mcp_runtime, acp, janitor, identity, tracer)
 
 
 @contextlib.asynccontextmanager

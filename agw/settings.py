@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_ADDR = "127.0.0.1:8080"
@@ -50,6 +50,9 @@ class Settings:
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     keep_alive_timeout_s: float = DEFAULT_KEEP_ALIVE_TIMEOUT_S
     max_connections: int = 0  # per listener; 0: derived from the open-file limit at start
+    # the store's secret key (AGW_SECRET_KEY, 32 bytes); None: the key file beside the store
+    # (docs/security.md, "Secrets at rest")
+    secret_key: bytes | None = field(default=None, repr=False)
 
     @property
     def password_file(self) -> Path:

@@ -24,6 +24,7 @@ follow OpenInference (what Phoenix and Arize read) where it has a name, ``agw.*`
 
 - every span: ``openinference.span.kind`` (``LLM``, ``TOOL`` for ``tools/call``, ``AGENT`` for an
   ACP turn, ``CHAIN`` for everything else), ``session.id``, ``agw.route_id``,
+  ``user.id`` (the caller's user, as its identity provider named it), ``agw.org_id``,
   ``agw.route_kind``, ``agw.route_protocol``, ``agw.virtual_key_id``, ``agw.agent_id``,
   ``agw.agent_depth``, ``agw.event_id``, ``http.request.method``, ``url.path``,
   ``http.response.status_code``, ``error.type``, ``agw.error_class``, ``agw.overhead_ms``;
@@ -39,8 +40,8 @@ follow OpenInference (what Phoenix and Arize read) where it has a name, ``agw.*`
 - only with ``content=True`` (agwd ``--trace-content``) and when the event carries them:
   ``input.value`` / ``output.value`` (the prompt and the completion) with their mime types.
 
-Never a key: attributes come from a fixed list of event fields (ids, names, counts), never from
-headers; tool arguments and resource URIs are left out.
+Never a key or a token: attributes come from a fixed list of event fields (ids, names, counts),
+never from headers; tool arguments and resource URIs are left out.
 """
 
 from __future__ import annotations
@@ -277,6 +278,12 @@ def _common(event: UsageEvent, attrs: dict[str, AttributeValue]) -> None:
     session = getattr(event, "session_id", None)
     if session:
         attrs["session.id"] = session
+    user = getattr(event, "user_id", None)
+    if user:
+        attrs["user.id"] = user
+    org = getattr(event, "org_id", None)
+    if org:
+        attrs["agw.org_id"] = org
 
 
 def _llm(event: LlmUsageEvent, attrs: dict[str, AttributeValue]) -> None:

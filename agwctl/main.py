@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from agw.envfile import load_env_files
-from agwctl import acp, agents, bundle, chat, mcp, metrics, resources
+from agwctl import acp, agents, authz, bundle, chat, mcp, metrics, resources
 from agwctl.client import (
     DEFAULT_ADMIN_ADDR,
     AdminSettings,
@@ -114,6 +114,7 @@ def create_app() -> typer.Typer:
     acp.register(gateway, apps)
     agents.register(apps)
     metrics.register(gateway)
+    authz.register(gateway)
     app.add_typer(gateway, name="gateway")
     chat.register(app)
     return app

@@ -4,8 +4,9 @@ summary|events|timeseries|breakdown|interactions`` and ``agwctl gateway session 
 Each command is one ``GET /admin/metrics...`` call. Options mirror the query parameters:
 ``--from``/``--to`` (RFC 3339, or a duration before now such as ``30m``, ``24h``, ``7d``),
 ``--limit``, ``--filter KEY=VALUE`` (repeatable; any filter the endpoint accepts),
-``--success``/``--failure``, ``--group-by``, ``--order-by``, ``--bucket``. The gateway validates
-them and its message is shown as it gave it (``agwctl: GET ...: 400 unsupported group_by ...``).
+``--user``/``--org`` (the ``user_id``/``org_id`` filters), ``--success``/``--failure``,
+``--group-by`` (``user``/``org`` stand for ``user_id``/``org_id``), ``--order-by``, ``--bucket``.
+The gateway validates them and shows its message as it gave it (``agwctl: GET ...: 400 ...``).
 
 Output is a table (``-o json``: the admin API's answer, unchanged). ``timeseries`` also draws a
 chart under its table, plain text that reads the same without colour and fits the terminal's
@@ -92,7 +93,11 @@ _OWN_OPTIONS: Mapping[str, str] = {
     "group_by": "--group-by",
     "order_by": "--order-by",
     "bucket": "--bucket",
+    "user_id": "--user",
+    "org_id": "--org",
 }
+
+GROUP_ALIASES: Mapping[str, str] = {"user": "user_id", "org": "org_id"}
 
 # ------------------------------------------------------------------------------------ options
 
@@ -144,6 +149,24 @@ SuccessOpt = Annotated[
     typer.Option(
         "--success/--failure",
         help="Only successful / only failed requests (default: both).",
+        show_default=False,
+    ),
+]
+UserOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--user",
+        metavar="USER",
+        help="Only requests of this user (the user_id filter: the JWT's user claim).",
+        show_default=False,
+    ),
+]
+OrgOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--org",
+        metavar="ORG",
+        help="Only requests of this organization (the org_id filter).",
         show_default=False,
     ),
 ]
@@ -208,7 +231,8 @@ def query(
     success: bool | None = None,
     **extra: str | None,
 ) -> dict[str, str]:
-    """The query parameters of one call; options left unset are not sent."""
+    """The query parameters of one call; options left unset are not sent. ``group_by`` may be
+    a short name of :data:`GROUP_ALIASES` (``user``, ``org``: the API names the columns)."""
     params = parse_filters(filters)
     if from_ is not None:
         params["from"] = parse_time(from_, "--from")
@@ -219,6 +243,8 @@ def query(
     if success is not None:
         params["success"] = "true" if success else "false"
     params.update({k: v for k, v in extra.items() if v})
+    if "group_by" in params:
+        params["group_by"] = GROUP_ALIASES.get(params["group_by"].strip(), params["group_by"])
     return params
 
 
@@ -323,10 +349,20 @@ def metrics_app() -> typer.Typer:
         to: ToOpt = None,
         limit: LimitOpt = None,
         filters: FilterOpt = None,
+        user: UserOpt = None,
+        org: OrgOpt = None,
         success: SuccessOpt = None,
     ) -> None:
         path = f"{METRICS}/{kind.value}/events"
-        params = query(from_=from_, to=to, limit=limit, filters=filters, success=success)
+        params = query(
+            from_=from_,
+            to=to,
+            limit=limit,
+            filters=filters,
+            success=success,
+            user_id=user,
+            org_id=org,
+        )
         data = fetch(ctx, path, params)
         items = items_of(data, path)
         if state(ctx).json:
@@ -349,14 +385,16 @@ def metrics_app() -> typer.Typer:
         group_by: Annotated[
             str | None,
             _group_by_opt(
-                "One series per value of COLUMN, e.g. route_id, virtual_key_id, upstream_model "
-                "(llm), tool_name (mcp), operation (acp), session_id, agent_id."
+                "One series per value of COLUMN, e.g. route_id, virtual_key_id, user, org, "
+                "upstream_model (llm), tool_name (mcp), operation (acp), session_id, agent_id."
             ),
         ] = None,
         measure: MeasureOpt = None,
         from_: FromOpt = None,
         to: ToOpt = None,
         filters: FilterOpt = None,
+        user: UserOpt = None,
+        org: OrgOpt = None,
         success: SuccessOpt = None,
         draw: Annotated[
             bool, typer.Option("--chart/--no-chart", help="Draw the chart under the table.")
@@ -365,7 +403,14 @@ def metrics_app() -> typer.Typer:
         chosen = check_measure(kind.value, measure)
         path = f"{METRICS}/{kind.value}/timeseries"
         params = query(
-            from_=from_, to=to, filters=filters, success=success, bucket=bucket, group_by=group_by
+            from_=from_,
+            to=to,
+            filters=filters,
+            success=success,
+            user_id=user,
+            org_id=org,
+            bucket=bucket,
+            group_by=group_by,
         )
         data = fetch(ctx, path, params)
         items = items_of(data, path)
@@ -390,14 +435,19 @@ def metrics_app() -> typer.Typer:
     @app.command(
         "breakdown",
         help="Show measures per group, largest first.\n\nOne row per route, model, key, "
-        "tool, ... (--group-by), sorted by --order-by.",
+        "user, org, tool, ... (--group-by), sorted by --order-by.\n\n\b\nSpend per person "
+        "over the last week:\n"
+        "  agwctl gateway metrics breakdown --from 7d --group-by user --order-by total_tokens",
     )
     def breakdown(
         ctx: typer.Context,
         kind: KindOpt = Kind.llm,
         group_by: Annotated[
             str | None,
-            _group_by_opt("Group by COLUMN (default: llm route_id, mcp tool_name, acp operation)."),
+            _group_by_opt(
+                "Group by COLUMN, e.g. route_id, virtual_key_id, user, org, upstream_model "
+                "(default: llm route_id, mcp tool_name, acp operation)."
+            ),
         ] = None,
         order_by: Annotated[
             str | None,
@@ -413,6 +463,8 @@ def metrics_app() -> typer.Typer:
         to: ToOpt = None,
         limit: LimitOpt = None,
         filters: FilterOpt = None,
+        user: UserOpt = None,
+        org: OrgOpt = None,
         success: SuccessOpt = None,
     ) -> None:
         path = f"{METRICS}/{kind.value}/breakdown"
@@ -422,6 +474,8 @@ def metrics_app() -> typer.Typer:
             limit=limit,
             filters=filters,
             success=success,
+            user_id=user,
+            org_id=org,
             group_by=group_by,
             order_by=order_by,
         )
@@ -444,18 +498,27 @@ def metrics_app() -> typer.Typer:
             str | None,
             _group_by_opt(
                 "Count per COLUMN instead of listing: route_kind, route_protocol, route_id, "
-                "virtual_key_id, session_id, agent_id."
+                "virtual_key_id, user (user_id), org (org_id), session_id, agent_id."
             ),
         ] = None,
         from_: FromOpt = None,
         to: ToOpt = None,
         limit: LimitOpt = None,
         filters: FilterOpt = None,
+        user: UserOpt = None,
+        org: OrgOpt = None,
         success: SuccessOpt = None,
     ) -> None:
         path = f"{METRICS}/interactions" + ("/summary" if group_by else "")
         params = query(
-            from_=from_, to=to, limit=limit, filters=filters, success=success, group_by=group_by
+            from_=from_,
+            to=to,
+            limit=limit,
+            filters=filters,
+            success=success,
+            user_id=user,
+            org_id=org,
+            group_by=group_by,
         )
         show_interactions(ctx, path, params, summary=bool(group_by))
 

@@ -80,6 +80,7 @@ EVENT_COLUMNS: Mapping[str, tuple[Column, ...]] = {
         TIME,
         col("ROUTE-ID", "route_id"),
         col("VIRTUALKEY", "virtual_key_id"),
+        col("USER", "user_id"),
         col("PROVIDER-ID", "provider_id"),
         ("MODEL", first("upstream_model", "logical_model")),
         STATUS,
@@ -94,6 +95,7 @@ EVENT_COLUMNS: Mapping[str, tuple[Column, ...]] = {
         TIME,
         col("ROUTE-ID", "route_id"),
         col("VIRTUALKEY", "virtual_key_id"),
+        col("USER", "user_id"),
         col("SERVICE-ID", "service_id"),
         col("METHOD", "method"),
         col("TOOL", "tool_name"),
@@ -106,6 +108,7 @@ EVENT_COLUMNS: Mapping[str, tuple[Column, ...]] = {
     "acp": (
         TIME,
         col("ROUTE-ID", "route_id"),
+        col("USER", "user_id"),
         col("SERVICE-ID", "service_id"),
         col("OPERATION", "operation"),
         col("THREAD-ID", "thread_id"),

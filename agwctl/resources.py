@@ -142,6 +142,14 @@ JWT_PROVIDER_COLUMNS: tuple[Column, ...] = (
     DISABLED,
     SOURCE,
 )
+AUTHZ_POLICY_COLUMNS: tuple[Column, ...] = (
+    _col("ID", "id"),
+    _col("ROUTE-KINDS", "route_kinds"),
+    _col("ALLOW", "allow"),
+    _col("DENY", "deny"),
+    DISABLED,
+    SOURCE,
+)
 VIRTUAL_KEY_COLUMNS: tuple[Column, ...] = (
     _col("ID", "id"),
     _col("KEY", "key"),
@@ -200,6 +208,12 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family("credential", "credential", "/admin/credentials", CREDENTIAL_COLUMNS, custom_list=True),
     Family("jwt-provider", "JWT provider", "/admin/jwt_providers", JWT_PROVIDER_COLUMNS),
+    Family(
+        "authz-policy",
+        "authorization policy",
+        "/admin/authorization_policies",
+        AUTHZ_POLICY_COLUMNS,
+    ),
 )
 
 _REVEAL_HELP = "Show secrets in clear (they are shown as <redacted> otherwise)."

@@ -40,6 +40,7 @@ from agw.settings import (
     is_loopback,
     split_host_port,
 )
+from agw.store.secrets import KEY_ENV, parse_key
 
 log = logging.getLogger("agwd")
 app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
@@ -99,6 +100,7 @@ def build_settings(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_S,
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT_S,
     max_connections: int = 0,
+    secret_key: str = "",
 ) -> Settings:
     for name, value in (("--addr", addr), ("--admin-addr", admin_addr)):
         try:
@@ -140,6 +142,12 @@ def build_settings(
         fail("--header-timeout and --keep-alive-timeout must be positive")
     if max_connections < 0:
         fail("--max-connections must not be negative (0: from the open-file limit)")
+    key: bytes | None = None
+    if secret_key:
+        try:
+            key = parse_key(secret_key)
+        except AgwError as exc:
+            fail(exc.message)
     return Settings(
         addr=addr,
         admin_addr=admin_addr,
@@ -164,6 +172,7 @@ def build_settings(
         header_timeout_s=header_timeout,
         keep_alive_timeout_s=keep_alive_timeout,
         max_connections=max_connections,
+        secret_key=key,
     )
 
 
@@ -402,6 +411,8 @@ def agwd(
         header_timeout=header_timeout,
         keep_alive_timeout=keep_alive_timeout,
         max_connections=max_connections,
+        # from the environment only: a flag would show the key to every user (ps, /proc)
+        secret_key=os.environ.get(KEY_ENV, ""),
     )
     settings = with_admin_password(settings)
     setup_logging(log_level)

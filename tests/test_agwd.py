@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agw.store.db import migrations_dir
 from tests.support.agwd import Agwd, AgwdLauncher, base_env
 
 HEAD = "apiVersion: gateway.agw/v1alpha1\nkind: GatewayBundle\n"
@@ -44,7 +45,8 @@ def test_default_store_is_created_0600_with_schema(
     assert stat.S_IMODE(agwd.db_path.stat().st_mode) == 0o600
     with sqlite3.connect(agwd.db_path) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        latest = max(int(p.name[:4]) for p in migrations_dir().glob("[0-9]*_*.sql"))
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == latest
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert {
         "providers",
@@ -77,7 +79,8 @@ def test_refuses_a_newer_schema(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert proc.returncode == 1
-    assert "schema version 99, newer than this agw supports (4)" in proc.stderr
+    latest = max(int(p.name[:4]) for p in migrations_dir().glob("[0-9]*_*.sql"))
+    assert f"schema version 99, newer than this agw supports ({latest})" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert db.read_bytes() == before
 

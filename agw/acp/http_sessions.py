@@ -99,7 +99,7 @@ class HttpConnection:
     id: str
     route_id: str
     service_id: str
-    virtual_key_id: str | None
+    caller: str | None  # whose: the caller's virtual key id, or its JWT's (Principal.owner)
     outbox: Outbox = field(default_factory=Outbox)
     sessions: dict[str, HttpSession] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -113,7 +113,7 @@ class HttpConnection:
 
     @property
     def principal(self) -> str:
-        return principal_of(self.virtual_key_id)
+        return principal_of(self.caller)
 
     @property
     def owner(self) -> str:

@@ -53,6 +53,7 @@ import logging
 import secrets
 import time
 
+from agw.acp.authorization import check
 from agw.acp.connection import AcpError
 from agw.acp.http_sessions import (
     HttpConnection,
@@ -150,9 +151,11 @@ class HttpTransport:
         if req.method == "POST":
             await self._post(req, op, service)
         elif req.method == "GET":
+            check(req, op, "")  # the deny rules (agw/acp/authorization.py)
             await self._get(req, op)
         elif req.method == "DELETE":
             op.operation = "close"
+            check(req, op, "")
             conn = self._connection(req)
             await self._drop(conn, "deleted")
             op.status = 202
@@ -165,11 +168,7 @@ class HttpTransport:
         if not cid:
             raise refuse(400, "Missing connection id")
         conn = self.connections.get(cid)
-        if (
-            conn is None
-            or conn.route_id != req.route.id
-            or conn.virtual_key_id != req.virtual_key_id
-        ):
+        if conn is None or conn.route_id != req.route.id or conn.caller != req.owner_id:
             raise refuse(404, "Unknown connection id")
         conn.last_seen = time.monotonic()
         return conn
@@ -196,6 +195,10 @@ class HttpTransport:
                 f"Invalid JSON-RPC message: the id must be a string of at most {ID_MAX_CHARS} "
                 f"characters or an integer, the method at most {METHOD_MAX_CHARS} characters",
             )
+        if req.route.rules is not None:  # before any agent starts (agw/acp/authorization.py)
+            if isinstance(method, str):
+                op.operation = OPERATIONS.get(method, method)
+            check(req, op, method if isinstance(method, str) else "session/request_permission")
         if method == "initialize" and "id" in msg:
             op.operation = "initialize"
             await self._initialize(req, op, service, msg)
@@ -255,7 +258,7 @@ class HttpTransport:
         result: JsonObj = {"protocolVersion": 1, "agentCapabilities": caps, "authMethods": []}
         if isinstance(agent.get("agentInfo"), dict):
             result["agentInfo"] = agent["agentInfo"]
-        conn = HttpConnection(secrets.token_hex(16), req.route.id, service.id, req.virtual_key_id)
+        conn = HttpConnection(secrets.token_hex(16), req.route.id, service.id, req.owner_id)
         self._make_room(conn)
         self.connections[conn.id] = conn
         self._watch_idle()
@@ -358,7 +361,7 @@ class HttpTransport:
         own = [
             c
             for c in self.connections.values()
-            if c.route_id == new.route_id and c.virtual_key_id == new.virtual_key_id
+            if c.route_id == new.route_id and c.caller == new.caller
         ]
         own.sort(key=lambda c: (c.streams > 0 or bool(c.tasks), c.last_seen))
         for conn in own[: max(0, len(own) - CONNECTIONS_PER_PRINCIPAL + 1)]:

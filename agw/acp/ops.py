@@ -102,7 +102,7 @@ def require_json(req: Request) -> None:
 
 def owner_of(req: Request) -> str:
     """The owner of what a request opens: its route and principal (:func:`principal_of`)."""
-    return owner_key(req.route.id, principal_of(req.virtual_key_id))
+    return owner_key(req.route.id, principal_of(req.owner_id))
 
 
 def check_id(key: str, value: str) -> None:
@@ -210,7 +210,7 @@ class Operations:
         body = await req.read_body(BODY_LIMIT)
         turn = parse_turn(body, op)
         turn.route_id = req.route.id
-        turn.principal = principal_of(req.virtual_key_id)
+        turn.principal = principal_of(req.owner_id)
         op.fresh_session = turn.fresh_session
         service_id: str = req.route.config.service_id
         op.service_id = service_id

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from agw.acp.authorization import REST_METHODS, check
 from agw.acp.http_transport import HttpTransport
 from agw.acp.ops import Operations, json_reply, operation_of, refuse
 from agw.acp.permissions import PermissionRegistry, timeout_from_env
@@ -75,6 +76,8 @@ class AcpPlane:
             handler = self._routes.get(op.operation or "")
             if handler is None:
                 raise refuse(404, f"not found: {req.path}")
+            if op.operation in REST_METHODS:  # authorization, before any agent starts
+                check(req, op, REST_METHODS[op.operation])
             await handler(req, op)
         except Refusal as exc:
             op.fail(exc.code)

@@ -18,7 +18,7 @@ from quart.wrappers import BaseRequestWebsocket
 from werkzeug.exceptions import BadHost, HTTPException
 from werkzeug.routing import MapAdapter
 
-from agw.admin import acp, agents, gateway, mcp, metrics, models, resources
+from agw.admin import acp, agents, authz, gateway, mcp, metrics, models, resources
 from agw.auth.admin_basic import BasicAuth
 from agw.edge import HostPolicy
 from agw.errors import AgwError
@@ -28,6 +28,7 @@ from agw.settings import ADMIN_REALM, MAX_ADMIN_BODY, REVEAL_HEADER
 
 if TYPE_CHECKING:
     from agw.acp import AcpRuntime, PermissionRegistry
+    from agw.auth.identity import Identity
     from agw.mcp import McpState
     from agw.store.db import Database
     from agw.usage.recorder import UsageRecorder
@@ -105,6 +106,7 @@ def create_admin_app(
     db: Database | None = None,
     prometheus: metrics.Exposition | None = None,
     policy: HostPolicy | None = None,
+    identity: Identity | None = None,
 ) -> Quart:
     """``catalog`` and ``health`` are the LLM plane's model snapshots and credential states,
     shown in the views when given; ``mcp_runtime`` is the MCP plane's, which the
@@ -116,7 +118,9 @@ def create_admin_app(
     ``/admin/metrics/...`` reads query (without it they answer empty shapes); ``prometheus``
     renders ``/admin/metrics/prometheus`` (without it: 503). ``policy`` is what the listener
     trusts in ``Host`` and ``Origin`` (default: loopback names, no listed origin); ``auth`` None
-    serves without authentication (``--admin-insecure``)."""
+    serves without authentication (``--admin-insecure``). ``identity`` is the data plane's
+    identity step, for ``/admin/auth/explain`` (without it a route that needs a credential
+    answers 404 there)."""
     trust = policy or HostPolicy()
     app = _AdminQuart(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_ADMIN_BODY
@@ -217,4 +221,5 @@ def create_admin_app(
     acp.register(app, manager, acp_runtime, acp_permissions, recorder)
     metrics.register(app, db, recorder, prometheus)
     agents.register(app, manager, db, acp_runtime, acp_permissions, recorder)
+    authz.register(app, manager, identity)
     return app

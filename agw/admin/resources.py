@@ -122,6 +122,7 @@ RESOURCES: tuple[Resource, ...] = (
     ),
     Resource(f.VIRTUAL_KEY, "/admin/virtual_keys", list_filters=(("tag", lambda o: o.tag),)),
     Resource(f.JWT_PROVIDER, "/admin/jwt_providers"),
+    Resource(f.AUTHZ_POLICY, "/admin/authorization_policies"),
     Resource(
         f.CREDENTIAL,
         "/admin/credentials",

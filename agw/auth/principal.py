@@ -14,8 +14,9 @@ class Principal:
     """The caller of one request. ``key_id`` is the virtual key's id when one was presented and
     accepted; ``user``, ``org`` and ``groups`` name a person and their organization when an
     identity provider (``provider_id``, a JWT provider) says so; ``claims`` are what it said,
-    ``scopes`` the token's ``scope``/``scp``. ``token`` is the caller's own bearer JWT: kept only
-    to forward to a service that asks for it (``forward_client_token``), never logged."""
+    ``scopes`` the token's ``scope``/``scp``; ``owner`` what isolates its sessions. ``token``
+    is the caller's own bearer JWT: kept only to forward to a service that asks for it
+    (``forward_client_token``), never logged."""
 
     kind: PrincipalKind
     key_id: str | None = None
@@ -26,6 +27,9 @@ class Principal:
     provider_id: str | None = None
     scopes: frozenset[str] = frozenset()
     token: str | None = field(default=None, repr=False)
+    # whose sessions are whose (MCP sessions, ACP sessions and turns): the virtual key's id, or
+    # for a JWT caller its provider and subject, so two people behind one route never share
+    owner: str | None = None
 
 
 ANONYMOUS = Principal("anonymous")

@@ -37,7 +37,7 @@ def virtual_key_candidates(headers: Mapping[str, str]) -> list[str]:
 def key_principal(key_id: str) -> Principal:
     """The principal of a virtual key: the same immutable value on every request, built once
     (a frozen dataclass is not free to build on the hot path)."""
-    return Principal("virtual_key", key_id=key_id)
+    return Principal("virtual_key", key_id=key_id, owner=key_id)
 
 
 def authenticate(
@@ -52,6 +52,16 @@ def authenticate(
     one."""
     if not route.require_virtual_key:
         return ANONYMOUS, None
+    return check_virtual_key(snapshot, route, headers, directory)
+
+
+def check_virtual_key(
+    snapshot: Snapshot,
+    route: CompiledRoute,
+    headers: Mapping[str, str],
+    directory: SessionDirectory | None = None,
+) -> tuple[Principal, Refusal | None]:
+    """:func:`authenticate` for a route that takes a virtual key, whatever it requires."""
     candidates = virtual_key_candidates(headers)
     if not candidates:
         return ANONYMOUS, Refusal(401, CODE, "virtual key is required")

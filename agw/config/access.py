@@ -4,7 +4,7 @@ name them, ``auth_policy`` and ``authorization``, are in base.py; docs/security.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import (
     Field,
@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from agw.config.base import (
+    Authorization,
     Stamped,
     Strict,
     dedupe,
@@ -59,12 +60,78 @@ class VirtualKey(Stamped):
         return v
 
 
+class AuthorizationPolicy(Stamped, Authorization):
+    """Gateway-wide rules (``authorizationPolicies``): every route of ``route_kinds`` (all when
+    empty) is held to them as well as to its own ``authorization``. Deny rules of any policy
+    deny; each policy with allow rules needs one of them to match, as the route's own do."""
+
+    id: str
+    description: str = ""
+    disabled: bool = False
+    route_kinds: list[Literal["llm", "mcp", "acp"]] = Field(default_factory=list)
+
+    @field_validator("route_kinds")
+    @classmethod
+    def _kinds(cls, v: list[str]) -> list[str]:
+        return sorted(set(v))
+
+
 class JwtClaims(Strict):
     """Which claims name the caller. A dotted name reads a nested claim (``realm.groups``)."""
 
     user: str = "sub"
     org: str = ""
     groups: str = ""
+
+
+class JwtRegistration(Strict):
+    """The registration shim of an identity provider that keeps dynamic client registration
+    closed (Okta, Entra ID, Cognito): agw answers MCP clients' RFC 7591 registrations with
+    this client, registered at the provider by the operator (docs/security.md, "MCP OAuth
+    2.1"). Prefer a public client (no secret, PKCE): a secret given here is handed to every
+    client that registers."""
+
+    client_id: str
+    client_secret: str = ""
+    # default: "none" without a secret, "client_secret_basic" with one
+    token_endpoint_auth_method: (
+        Literal["none", "client_secret_basic", "client_secret_post"] | None
+    ) = None
+    # the redirect URIs registered with the client at the provider; a registration naming
+    # another is refused with invalid_redirect_uri (empty: not checked here)
+    redirect_uris: list[str] = Field(default_factory=list)
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("client_id must not be empty")
+        return v
+
+    @field_validator("redirect_uris")
+    @classmethod
+    def _redirect_uris(cls, v: list[str]) -> list[str]:
+        for uri in v:
+            scheme, sep, rest = uri.partition(":")
+            if not sep or not scheme or not rest or "#" in uri or any(c.isspace() for c in uri):
+                raise ValueError(f"redirect URI {uri!r} must be an absolute URI without fragment")
+        return dedupe(v)
+
+    @model_validator(mode="after")
+    def _method(self) -> Self:
+        if self.token_endpoint_auth_method is None:
+            self.token_endpoint_auth_method = (
+                "client_secret_basic" if self.client_secret else "none"
+            )
+        if self.client_secret and self.token_endpoint_auth_method == "none":
+            raise ValueError('token_endpoint_auth_method "none" takes no client_secret')
+        if not self.client_secret and self.token_endpoint_auth_method != "none":
+            raise ValueError(
+                f'token_endpoint_auth_method "{self.token_endpoint_auth_method}" needs a '
+                "client_secret"
+            )
+        return self
 
 
 class JwtProvider(Stamped):
@@ -85,6 +152,9 @@ class JwtProvider(Stamped):
     # document names (default: the issuer) and the scopes it advertises
     authorization_servers: list[str] = Field(default_factory=list)
     scopes_supported: list[str] = Field(default_factory=list)
+    # the registration shim (agw/auth/oauth_metadata.py): set for an issuer whose dynamic
+    # client registration is closed; protected-resource metadata then names agw's facade of it
+    registration: JwtRegistration | None = None
 
     @field_validator("issuer")
     @classmethod
@@ -130,6 +200,10 @@ class JwtProvider(Stamped):
 
     @model_validator(mode="after")
     def _keys(self) -> Self:
+        if not self.audiences:
+            raise ValueError(
+                "audiences must name at least one audience (the token's aud must include one)"
+            )
         if self.jwks_uri and self.jwks is not None:
             raise ValueError("give jwks_uri or jwks, not both")
         if self.jwks is not None and not isinstance(self.jwks.get("keys"), list):

@@ -6,12 +6,15 @@ import re
 from typing import Annotated, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
+
+from agw.config.cel import check_rule
 
 SLASHY = re.compile(r"/|\\|%2f|%5c", re.IGNORECASE)
 ENV_KEY = re.compile(r"^[^=\x00]+$")
@@ -96,19 +99,18 @@ class AuthPolicy(Strict):
         return self.require_virtual_key or bool(self.jwt_provider_ids)
 
 
+# One CEL rule, checked where it is written (syntax and types: agw/config/cel.py), so a mistake
+# is reported with its index (``authorization.allow[0]: invalid CEL: ...``)
+CelRule = Annotated[str, AfterValidator(check_rule)]
+
+
 class Authorization(Strict):
     """CEL rules, compiled when the snapshot is built. Deny wins; when ``allow`` has rules, one
-    must match. A rule that errors at run time denies."""
+    must match. A rule that errors at run time denies (docs/security.md, "Authorization rules
+    (CEL)")."""
 
-    allow: list[str] = Field(default_factory=list)
-    deny: list[str] = Field(default_factory=list)
-
-    @field_validator("allow", "deny")
-    @classmethod
-    def _rules(cls, v: list[str]) -> list[str]:
-        if any(not r.strip() for r in v):
-            raise ValueError("rules must not be empty")
-        return [r.strip() for r in v]
+    allow: list[CelRule] = Field(default_factory=list)
+    deny: list[CelRule] = Field(default_factory=list)
 
 
 def check_env(env: dict[str, str]) -> dict[str, str]:

@@ -16,7 +16,7 @@ from pydantic import (
     Field,
 )
 
-from agw.config.access import JwtProvider, VirtualKey
+from agw.config.access import AuthorizationPolicy, JwtProvider, VirtualKey
 from agw.config.acp import AcpRoute, AcpService
 from agw.config.agents import Agent
 from agw.config.base import (
@@ -47,6 +47,7 @@ class Bundle(Strict):
     llmRoutes: list[LLMRoute] = Field(default_factory=list)
     virtualKeys: list[VirtualKey] = Field(default_factory=list)
     jwtProviders: list[JwtProvider] = Field(default_factory=list)
+    authorizationPolicies: list[AuthorizationPolicy] = Field(default_factory=list)
     cliAuthAuthenticators: list[CliAuthAuthenticator] = Field(default_factory=list)
     mcpServices: list[McpService] = Field(default_factory=list)
     mcpRoutes: list[McpRoute] = Field(default_factory=list)

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel
 
-from agw.config.access import JwtProvider, VirtualKey
+from agw.config.access import AuthorizationPolicy, JwtProvider, VirtualKey
 from agw.config.acp import AcpRoute, AcpService
 from agw.config.agents import Agent
 from agw.config.llm import CliAuthAuthenticator, Credential, LLMRoute, ManagedModel, Provider
@@ -88,6 +88,15 @@ JWT_PROVIDER = Family(
     JwtProvider,
     "jwt_providers",
     "store",
+    secrets=(SecretPath(("registration", "client_secret")),),
+)
+AUTHZ_POLICY = Family(
+    "authorization_policy",
+    "authorization policy",
+    "authorizationPolicies",
+    AuthorizationPolicy,
+    "authorization_policies",
+    "store",
 )
 CLIAUTH = Family(
     "cliauth_authenticator",
@@ -153,6 +162,7 @@ BUNDLE_FAMILIES: tuple[Family, ...] = (
     LLM_ROUTE,
     VIRTUAL_KEY,
     JWT_PROVIDER,
+    AUTHZ_POLICY,
     CLIAUTH,
     MCP_SERVICE,
     MCP_ROUTE,

@@ -323,7 +323,11 @@ def catalog_of(bundle: Bundle) -> dict[str, list[tuple[str, Any]]]:
 
 def bundle_counts(bundle: Bundle) -> dict[str, int]:
     return {
-        family.name + "s": len(getattr(bundle, family.bundle_key))
+        _plural(family.name): len(getattr(bundle, family.bundle_key))
         for family in f.BUNDLE_FAMILIES
         if family.bundle_key
     }
+
+
+def _plural(name: str) -> str:
+    return name[:-1] + "ies" if name.endswith("cy") else name + "s"

@@ -26,6 +26,7 @@ from agw.llm.observe import estimate_output_tokens, estimate_tokens, request_too
 from agw.llm.providers import CredentialPicker, UpstreamPool, error_dialect
 from agw.llm.relay import count_tokens, list_models
 from agw.llm.routing import resolve
+from agw.policy.authz import authorize, authorize_session
 from agw.request import ClientGone, DisconnectWatch, Request
 from agw.types import JsonObj
 from agw.usage.events import LlmUsageEvent, UsageSource
@@ -146,6 +147,9 @@ class LlmPlane:
         req = call.req
         operation = call.operation
         if operation == "models":
+            # a listing uses no model: only the deny rules hold it (docs/security.md)
+            if req.route.rules is not None and (refusal := authorize_session(req)):
+                raise refusal
             return list_models(call, self.pool, self.picker)
         body = _parse_body(raw)
         model = body.get("model", "")
@@ -161,6 +165,16 @@ class LlmPlane:
         targets = resolve(
             req.snapshot, req.route.config, model, stream=call.stream, catalog=self.catalog
         )
+        if req.route.rules is not None:  # authorization, before any upstream call
+            first = targets[0]
+            llm = {
+                "model": first.logical_model or first.upstream_model,
+                "provider_id": first.provider.id,
+                "stream": call.stream,
+            }
+            if refusal := authorize(req, llm=llm):
+                call.target = first  # the row says which provider and model were refused
+                raise refusal
         if operation == "count_tokens":
             return count_tokens(call, self.pool, self.picker, body, targets[0])
         if not targets[0].upstream_model:

@@ -98,6 +98,7 @@ _ERROR_TYPES = {
     rpc.INTERNAL_ERROR: "internal_error",
     rpc.UPSTREAM_FAILED: "upstream_failed",
     rpc.RESOURCE_NOT_FOUND: "resource_not_found",
+    rpc.FORBIDDEN: "forbidden",
     rpc.HEADER_MISMATCH: "protocol_validation_failed",
     rpc.UNSUPPORTED_PROTOCOL_VERSION: "protocol_validation_failed",
 }

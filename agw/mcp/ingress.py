@@ -294,8 +294,8 @@ class Ingress:
         """A new session (``modern``: the route and key's shared one); 503 when refused."""
         try:
             if era == "modern":
-                return self.state.stateless(req.route.id, req.virtual_key_id)
-            return self.state.new_session(era, req.route.id, req.virtual_key_id)
+                return self.state.stateless(req.route.id, req.owner_id)
+            return self.state.new_session(era, req.route.id, req.owner_id)
         except SessionRefused as exc:
             if msg is not None:
                 about(call, msg.get("id"), msg.get("method"))
@@ -309,7 +309,7 @@ class Ingress:
             or session.closed
             or session.era != era
             or session.route_id != req.route.id
-            or session.virtual_key_id != req.virtual_key_id
+            or session.owner != req.owner_id
         ):
             raise refuse(404, RpcError(rpc.INVALID_REQUEST, "Session not found"))
         return session

@@ -22,6 +22,7 @@ INTERNAL_ERROR = -32603
 REQUEST_CANCELLED = -32000  # implementation-defined range: the gateway's "request cancelled"
 UPSTREAM_FAILED = -32001  # implementation-defined range: an upstream could not be reached/used
 RESOURCE_NOT_FOUND = -32002
+FORBIDDEN = -32003  # implementation-defined range: the route's authorization rules deny it
 HEADER_MISMATCH = -32020
 MISSING_CLIENT_CAPABILITY = -32021
 UNSUPPORTED_PROTOCOL_VERSION = -32022

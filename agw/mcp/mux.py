@@ -21,6 +21,8 @@ What a client sees, and how it maps back:
   ``fail_closed`` routes fail the whole call with -32001 naming the service.
 - **Tool policy**: ``allow`` / ``deny`` globs (``fnmatch.fnmatchcase``) on presented names; deny
   wins; an empty allow list allows everything.
+- **Authorization rules** (CEL, per caller): :meth:`Multiplexer.list_page` keeps the items its
+  ``visible`` predicate allows, given the upstream's own item (agw.mcp.authorization).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
@@ -48,6 +50,9 @@ from agw.mcp.jsonrpc import (
 )
 from agw.mcp.upstream import UpstreamError
 from agw.types import JsonObj
+
+Visible = Callable[[str, JsonObj], bool]
+"""(service id, an upstream's list item) -> may the caller see it (agw.mcp.authorization)."""
 
 MAX_NAME = 64
 CUT_TO = 55
@@ -355,7 +360,9 @@ class Multiplexer:
 
     # -------------------------------------------------------------------------------- lists
 
-    async def list_page(self, method: str, cursor: Any) -> JsonObj:
+    async def list_page(self, method: str, cursor: Any, visible: Visible | None = None) -> JsonObj:
+        """One page of a list; ``visible`` (the route's authorization rules, per caller) keeps
+        the items it is true for, given the service id and the upstream's item."""
         kind = LIST_KINDS[method]
         n = len(self.services)
         start, upstream_cursor = (0, None) if cursor is None else decode_cursor(cursor, n)
@@ -375,6 +382,10 @@ class Multiplexer:
                 if page.next_cursor is not None:
                     next_cursor = encode_cursor(i, page.next_cursor)
                     break
+        if visible is not None:
+            for i, page in collected:
+                sid = self.services[i]
+                page.items = [item for item in page.items if visible(sid, item)]
         items = await self._present(kind, collected)
         out: JsonObj = {kind.key: items}
         if next_cursor is not None:

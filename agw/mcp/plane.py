@@ -122,7 +122,7 @@ class McpPlane:
         detail = refusal.detail
         error = detail if isinstance(detail, RpcError) else _invalid(refusal)
         headers = refusal.answer_headers()
-        if refusal.status == 401:
+        if refusal.status == 401 and not any(n == b"www-authenticate" for n, _ in headers):
             headers = [(b"www-authenticate", b"Bearer"), *headers]
         await req.respond(
             refusal.status,

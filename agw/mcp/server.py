@@ -5,7 +5,9 @@ Each method takes the :class:`~agw.mcp.exchange.Exchange` of the POST, the reque
 its usage row (:class:`~agw.mcp.exchange.Call`) and its in-flight entry, and returns the
 result (an :class:`~agw.mcp.jsonrpc.RpcError` for an error answer). The handshake era has
 ``initialize``, ``ping``, ``logging/setLevel`` and the resource subscriptions; the stateless
-era (2026-07-28) has ``server/discover`` instead.
+era (2026-07-28) has ``server/discover`` instead. The route's authorization rules hold every
+use of a tool, prompt or resource, filter the lists and may refuse the session requests
+(agw.mcp.authorization).
 
 A call is meant to be short: the session's multiplexer is built once per session and config,
 a known tool name is found without a lock, and a ready upstream without a lock or a timer.
@@ -19,6 +21,7 @@ from typing import Any
 
 from agw.config.mcp import McpRoute
 from agw.mcp import jsonrpc as rpc
+from agw.mcp.authorization import PROMPT, RESOURCE, TOOL, check_session, check_use, list_filter
 from agw.mcp.exchange import Call, Exchange, Method
 from agw.mcp.inflight import InFlight
 from agw.mcp.jsonrpc import RpcError
@@ -130,6 +133,7 @@ class McpServer:
         session = ex.session
         if session.protocol_version:
             raise RpcError(rpc.INVALID_REQUEST, "the session is already initialized")
+        check_session(ex.req, call, "initialize")
         requested = params.get("protocolVersion")
         session.protocol_version = (
             requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
@@ -150,6 +154,7 @@ class McpServer:
         return out
 
     async def _discover(self, ex: Exchange, params: JsonObj, call: Call, entry: InFlight) -> Any:
+        check_session(ex.req, call, "server/discover")
         capabilities, instructions = await self._merged(ex)
         out: JsonObj = {
             "supportedVersions": SUPPORTED_VERSIONS,
@@ -208,11 +213,15 @@ class McpServer:
     # ------------------------------------------------------------------------------ methods
 
     async def _ping(self, ex: Exchange, params: JsonObj, call: Call, entry: InFlight) -> Any:
+        check_session(ex.req, call, "ping")
         return {}
 
     async def _list(self, ex: Exchange, params: JsonObj, call: Call, entry: InFlight) -> Any:
-        assert call.method is not None
-        return await self._mux(ex).list_page(call.method, params.get("cursor"))
+        method = call.method
+        assert method is not None
+        return await self._mux(ex).list_page(
+            method, params.get("cursor"), list_filter(ex.req, method)
+        )
 
     async def _tools_call(self, ex: Exchange, params: JsonObj, call: Call, entry: InFlight) -> Any:
         name = _name(params, "name", "tools/call")
@@ -231,7 +240,9 @@ class McpServer:
         if owner is None:
             raise RpcError(rpc.INVALID_PARAMS, f'unknown tool "{name}"')
         sid, original = owner
-        call.service_id, call.executed_tool_name = sid, original
+        call.service_id = sid
+        check_use(ex.req, call, TOOL, name, service=sid, tool=original)
+        call.executed_tool_name = original
         service = ex.req.snapshot.mcp_services.get(sid)
         if service is not None and service.audit.capture_tool_args:
             call.tool_args = args or {}
@@ -253,6 +264,7 @@ class McpServer:
             raise RpcError(rpc.INVALID_PARAMS, f'unknown prompt "{name}"')
         sid, original = owner
         call.service_id = sid
+        check_use(ex.req, call, PROMPT, name, service=sid, prompt=original)
         upstream = await self._upstream(ex, mux, call, sid)
         result = await self._forward(
             ex, mux, upstream, entry, call, "prompts/get", params, "name", original
@@ -269,6 +281,7 @@ class McpServer:
         mux = self._mux(ex)
         sid, original = mux.owner_of_uri(uri)
         call.service_id = sid
+        check_use(ex.req, call, RESOURCE, uri, service=sid, uri=original)
         upstream = await self._upstream(ex, mux, call, sid)
         result = await self._forward(
             ex, mux, upstream, entry, call, method, params, "uri", original
@@ -294,11 +307,13 @@ class McpServer:
             if owner is None:
                 raise RpcError(rpc.INVALID_PARAMS, f'unknown prompt "{name}"')
             sid, original = owner
+            check_use(ex.req, call, PROMPT, name, service=sid, prompt=original)
             new_ref = {**ref, "name": original}
         elif kind == "ref/resource":
             uri = _name(ref, "uri", "completion/complete ref")
             call.resource_uri = uri
             sid, original = mux.owner_of_uri(uri)
+            check_use(ex.req, call, RESOURCE, uri, service=sid, uri=original)
             new_ref = {**ref, "uri": original}
         else:
             raise RpcError(rpc.INVALID_PARAMS, f"unknown completion ref type {kind!r}")
@@ -309,6 +324,7 @@ class McpServer:
         )
 
     async def _set_level(self, ex: Exchange, params: JsonObj, call: Call, entry: InFlight) -> Any:
+        check_session(ex.req, call, "logging/setLevel")
         mux = self._mux(ex)
         backend = mux.backend
 

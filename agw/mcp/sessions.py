@@ -132,7 +132,7 @@ class DownstreamSession:
     key: str  # the session id (handshake, sse) or the stateless key (modern)
     era: str  # handshake | sse | modern
     route_id: str
-    virtual_key_id: str | None
+    owner: str | None  # whose: the virtual key's id, or a JWT caller's (Principal.owner)
     protocol_version: str = ""
     client_capabilities: JsonObj = field(default_factory=dict)
     client_info: JsonObj | None = None
@@ -160,13 +160,13 @@ class DownstreamSession:
         self.modern = self.era == "modern"
         # a non-secret handle for views and request keys
         if self.modern:
-            self.short = f"stateless/{self.virtual_key_id or '-'}"
+            self.short = f"stateless/{(self.owner or '-').replace(chr(0), ':')}"
         else:
             self.short = mask(self.key) or "-"
         # whose messages a shared upstream may give this session (agw.mcp.relay): its virtual
         # key's, or, without a key, its own only
-        if self.virtual_key_id is not None:
-            self.tenant = f"key\x00{self.virtual_key_id}"
+        if self.owner is not None:
+            self.tenant = f"key\x00{self.owner}"
         else:
             self.tenant = self.key
 
@@ -225,7 +225,7 @@ class DownstreamSession:
             "id": mask(self.public_id),
             "era": self.era,
             "route_id": self.route_id,
-            "virtual_key_id": self.virtual_key_id,
+            "virtual_key_id": None if (self.owner or "").startswith("jwt\x00") else self.owner,
             "protocol_version": self.protocol_version,
             "client_info": self.client_info,
             "created_at": self.created_at_ms,
@@ -272,30 +272,30 @@ class SessionStore:
     def get(self, key: str) -> DownstreamSession | None:
         return self._by_key.get(key)
 
-    def count(self, route_id: str, virtual_key_id: str | None) -> int:
-        return len(self._buckets.get((route_id, virtual_key_id), ()))
+    def count(self, route_id: str, owner: str | None) -> int:
+        return len(self._buckets.get((route_id, owner), ()))
 
     def create(
-        self, era: str, route_id: str, virtual_key_id: str | None
+        self, era: str, route_id: str, owner: str | None
     ) -> tuple[DownstreamSession, DownstreamSession | None]:
         """A new handshake or sse session, and the one evicted to make room (to be closed).
         Raises SessionRefused."""
-        evicted = self._make_room((route_id, virtual_key_id))
+        evicted = self._make_room((route_id, owner))
         key = secrets.token_hex(16)
-        session = DownstreamSession(key, era, route_id, virtual_key_id)
+        session = DownstreamSession(key, era, route_id, owner)
         self._add(session)
         return session, evicted
 
     def stateless(
-        self, route_id: str, virtual_key_id: str | None
+        self, route_id: str, owner: str | None
     ) -> tuple[DownstreamSession, DownstreamSession | None]:
-        bucket = (route_id, virtual_key_id)
+        bucket = (route_id, owner)
         found = self._stateless.get(bucket)
         if found is not None:
             return found, None
         evicted = self._make_room(bucket)
-        key = f"stateless\x00{route_id}\x00{virtual_key_id or ''}"
-        session = DownstreamSession(key, "modern", route_id, virtual_key_id)
+        key = f"stateless\x00{route_id}\x00{owner or ''}"
+        session = DownstreamSession(key, "modern", route_id, owner)
         self._add(session)
         self._stateless[bucket] = session
         return session, evicted
@@ -303,7 +303,7 @@ class SessionStore:
     def remove(self, session: DownstreamSession) -> None:
         if self._by_key.get(session.key) is session:
             del self._by_key[session.key]
-            bucket = (session.route_id, session.virtual_key_id)
+            bucket = (session.route_id, session.owner)
             if self._stateless.get(bucket) is session:
                 del self._stateless[bucket]
             members = self._buckets.get(bucket)
@@ -314,7 +314,7 @@ class SessionStore:
 
     def _add(self, session: DownstreamSession) -> None:
         self._by_key[session.key] = session
-        bucket = (session.route_id, session.virtual_key_id)
+        bucket = (session.route_id, session.owner)
         self._buckets.setdefault(bucket, {})[session.key] = session
 
     def _make_room(self, bucket: Bucket) -> DownstreamSession | None:

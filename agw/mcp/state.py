@@ -153,17 +153,17 @@ class McpState:
         if self._janitor is None and not self._closed:
             self._janitor = asyncio.get_running_loop().create_task(self._sweep())
 
-    def new_session(self, era: str, route_id: str, virtual_key_id: str | None) -> DownstreamSession:
+    def new_session(self, era: str, route_id: str, owner: str | None) -> DownstreamSession:
         self._start_janitor()
-        session, evicted = self.store.create(era, route_id, virtual_key_id)
+        session, evicted = self.store.create(era, route_id, owner)
         if evicted is not None:
             self.pool.spawn(evicted.close())
         return session
 
-    def stateless(self, route_id: str, virtual_key_id: str | None) -> DownstreamSession:
+    def stateless(self, route_id: str, owner: str | None) -> DownstreamSession:
         if self._janitor is None:
             self._start_janitor()
-        session, evicted = self.store.stateless(route_id, virtual_key_id)
+        session, evicted = self.store.stateless(route_id, owner)
         if evicted is not None:
             self.pool.spawn(evicted.close())
         return session

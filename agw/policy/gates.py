@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from agw.errors import Refusal
-from agw.runtime.snapshot import CompiledRoute
+
+if TYPE_CHECKING:  # runtime.snapshot imports agw.policy.rules: no import back at run time
+    from agw.runtime.snapshot import CompiledRoute
 
 
 class RouteGates:

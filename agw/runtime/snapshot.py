@@ -15,6 +15,7 @@ from agw.config import validate
 from agw.config.access import VirtualKey
 from agw.config.llm import Provider
 from agw.errors import ConfigInvalid, Problem
+from agw.policy.rules import RuleError, RuleSet, compile_rules
 from agw.runtime.state import ConfigState, Record
 
 
@@ -29,7 +30,15 @@ class CompiledRoute:
     disabled: bool
     require_virtual_key: bool
     config: Any
+    # JWT providers whose tokens admit callers (auth_policy.jwt_provider_ids)
+    jwt_provider_ids: tuple[str, ...] = ()
     agent_id: str | None = None  # the one agent this route is bound to, stamped on usage rows
+    # authorization (agw/policy/rules.py), compiled from config.authorization; None: no rules
+    rules: RuleSet | None = field(default=None, compare=False)
+
+    @property
+    def needs_credential(self) -> bool:
+        return self.require_virtual_key or bool(self.jwt_provider_ids)
 
     @property
     def rank(self) -> tuple[int, int, int]:
@@ -68,6 +77,9 @@ class Snapshot:
     acp_services: MappingProxyType[str, Any] = field(
         default_factory=lambda: MappingProxyType({})
     )  # AcpService by id, disabled ones included
+    jwt_providers: MappingProxyType[str, Any] = field(
+        default_factory=lambda: MappingProxyType({})
+    )  # JwtProvider by id, disabled ones included
     state: ConfigState = field(default_factory=ConfigState)
 
     def match(self, host: str, path: str, method: str) -> CompiledRoute | None:
@@ -106,7 +118,41 @@ def _route_agents(state: ConfigState) -> dict[tuple[str, str], str]:
     return {key: next(iter(ids)) for key, ids in claims.items() if len(ids) == 1}
 
 
-def _compile_routes(state: ConfigState) -> tuple[CompiledRoute, ...]:
+def _route_rules(state: ConfigState, problems: list[Problem]) -> dict[tuple[str, str], RuleSet]:
+    """(route kind, route id) -> its compiled authorization rules, for the routes that have
+    any; a rule that does not compile is a problem with its path
+    (``llm_route "oa".authorization.allow[0]: invalid CEL: ...``)."""
+    out: dict[tuple[str, str], RuleSet] = {}
+    policies: list[tuple[frozenset[str], tuple[str, list[str], list[str]]]] = []
+    for pid, rec in state.records(f.AUTHZ_POLICY):
+        pol = rec.obj
+        if pol.disabled or not (pol.allow or pol.deny):
+            continue
+        try:
+            compile_rules(pol.allow, pol.deny)
+        except RuleError as exc:
+            problems.append(Problem(f'{f.AUTHZ_POLICY.name} "{pid}".{exc.rule}', exc.message))
+            continue
+        kinds = frozenset(pol.route_kinds or ("llm", "mcp", "acp"))
+        policies.append((kinds, (pid, pol.allow, pol.deny)))
+    for family in (f.LLM_ROUTE, f.MCP_ROUTE, f.ACP_ROUTE):
+        kind = family.route_kind or ""
+        mine = [p for kinds, p in policies if kind in kinds]
+        for oid, rec in state.records(family):
+            authz = rec.obj.authorization
+            if not authz.allow and not authz.deny and not mine:
+                continue
+            try:
+                out[(kind, oid)] = compile_rules(authz.allow, authz.deny, mine)
+            except RuleError as exc:
+                path = f'{family.name} "{oid}".authorization.{exc.rule}'
+                problems.append(Problem(path, exc.message))
+    return out
+
+
+def _compile_routes(
+    state: ConfigState, rules: dict[tuple[str, str], RuleSet]
+) -> tuple[CompiledRoute, ...]:
     routes: list[CompiledRoute] = []
     agents = _route_agents(state)
     for family in (f.LLM_ROUTE, f.MCP_ROUTE, f.ACP_ROUTE):
@@ -123,7 +169,9 @@ def _compile_routes(state: ConfigState) -> tuple[CompiledRoute, ...]:
                     disabled=cfg.disabled,
                     require_virtual_key=cfg.auth_policy.require_virtual_key,
                     config=cfg,
+                    jwt_provider_ids=tuple(cfg.auth_policy.jwt_provider_ids),
                     agent_id=agents.get((family.route_kind or "", oid)),
+                    rules=rules.get((family.route_kind or "", oid)),
                 )
             )
     routes.sort(key=lambda r: (r.rank, r.id), reverse=True)
@@ -149,6 +197,7 @@ def compile_snapshot(state: ConfigState, enabled_provider_types: Iterable[str]) 
             problems.append(
                 Problem(f'credential "{oid}".provider_type', "does not match its provider")
             )
+    rules = _route_rules(state, problems)
     if problems:
         raise ConfigInvalid(sorted(problems, key=lambda p: (p.path, p.message)), "configuration")
     vks = {
@@ -164,12 +213,15 @@ def compile_snapshot(state: ConfigState, enabled_provider_types: Iterable[str]) 
         for scope, creds in by_scope.items()
     }
     return Snapshot(
-        routes=_compile_routes(state),
+        routes=_compile_routes(state, rules),
         virtual_keys=MappingProxyType(vks),
         providers=MappingProxyType(providers),
         credentials=MappingProxyType(credentials),
         mcp_services=MappingProxyType({oid: rec.obj for oid, rec in state.records(f.MCP_SERVICE)}),
         acp_services=MappingProxyType({oid: rec.obj for oid, rec in state.records(f.ACP_SERVICE)}),
+        jwt_providers=MappingProxyType(
+            {oid: rec.obj for oid, rec in state.records(f.JWT_PROVIDER)}
+        ),
         state=state,
     )
 

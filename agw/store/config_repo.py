@@ -2,6 +2,8 @@
 
 Each family keeps its object as JSON beside the columns the store filters on (reference §6).
 The runtime keeps the whole configuration in memory, so the data plane never reads here.
+Secrets are sealed on the way in and opened on the way out (:mod:`agw.store.secrets`): a
+:class:`Row` always holds plaintext.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agw.config import families as f
+from agw.errors import StoreError
 from agw.store.db import Database
+from agw.store.secrets import open_row, payload_column, seal_row, vk_where
 
 
 @dataclass(frozen=True)
@@ -23,20 +27,17 @@ class Row:
     created_at: int
     updated_at: int
     tag: str = ""
-    key: str = ""  # virtual keys: the bearer
-
-
-def _payload_column(table: str) -> str:
-    return "data" if table in ("cliauth_credentials", "model_configs") else "config"
+    key: str = ""  # virtual keys: the bearer (in the store: its hash, and itself sealed)
 
 
 async def load_rows(db: Database) -> list[Row]:
+    box = db.box
     rows: list[Row] = []
     for family in f.ALL_FAMILIES:
         table = family.table
         if table is None:
             continue
-        payload = _payload_column(table)
+        payload = payload_column(table)
         if table == "model_configs":
             sql = f"SELECT provider_id || '/' || upstream_model, {payload}, created_at, updated_at, '' , '' FROM model_configs"  # noqa: E501
             params: tuple[str, ...] = ()
@@ -46,21 +47,25 @@ async def load_rows(db: Database) -> list[Row]:
             )
             params = (family.route_kind or "",)
         elif table == "virtual_keys":
-            sql = f"SELECT id, {payload}, created_at, updated_at, tag, key FROM virtual_keys"
+            sql = f"SELECT id, {payload}, created_at, updated_at, tag, key_secret FROM virtual_keys"
             params = ()
         else:
             sql = f"SELECT id, {payload}, created_at, updated_at, tag, '' FROM {table}"
             params = ()
         async with db.conn.execute(sql, params) as cur:
             async for oid, payload_json, created, updated, tag, key in cur:
-                rows.append(
-                    Row(family.name, oid, json.loads(payload_json), created, updated, tag, key)
-                )
+                data = open_row(box, family, oid, json.loads(payload_json))
+                if family is f.VIRTUAL_KEY:
+                    if not key:
+                        raise StoreError(f'config store: virtual key "{oid}" has no bearer')
+                    key = str(box.open(key, vk_where(oid)))
+                rows.append(Row(family.name, oid, data, created, updated, tag, key))
     return rows
 
 
 async def write(db: Database, puts: Sequence[Row], deletes: Sequence[tuple[str, str]]) -> None:
     """Apply a change set atomically: all rows or none."""
+    box = db.box
     async with db.transaction() as conn:
         for family_name, oid in deletes:
             family = f.BY_NAME[family_name]
@@ -74,7 +79,8 @@ async def write(db: Database, puts: Sequence[Row], deletes: Sequence[tuple[str, 
                 await conn.execute(f"DELETE FROM {family.table} WHERE id = ?", (oid,))
         for row in puts:
             family = f.BY_NAME[row.family]
-            payload = json.dumps(row.data, sort_keys=True, separators=(",", ":"))
+            stored = seal_row(box, family, row.id, row.data)
+            payload = json.dumps(stored, sort_keys=True, separators=(",", ":"))
             if family.table == "model_configs":
                 await conn.execute(
                     "INSERT INTO model_configs (provider_id, upstream_model, data, created_at, "
@@ -98,13 +104,22 @@ async def write(db: Database, puts: Sequence[Row], deletes: Sequence[tuple[str, 
                 )
             elif family.table == "virtual_keys":
                 await conn.execute(
-                    "INSERT INTO virtual_keys (id, tag, key, config, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET tag = excluded.tag,"
-                    " config = excluded.config, updated_at = excluded.updated_at",
-                    (row.id, row.tag, row.key, payload, row.created_at, row.updated_at),
+                    "INSERT INTO virtual_keys (id, tag, key, key_secret, config, created_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                    "tag = excluded.tag, config = excluded.config, "
+                    "updated_at = excluded.updated_at",
+                    (
+                        row.id,
+                        row.tag,
+                        box.lookup_hash(row.key),
+                        box.seal(row.key, vk_where(row.id)),
+                        payload,
+                        row.created_at,
+                        row.updated_at,
+                    ),
                 )
             elif family.table is not None:
-                column = _payload_column(family.table)
+                column = payload_column(family.table)
                 await conn.execute(
                     f"INSERT INTO {family.table} (id, tag, {column}, created_at, updated_at) "
                     f"VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET tag = excluded.tag, "

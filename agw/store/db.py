@@ -2,8 +2,9 @@
 
 Writes go through :meth:`Database.transaction` (``BEGIN IMMEDIATE`` on the one write connection)
 or, for the usage writer, :meth:`Database.write` (statements in autocommit, in one call on the
-connection's thread); the file is created mode 0600 because it holds provider keys and virtual
-keys.
+connection's thread); the file is created mode 0600. The secrets in it are sealed with the
+store's key (:mod:`agw.store.secrets`), which :meth:`Database.open` unlocks before migrating:
+:attr:`Database.box`.
 
 The files can change under a running agwd. Deleted or replaced, the open connection would go on
 writing into a file nobody will read again; made read-only, or with its WAL index (``-shm``,
@@ -27,6 +28,7 @@ import logging
 import os
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,6 +37,7 @@ from typing import TypeVar
 import aiosqlite
 
 from agw.errors import SchemaTooNew, StoreError, StoreUnavailable
+from agw.store import secrets
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -85,6 +88,7 @@ class Database:
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
+        self._box: secrets.SecretBox | None = None  # set by open(), before the migrations
         # One write connection: transactions from different tasks (config writes, the usage
         # writer) take turns instead of nesting.
         self._write_lock = asyncio.Lock()
@@ -161,8 +165,18 @@ class Database:
         if problem is not None:
             raise StoreUnavailable(f"config store unavailable: {problem}")
 
+    @property
+    def box(self) -> secrets.SecretBox:
+        """Seals and opens the stored secrets (:mod:`agw.store.secrets`)."""
+        if self._box is None:
+            raise StoreError("config store opened without its secret key")
+        return self._box
+
     @classmethod
-    async def open(cls, path: str | Path) -> Database:
+    async def open(cls, path: str | Path, *, secret_key: bytes | None = None) -> Database:
+        """Open (create) the store, unlock its secrets and apply pending migrations.
+        ``secret_key``: the key from ``AGW_SECRET_KEY``; None: the key file beside the store
+        (:func:`agw.store.secrets.unlock`)."""
         path = Path(path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,8 +189,13 @@ class Database:
         db = cls(conn, path)
         try:
             await db.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            await db.check_version()  # before any pragma that writes the file header
+            version = await db.check_version()  # before any pragma that writes the file header
             await db._configure()
+            db._box = await secrets.unlock(db.conn, path, secret_key, version)
+            log.info(
+                "store_secret_key",
+                extra={"source": db._box.source, "key_id": db._box.key_id},
+            )
             await db.migrate()
             db._watch()
         except BaseException:
@@ -218,8 +237,25 @@ class Database:
             async with self.transaction():
                 for statement in split_statements(path.read_text()):
                     await self.conn.execute(statement)
+                if number == secrets.SEALING_MIGRATION:  # a step SQL cannot do
+                    await secrets.seal_plaintext_rows(self.conn, self.box)
                 await self.conn.execute(f"PRAGMA user_version = {number}")
             log.info("store_migrated", extra={"version": number, "migration": path.name})
+        if 0 < current < secrets.SEALING_MIGRATION and str(self.path) != ":memory:":
+            await self._scrub()
+
+    async def _scrub(self) -> None:
+        """Once, after migration 6 sealed a store that held secrets in clear: rewrite the file
+        (``VACUUM``: no free page or freed cell keeps an old value) and empty the WAL into it,
+        so a copy of the files taken from here on holds no plaintext secret, not even one
+        deleted or replaced before the upgrade."""
+        started = time.monotonic()
+        await self.conn.execute("VACUUM")
+        await self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        log.info(
+            "store_scrubbed",
+            extra={"path": str(self.path), "seconds": round(time.monotonic() - started, 3)},
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:

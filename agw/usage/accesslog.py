@@ -6,12 +6,14 @@ route, from its usage event, as the event is emitted; the dispatcher calls
 are left out):
 
 ``time`` (RFC 3339, ms, UTC, when the request finished), ``trace_id``, ``span_id``,
-``session_id``, ``agent_id``, ``virtual_key_id``, ``route_id``, ``kind``, ``method``, ``path``
+``session_id``, ``agent_id``, ``virtual_key_id``, ``user_id``, ``org_id``, ``route_id``, ``kind``,
+``method``, ``path``
 (no query string), ``upstream`` (provider or service id), ``model``, ``operation``, ``tool``,
 ``status``, ``error_type``, ``error_class``, ``tokens_in``, ``tokens_out``, ``latency_ms``,
 ``overhead_ms``, ``ttft_ms``.
 
-Never a key (only the virtual key's id), a prompt, a completion or tool arguments. Every value
+Never a key (only the virtual key's id) or a token (only the user and org its provider named),
+a prompt, a completion or tool arguments. Every value
 is bounded as in the usage rows (:meth:`UsageEvent.bound`, before the recorder's taps see an
 event; :meth:`AccessLog.unmatched` cuts the method and path itself), so a client cannot make a
 line longer than a few KiB or unencodable.
@@ -68,6 +70,8 @@ def line_of(event: UsageEvent) -> dict[str, object]:
         "session_id": getattr(event, "session_id", None),
         "agent_id": event.agent_id,
         "virtual_key_id": event.virtual_key_id,
+        "user_id": getattr(event, "user_id", None),
+        "org_id": getattr(event, "org_id", None),
         "route_id": event.route_id,
         "kind": event.route_kind,
         "method": event.http_method,

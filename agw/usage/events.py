@@ -1,12 +1,13 @@
 """Usage events: one value per dispatched request, one class per usage table.
 
 A handler builds the event it knows about (reference §7.1) and hands it to the recorder; the
-fields are the columns of the table (reference §7.2 plus migrations 0002-0004), common columns
-first, in table order, plus a few marked as not columns (``column_fields`` leaves them out): what
-the access log, Prometheus and traces read besides the row (HTTP method and path, gateway
-overhead, time to first token, trace content, a turn's stop reason). Python types are the
-natural ones: ``bool`` for the 0/1 columns, ``list`` for the JSON-array columns, ``dict`` for the
-``*_json`` columns, unix milliseconds for times.
+fields are the columns of the table (reference §7.2 plus migrations 0002-0005), common columns
+first, in table order (``user_id`` and ``org_id``, shared by all three, come last: migration
+0005 added them to each table), plus a few marked as not columns (``column_fields`` leaves them
+out): what the access log, Prometheus and traces read besides the row (HTTP method and path,
+gateway overhead, time to first token, trace content, a turn's stop reason). Python types are
+the natural ones: ``bool`` for the 0/1 columns, ``list`` for the JSON-array columns, ``dict`` for
+the ``*_json`` columns, unix milliseconds for times.
 :meth:`UsageEvent.row` turns an event into the values of its ``INSERT``:
 
 - booleans become 0/1 (``fresh_session`` stays NULL when unknown);
@@ -64,6 +65,9 @@ TEXT_LIMITS: Mapping[str, int] = {
     "credential_id": 1024,
     "service_id": 1024,
     "agent_id": 1024,
+    # who called, as the identity provider named them (an email, a subject, an org id)
+    "user_id": 512,
+    "org_id": 512,
 }
 """Characters kept, per field, where the default :data:`TEXT_LIMIT` does not fit."""
 NAME_LIMIT = 128
@@ -318,6 +322,9 @@ class LlmUsageEvent(UsageEvent):
     reasoning_tokens: int = 0
     session_id: str | None = None
     acp_session_id: str | None = None
+    # migration 0005: the caller's principal (Request.usage_head)
+    user_id: str | None = None
+    org_id: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -346,6 +353,9 @@ class McpUsageEvent(UsageEvent):
     acp_session_id: str | None = None
     mcp_session_id: str | None = None  # the gateway's masked Mcp-Session-Id (migration 0004)
     session_id: str | None = None  # the agent session (migration 0004)
+    # migration 0005: the caller's principal (Request.usage_head)
+    user_id: str | None = None
+    org_id: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -365,6 +375,9 @@ class AcpUsageEvent(UsageEvent):
     event_counts_json: dict[str, int] | None = None
     usage_json: dict[str, object] | None = None
     result_status: str | None = None
+    # migration 0005: the caller's principal (Request.usage_head)
+    user_id: str | None = None
+    org_id: str | None = None
     stop_reason: str | None = field(default=None, metadata=_NOT_COLUMN)  # a turn's, not a column
 
 

@@ -69,7 +69,7 @@ def kind_named(name: str) -> Kind:
 
 
 # /admin/metrics/mcp/tools/summary and /admin/metrics/acp/summary
-TOOLS_SUMMARY_FILTERS = ("route_id", "service_id", "session_id", "agent_id")
+TOOLS_SUMMARY_FILTERS = ("route_id", "service_id", "session_id", "agent_id", "user_id", "org_id")
 ACP_SUMMARY_FILTERS = (
     "route_id",
     "route_protocol",
@@ -78,6 +78,8 @@ ACP_SUMMARY_FILTERS = (
     "operation",
     "session_id",
     "agent_id",
+    "user_id",
+    "org_id",
 )
 # /admin/metrics/interactions
 INTERACTION_FILTERS = (
@@ -85,6 +87,8 @@ INTERACTION_FILTERS = (
     "route_protocol",
     "route_id",
     "virtual_key_id",
+    "user_id",
+    "org_id",
     "trace_id",
     "parent_span_id",
     "agent_depth",
@@ -97,6 +101,8 @@ INTERACTION_GROUP_BY = (
     "route_protocol",
     "route_id",
     "virtual_key_id",
+    "user_id",
+    "org_id",
     "session_id",
     "agent_id",
 )
@@ -118,6 +124,8 @@ _INTERACTION_COMMON = (
     "error_type",
     "latency_ms",
     "agent_id",
+    "user_id",
+    "org_id",
 )
 _TIME = ("from", "to")
 

@@ -26,6 +26,7 @@ _BY_TYPE: Final[dict[str, str]] = {
     "route_disabled": "policy",
     "agent_depth_exceeded": "policy",
     "policy_denied": "policy",
+    "forbidden": "policy",  # a route's authorization rules (agw/policy/authz.py)
     "capacity_exceeded": "policy",
     "scope_busy": "policy",
     "rate_limited": "policy",

@@ -7,6 +7,7 @@ import sqlite3
 
 import httpx
 
+from agw.store.secrets import SecretBox, key_file, parse_key, vk_where
 from tests.support.admin import VK_PATTERN, assert_error, created, items, put_body, uid
 from tests.support.inproc import InprocLauncher
 
@@ -86,10 +87,13 @@ def test_key_and_objects_survive_a_restart(inproc_factory: InprocLauncher) -> No
             p: items(c, p, reveal="true") for p in ("/admin/llm/providers", "/admin/virtual_keys")
         }
     first.stop()
-    # the key is in its own unique column of the store
+    # the store's unique column holds a keyed hash of the key, and the key itself is sealed
+    # (docs/security.md, "Secrets at rest")
+    box = SecretBox(parse_key(key_file(first.db_path).read_text()), "test")
     with sqlite3.connect(first.db_path) as db:
-        rows = db.execute("SELECT id, key FROM virtual_keys").fetchall()
-    assert rows == [(vk["id"], vk["key"])]
+        rows = db.execute("SELECT id, key, key_secret FROM virtual_keys").fetchall()
+    assert [r[:2] for r in rows] == [(vk["id"], box.lookup_hash(vk["key"]))]
+    assert box.open(rows[0][2], vk_where(vk["id"])) == vk["key"]
 
     second = inproc_factory.start(db_path=first.db_path)
     with second.client() as c:

@@ -194,6 +194,8 @@ def test_validate_is_local(tmp_path: Path) -> None:
             "managed_models": 1,
             "llm_routes": 2,
             "virtual_keys": 2,
+            "jwt_providers": 0,
+            "authorization_policies": 0,
             "cliauth_authenticators": 0,
             "mcp_services": 1,
             "mcp_routes": 1,

@@ -49,11 +49,15 @@ DIRECT: dict[str, Any] = {
     "virtual_key_id": "team-a",
     "provider_id": "openai-main",
     "upstream_model": "gpt-4o",
+    "user_id": "ana@example.com",
+    "org_id": "acme",
 }
 SMART: dict[str, Any] = {
     "virtual_key_id": "team-b",
     "provider_id": "local",
     "upstream_model": "llama-3.2",
+    "user_id": "bo@example.com",
+    "org_id": "globex",
 }
 EVENTS: list[UsageEvent] = [
     _llm(H0 + 10 * M, "openai-direct", (100, 50), session_id=SESSION, **DIRECT),
@@ -204,6 +208,47 @@ def test_events_and_interactions(ctl: Agwctl, admin: httpx.Client) -> None:
     assert counts == {"llm": "5", "mcp": "3", "acp": "2"}
 
 
+def test_spend_per_user_and_org(ctl: Agwctl, admin: httpx.Client) -> None:
+    """``--group-by user`` (the API's user_id) and ``org``; ``--user``/``--org`` filter."""
+    out = ctl.ok("gateway", "metrics", "breakdown", "--group-by", "user", "--order-by",
+                 "total_tokens")  # fmt: skip
+    (lines,) = blocks(out)
+    assert [row[0] for row in cells(lines)] == ["USER-ID", "bo@example.com", "ana@example.com"]
+    users = by_first(lines)
+    assert (users["bo@example.com"]["TOTAL-TOKENS"], users["bo@example.com"]["REQUEST-COUNT"]) == (
+        "1500",
+        "2",
+    )
+    assert users["ana@example.com"]["TOTAL-TOKENS"] == "1050"
+    args = ("gateway", "metrics", "breakdown", "--group-by", "org", "--from", "24h")
+    assert json.loads(ctl.ok("-o", "json", *args))["group_by"] == "org_id"
+    orgs = by_first(blocks(ctl.ok(*args))[0])
+    assert (orgs["acme"]["INPUT-TOKENS"], orgs["globex"]["INPUT-TOKENS"]) == ("700", "1000")
+
+    (lines,) = blocks(ctl.ok("gateway", "metrics", "breakdown", "--group-by", "route_id",
+                             "--org", "globex"))  # fmt: skip
+    assert [row[0] for row in cells(lines)] == ["ROUTE-ID", "smart"]
+    as_json = ctl.ok("-o", "json", "gateway", "metrics", "breakdown", "--user", "ana@example.com")
+    assert json.loads(as_json) == api(
+        admin, "/admin/metrics/llm/breakdown", user_id="ana@example.com"
+    )
+
+    (lines,) = blocks(ctl.ok("gateway", "metrics", "events", "--user", "bo@example.com"))
+    head, *rows = cells(lines)
+    assert [dict(zip(head, r, strict=True))["USER"] for r in rows] == ["bo@example.com"] * 2
+
+    (lines,) = blocks(ctl.ok("gateway", "metrics", "interactions", "--group-by", "user"))
+    counts = {k: v["REQUEST-COUNT"] for k, v in by_first(lines).items()}
+    assert counts == {"-": "5", "ana@example.com": "3", "bo@example.com": "2"}  # MCP, ACP: none
+
+    out = ctl.ok("gateway", "metrics", "timeseries", "--group-by", "user", "--org", "acme",
+                 "--bucket", "day", "--no-chart")  # fmt: skip
+    (table,) = blocks(out)
+    rows = cells(table)
+    assert rows[0][:2] == ["BUCKET", "USER-ID"]
+    assert {r[1] for r in rows[1:]} == {"ana@example.com"}
+
+
 def test_timeseries_table_and_chart(ctl: Agwctl, admin: httpx.Client) -> None:
     out = ctl.ok("gateway", "metrics", "timeseries", "--from", "24h", "--group-by", "route_id")
     table, chart = blocks(out)
@@ -276,6 +321,7 @@ def test_session_show(ctl: Agwctl, admin: httpx.Client) -> None:
         (("events", "--from", "yesterday"), 2, "'yesterday' is neither RFC 3339"),
         (("events", "--filter", "route_id"), 2, "'route_id' must look like KEY=VALUE"),
         (("events", "--filter", "limit=5"), 2, "use --limit instead of --filter limit=..."),
+        (("events", "--filter", "user_id=a"), 2, "use --user instead of --filter user_id=..."),
         (("timeseries", "--measure", "turn_count"), 2, "'turn_count' is not a llm measure"),
         (("events", "--filter", "colour=red"), 1, 'unknown parameter "colour"'),
         (("breakdown", "--group-by", "colour"), 1, 'unsupported group_by "colour"'),

@@ -216,3 +216,36 @@ def test_help_lists_every_family(ctl: Agwctl, tmp_path: Path) -> None:
         "provider-type", "llm-api-handler-type", "cliauth",
     ):  # fmt: skip
         assert f"\n  {name} " in out
+
+
+def test_jwt_providers_and_authorization_policies(ctl: Agwctl, admin: Any) -> None:
+    """The identity families (issue 14) through agwctl: list, get, disable, delete."""
+    provider = {
+        "id": "corp-idp",
+        "issuer": "https://idp.example.com",
+        "audiences": ["https://agw.example.com/mcp"],
+        "jwks_uri": "https://idp.example.com/jwks",
+    }
+    assert admin.post("/admin/jwt_providers", json=provider).status_code == 201
+    policy = {"id": "no-interns", "route_kinds": ["llm"], "deny": ['"interns" in principal.groups']}
+    assert admin.post("/admin/authorization_policies", json=policy).status_code == 201
+    rows = table(ctl.ok("gateway", "jwt-provider", "list"))
+    assert rows[0] == ["ID", "ISSUER", "AUDIENCES", "JWKS", "DISABLED", "SOURCE"]
+    assert rows[1] == [
+        "corp-idp",
+        "https://idp.example.com",
+        "https://agw.example.com/mcp",
+        "https://idp.example.com/jwks",
+        "no",
+        "store",
+    ]
+    got = json.loads(ctl.ok("gateway", "jwt-provider", "get", "corp-idp"))
+    assert got["algorithms"] == ["RS256", "ES256", "EdDSA"] and got["clock_skew_seconds"] == 60
+    ctl.ok("gateway", "jwt-provider", "disable", "corp-idp")
+    assert admin.get("/admin/jwt_providers/corp-idp").json()["disabled"] is True
+    out = ctl.ok("gateway", "authz-policy", "list")
+    assert "no-interns" in out and "llm" in out
+    ctl.ok("gateway", "authz-policy", "delete", "no-interns")
+    ctl.ok("gateway", "jwt-provider", "delete", "corp-idp")
+    assert admin.get("/admin/jwt_providers/corp-idp").status_code == 404
+    assert admin.get("/admin/authorization_policies/no-interns").status_code == 404

@@ -25,6 +25,12 @@ HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 SESSIONS = ("sess-a", "sess-b", "sess-c")
 AGENTS = ("agent-x", "agent-y")
+USERS = {
+    "ana@example.com": "org-acme",
+    "bo@example.com": "org-acme",
+    "cy@example.com": "org-globex",
+}
+"""The callers a JWT would name (user -> org); a quarter of the rows name none (a virtual key)."""
 Event = Any  # an LlmUsageEvent, McpUsageEvent or AcpUsageEvent
 
 
@@ -146,7 +152,19 @@ def generate(seed: int = 6, n_llm: int = 240, n_mcp: int = 150, n_acp: int = 90)
                 result_status="success" if common["success"] else "error",
             )
         )
+    _principals(random.Random(seed + 1), [*llm, *mcp, *acp])
     return Dataset(start, end, llm, mcp, acp)
+
+
+def _principals(
+    rng: random.Random, events: Iterable[LlmUsageEvent | McpUsageEvent | AcpUsageEvent]
+) -> None:
+    """Stamp a user and their org on most events, from a generator of its own (the other
+    columns stay as they were before users existed)."""
+    for event in events:
+        user = _maybe(rng, tuple(USERS))
+        event.user_id = user
+        event.org_id = USERS[user] if user is not None else None
 
 
 def seed(db_path: Path, data: Dataset) -> None:

@@ -1,4 +1,5 @@
-"""The npm tools of the slow tier (tests/clients: Claude Code, opencode), installed with npm into
+"""The npm tools of the slow tier (tests/clients: Claude Code, opencode) and the npm libraries
+of test fakes (tests/fakes/oidc: oidc-provider), installed with npm into
 ``.cache/npm-<name>`` of the repository on first use (the npm registry must be reachable then).
 A test that needs one is skipped, with the reason, where npm or Node.js is not installed; a
 failed install fails it."""
@@ -19,7 +20,17 @@ def npm_tool(package: str, name: str, binary: str) -> Path:
     """The path of ``binary`` from ``package`` (``name@version``), installed into
     ``.cache/npm-<name>`` unless it is there already."""
     prefix = REPO / ".cache" / f"npm-{name}"
-    path = prefix / "node_modules" / ".bin" / binary
+    return _installed(package, prefix, prefix / "node_modules" / ".bin" / binary)
+
+
+def npm_package(package: str, name: str, module: str) -> Path:
+    """The directory of the node module ``module`` from ``package`` (``name@version``), for a
+    script that imports it (a library, no binary), installed into ``.cache/npm-<name>``."""
+    prefix = REPO / ".cache" / f"npm-{name}"
+    return _installed(package, prefix, prefix / "node_modules" / module / "package.json").parent
+
+
+def _installed(package: str, prefix: Path, path: Path) -> Path:
     if path.exists():
         return path
     npm = shutil.which("npm")

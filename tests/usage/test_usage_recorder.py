@@ -113,6 +113,7 @@ def test_events_round_trip_into_their_tables(tmp_path: Path) -> None:
 
     common = {"trace_id": None, "parent_span_id": None, "agent_depth": 0, "virtual_key_id": None}
     common |= {"agent_id": None, "route_protocol": None, "error_type": None}
+    common |= {"user_id": None, "org_id": None}
     assert rows(path, "llm_usage_events") == [
         {
             "event_id": "e-llm",
@@ -154,6 +155,8 @@ def test_events_round_trip_into_their_tables(tmp_path: Path) -> None:
             "reasoning_tokens": 2,
             "session_id": "sess-1",
             "acp_session_id": None,
+            "user_id": None,
+            "org_id": None,
         }
     ]
     (mcp_row,) = rows(path, "mcp_usage_events")

@@ -1,4 +1,4 @@
-"""Migration 0002 and the event classes against the real tables."""
+"""Migrations 0002, 0004 and 0005 and the event classes against the real tables."""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ NEW_COLUMNS = {
 }
 
 
+def latest_version() -> int:
+    """The schema version of a fresh store: the number of the last migration."""
+    return max(int(p.name[:4]) for p in migrations_dir().glob("[0-9][0-9][0-9][0-9]_*.sql"))
+
+
 def open_and_close(path: Path) -> None:
     async def main() -> None:
         db = await Database.open(path)
@@ -32,7 +37,7 @@ def test_fresh_store_is_at_version_2_with_the_new_llm_columns(tmp_path: Path) ->
     path = tmp_path / "c.db"
     open_and_close(path)
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == latest_version()
         info = {r[1]: (r[4], r[3]) for r in conn.execute("PRAGMA table_info(llm_usage_events)")}
     for name, (default, notnull) in NEW_COLUMNS.items():
         assert info[name] == (default, notnull), name
@@ -57,7 +62,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(tmp_path: Path) -> Non
     assert (old["cached_input_tokens"], old["cache_creation_input_tokens"]) == (0, 0)
     assert old["reasoning_tokens"] == 0
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == latest_version()
 
 
 def test_event_fields_are_exactly_the_table_columns_in_order(tmp_path: Path) -> None:
@@ -91,3 +96,37 @@ def test_migration_4_moves_the_mcp_handle_and_links_acp_sessions(tmp_path: Path)
     with closing(sqlite3.connect(path)) as conn:
         indexes = {r[1] for r in conn.execute("PRAGMA index_list(mcp_usage_events)")}
     assert {"idx_mcp_usage_session", "idx_mcp_usage_service", "idx_mcp_usage_tool"} <= indexes
+
+
+def test_migration_5_adds_the_principal_to_every_usage_table(tmp_path: Path) -> None:
+    """Schema 5: user_id and org_id on the three usage tables, NULL on the rows written before
+    (a virtual key's calls name no user), with the indexes the user and org filters use."""
+    path = tmp_path / "c.db"
+    with closing(sqlite3.connect(path)) as conn:
+        for number in (1, 2, 3, 4):
+            (script,) = migrations_dir().glob(f"000{number}_*.sql")
+            conn.executescript(script.read_text())
+        for table in ("llm_usage_events", "mcp_usage_events", "acp_usage_events"):
+            conn.execute(
+                f"INSERT INTO {table} (event_id, span_id, started_at, finished_at) "
+                "VALUES ('old', 's', 1, 2)"
+            )
+        conn.execute("PRAGMA user_version = 4")
+        conn.commit()
+    open_and_close(path)
+    for table in ("llm_usage_events", "mcp_usage_events", "acp_usage_events"):
+        assert table_columns(path, table)[-2:] == ["user_id", "org_id"], table
+        (old,) = rows(path, table)
+        assert (old["user_id"], old["org_id"]) == (None, None), table
+    with closing(sqlite3.connect(path)) as conn:
+        indexes = {r[1] for r in conn.execute("SELECT * FROM sqlite_master WHERE type='index'")}
+        plan = " ".join(
+            str(r[3])
+            for r in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM llm_usage_events "
+                "WHERE user_id = ? AND started_at >= ?",
+                ("a@example.com", 0),
+            )
+        )
+    assert {"idx_llm_usage_user", "idx_llm_usage_org", "idx_mcp_usage_user"} <= indexes
+    assert "idx_llm_usage_user" in plan

@@ -44,7 +44,7 @@ from agw.mcp.upstream.base import (
     auth_headers,
     refusal,
 )
-from agw.request import current_trace, traceparent
+from agw.request import current_client_token, current_trace, traceparent
 from agw.sse import SseError, SseEvent, SseParser
 from agw.types import JsonObj
 
@@ -163,6 +163,10 @@ class HttpWire(Upstream):
         trace = current_trace.get()
         if trace is not None:  # the data-plane request this message is sent for
             headers["traceparent"] = traceparent(trace)
+        if self.service.forward_client_token:  # the caller's own JWT, when it asked for that
+            token = current_client_token.get()
+            if token:
+                headers["authorization"] = f"Bearer {token}"
         sent_session = "mcp-session-id" in headers
         body = encode(msg)
         resp = await self._send(body, headers)

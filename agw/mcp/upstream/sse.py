@@ -23,7 +23,7 @@ import aiohttp
 from agw.config.mcp import McpService
 from agw.mcp.upstream.base import MESSAGE_LIMIT, Listener, UpstreamError, auth_headers
 from agw.mcp.upstream.channel import ChannelUpstream
-from agw.request import current_trace, traceparent
+from agw.request import current_client_token, current_trace, traceparent
 from agw.sse import SseError, SseEvent, SseParser
 from agw.types import JsonObj
 
@@ -100,6 +100,10 @@ class SseUpstream(ChannelUpstream):
         trace = current_trace.get()
         if trace is not None:  # the data-plane request this message is sent for
             headers["traceparent"] = traceparent(trace)
+        if self.service.forward_client_token:  # the caller's own JWT, when it asked for that
+            token = current_client_token.get()
+            if token:
+                headers["authorization"] = f"Bearer {token}"
         body = json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode()
         try:
             async with http.post(endpoint, data=body, headers=headers) as resp:
