@@ -28,8 +28,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
-import jwt as pyjwt
-from jwt import PyJWK
 
 from agw.auth.principal import Principal
 from agw.config.access import JwtProvider
@@ -47,6 +45,14 @@ TOKEN_CACHE_SIZE = 10_000
 
 CODE = "invalid_token"
 DISCOVERY = ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server")
+
+
+def _pyjwt() -> Any:
+    """PyJWT, imported when a token is first verified: it loads cryptography's public-key
+    bindings (about 12 MiB), which a gateway without JWT providers never needs."""
+    import jwt
+
+    return jwt
 
 
 class TokenRefused(Exception):
@@ -101,7 +107,7 @@ class JwtVerifier:
     def __init__(self, provider: JwtProvider, session: aiohttp.ClientSession | None) -> None:
         self.provider = provider
         self.session = session
-        self.keys: dict[str, PyJWK] = {}  # by kid; "" for a key without one
+        self.keys: dict[str, Any] = {}  # by kid; "" for a key without one
         self.bound_alg: dict[int, str] = {}  # id(key) -> the "alg" its JWK declares
         self.loaded = False
         self.last_error = ""
@@ -191,7 +197,7 @@ class JwtVerifier:
         entries = document.get("keys")
         if not isinstance(entries, list):
             raise ValueError('JWK set without "keys"')
-        keys: dict[str, PyJWK] = {}
+        keys: dict[str, Any] = {}
         bound: dict[int, str] = {}
         for entry in entries:
             if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
@@ -199,7 +205,7 @@ class JwtVerifier:
             if entry.get("kty") == "oct":  # a shared secret has no place in a JWKS
                 continue
             try:
-                key = PyJWK(entry)
+                key = _pyjwt().PyJWK(entry)
             except Exception:  # an unusable key is skipped, the others kept
                 continue
             keys[str(entry.get("kid", ""))] = key
@@ -212,14 +218,23 @@ class JwtVerifier:
 
     # ------------------------------------------------------------------------------ tokens
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token this verifier validated and that has not expired: the hot
+        path (one dictionary lookup, no parsing)."""
+        hit = self._tokens.get(token)
+        if hit is None:
+            return None
+        if hit[1] > time.time():
+            return hit[0]
+        self._tokens.pop(token, None)
+        return None
+
     async def verify(self, token: str) -> Principal:
         """The principal of a valid token; :class:`TokenRefused` otherwise."""
-        now = time.time()
-        hit = self._tokens.get(token)
+        hit = self.cached(token)
         if hit is not None:
-            if hit[1] > now:
-                return hit[0]
-            self._tokens.pop(token, None)
+            return hit
+        pyjwt = _pyjwt()
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenRefused(f"token is longer than {MAX_TOKEN_BYTES} bytes")
         try:
@@ -266,7 +281,7 @@ class JwtVerifier:
             self._tokens.popitem(last=False)
         return principal
 
-    async def _key(self, kid: str) -> PyJWK:
+    async def _key(self, kid: str) -> Any:
         key = self.keys.get(kid) if kid else self._only_key()
         if key is not None:
             return key
@@ -284,7 +299,7 @@ class JwtVerifier:
             )
         raise TokenRefused("token key id (kid) is unknown" if kid else "token has no key id (kid)")
 
-    def _only_key(self) -> PyJWK | None:
+    def _only_key(self) -> Any:
         """A token without ``kid`` is accepted when the set holds exactly one key."""
         return next(iter(self.keys.values())) if len(self.keys) == 1 else None
 
@@ -313,6 +328,7 @@ def refusal(message: str, status: int = 401, *, www_authenticate: str = "") -> R
 
 def unverified_issuer(token: str) -> str | None:
     """The ``iss`` a token claims, to pick its provider (verified afterwards)."""
+    pyjwt = _pyjwt()
     try:
         claims = pyjwt.decode(token, options={"verify_signature": False})
     except pyjwt.PyJWTError:

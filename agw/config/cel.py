@@ -18,9 +18,6 @@ from __future__ import annotations
 from functools import cache, lru_cache
 from typing import Any
 
-from cel_expr_python import cel
-from cel_expr_python.ext import ext_strings
-
 # The variables of every evaluation (agw/policy/authz.py builds them)
 VARIABLES = ("request", "jwt", "principal", "key", "session", "llm", "mcp", "acp")
 MAX_RULE_CHARS = 4096
@@ -32,11 +29,23 @@ class CelSyntaxError(ValueError):
 
 
 @cache
+def cel() -> Any:
+    """The engine's module, imported on first use: a gateway without rules never loads it
+    (about 7 MiB)."""
+    from cel_expr_python import cel as module
+
+    return module
+
+
+@cache
 def environment() -> Any:
     """The one CEL environment: the variables above, the standard library and the strings
     extension (``lowerAscii``, ``split``, ``replace``, ...). Built once, on first use."""
-    dyn_map = cel.Type.Map(cel.Type.STRING, cel.Type.DYN)
-    return cel.NewEnv(
+    from cel_expr_python.ext import ext_strings
+
+    engine = cel()
+    dyn_map = engine.Type.Map(engine.Type.STRING, engine.Type.DYN)
+    return engine.NewEnv(
         variables=dict.fromkeys(VARIABLES, dyn_map), extensions=[ext_strings.ExtStrings()]
     )
 
@@ -65,7 +74,8 @@ def compile_rule(text: str) -> Any:
     except RuntimeError as exc:
         raise CelSyntaxError(f"invalid CEL: {_message(exc)}") from None
     result = expr.return_type()
-    if result != cel.Type.BOOL and result != cel.Type.DYN:
+    types = cel().Type
+    if result != types.BOOL and result != types.DYN:
         raise CelSyntaxError(f"a rule must be a boolean expression (this one is {result.name()})")
     return expr
 

@@ -28,9 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from cel_expr_python import cel
-
-from agw.config.cel import VARIABLES, CelSyntaxError, compile_rule, environment
+from agw.config.cel import VARIABLES, CelSyntaxError, cel, compile_rule, environment
 
 Outcome = Literal["matched", "not_matched", "error"]
 # a variable named anywhere in a rule (a superset: a field or a string that spells one counts too)
@@ -80,7 +78,7 @@ def _error_of(value: Any, result: object) -> str:
     """Why an evaluation gave no boolean: CEL's error (``NOT_FOUND: Key not found in map``,
     status prefix removed), or the type it gave instead."""
     kind = value.type()
-    if kind == cel.Type.ERROR:
+    if kind == cel().Type.ERROR:
         return _STATUS.sub("", str(result)).strip()
     return f"the rule gave a {kind.name().lower()}, not a boolean"
 
@@ -100,7 +98,17 @@ def _evaluate(rule: Rule, activation: Any) -> tuple[bool | None, str | None]:
 class RuleSet:
     """The compiled rules of one route (see the module docstring for how they decide)."""
 
-    __slots__ = ("_activation", "allow", "deny", "groups", "variables")
+    __slots__ = (
+        "_activation",
+        "_all",
+        "_denies",
+        "allow",
+        "deny",
+        "groups",
+        "memo",
+        "per_request",
+        "variables",
+    )
 
     def __init__(
         self, allow: Sequence[Rule], deny: Sequence[Rule], groups: Sequence[Sequence[Rule]] = ()
@@ -114,6 +122,33 @@ class RuleSet:
             name for rule in (*self.allow, *self.deny) for name in _NAMES.findall(rule.source)
         )
         self._activation = environment().Activation
+        # allowed evaluations by their inputs (agw/policy/authz.py): rules are pure functions
+        # of their variables, so a caller repeating a request is not evaluated again. Only
+        # when no rule reads what changes with every request (``request``, ``session``).
+        self.memo: dict[tuple[object, ...], object] = {}
+        self.per_request = bool(self.variables & {"request", "session"})
+        # the whole decision as one CEL expression: the hot path evaluates it once (one engine
+        # call, not one per rule) and asks the rules one by one only when it is not ``true``
+        denies = _joined(self.deny, " || ")
+        ands = [f"!({denies})"] if denies else []
+        ands += [f"({_joined(group, ' || ')})" for group in self.groups]
+        self._all: Any = _combined(" && ".join(ands))
+        self._denies: Any = _combined(f"!({denies})") if denies else None
+
+    def allows(self, variables: Mapping[str, object], *, deny_only: bool = False) -> bool:
+        """Whether :meth:`decide` would allow: one evaluation of the rules joined as CEL
+        (deny rules or-ed and negated, and-ed with each allow group or-ed), whose error
+        semantics are the rules' own: an error that can change the outcome is not ``true``.
+        """
+        expr = self._denies if deny_only else self._all
+        if expr is None:  # nothing to evaluate, or a join that did not compile
+            if not self.deny and (deny_only or not self.groups):
+                return True
+            return self.decide(variables, deny_only=deny_only).allowed
+        try:
+            return expr.eval(self._activation(variables)).value() is True
+        except Exception:
+            return False
 
     def __repr__(self) -> str:
         return f"RuleSet(allow={len(self.allow)}, deny={len(self.deny)})"
@@ -171,6 +206,21 @@ class RuleSet:
     def source(self, label: str) -> str:
         """The CEL text of the rule ``label`` names (``deny[0]``), or ``""``."""
         return next((r.source for r in (*self.deny, *self.allow) if r.label == label), "")
+
+
+def _joined(rules: Sequence[Rule], op: str) -> str:
+    return op.join(f"({rule.source})" for rule in rules)
+
+
+def _combined(text: str) -> Any:
+    """``text`` compiled, or None when there is nothing to join (or the join does not
+    compile, which the rules on their own did: then the hot path asks them one by one)."""
+    if not text:
+        return None
+    try:
+        return compile_rule(text)
+    except CelSyntaxError:
+        return None
 
 
 def _compile(kind: Literal["allow", "deny"], rules: Sequence[str], prefix: str = "") -> list[Rule]:

@@ -32,10 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from agw.clock import now_ms
 from agw.config import families as f
@@ -49,6 +45,7 @@ SEALED = "enc:v1:"  # a sealed value; anything else at a secret path is plaintex
 HASHED = "hmac:v1:"  # a virtual key's lookup hash
 NONCE_BYTES = 12
 _CHECK = "agw secret key check"
+CHECKED = "mac:v1:"  # check_value: a keyed hash of _CHECK
 _CHECK_WHERE = ("store_secret_key", "1", "check_value")
 SEALING_MIGRATION = 6  # migrations/0006_secrets_at_rest.sql, then seal_plaintext_rows
 
@@ -78,19 +75,35 @@ def key_file(store: Path) -> Path:
 
 
 def _derive(key: bytes, purpose: bytes, length: int = 32) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=purpose).derive(key)
+    """HKDF-SHA256 (RFC 5869) without salt, in the standard library: the same bytes as
+    cryptography's ``HKDF(SHA256(), length, salt=None, info=purpose)``."""
+    prk = hmac.new(b"\x00" * 32, key, hashlib.sha256).digest()
+    out, block = b"", b""
+    for counter in range(1, -(-length // 32) + 1):
+        block = hmac.new(prk, block + purpose + bytes([counter]), hashlib.sha256).digest()
+        out += block
+    return out[:length]
+
+
+def _aesgcm(key: bytes) -> Any:
+    """AES-256-GCM from ``cryptography``, imported on the first seal or open: its OpenSSL
+    bindings cost about 6 MiB, which a store without secrets never needs."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
 
 
 class SecretBox:
     """Seals and opens values with the store's key; computes virtual keys' lookup hashes."""
 
-    __slots__ = ("_aead", "_mac", "key_id", "source")
+    __slots__ = ("_aead", "_aead_key", "_mac", "key_id", "source")
 
     def __init__(self, key: bytes, source: str) -> None:
         if len(key) != KEY_BYTES:
             raise StoreError(f"{source}: the secret key must be {KEY_BYTES} bytes")
         self.source = source  # "AGW_SECRET_KEY", the key file's path, or "memory"
-        self._aead = AESGCM(_derive(key, b"agw store secrets v1 aes-256-gcm"))
+        self._aead_key = _derive(key, b"agw store secrets v1 aes-256-gcm")
+        self._aead: Any = None
         self._mac = _derive(key, b"agw virtual key lookup v1 hmac-sha256")
         # names the key in messages and logs without revealing it
         self.key_id = _derive(key, b"agw secret key id v1", 8).hex()
@@ -102,22 +115,33 @@ class SecretBox:
         """``value`` (any JSON value) sealed for the place ``where`` (family, id, path...)."""
         nonce = os.urandom(NONCE_BYTES)
         plain = json.dumps(value, separators=(",", ":")).encode()
-        sealed = self._aead.encrypt(nonce, plain, _aad(where))
+        sealed = self._cipher().encrypt(nonce, plain, _aad(where))
         return SEALED + base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode()
 
     def open(self, sealed: str, where: Sequence[str]) -> Any:
         """The value :meth:`seal` sealed for ``where``; :class:`StoreError` when it was sealed
         with another key, for another place, or altered."""
+        from cryptography.exceptions import InvalidTag
+
         body = sealed.removeprefix(SEALED)
         try:
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-            plain = self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], _aad(where))
+            plain = self._cipher().decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], _aad(where))
             return json.loads(plain)
         except (InvalidTag, ValueError, binascii.Error):
             raise StoreError(
                 f"config store: cannot decrypt {'/'.join(where)}: it was sealed with another "
                 "secret key, for another row, or altered"
             ) from None
+
+    def _cipher(self) -> Any:
+        if self._aead is None:
+            self._aead = _aesgcm(self._aead_key)
+        return self._aead
+
+    def check_tag(self) -> str:
+        """What the store records to recognise its key without decrypting anything."""
+        return CHECKED + hmac.new(self._mac, _CHECK.encode(), hashlib.sha256).hexdigest()
 
     def lookup_hash(self, bearer: str) -> str:
         """What a virtual key's ``key`` column holds: a keyed hash of its bearer."""
@@ -276,10 +300,13 @@ async def unlock(
     else:
         box = await asyncio.to_thread(_file_box, store, check is None)
     if check is not None:
-        try:
-            ok = box.open(check[1], _CHECK_WHERE) == _CHECK
-        except StoreError:
-            ok = False
+        if check[1].startswith(CHECKED):
+            ok = hmac.compare_digest(check[1], box.check_tag())
+        else:  # recorded sealed, before the tag
+            try:
+                ok = box.open(check[1], _CHECK_WHERE) == _CHECK
+            except StoreError:
+                ok = False
         if not ok:
             raise StoreError(
                 f"config store {store} was sealed with another secret key (key id {check[0]}) "
@@ -320,7 +347,7 @@ async def seal_plaintext_rows(conn: aiosqlite.Connection, box: SecretBox) -> Non
         await conn.execute(
             "INSERT INTO store_secret_key (id, key_id, check_value, created_at) "
             "VALUES (1, ?, ?, ?)",
-            (box.key_id, box.seal(_CHECK, _CHECK_WHERE), now_ms()),
+            (box.key_id, box.check_tag(), now_ms()),
         )
     finally:
         await conn.execute("PRAGMA secure_delete = OFF")

@@ -115,20 +115,21 @@ def gw(
     return agwd
 
 
-def _openai(gw: Agwd, route: str, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gw.data_url}/{route}/v1", api_key=key, max_retries=0)
-
-
-def _chat(client: openai.OpenAI) -> str:
-    out = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
-    )
+def _ask(client: openai.OpenAI) -> str:
+    with client:
+        out = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
     return out.choices[0].message.content or ""
+
+
+def _chat(gw: Agwd, route: str, key: str) -> str:
+    return _ask(openai.OpenAI(base_url=f"{gw.data_url}/{route}/v1", api_key=key, max_retries=0))
 
 
 def test_openai_sdk_with_a_jwt(gw: Agwd, minter: TokenMinter, fake: FakeUpstream) -> None:
     token = minter.token("alice", email="alice@example.com", org_id="acme", groups=["eng"])
-    assert _chat(_openai(gw, "oa", token))
+    assert _chat(gw, "oa", token)
     # the JWT is the caller's: the upstream sees the provider's key, never the token
     last = fake.requests()[-1]
     assert token not in json.dumps(last)
@@ -136,15 +137,17 @@ def test_openai_sdk_with_a_jwt(gw: Agwd, minter: TokenMinter, fake: FakeUpstream
 
 def test_anthropic_sdk_with_a_jwt(gw: Agwd, minter: TokenMinter) -> None:
     token = minter.token("bob", email="bob@example.com")
+    url = f"{gw.data_url}/an"
     for client in (
-        anthropic.Anthropic(base_url=f"{gw.data_url}/an", auth_token=token, max_retries=0),
-        anthropic.Anthropic(base_url=f"{gw.data_url}/an", api_key=token, max_retries=0),
+        anthropic.Anthropic(base_url=url, auth_token=token, max_retries=0),
+        anthropic.Anthropic(base_url=url, api_key=token, max_retries=0),
     ):
-        msg = client.messages.create(
-            model="claude-sonnet-4-5",
-            max_tokens=16,
-            messages=[{"role": "user", "content": "hi"}],
-        )
+        with client:
+            msg = client.messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=16,
+                messages=[{"role": "user", "content": "hi"}],
+            )
         assert msg.content
 
 
@@ -204,7 +207,7 @@ def test_bad_tokens_are_refused_in_the_openai_dialect(gw: Agwd, minter: TokenMin
             assert error["type"] == "authentication_error", error
             assert 'error="invalid_token"' in r.headers["www-authenticate"], name
     # the gateway kept serving, and no token reached its log
-    assert _chat(_openai(gw, "oa", minter.token()))
+    assert _chat(gw, "oa", minter.token())
     logs = gw.logs()
     for name, (token, _) in _bad_tokens(minter).items():
         assert token.split(".")[1][:40] not in logs, name
@@ -214,7 +217,7 @@ def test_bad_token_in_the_anthropic_dialect(gw: Agwd, minter: TokenMinter) -> No
     client = anthropic.Anthropic(
         base_url=f"{gw.data_url}/an", auth_token=minter.token(exp_in=-3600), max_retries=0
     )
-    with pytest.raises(anthropic.AuthenticationError) as info:
+    with client, pytest.raises(anthropic.AuthenticationError) as info:
         client.messages.create(
             model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "x"}]
         )
@@ -225,9 +228,9 @@ def test_bad_token_in_the_anthropic_dialect(gw: Agwd, minter: TokenMinter) -> No
 
 def test_a_virtual_key_where_allowed_and_both_where_required(gw: Agwd, minter: TokenMinter) -> None:
     vk = gw.env["VK"]
-    assert _chat(_openai(gw, "mixed", vk))
+    assert _chat(gw, "mixed", vk)
     with pytest.raises(openai.AuthenticationError):
-        _chat(_openai(gw, "an", vk) if False else _openai(gw, "oa", vk))
+        _chat(gw, "oa", vk)
     # require_virtual_key + a JWT provider: the key is required, the JWT beside it names the user
     both = openai.OpenAI(
         base_url=f"{gw.data_url}/both/v1",
@@ -235,18 +238,18 @@ def test_a_virtual_key_where_allowed_and_both_where_required(gw: Agwd, minter: T
         default_headers={"x-api-key": vk},
         max_retries=0,
     )
-    assert _chat(both)
+    assert _ask(both)
     with pytest.raises(openai.AuthenticationError):
-        _chat(_openai(gw, "both", minter.token("carol")))
+        _chat(gw, "both", minter.token("carol"))
 
 
 def test_required_scopes(gw: Agwd, minter: TokenMinter) -> None:
     with pytest.raises(openai.PermissionDeniedError) as info:
-        _chat(_openai(gw, "scoped", minter.token(scope="read")))
+        _chat(gw, "scoped", minter.token(scope="read"))
     challenge = info.value.response.headers["www-authenticate"]
     assert 'error="insufficient_scope"' in challenge and 'scope="llm"' in challenge
-    assert _chat(_openai(gw, "scoped", minter.token(scope="read llm")))
-    assert _chat(_openai(gw, "scoped", minter.token(scp=["llm"])))
+    assert _chat(gw, "scoped", minter.token(scope="read llm"))
+    assert _chat(gw, "scoped", minter.token(scp=["llm"]))
 
 
 def _status(gw: Agwd, token: str) -> tuple[int, str]:

@@ -94,10 +94,10 @@ def gw(module_agwd_factory: AgwdLauncher, fake: FakeUpstream, minter: TokenMinte
 
 
 def _chat(gw: Agwd, token: str) -> str:
-    client = openai.OpenAI(base_url=f"{gw.data_url}/oa/v1", api_key=token, max_retries=0)
-    out = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
-    )
+    with openai.OpenAI(base_url=f"{gw.data_url}/oa/v1", api_key=token, max_retries=0) as c:
+        out = c.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
     return out.choices[0].message.content or ""
 
 
@@ -125,3 +125,35 @@ def test_policies_are_managed_and_validated_like_any_family(gw: Agwd, minter: To
         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
     )
     assert r.status_code == 403, r.text
+
+
+def test_remembered_decisions_follow_their_inputs(gw: Agwd, minter: TokenMinter) -> None:
+    """An allowed decision is remembered per caller and request (agw/policy/authz.py): the
+    same caller asking for another model, and a rule change, are decided afresh."""
+    token = minter.token("ann", email="ann@example.com", groups=["eng"])
+
+    def status(model: str) -> int:
+        r = httpx.post(
+            f"{gw.data_url}/oa/v1/chat/completions",
+            headers={"authorization": f"Bearer {token}"},
+            json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+        )
+        return r.status_code
+
+    policy = {"id": "models", "route_kinds": ["llm"], "allow": ['llm.model == "gpt-4o-mini"']}
+    with gw.client() as c:
+        assert c.post("/admin/authorization_policies", json=policy).status_code == 201
+    try:
+        assert [status(m) for m in ("gpt-4o-mini", "o3", "gpt-4o-mini", "o3")] == [
+            200,
+            403,
+            200,
+            403,
+        ]
+        with gw.client() as c:
+            changed = {**policy, "allow": ['llm.model == "o3"']}
+            assert c.put("/admin/authorization_policies/models", json=changed).status_code == 200
+        assert [status(m) for m in ("gpt-4o-mini", "o3")] == [403, 200]
+    finally:
+        with gw.client() as c:
+            c.delete("/admin/authorization_policies/models")
