@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -29,6 +28,7 @@ from typing import Any
 
 import aiohttp
 
+from agw.auth.fetch import get_json
 from agw.auth.principal import Principal
 from agw.config.access import JwtProvider
 from agw.errors import Refusal
@@ -38,8 +38,6 @@ log = logging.getLogger("agw.auth")
 REFRESH_S = 300.0  # background refresh of a fetched JWK set
 UNKNOWN_KID_S = 30.0  # at most one refresh per provider this often for an unknown kid
 RETRY_MAX_S = 60.0  # backoff ceiling while an issuer is unreachable
-FETCH_TIMEOUT_S = 5.0
-MAX_JWKS_BYTES = 1 << 20
 MAX_TOKEN_BYTES = 8192  # a bearer longer than this is refused before any parsing
 TOKEN_CACHE_SIZE = 10_000
 
@@ -179,19 +177,7 @@ class JwtVerifier:
     async def _get_json(self, url: str) -> dict[str, Any]:
         if self.session is None:
             raise ValueError("no HTTP client to fetch keys with")
-        timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
-        async with self.session.get(url, timeout=timeout, allow_redirects=False) as resp:
-            if resp.status != 200:
-                raise ValueError(f"GET {url}: HTTP {resp.status}")
-            raw = bytearray()
-            async for chunk in resp.content.iter_chunked(65536):
-                raw += chunk
-                if len(raw) > MAX_JWKS_BYTES:
-                    raise ValueError(f"GET {url}: answer over {MAX_JWKS_BYTES} bytes")
-        document = json.loads(raw)
-        if not isinstance(document, dict):
-            raise ValueError(f"GET {url}: not a JSON object")
-        return document
+        return await get_json(self.session, url)
 
     def _install(self, document: Mapping[str, Any]) -> None:
         entries = document.get("keys")

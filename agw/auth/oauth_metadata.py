@@ -33,6 +33,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 
+from agw.auth.fetch import get_json
 from agw.config.access import JwtProvider
 from agw.edge import EdgeCheck, host_name
 from agw.runtime.snapshot import CompiledRoute, Snapshot
@@ -48,8 +49,6 @@ PATHS = ("/.well-known/o", SHIM)  # what the dispatcher hands here (one startswi
 
 METADATA_TTL_S = 300.0  # the issuer's metadata behind a facade is fetched again after this
 RETRY_S = 10.0  # after a failed fetch (a cached copy keeps being served meanwhile)
-FETCH_TIMEOUT_S = 5.0
-MAX_DOCUMENT_BYTES = 1 << 20
 MAX_REGISTRATION_BYTES = 64 << 10
 GRANT_TYPES = ("authorization_code", "refresh_token")
 
@@ -380,19 +379,7 @@ class OAuthEndpoints:
             self._session = aiohttp.ClientSession(
                 headers={"accept": "application/json"}, trust_env=True
             )
-        timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
-        async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
-            if resp.status != 200:
-                raise ValueError(f"GET {url}: HTTP {resp.status}")
-            raw = bytearray()
-            async for chunk in resp.content.iter_chunked(1 << 16):
-                raw += chunk
-                if len(raw) > MAX_DOCUMENT_BYTES:
-                    raise ValueError(f"GET {url}: answer over {MAX_DOCUMENT_BYTES} bytes")
-        document = json.loads(raw)
-        if not isinstance(document, dict):
-            raise ValueError(f"GET {url}: not a JSON object")
-        return document
+        return await get_json(self._session, url)
 
 
 _PUBLIC: Headers = [

@@ -114,12 +114,28 @@ class CapabilityOverrides(Strict):
     max_output_tokens: NonNegInt | None = None
 
 
+UsdPerMillion = Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False)]
+
+
+class ModelPricing(Strict):
+    """A managed model's price, USD per million tokens; it replaces the shipped catalog's entry
+    for the model whole (docs/limits.md, "Prices and cost"). Unset parts: ``cached_input`` and
+    ``cache_write`` bill as ``input``, ``reasoning`` as ``output``."""
+
+    input: UsdPerMillion
+    output: UsdPerMillion
+    cached_input: UsdPerMillion | None = None
+    cache_write: UsdPerMillion | None = None
+    reasoning: UsdPerMillion | None = None
+
+
 class ManagedModel(Strict):
     provider_id: str
     upstream_model: str
     credential_scope: str = ""
     enabled: bool = True
     capability_overrides: CapabilityOverrides | None = None
+    pricing: ModelPricing | None = None
 
     @field_validator("provider_id", "upstream_model")
     @classmethod

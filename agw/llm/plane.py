@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from agw import jsonfast
+from agw.config import families as f
 from agw.errors import PayloadTooLarge, Refusal
 from agw.llm.call import CLIENT_WIRE, Call
 from agw.llm.content import Completion, prompt_of
@@ -23,13 +24,14 @@ from agw.llm.credential_health import CredentialHealth
 from agw.llm.discovery import ModelCatalog
 from agw.llm.forward import Forwarder
 from agw.llm.observe import estimate_output_tokens, estimate_tokens, request_tools
+from agw.llm.pricing import Pricer
 from agw.llm.providers import CredentialPicker, UpstreamPool, error_dialect
 from agw.llm.relay import count_tokens, list_models
 from agw.llm.routing import resolve
 from agw.policy.authz import authorize, authorize_session
 from agw.request import ClientGone, DisconnectWatch, Request
 from agw.types import JsonObj
-from agw.usage.events import LlmUsageEvent, UsageSource
+from agw.usage.events import CostSource, LlmUsageEvent, UsageSource
 from agw.usage.recorder import UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class LlmPlane:
         self.catalog = ModelCatalog(self.pool, self.picker)
         self.health = CredentialHealth()
         self.forwarder = Forwarder(self.pool, self.picker, self.health)
+        self.pricer = Pricer()
 
     async def close(self) -> None:
         await self.pool.close()
@@ -214,6 +217,21 @@ class LlmPlane:
         status = call.status or req.status or 500
         target = call.target
         key = call.key
+        cached = usage.cached_input_tokens if usage else 0
+        written = usage.cache_creation_input_tokens if usage else 0
+        reasoning = usage.reasoning_tokens if usage else 0
+        cost: float | None = None
+        cost_source: CostSource | None = None
+        if target is not None and target.upstream_model:
+            managed = req.snapshot.state.get(
+                f.MANAGED_MODEL, f"{target.provider.id}/{target.upstream_model}"
+            )
+            cost, cost_source = self.pricer.cost(
+                target.provider.provider_type,
+                target.upstream_model,
+                managed.obj.pricing if managed is not None else None,
+                (tin, tout, cached, written, reasoning),
+            )
         event = LlmUsageEvent(
             **req.usage_head(call.started_ms, status, call.error_type),
             llm_api=req.route.protocol,
@@ -234,10 +252,12 @@ class LlmPlane:
             tool_call_count=len(obs.tool_names) if obs else 0,
             tool_names=list(obs.tool_names) if obs else [],
             usage_source=source,
-            cached_input_tokens=usage.cached_input_tokens if usage else 0,
-            cache_creation_input_tokens=usage.cache_creation_input_tokens if usage else 0,
-            reasoning_tokens=usage.reasoning_tokens if usage else 0,
+            cached_input_tokens=cached,
+            cache_creation_input_tokens=written,
+            reasoning_tokens=reasoning,
             acp_session_id=req.acp_session_id,
+            cost_usd=cost,
+            cost_source=cost_source,
             overhead_ms=max(0, time.perf_counter_ns() - call.t0 - call.upstream_ns) / 1e6,
             ttft_ms=(call.first_byte_ns - call.t0) / 1e6 if call.first_byte_ns else None,
         )

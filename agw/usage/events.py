@@ -1,13 +1,14 @@
 """Usage events: one value per dispatched request, one class per usage table.
 
 A handler builds the event it knows about (reference §7.1) and hands it to the recorder; the
-fields are the columns of the table (reference §7.2 plus migrations 0002-0005), common columns
-first, in table order (``user_id`` and ``org_id``, shared by all three, come last: migration
-0005 added them to each table), plus a few marked as not columns (``column_fields`` leaves them
-out): what the access log, Prometheus and traces read besides the row (HTTP method and path,
-gateway overhead, time to first token, trace content, a turn's stop reason). Python types are
-the natural ones: ``bool`` for the 0/1 columns, ``list`` for the JSON-array columns, ``dict`` for
-the ``*_json`` columns, unix milliseconds for times.
+fields are the columns of the table (reference §7.2 plus migrations 0002-0005 and 0008), common
+columns first, in table order (``user_id`` and ``org_id``, shared by all three, come after each
+table's own: migration 0005 added them to each table; the LLM table's ``cost_usd`` and
+``cost_source``, migration 0008, come after them), plus a few marked as not columns
+(``column_fields`` leaves them out): what the access log, Prometheus and traces read besides
+the row (HTTP method and path, gateway overhead, time to first token, trace content, a turn's
+stop reason). Python types are the natural ones: ``bool`` for the 0/1 columns, ``list`` for the
+JSON-array columns, ``dict`` for the ``*_json`` columns, unix milliseconds for times.
 :meth:`UsageEvent.row` turns an event into the values of its ``INSERT``:
 
 - booleans become 0/1 (``fresh_session`` stays NULL when unknown);
@@ -77,6 +78,7 @@ NAMES_LIMIT = 8192
 real counts)."""
 
 UsageSource = Literal["provider", "estimated", "missing"]
+CostSource = Literal["catalog", "override", "unpriced"]
 
 
 def encode_payload(value: Mapping[str, object]) -> str:
@@ -264,7 +266,7 @@ def _bounds(
             kind = str(f.type).removesuffix(" | None")
             if kind == "int":
                 ints.append(f.name)
-            elif kind in ("str", "UsageSource"):
+            elif kind in ("str", "UsageSource", "CostSource"):
                 texts.append((f.name, TEXT_LIMITS.get(f.name, TEXT_LIMIT)))
             elif kind == "list[str]":
                 lists.append(f.name)
@@ -325,6 +327,9 @@ class LlmUsageEvent(UsageEvent):
     # migration 0005: the caller's principal (Request.usage_head)
     user_id: str | None = None
     org_id: str | None = None
+    # migration 0008: USD at the model's price (agw.llm.pricing), and where the price came from
+    cost_usd: float | None = None
+    cost_source: CostSource | None = None
 
 
 @dataclass(slots=True, kw_only=True)

@@ -23,7 +23,7 @@ class Measure:
     """One number the metrics API answers."""
 
     name: str
-    unit: str  # requests, tokens, calls, turns, ms
+    unit: str  # requests, tokens, calls, turns, ms, usd
     aggregate: Aggregate
     about: str
     headline: bool = True
@@ -67,6 +67,13 @@ REASONING_TOKENS = Measure(
     "tokens",
     Aggregate("sum", "reasoning_tokens"),
     "output tokens spent reasoning",
+    headline=False,
+)
+COST_USD = Measure(
+    "cost_usd",
+    "usd",
+    Aggregate("sum", "cost_usd"),
+    "USD at the models' prices (unpriced calls count 0; docs/limits.md)",
     headline=False,
 )
 TOOLS_CALL_COUNT = Measure(
@@ -135,6 +142,7 @@ LLM = Kind(
         TOTAL_TOKENS,
         CACHED_INPUT_TOKENS,
         REASONING_TOKENS,
+        COST_USD,
         AVG_LATENCY,
     ),
     event_filters=(
@@ -177,7 +185,7 @@ LLM = Kind(
         "stream",
     ),
     default_group_by="route_id",
-    order_by=(*COMMON_ORDER, "total_tokens", "input_tokens", "output_tokens"),
+    order_by=(*COMMON_ORDER, "total_tokens", "input_tokens", "output_tokens", "cost_usd"),
     chart_measure="total_tokens",
     session_totals=(
         "request_count",

@@ -183,6 +183,8 @@ class PrometheusMetrics:
         self._kinds = (self._acp, self._llm, self._mcp)  # KINDS order
         self._llm_total_tokens = 0
         self._tokens: dict[tuple[str, str], list[int]] = {}  # (provider, model) -> TOKEN_TYPES
+        self._cost: dict[tuple[str, str], float] = {}  # (provider, model) -> USD
+        self._unpriced: dict[tuple[str, str], int] = {}  # (provider, model) -> requests
         self._ttft_children: dict[tuple[str, str, str], list[float]] = {}
         self._tool_calls: dict[tuple[str, str, str, str], int] = {}
         self._turns: dict[tuple[str, str, str], int] = {}
@@ -253,6 +255,10 @@ class PrometheusMetrics:
         tokens[2] += event.cached_input_tokens
         tokens[3] += event.cache_creation_input_tokens
         tokens[4] += event.reasoning_tokens
+        if event.cost_usd is not None:
+            self._cost[key] = self._cost.get(key, 0.0) + event.cost_usd
+        elif event.cost_source == "unpriced":
+            self._unpriced[key] = self._unpriced.get(key, 0) + 1
         if event.ttft_ms is not None:
             ttft_key = (event.route_id or NONE, provider, self._ttft_model(model))
             child = self._ttft_children.get(ttft_key)
@@ -332,6 +338,22 @@ class PrometheusMetrics:
             for kind_of_token, n in zip(TOKEN_TYPES, counts, strict=True):
                 llm_tokens.add_metric([provider, model, kind_of_token], n)
         yield llm_tokens
+        cost = CounterMetricFamily(
+            "agw_cost_usd",
+            "USD of LLM calls at their models' prices, by provider and model.",
+            labels=["provider_id", "model"],
+        )
+        for (provider, model), usd in sorted(self._cost.items()):
+            cost.add_metric([provider, model], usd)
+        yield cost
+        unpriced = CounterMetricFamily(
+            "agw_unpriced_requests",
+            "LLM calls to a model with no price (no catalog entry, no override).",
+            labels=["provider_id", "model"],
+        )
+        for (provider, model), n in sorted(self._unpriced.items()):
+            unpriced.add_metric([provider, model], n)
+        yield unpriced
         tool_calls = CounterMetricFamily(
             "agw_mcp_tool_calls",
             "MCP tools/call requests by route, service, tool and result status.",

@@ -194,6 +194,8 @@ def test_breakdowns(api: httpx.Client, dataset: Dataset) -> None:
     base = "/admin/metrics"
     check(f"{base}/llm/breakdown", "llm", dataset.llm, "upstream_model", "total_tokens",
           group_by="upstream_model", order_by="total_tokens")  # fmt: skip
+    check(f"{base}/llm/breakdown", "llm", dataset.llm, "upstream_model", "cost_usd",
+          group_by="upstream_model", order_by="cost_usd")  # fmt: skip
     vk_a = [r for r in dataset.llm if r.virtual_key_id == "vk-a"]
     check(f"{base}/llm/breakdown", "llm", vk_a, "route_id", "request_count",
           virtual_key_id="vk-a", limit=1)  # fmt: skip

@@ -90,6 +90,9 @@ def generate(seed: int = 6, n_llm: int = 240, n_mcp: int = 150, n_acp: int = 90)
         requested = rng.sample(tools, rng.randrange(0, 3))
         calls = rng.sample(requested, rng.randrange(0, len(requested) + 1)) if requested else []
         tokens_in, tokens_out = rng.randrange(0, 5000), rng.randrange(0, 900)
+        # a binary fraction: float sums of these are exact in any order, as SQL's SUM is
+        priced = provider == "p-openai"
+        cost = (tokens_in + 4 * tokens_out) / 2**20 if priced else None
         llm.append(
             LlmUsageEvent(
                 **_common(rng, started),
@@ -113,6 +116,8 @@ def generate(seed: int = 6, n_llm: int = 240, n_mcp: int = 150, n_acp: int = 90)
                 tool_call_count=len(calls),
                 tool_names=calls,
                 usage_source="provider",
+                cost_usd=cost,
+                cost_source="catalog" if priced else "unpriced",
             )
         )
     for started in stamps[n_llm : n_llm + n_mcp]:
@@ -199,6 +204,7 @@ MEASURES: dict[str, tuple[str, ...]] = {
         "total_tokens",
         "cached_input_tokens",
         "reasoning_tokens",
+        "cost_usd",
         "avg_latency_ms",
     ),
     "mcp": (
@@ -231,6 +237,7 @@ def measures(kind: str, rows: Sequence[Event]) -> dict[str, Any]:
             "reasoning_tokens",
         ):
             out[name] = sum(getattr(r, name) for r in rows)
+        out["cost_usd"] = sum(r.cost_usd or 0 for r in rows if isinstance(r, LlmUsageEvent))
     if kind == "mcp":
         out["tools_call_count"] = sum(1 for r in rows if r.method == "tools/call")
     if kind == "acp":

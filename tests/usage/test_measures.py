@@ -68,8 +68,9 @@ def test_agwctl_reads_the_catalog() -> None:
     # the --measure help is built from the catalog; docs/reference/cli.md quotes it
     assert metrics.measure_help() == (
         "What the chart draws: llm total_tokens (default), input_tokens, output_tokens, "
-        "cached_input_tokens, reasoning_tokens; any kind request_count (mcp/acp default), "
-        "success_count, failure_count, avg_latency_ms; mcp tools_call_count; acp turn_count."
+        "cached_input_tokens, reasoning_tokens, cost_usd; any kind request_count "
+        "(mcp/acp default), success_count, failure_count, avg_latency_ms; mcp tools_call_count; "
+        "acp turn_count."
     )
 
 
@@ -78,4 +79,4 @@ def test_every_measure_aggregates_a_column_or_counts() -> None:
         for measure in kind.measures:
             assert isinstance(measure.aggregate, Aggregate)
             assert (measure.aggregate.column is None) == (measure.aggregate.how == "count")
-            assert measure.unit in ("requests", "tokens", "calls", "turns", "ms")
+            assert measure.unit in ("requests", "tokens", "calls", "turns", "ms", "usd")

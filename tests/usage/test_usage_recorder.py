@@ -61,6 +61,8 @@ def test_events_round_trip_into_their_tables(tmp_path: Path) -> None:
         cache_creation_input_tokens=3,
         reasoning_tokens=2,
         session_id="sess-1",
+        cost_usd=0.0125,
+        cost_source="catalog",
     )
     mcp = McpUsageEvent(
         event_id="e-mcp",
@@ -157,6 +159,8 @@ def test_events_round_trip_into_their_tables(tmp_path: Path) -> None:
             "acp_session_id": None,
             "user_id": None,
             "org_id": None,
+            "cost_usd": 0.0125,
+            "cost_source": "catalog",
         }
     ]
     (mcp_row,) = rows(path, "mcp_usage_events")

@@ -20,6 +20,9 @@ NEW_COLUMNS = {
 }
 
 
+LLM = "llm_usage_events"
+
+
 def latest_version() -> int:
     """The schema version of a fresh store: the number of the last migration."""
     return max(int(p.name[:4]) for p in migrations_dir().glob("[0-9][0-9][0-9][0-9]_*.sql"))
@@ -115,7 +118,10 @@ def test_migration_5_adds_the_principal_to_every_usage_table(tmp_path: Path) -> 
         conn.commit()
     open_and_close(path)
     for table in ("llm_usage_events", "mcp_usage_events", "acp_usage_events"):
-        assert table_columns(path, table)[-2:] == ["user_id", "org_id"], table
+        columns = table_columns(path, table)
+        at = columns.index("user_id")
+        assert columns[at : at + 2] == ["user_id", "org_id"], table
+        assert columns[at + 2 :] == (["cost_usd", "cost_source"] if table == LLM else []), table
         (old,) = rows(path, table)
         assert (old["user_id"], old["org_id"]) == (None, None), table
     with closing(sqlite3.connect(path)) as conn:
