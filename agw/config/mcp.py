@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import (
     Field,
@@ -44,6 +44,9 @@ class McpService(Stamped):
     audit: McpAudit = Field(default_factory=McpAudit)
     # send the caller's own Authorization (a JWT) to this server; never otherwise
     forward_client_token: bool = False
+    # USD a tools/call the server answers costs (docs/limits.md); tool_prices by upstream name
+    price_per_call: float | None = Field(default=None, ge=0)
+    tool_prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     disabled: bool = False
     description: str = ""
 

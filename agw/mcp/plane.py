@@ -240,8 +240,22 @@ class McpPlane:
                 mcp_session_id=call.session,
                 acp_session_id=req.acp_session_id,
                 overhead_ms=call.overhead_ms(),
+                cost_usd=_cost(req, call),
             )
         )
+
+
+def _cost(req: Request, call: Call) -> float | None:
+    """USD of a ``tools/call`` its service answered: the service's ``tool_prices`` entry for
+    the upstream tool, else its ``price_per_call``; None when unpriced or not answered."""
+    tool = call.executed_tool_name
+    if tool is None or call.error_type is not None or call.method != "tools/call":
+        return None
+    service = req.snapshot.mcp_services.get(call.service_id or "")
+    if service is None:
+        return None
+    price: float | None = service.tool_prices.get(tool, service.price_per_call)
+    return price
 
 
 def _invalid(refusal: Refusal) -> RpcError:

@@ -361,6 +361,8 @@ class McpUsageEvent(UsageEvent):
     # migration 0005: the caller's principal (Request.usage_head)
     user_id: str | None = None
     org_id: str | None = None
+    # migration 0009: USD of a tools/call the service answered (its price_per_call/tool_prices)
+    cost_usd: float | None = None
 
 
 @dataclass(slots=True, kw_only=True)

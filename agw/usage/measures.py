@@ -73,7 +73,7 @@ COST_USD = Measure(
     "cost_usd",
     "usd",
     Aggregate("sum", "cost_usd"),
-    "USD at the models' prices (unpriced calls count 0; docs/limits.md)",
+    "USD at the models' and MCP tools' prices (unpriced calls count 0; docs/limits.md)",
     headline=False,
 )
 TOOLS_CALL_COUNT = Measure(
@@ -202,7 +202,14 @@ LLM = Kind(
 MCP = Kind(
     name="mcp",
     table="mcp_usage_events",
-    measures=(REQUEST_COUNT, SUCCESS_COUNT, FAILURE_COUNT, TOOLS_CALL_COUNT, AVG_LATENCY),
+    measures=(
+        REQUEST_COUNT,
+        SUCCESS_COUNT,
+        FAILURE_COUNT,
+        TOOLS_CALL_COUNT,
+        COST_USD,
+        AVG_LATENCY,
+    ),
     event_filters=(
         "route_id",
         "service_id",
@@ -245,7 +252,7 @@ MCP = Kind(
         "agent_id",
     ),
     default_group_by="tool_name",
-    order_by=(*COMMON_ORDER, "tools_call_count"),
+    order_by=(*COMMON_ORDER, "tools_call_count", "cost_usd"),
     chart_measure="request_count",
     session_totals=("request_count", "failure_count", "tools_call_count"),
     booleans=("success", "cancelled"),

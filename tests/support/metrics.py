@@ -158,7 +158,16 @@ def generate(seed: int = 6, n_llm: int = 240, n_mcp: int = 150, n_acp: int = 90)
             )
         )
     _principals(random.Random(seed + 1), [*llm, *mcp, *acp])
+    _tool_costs(random.Random(seed + 2), mcp)
     return Dataset(start, end, llm, mcp, acp)
+
+
+def _tool_costs(rng: random.Random, events: Sequence[McpUsageEvent]) -> None:
+    """A price on most answered tool calls, from a generator of its own: binary fractions, so
+    sums are exact in any order."""
+    for event in events:
+        if event.method == "tools/call" and event.success and rng.random() < 0.8:
+            event.cost_usd = rng.randrange(1, 64) / 64
 
 
 def _principals(
@@ -212,6 +221,7 @@ MEASURES: dict[str, tuple[str, ...]] = {
         "success_count",
         "failure_count",
         "tools_call_count",
+        "cost_usd",
         "avg_latency_ms",
     ),
     "acp": ("request_count", "turn_count", "success_count", "failure_count", "avg_latency_ms"),
@@ -240,6 +250,7 @@ def measures(kind: str, rows: Sequence[Event]) -> dict[str, Any]:
         out["cost_usd"] = sum(r.cost_usd or 0 for r in rows if isinstance(r, LlmUsageEvent))
     if kind == "mcp":
         out["tools_call_count"] = sum(1 for r in rows if r.method == "tools/call")
+        out["cost_usd"] = sum(r.cost_usd or 0 for r in rows if isinstance(r, McpUsageEvent))
     if kind == "acp":
         out["turn_count"] = sum(1 for r in rows if r.operation == "turn")
     return {name: out[name] for name in MEASURES[kind]}

@@ -195,6 +195,7 @@ def test_events_round_trip_into_their_tables(tmp_path: Path) -> None:
         "acp_session_id": None,
         "mcp_session_id": None,
         "session_id": None,
+        "cost_usd": None,
     }
     (acp_row,) = rows(path, "acp_usage_events")
     assert acp_row == {

@@ -121,7 +121,8 @@ def test_migration_5_adds_the_principal_to_every_usage_table(tmp_path: Path) -> 
         columns = table_columns(path, table)
         at = columns.index("user_id")
         assert columns[at : at + 2] == ["user_id", "org_id"], table
-        assert columns[at + 2 :] == (["cost_usd", "cost_source"] if table == LLM else []), table
+        later = {LLM: ["cost_usd", "cost_source"], "mcp_usage_events": ["cost_usd"]}
+        assert columns[at + 2 :] == later.get(table, []), table
         (old,) = rows(path, table)
         assert (old["user_id"], old["org_id"]) == (None, None), table
     with closing(sqlite3.connect(path)) as conn:
