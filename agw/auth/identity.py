@@ -26,17 +26,10 @@ from agw.auth.jwt import CODE, JwtVerifier, TokenRefused, looks_like_jwt, unveri
 from agw.auth.oauth_metadata import metadata_url, public_origin
 from agw.auth.principal import ANONYMOUS, Principal
 from agw.auth.virtual_keys import authenticate as authenticate_key
-from agw.auth.virtual_keys import check_virtual_key
+from agw.auth.virtual_keys import bearer, check_virtual_key
 from agw.errors import Refusal
 from agw.runtime.attribution import SessionDirectory
 from agw.runtime.snapshot import CompiledRoute, Snapshot
-
-WELL_KNOWN_PRM = "/.well-known/oauth-protected-resource"
-
-
-def bearer(headers: Mapping[str, str]) -> str:
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def resource_metadata_url(
@@ -210,14 +203,13 @@ class Identity:
         *,
         token_given: bool,
     ) -> Refusal:
-        parts = ["Bearer"]
         params: list[str] = []
         if route.kind == "mcp":
             url = resource_metadata_url(route, headers, scheme, self._audiences(route))
             params.append(f'resource_metadata="{_quoted(url)}"')
         if token_given:
             params.append(f'error="invalid_token", error_description="{_quoted(message)}"')
-        challenge = parts[0] + (" " + ", ".join(params) if params else "")
+        challenge = "Bearer " + ", ".join(params) if params else "Bearer"
         return Refusal(401, CODE, message, headers=((b"www-authenticate", challenge.encode()),))
 
 

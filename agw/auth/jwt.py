@@ -31,7 +31,6 @@ import aiohttp
 from agw.auth.fetch import get_json
 from agw.auth.principal import Principal
 from agw.config.access import JwtProvider
-from agw.errors import Refusal
 
 log = logging.getLogger("agw.auth")
 
@@ -305,11 +304,6 @@ class JwtVerifier:
             token=token,
             owner=f"jwt\x00{self.provider.id}\x00{claims.get('sub') or user or ''}",
         )
-
-
-def refusal(message: str, status: int = 401, *, www_authenticate: str = "") -> Refusal:
-    headers = ((b"www-authenticate", www_authenticate.encode()),) if www_authenticate else ()
-    return Refusal(status, CODE, message, headers=headers)
 
 
 def unverified_issuer(token: str) -> str | None:

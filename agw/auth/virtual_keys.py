@@ -19,16 +19,20 @@ from agw.runtime.snapshot import CompiledRoute, Snapshot
 CODE = "virtual_key_rejected"
 
 
+def bearer(headers: Mapping[str, str]) -> str:
+    """The token of ``Authorization: Bearer <token>`` (``""`` without one)."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def virtual_key_candidates(headers: Mapping[str, str]) -> list[str]:
     """``x-api-key`` first, then ``Authorization: Bearer``; de-duplicated, empties skipped."""
     found: list[str] = []
     api_key = headers.get("x-api-key", "").strip()
     if api_key:
         found.append(api_key)
-    auth = headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    token = token.strip()
-    if scheme.lower() == "bearer" and token and token not in found:
+    token = bearer(headers)
+    if token and token not in found:
         found.append(token)
     return found
 
