@@ -22,6 +22,7 @@ from agw.auth.oauth_metadata import OAuthEndpoints
 from agw.edge import EdgeCheck, HostPolicy
 from agw.errors import Refusal
 from agw.policy import RouteGates
+from agw.policy.limits import Limiter
 from agw.request import Request, TraceContext, current_client_token, current_trace
 from agw.runtime.attribution import SessionDirectory, attribute
 from agw.runtime.manager import ConfigManager
@@ -81,16 +82,21 @@ def create_data_app(
     access_log: AccessLog | None = None,
     policy: HostPolicy | None = None,
     identity: Identity | None = None,
+    limiter: Limiter | None = None,
 ) -> ASGIApp:
     """``planes``: the plane of each route kind; a kind without one answers 501. ``directory``:
     the gateway-run agents' sessions, for the identity step (a session credential stands for
     its key) and attribution. ``access_log`` gets a line for each request no route matches (the
     planes' requests reach it through the usage recorder). ``policy``: the data listener's
     trusted ``Host`` names and ``Origin`` values (default: loopback names and IP literals
-    only). ``identity``: the identity step (default: one of its own, closed with the app)."""
+    only). ``identity``: the identity step (default: one of its own, closed with the app).
+    ``limiter``: the limit counters the planes admit against (docs/limits.md): their saved
+    state is loaded at start-up and saved at shutdown here."""
     planes = dict(planes)
     ident = identity or Identity(directory)
     manager.on_swap(ident.sync)
+    if limiter is not None:
+        manager.on_swap(lambda snapshot: limiter.sync(snapshot.limits))
     edge = EdgeCheck(policy or HostPolicy())
     oauth = OAuthEndpoints(edge)  # MCP OAuth metadata and the registration shim
     gates = RouteGates(max_agent_depth)
@@ -102,12 +108,16 @@ def create_data_app(
                 message = await receive()
                 if message["type"] == "lifespan.startup":
                     ident.sync(manager.snapshot)  # JWT providers start fetching their keys
+                    if limiter is not None:  # before the first request: a day's spend so far
+                        await limiter.start(manager.snapshot.limits)
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     for plane in planes.values():
                         await plane.close()
                     await ident.close()
                     await oauth.close()
+                    if limiter is not None:
+                        await limiter.close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] != "http":

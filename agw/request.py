@@ -124,6 +124,12 @@ class Request:
     body_read: bool = False  # the whole request body has been received
     status: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # limits (agw/policy/limits.py): the request's hold on its counters, the headers every
+    # answer carries (RateLimit-Policy, RateLimit, warnings), and what a limit did to it
+    admission: Any = None
+    limit_headers: Headers | None = None
+    limit_id: str | None = None
+    limit_action: str | None = None
 
     @property
     def virtual_key_id(self) -> str | None:
@@ -169,6 +175,8 @@ class Request:
             "agent_id": route.agent_id,
             "http_method": self.method,
             "http_path": self.scope["path"],
+            "limit_id": self.limit_id,
+            "limit_action": self.limit_action,
         }
 
     @property
@@ -201,7 +209,7 @@ class Request:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": headers + self.trace.response_headers(),
+                "headers": headers + (self.limit_headers or []) + self.trace.response_headers(),
             }
         )
 
@@ -227,6 +235,8 @@ class Request:
         out = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         if headers:
             out += headers
+        if self.limit_headers:
+            out += self.limit_headers
         out += self.trace.response_headers()
         send = self.send  # no start()/body() frames: this is every JSON answer
         await send({"type": "http.response.start", "status": status, "headers": out})

@@ -37,6 +37,7 @@ from agw.listener import (
 )
 from agw.llm import LlmPlane
 from agw.mcp import McpPlane, McpState
+from agw.policy.limits import Limiter
 from agw.runtime.attribution import SessionDirectory
 from agw.runtime.manager import ConfigManager, load_static
 from agw.settings import Settings, split_host_port
@@ -174,6 +175,7 @@ class Apps:
     acp: AcpPlane
     janitor: RetentionJanitor
     identity: Identity
+    limiter: Limiter
     tracer: TraceExporter | None = None
 
     def drain(self) -> None:
@@ -187,6 +189,7 @@ class Apps:
         await self.acp.close()  # idempotent too: no agent process outlives the gateway
         await self.janitor.close()
         await self.identity.close()  # idempotent: the data app's lifespan closed it already
+        await self.limiter.close()  # idempotent: saves what changed since
         await self.recorder.close()
         if self.tracer is not None:  # after the recorder: its last events are spans too
             await asyncio.to_thread(self.tracer.close)
@@ -220,11 +223,12 @@ def compose(
     recorder.start()
     directory = SessionDirectory()  # ACP sessions, for LLM and MCP usage attribution
     identity = Identity(directory)  # step 2: virtual keys and JWTs
-    llm = LlmPlane(recorder, trace_content=settings.trace_content)
+    limiter = Limiter(db)  # step 3: limits and budgets, one set of counters for every plane
+    llm = LlmPlane(recorder, trace_content=settings.trace_content, limiter=limiter)
     mcp_runtime = McpState(manager)
-    mcp = McpPlane(recorder, mcp_runtime)
+    mcp = McpPlane(recorder, mcp_runtime, limiter=limiter)
     acp_runtime = AcpRuntime(manager, directory=directory, gateway_url=lambda: gateway_url)
-    acp = AcpPlane(recorder, acp_runtime)
+    acp = AcpPlane(recorder, acp_runtime, limiter=limiter)
     admin = create_admin_app(
         manager,
         auth,
@@ -240,6 +244,7 @@ def compose(
             settings.admin_addr, settings.admin_hosts, settings.admin_cors_origins
         ),
         identity=identity,
+        limiter=limiter,
     )
     janitor = RetentionJanitor(db, settings.metrics_retention_days)
     janitor.start()
@@ -254,8 +259,9 @@ def compose(
             settings.addr, settings.allowed_hosts, settings.allowed_origins
         ),
         identity=identity,
+        limiter=limiter,
     )
-    return Apps(admin, data, recorder, mcp_runtime, acp, janitor, identity, tracer)
+    return Apps(admin, data, recorder, mcp_runtime, acp, janitor, identity, limiter, tracer)
 
 
 @contextlib.asynccontextmanager

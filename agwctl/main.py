@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from agw.envfile import load_env_files
-from agwctl import acp, agents, authz, bundle, chat, mcp, metrics, resources
+from agwctl import acp, agents, authz, bundle, chat, limits, mcp, metrics, resources
 from agwctl.client import (
     DEFAULT_ADMIN_ADDR,
     AdminSettings,
@@ -113,6 +113,7 @@ def create_app() -> typer.Typer:
     mcp.register(gateway, apps)
     acp.register(gateway, apps)
     agents.register(apps)
+    limits.register(apps)
     metrics.register(gateway)
     authz.register(gateway)
     app.add_typer(gateway, name="gateway")

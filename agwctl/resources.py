@@ -167,6 +167,26 @@ CREDENTIAL_COLUMNS: tuple[Column, ...] = (
     DISABLED,
     _col("UNAVAILABLE", "unavailable"),
 )
+
+
+def _caps(limit: dict[str, Any]) -> object:
+    caps = limit.get("caps")
+    if not isinstance(caps, dict):
+        return None
+    return [f"{name}={value}" for name, value in caps.items()]
+
+
+LIMIT_COLUMNS: tuple[Column, ...] = (
+    _col("ID", "id"),
+    _col("SUBJECT", "subject"),
+    _col("WINDOW", "window"),
+    ("CAPS", _caps),
+    _col("ENFORCE", "enforce"),
+    _col("ON-EXCEED", "on_exceed"),
+    _col("SUBJECTS", "subjects_total"),
+    DISABLED,
+    SOURCE,
+)
 MANAGED_MODEL_COLUMNS: tuple[Column, ...] = (
     _col("PROVIDER-ID", "provider_id"),
     _col("UPSTREAM-MODEL", "upstream_model"),
@@ -214,6 +234,7 @@ FAMILIES: tuple[Family, ...] = (
         "/admin/authorization_policies",
         AUTHZ_POLICY_COLUMNS,
     ),
+    Family("limits", "limit", "/admin/limits", LIMIT_COLUMNS),  # + status, reset: agwctl.limits
 )
 
 _REVEAL_HELP = "Show secrets in clear (they are shown as <redacted> otherwise)."

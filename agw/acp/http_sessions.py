@@ -15,6 +15,7 @@ from typing import Any
 
 from agw.acp.connection import AcpError, AgentRpcError
 from agw.acp.events import map_update, update_of
+from agw.acp.limits import settle_prompt
 from agw.acp.permissions import PermissionRegistry, auto_approve, cancelled
 from agw.acp.pool import Instance, TurnRequest, owner_key, principal_of
 from agw.acp.record import (
@@ -291,6 +292,7 @@ class SessionRelay:
         finally:
             op.event_counts, op.usage = session.counts, session.last_usage
             session.counts = None
+            settle_prompt(req)  # before the row: it says what a limit did
             self.record(req, op)
 
     def _permission_handler(

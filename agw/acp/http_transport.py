@@ -64,6 +64,7 @@ from agw.acp.http_sessions import (
     rpc_error,
     rpc_result,
 )
+from agw.acp.limits import PROMPT, admit_prompt, settle_prompt
 from agw.acp.ops import BODY_LIMIT, SSE_HEADERS, json_reply, refuse, require_json
 from agw.acp.permissions import PermissionRegistry
 from agw.acp.pool import signature
@@ -71,6 +72,7 @@ from agw.acp.record import Op, error_type_of
 from agw.acp.runtime import AcpRuntime
 from agw.config.acp import AcpService
 from agw.jsonfast import loads
+from agw.policy.limits import Limiter
 from agw.request import Request
 from agw.rpcids import ID_MAX_CHARS, METHOD_MAX_CHARS, valid_id
 from agw.types import JsonObj
@@ -110,10 +112,15 @@ class HttpTransport:
     """``<route>/acp`` of every ACP route (see the module docstring)."""
 
     def __init__(
-        self, runtime: AcpRuntime, permissions: PermissionRegistry, record: Record
+        self,
+        runtime: AcpRuntime,
+        permissions: PermissionRegistry,
+        record: Record,
+        limiter: Limiter | None = None,
     ) -> None:
         self.runtime = runtime
         self.relay = SessionRelay(runtime, permissions, record)
+        self.limiter = limiter or Limiter()  # prompts are admitted against it (agw.acp.limits)
         self.connections: dict[str, HttpConnection] = {}
         self._init_cache: dict[str, tuple[str, JsonObj]] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -231,14 +238,18 @@ class HttpTransport:
             return
         params = msg.get("params")
         params = params if isinstance(params, dict) else {}
+        if method == PROMPT and session is not None:  # a 429 refuses it here, before the 202
+            await admit_prompt(self.limiter, req, session.session_id)
         # The row is written when the answer is known (202 only says it was accepted); a
-        # prompt's row is its turn's, written when the turn ends.
+        # prompt's row is its turn's, written when the turn ends (its hold released then).
         op.skip = True
         task = asyncio.create_task(
             self.relay.request(req, conn, session, service, msg["id"], method, params, op)
         )
         conn.tasks.add(task)
         task.add_done_callback(conn.tasks.discard)
+        if req.admission is not None:  # also when the task is cancelled before it starts
+            task.add_done_callback(lambda _: settle_prompt(req))
         op.status = 202
         await req.respond(202, b"")
 

@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, unquote
 from agw.acp.connection import AcpError
 from agw.acp.events import Event
 from agw.acp.history import list_sessions, load_transcript
+from agw.acp.limits import admit_prompt, settle_prompt
 from agw.acp.permissions import PermissionRegistry
 from agw.acp.pool import TurnRequest, owner_key, principal_of
 from agw.acp.record import (
@@ -43,6 +44,7 @@ from agw.acp.turn import SEND_STALL_S, TurnStream
 from agw.config.acp import AcpService
 from agw.errors import InvalidRequest, Refusal
 from agw.jsonfast import loads
+from agw.policy.limits import Limiter
 from agw.request import Request
 from agw.types import Headers, JsonObj
 
@@ -183,9 +185,15 @@ class Operations:
     """``/turn``, ``/permission``, ``/sessions`` and ``/sessions/{id}/transcript`` of every ACP
     route (module docstring); each fills the request's :class:`~agw.acp.record.Op`."""
 
-    def __init__(self, runtime: AcpRuntime, permissions: PermissionRegistry) -> None:
+    def __init__(
+        self,
+        runtime: AcpRuntime,
+        permissions: PermissionRegistry,
+        limiter: Limiter | None = None,
+    ) -> None:
         self.runtime = runtime
         self.permissions = permissions
+        self.limiter = limiter or Limiter()  # the gateway's limit counters (agw.acp.limits)
 
     @staticmethod
     def method(req: Request, method: str) -> None:
@@ -215,6 +223,20 @@ class Operations:
         service_id: str = req.route.config.service_id
         op.service_id = service_id
         service: AcpService | None = req.snapshot.acp_services.get(service_id)
+        await admit_prompt(self.limiter, req, turn.session_id or None)  # a 429 refuses it here
+        try:
+            await self._stream(req, op, turn, service_id, service)
+        finally:
+            settle_prompt(req)
+
+    async def _stream(
+        self,
+        req: Request,
+        op: Op,
+        turn: TurnRequest,
+        service_id: str,
+        service: AcpService | None,
+    ) -> None:
         await req.start(200, sse_headers(req))
         op.status = 200
         if service is None:

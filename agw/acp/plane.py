@@ -23,7 +23,9 @@ from agw.acp.permissions import PermissionRegistry, timeout_from_env
 from agw.acp.record import INTERNAL, INVALID, Op, usage_event
 from agw.acp.runtime import AcpRuntime
 from agw.errors import PayloadTooLarge, Refusal
+from agw.policy.limits import Limiter
 from agw.request import ClientGone, Request
+from agw.types import JsonObj
 from agw.usage.recorder import UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,8 @@ class AcpPlane:
     """The data plane's handler of ``acp`` routes. ``permissions`` is shared with the admin API.
 
     ``permission_timeout_s``: how long an interactive permission request waits for its answer;
-    default ``AGW_ACP_PERMISSION_TIMEOUT_S`` from the environment, else 60."""
+    default ``AGW_ACP_PERMISSION_TIMEOUT_S`` from the environment, else 60. ``limiter``: the
+    gateway's limit counters, which prompt turns are admitted against (agw.acp.limits)."""
 
     edge_always = True  # a browser may hold an ACP session
 
@@ -43,14 +46,16 @@ class AcpPlane:
         runtime: AcpRuntime,
         *,
         permission_timeout_s: float | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.recorder = recorder
         self.runtime = runtime
         self.permissions = PermissionRegistry(
             timeout_from_env() if permission_timeout_s is None else permission_timeout_s
         )
-        self.ops = Operations(runtime, self.permissions)
-        self.http = HttpTransport(runtime, self.permissions, self.record)
+        limiter = limiter or Limiter()
+        self.ops = Operations(runtime, self.permissions, limiter)
+        self.http = HttpTransport(runtime, self.permissions, self.record, limiter)
         self._routes: dict[str, Callable[[Request, Op], Awaitable[None]]] = {
             "turn": self.ops.turn,
             "permission": self.ops.permission,
@@ -103,9 +108,13 @@ class AcpPlane:
 
     @staticmethod
     async def render(req: Request, refusal: Refusal) -> None:
-        """A refusal before any streaming: ``{"error": "<message>"}`` with its status."""
+        """A refusal before any streaming: ``{"error": "<message>"}`` with its status (a
+        limit's 429 adds ``"limit": {...}``, agw.acp.limits)."""
         headers = [*refusal.answer_headers(), *req.close_if_unread()]
-        await json_reply(req, refusal.status, {"error": refusal.message}, headers)
+        body: JsonObj = {"error": refusal.message}
+        if isinstance(refusal.detail, dict):
+            body |= refusal.detail
+        await json_reply(req, refusal.status, body, headers)
 
     async def _http(self, req: Request, op: Op) -> None:
         """``<route>/acp``: the draft ACP Streamable HTTP transport."""

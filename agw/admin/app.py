@@ -18,7 +18,7 @@ from quart.wrappers import BaseRequestWebsocket
 from werkzeug.exceptions import BadHost, HTTPException
 from werkzeug.routing import MapAdapter
 
-from agw.admin import acp, agents, authz, gateway, mcp, metrics, models, resources
+from agw.admin import acp, agents, authz, gateway, limits, mcp, metrics, models, resources
 from agw.auth.admin_basic import BasicAuth
 from agw.edge import HostPolicy
 from agw.errors import AgwError
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from agw.acp import AcpRuntime, PermissionRegistry
     from agw.auth.identity import Identity
     from agw.mcp import McpState
+    from agw.policy.limits import Limiter
     from agw.store.db import Database
     from agw.usage.recorder import UsageRecorder
 
@@ -107,6 +108,7 @@ def create_admin_app(
     prometheus: metrics.Exposition | None = None,
     policy: HostPolicy | None = None,
     identity: Identity | None = None,
+    limiter: Limiter | None = None,
 ) -> Quart:
     """``catalog`` and ``health`` are the LLM plane's model snapshots and credential states,
     shown in the views when given; ``mcp_runtime`` is the MCP plane's, which the
@@ -120,7 +122,8 @@ def create_admin_app(
     trusts in ``Host`` and ``Origin`` (default: loopback names, no listed origin); ``auth`` None
     serves without authentication (``--admin-insecure``). ``identity`` is the data plane's
     identity step, for ``/admin/auth/explain`` (without it a route that needs a credential
-    answers 404 there)."""
+    answers 404 there). ``limiter`` holds the limit counters ``GET /admin/limits`` shows and
+    ``POST /admin/limits/{id}/reset`` zeroes (without it: no subjects, nothing to reset)."""
     trust = policy or HostPolicy()
     app = _AdminQuart(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_ADMIN_BODY
@@ -222,4 +225,5 @@ def create_admin_app(
     metrics.register(app, db, recorder, prometheus)
     agents.register(app, manager, db, acp_runtime, acp_permissions, recorder)
     authz.register(app, manager, identity)
+    limits.register(app, manager, limiter)
     return app

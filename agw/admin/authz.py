@@ -18,7 +18,8 @@ from agw.admin.resources import JSONResponse, json_body
 from agw.auth.identity import Identity
 from agw.auth.principal import Principal
 from agw.errors import InvalidRequest, NotFound
-from agw.policy.authz import EMPTY_PLANES, explain
+from agw.policy.authz import explain
+from agw.policy.variables import EMPTY_PLANES
 from agw.runtime.manager import ConfigManager
 from agw.runtime.snapshot import CompiledRoute
 

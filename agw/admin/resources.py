@@ -105,6 +105,7 @@ class Resource:
     base: str
     id_rule: str = "<oid>"
     list_filters: tuple[tuple[str, Callable[[Any], str]], ...] = ()
+    own_list: bool = False  # ``GET {base}`` is served by the family's module (limits)
 
 
 RESOURCES: tuple[Resource, ...] = (
@@ -123,6 +124,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource(f.VIRTUAL_KEY, "/admin/virtual_keys", list_filters=(("tag", lambda o: o.tag),)),
     Resource(f.JWT_PROVIDER, "/admin/jwt_providers"),
     Resource(f.AUTHZ_POLICY, "/admin/authorization_policies"),
+    Resource(f.LIMIT, "/admin/limits", own_list=True),  # the list: agw/admin/limits.py
     Resource(
         f.CREDENTIAL,
         "/admin/credentials",
@@ -372,7 +374,8 @@ def register(
         h = ResourceHandlers(manager, res, catalog, health)
         name = res.family.name
         one = f"{res.base}/{res.id_rule}"
-        app.add_url_rule(res.base, f"{name}_list", h.list, methods=["GET"])
+        if not res.own_list:
+            app.add_url_rule(res.base, f"{name}_list", h.list, methods=["GET"])
         app.add_url_rule(res.base, f"{name}_create", h.create, methods=["POST"])
         app.add_url_rule(one, f"{name}_get", h.get, methods=["GET"])
         app.add_url_rule(one, f"{name}_update", h.update, methods=["PUT"])

@@ -22,6 +22,7 @@ from agw.config.agents import Agent
 from agw.config.base import (
     Strict,
 )
+from agw.config.limits import Limit
 from agw.config.llm import CliAuthAuthenticator, LLMRoute, ManagedModel, Provider
 from agw.config.mcp import McpRoute, McpService
 
@@ -54,3 +55,4 @@ class Bundle(Strict):
     acpServices: list[AcpService] = Field(default_factory=list)
     acpRoutes: list[AcpRoute] = Field(default_factory=list)
     agents: list[Agent] = Field(default_factory=list)
+    limits: list[Limit] = Field(default_factory=list)

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from agw.config.access import AuthorizationPolicy, JwtProvider, VirtualKey
 from agw.config.acp import AcpRoute, AcpService
 from agw.config.agents import Agent
+from agw.config.limits import Limit
 from agw.config.llm import CliAuthAuthenticator, Credential, LLMRoute, ManagedModel, Provider
 from agw.config.mcp import McpRoute, McpService
 
@@ -98,6 +99,7 @@ AUTHZ_POLICY = Family(
     "authorization_policies",
     "store",
 )
+LIMIT = Family("limit", "limit", "limits", Limit, "limits", "store", tag_of=lambda o: o.subject)
 CLIAUTH = Family(
     "cliauth_authenticator",
     "cliauth authenticator",
@@ -169,6 +171,7 @@ BUNDLE_FAMILIES: tuple[Family, ...] = (
     ACP_SERVICE,
     ACP_ROUTE,
     AGENT,
+    LIMIT,
 )
 ALL_FAMILIES: tuple[Family, ...] = (*BUNDLE_FAMILIES, CREDENTIAL)
 BY_NAME: dict[str, Family] = {f.name: f for f in ALL_FAMILIES}

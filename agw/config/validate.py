@@ -88,6 +88,17 @@ def check(catalog: Catalog, *, partial: bool, incomplete: Iterable[str] = ()) ->
                 problems.append(
                     Problem(f"{label}.allowed_route_ids", f"route {rid!r} does not exist")
                 )
+    for label, lim in catalog.get(f.LIMIT.name, ()):
+        match = lim.match
+        for i, rid in enumerate(match.route_ids):
+            if routes_present and rid not in all_routes:
+                problems.append(
+                    Problem(f"{label}.match.route_ids[{i}]", f"route {rid!r} does not exist")
+                )
+        for i, kid in enumerate(match.key_ids):
+            ref(label, f"match.key_ids[{i}]", f.VIRTUAL_KEY, kid)
+        for i, pid in enumerate(match.provider_ids):
+            ref(label, f"match.provider_ids[{i}]", f.PROVIDER, pid)
     problems += _check_agents(catalog, ids, present, ref)
     return problems
 

@@ -45,3 +45,4 @@ class Call:
     answer: bytes = b""  # the JSON answer the client got
     relayed: list[bytes] | None = None  # the stream's pieces the client got (RELAYED_KEPT)
     relayed_size: int = 0  # bytes of the stream the client got, all of them
+    cut: bool = False  # a limit ended the stream (on_exceed: cut)

@@ -245,6 +245,13 @@ def estimate_output_tokens(relayed: list[bytes], size: int, *, stream: bool) -> 
     return -(-chars // 4)
 
 
+def event_output_chars(data: str) -> int:
+    """Characters of output in one stream event's data (text, reasoning, tool arguments)."""
+    if not data or data == "[DONE]":
+        return 0
+    return _output_chars(_loads(data))
+
+
 def _strlen(value: Any) -> int:
     return len(value) if isinstance(value, str) else 0
 

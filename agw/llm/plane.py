@@ -27,8 +27,10 @@ from agw.llm.observe import estimate_output_tokens, estimate_tokens, request_too
 from agw.llm.pricing import Pricer
 from agw.llm.providers import CredentialPicker, UpstreamPool, error_dialect
 from agw.llm.relay import count_tokens, list_models
-from agw.llm.routing import resolve
+from agw.llm.routing import Target, resolve
 from agw.policy.authz import authorize, authorize_session
+from agw.policy.limit_backend import COST, NO_CAP
+from agw.policy.limits import CompiledLimit, Limiter, matching
 from agw.request import ClientGone, DisconnectWatch, Request
 from agw.types import JsonObj
 from agw.usage.events import CostSource, LlmUsageEvent, UsageSource
@@ -58,9 +60,10 @@ class LlmPlane:
         recorder: UsageRecorder | None,
         *,
         trace_content: bool = False,
+        limiter: Limiter | None = None,
     ) -> None:
         """Sessions are attributed by the dispatcher (``req.session_id``, ``req.acp_session_id``)
-        before the plane runs."""
+        before the plane runs. ``limiter``: the gateway's limit counters (default: its own)."""
         self.trace_content = trace_content  # keep prompts and completions for the traces
         self.pool = UpstreamPool()
         self.picker = CredentialPicker()
@@ -69,6 +72,7 @@ class LlmPlane:
         self.health = CredentialHealth()
         self.forwarder = Forwarder(self.pool, self.picker, self.health)
         self.pricer = Pricer()
+        self.limiter = limiter or Limiter()
 
     async def close(self) -> None:
         await self.pool.close()
@@ -118,9 +122,11 @@ class LlmPlane:
     async def render(req: Request, refusal: Refusal) -> None:
         """A refusal in the caller's dialect: the OpenAI error object, or Anthropic's envelope
         on the ``anthropic`` and ``cc`` surfaces."""
+        extra = refusal.detail if isinstance(refusal.detail, dict) else None
+        code = "rate_limit_exceeded" if refusal.status == 429 else None
         await req.respond(
             refusal.status,
-            error_dialect(req.route.protocol).body(refusal.status, refusal.message),
+            error_dialect(req.route.protocol).body(refusal.status, refusal.message, code, extra),
             headers=refusal.answer_headers() + req.close_if_unread(),
         )
 
@@ -187,13 +193,81 @@ class LlmPlane:
                 "model is required (the route's provider has no default_model)",
             )
         call.body, call.raw = body, raw
+        if req.route.id in req.snapshot.limits.by_route:
+            return self._limited(call, body, targets)
         return self.forwarder.forward(call, body, targets)
+
+    async def _limited(self, call: Call, body: JsonObj, targets: list[Target]) -> None:
+        """Admission against the limits that apply (docs/limits.md), then the forward. What a
+        request reserves: its estimated input at the model's input price, plus its output cap
+        (``max_tokens``, else the limits' ``default_output_tokens``) at the output price; a
+        budget that cannot pay for the cap but for ``min_output_tokens`` lowers ``max_tokens``."""
+        req = call.req
+        first = targets[0]
+        matched = matching(
+            req,
+            req.snapshot.limits,
+            model=first.logical_model,
+            upstream_model=first.upstream_model,
+            provider_id=first.provider.id,
+            plane={
+                "llm": {
+                    "model": first.logical_model or first.upstream_model,
+                    "provider_id": first.provider.id,
+                    "stream": call.stream,
+                }
+            },
+        )
+        if matched:
+            await self._admit(call, body, first, matched)
+        await self.forwarder.forward(call, body, targets)
+
+    async def _admit(
+        self,
+        call: Call,
+        body: JsonObj,
+        target: Target,
+        matched: list[tuple[CompiledLimit, str]],
+    ) -> None:
+        req = call.req
+        fixed = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+        per_output = [0.0] * 6
+        want = 0
+        wire = CLIENT_WIRE.get(call.operation)
+        field = ""
+        if any(lim.meters_tokens for lim, _ in matched):
+            est_in = float(estimate_tokens(body))
+            in_price = out_price = 0.0
+            if any(lim.spec.caps[COST] != NO_CAP for lim, _ in matched):
+                managed = req.snapshot.state.get(
+                    f.MANAGED_MODEL, f"{target.provider.id}/{target.upstream_model}"
+                )
+                price, _ = self.pricer.price(
+                    target.provider.provider_type,
+                    target.upstream_model,
+                    managed.obj.pricing if managed is not None else None,
+                )
+                if price is None:
+                    _unpriced(req, target, matched)
+                else:
+                    in_price, out_price = price.input / 1e6, price.output / 1e6
+            fixed = [est_in * in_price, est_in, est_in, 0.0, 1.0, 1.0]
+            if wire is not None:
+                field, asked = max_tokens_of(body, wire)
+                want = (
+                    asked
+                    if asked is not None
+                    else max(lim.default_output_tokens for lim, _ in matched if lim.meters_tokens)
+                )
+                per_output = [out_price, 1.0, 0.0, 1.0, 0.0, 0.0]
+        admission = await self.limiter.admit(req, matched, fixed, per_output, want)
+        if wire is not None and admission.output < want:
+            body[field] = admission.output  # the clamp: said in the x-agw-max-tokens header
+            call.raw = b""  # the body goes up re-encoded
 
     # --------------------------------------------------------------------------------- usage
 
     def _record(self, call: Call) -> None:
-        if self.recorder is None:
-            return
         req = call.req
         obs = call.observer
         usage = obs.usage if obs is not None and obs.usage_seen else None
@@ -216,6 +290,7 @@ class LlmPlane:
             source, tin, tout = "missing", 0, 0
         status = call.status or req.status or 500
         target = call.target
+        admission = req.admission
         key = call.key
         cached = usage.cached_input_tokens if usage else 0
         written = usage.cache_creation_input_tokens if usage else 0
@@ -232,6 +307,12 @@ class LlmPlane:
                 managed.obj.pricing if managed is not None else None,
                 (tin, tout, cached, written, reasoning),
             )
+        if admission is not None:
+            admission.settle(cost or 0.0, tin, tout)
+            if admission.action is not None:
+                req.limit_id, req.limit_action = admission.limit_id, admission.action
+        if self.recorder is None:
+            return
         event = LlmUsageEvent(
             **req.usage_head(call.started_ms, status, call.error_type),
             llm_api=req.route.protocol,
@@ -267,6 +348,42 @@ class LlmPlane:
                 "output": call.completion.text(),
             }
         self.recorder.emit(event)
+
+
+_MAX_FIELDS = {
+    "chat": ("max_completion_tokens", "max_tokens"),
+    "messages": ("max_tokens",),
+    "responses": ("max_output_tokens",),
+}
+
+
+def max_tokens_of(body: JsonObj, wire: str) -> tuple[str, int | None]:
+    """The request's output cap: the field it is in (or would be set in) and its value (None
+    when the request sets none: the provider's default applies)."""
+    fields = _MAX_FIELDS.get(wire, ())
+    for name in fields:
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise Refusal(400, "protocol_validation_failed", f"{name} must be a positive integer")
+        return name, value
+    return (fields[-1] if fields else ""), None
+
+
+def _unpriced(req: Request, target: Target, matched: list[tuple[CompiledLimit, str]]) -> None:
+    """A dollar limit applies but the model has no price: refused unless every such limit
+    says ``unpriced: allow`` (then its calls count 0 dollars)."""
+    for lim, _ in matched:
+        if lim.spec.caps[COST] != NO_CAP and lim.spec.enforce and lim.unpriced == "deny":
+            req.limit_id, req.limit_action = lim.spec.id, "refused"
+            raise Refusal(
+                403,
+                "limit_unpriced",
+                f'limit "{lim.spec.id}" counts dollars, and model '
+                f'"{target.upstream_model}" of provider "{target.provider.id}" has no price: '
+                "give its managed model a pricing, or set the limit's unpriced: allow",
+            )
 
 
 def _check_content_type(value: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 import aiohttp
@@ -18,7 +19,7 @@ from agw import jsonfast
 from agw.errors import Refusal
 from agw.llm import translate
 from agw.llm.call import CLIENT_WIRE, Call
-from agw.llm.observe import Observer, estimate_tokens
+from agw.llm.observe import Observer, estimate_tokens, event_output_chars
 from agw.llm.providers import (
     ERROR_BODY_LIMIT,
     RESPONSE_LIMIT,
@@ -33,8 +34,12 @@ from agw.llm.providers import (
     restore_tool_names,
     wire_format,
 )
+from agw.llm.providers.tokens import Usage
 from agw.llm.routing import Target
+from agw.llm.stream_end import StreamCloser
 from agw.logs import scrub
+from agw.policy.limit_backend import INPUT
+from agw.policy.limits import Admission
 from agw.sse import EVENT_LIMIT, Event, EventTooLarge, SSESplitter, frame
 from agw.types import Headers, JsonObj
 
@@ -49,13 +54,39 @@ RELAYED_KEPT = 256 * 1024
 
 
 def passed_headers(resp: aiohttp.ClientResponse) -> Headers:
-    """The upstream answer's headers a client may see (request ids, rate limits)."""
+    """The upstream answer's headers a client may see (request ids, the provider's own rate
+    limits). The IETF ``RateLimit`` / ``RateLimit-Policy`` fields are the gateway's own
+    (docs/limits.md): an upstream's are not passed on, and one that does not parse is logged."""
     out: Headers = []
     for name, value in resp.headers.items():
         lname = name.lower()
         if lname in _PASSED_RESPONSE_HEADERS or lname.startswith(_PASSED_PREFIXES):
             out.append((lname.encode(), value.encode("latin-1", "replace")))
+        elif lname in _IETF_RATELIMIT and not _RATELIMIT_FIELD.fullmatch(value):
+            _malformed_ratelimit(resp, lname, value)
     return out
+
+
+_IETF_RATELIMIT = ("ratelimit", "ratelimit-policy")
+# an sf-list of items with parameters (RFC 8941, as the RateLimit draft uses it), loosely
+_SF_ITEM = (
+    r'\s*(?:"[^"\\]*"|[A-Za-z*][\w.*:/%-]*)'
+    r'(?:\s*;\s*[a-z*][a-z0-9_.*-]*(?:=(?:-?\d{1,15}(?:\.\d{1,3})?|"[^"\\]*"|[A-Za-z*][\w.*:/%-]*'
+    r"|:[A-Za-z0-9+/=]*:|\?[01]))?)*\s*"
+)
+_RATELIMIT_FIELD = re.compile(f"{_SF_ITEM}(?:,{_SF_ITEM})*")
+_MALFORMED_SEEN: set[tuple[str, str]] = set()  # logged once per upstream host and field
+
+
+def _malformed_ratelimit(resp: aiohttp.ClientResponse, name: str, value: str) -> None:
+    key = (resp.url.host or "", name)
+    if key in _MALFORMED_SEEN or len(_MALFORMED_SEEN) >= 1024:
+        return
+    _MALFORMED_SEEN.add(key)
+    log.warning(
+        "upstream_ratelimit_header_malformed",
+        extra={"upstream_host": key[0], "header": name, "value": scrub(value)[:200]},
+    )
 
 
 # ----------------------------------------------------------------------------------- JSON
@@ -158,6 +189,13 @@ async def relay_stream(
     relayed: list[bytes] = []
     call.relayed = relayed
     too_large = False
+    # limits that count tokens or dollars: the stream is counted as it flows (docs/limits.md)
+    admission: Admission | None = req.admission
+    meter = admission is not None and admission.metered
+    closer: StreamCloser | None = None
+    if meter and translator is None and admission is not None and admission.can_cut:
+        closer = StreamCloser(wire, include_usage=call.client_wants_usage)
+    chars = 0
     try:
         while True:
             waited = clock()
@@ -178,6 +216,13 @@ async def relay_stream(
                     out.append(translator.feed(event.name or None, event.data))
                 elif not (injected and observer.usage_only_chunk):
                     out.append(event.raw)
+                if meter and admission is not None:
+                    chars += event_output_chars(event.data)
+                    if closer is not None:
+                        closer.see(event)
+                    if not observer.finished and await _metered(call, admission, chars):
+                        out.append(_cut_tail(call, admission, chars, translator, closer))
+                        break
             if out:
                 payload = b"".join(out)
                 await req.body(payload, more=True)
@@ -186,13 +231,18 @@ async def relay_stream(
                 call.relayed_size += len(payload)
                 if not call.first_byte_ns:
                     call.first_byte_ns = clock()
+            if call.cut:
+                resp.close()  # the rest is never read
+                break
     except EventTooLarge:
         too_large = True
         resp.close()  # the rest is never read: the connection is not reused
         log.info("upstream_event_too_large", extra={"route_id": req.route.id})
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.info("upstream_stream_failed", extra={"route_id": req.route.id, "error": str(exc)})
-    if not observer.finished:
+    if call.cut:
+        call.finalized = False  # the row's usage is estimated from what the client got
+    elif not observer.finished:
         call.error_type, call.finalized = "provider_stream_failed", False
         message = "upstream stream ended early"
         if too_large:
@@ -209,6 +259,44 @@ async def relay_stream(
     elif translator is not None:
         await req.body(translator.finish(), more=True)
     await req.body(b"")
+
+
+def _counts(call: Call, admission: Admission, chars: int) -> tuple[int, int]:
+    """A metered stream's input (as reported; 0 while unknown) and output tokens so far: the
+    provider's running count, or characters / 4 of what was relayed, whichever is more."""
+    observer = call.observer
+    usage = observer.usage if observer is not None and observer.usage_seen else None
+    if usage is None:
+        return 0, -(-chars // 4)
+    return usage.input_tokens, max(usage.output_tokens, -(-chars // 4))
+
+
+async def _metered(call: Call, admission: Admission, chars: int) -> bool:
+    """Counts a stream as it flows (docs/limits.md); True when a ``cut`` limit ends it."""
+    tin, tout = _counts(call, admission, chars)
+    need = admission.need(tin, tout)
+    if need is None:
+        return False
+    if await admission.flow(need) is None:
+        return False
+    call.cut = True
+    return True
+
+
+def _cut_tail(
+    call: Call,
+    admission: Admission,
+    chars: int,
+    translator: translate.StreamTranslator | None,
+    closer: StreamCloser | None,
+) -> bytes:
+    """The clean end of a stream a limit cuts, in the client's dialect: stop reason length /
+    max_tokens, with the usage so far."""
+    tin, tout = _counts(call, admission, chars)
+    usage = Usage(input_tokens=tin or int(admission.plan.fixed[INPUT]), output_tokens=tout)
+    if translator is not None:
+        return translator.cut(usage)
+    return closer.close(usage) if closer is not None else b""
 
 
 def _restored(event: Event, renamed: dict[str, str]) -> Event:

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agw.clock import now_ms
 from agw.mcp import jsonrpc as rpc
@@ -32,6 +32,10 @@ from agw.mcp.sessions import DownstreamSession, sse_message
 from agw.request import WATCH_AFTER_S, Request
 from agw.runtime.attribution import SESSION_ID_MAX
 from agw.types import Headers, JsonObj
+
+if TYPE_CHECKING:
+    from agw.errors import Refusal
+    from agw.policy.limits import Admission
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,13 @@ class Call:
     status_code: int | None = None
     error_type: str | None = None
     error: str | None = None
+    # limits (agw.mcp.limits): this call's hold on its counters while it runs, what it costs,
+    # the refusal whose headers its answer carries, and what a limit did to it (its row's)
+    admission: Admission | None = None
+    limit_price: float = 0.0
+    limit_refusal: Refusal | None = None
+    limit_id: str | None = None
+    limit_action: str | None = None
 
     def waited(self, since_ns: int) -> None:
         """An upstream request that started at ``since_ns`` has just ended."""
@@ -99,6 +110,7 @@ _ERROR_TYPES = {
     rpc.UPSTREAM_FAILED: "upstream_failed",
     rpc.RESOURCE_NOT_FOUND: "resource_not_found",
     rpc.FORBIDDEN: "forbidden",
+    rpc.RATE_LIMITED: "rate_limited",
     rpc.HEADER_MISMATCH: "protocol_validation_failed",
     rpc.UNSUPPORTED_PROTOCOL_VERSION: "protocol_validation_failed",
 }

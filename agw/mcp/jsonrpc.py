@@ -23,6 +23,7 @@ REQUEST_CANCELLED = -32000  # implementation-defined range: the gateway's "reque
 UPSTREAM_FAILED = -32001  # implementation-defined range: an upstream could not be reached/used
 RESOURCE_NOT_FOUND = -32002
 FORBIDDEN = -32003  # implementation-defined range: the route's authorization rules deny it
+RATE_LIMITED = -32029  # implementation-defined range: a limit refuses the call (docs/limits.md)
 HEADER_MISMATCH = -32020
 MISSING_CLIENT_CAPABILITY = -32021
 UNSUPPORTED_PROTOCOL_VERSION = -32022

@@ -19,11 +19,13 @@ from agw.mcp import jsonrpc as rpc
 from agw.mcp.exchange import Call, Exchange
 from agw.mcp.ingress import BODY_LIMIT, Ingress, not_allowed, peek
 from agw.mcp.jsonrpc import RequestId, RpcError, encode
+from agw.mcp.limits import answer_headers, tool_price
 from agw.mcp.relay import Relay
 from agw.mcp.server import McpServer
 from agw.mcp.state import McpState
+from agw.policy.limits import Limiter
 from agw.request import ClientGone, Request
-from agw.types import JsonObj
+from agw.types import Headers, JsonObj
 from agw.usage.events import McpUsageEvent
 from agw.usage.recorder import UsageRecorder
 
@@ -41,13 +43,15 @@ class McpPlane:
         self,
         recorder: UsageRecorder | None,
         state: McpState,
+        *,
+        limiter: Limiter | None = None,
     ) -> None:
         """Sessions are attributed by the dispatcher (``req.session_id``, ``req.acp_session_id``)
-        before the plane runs."""
+        before the plane runs. ``limiter``: the gateway's limit counters (default: its own)."""
         self.state = state
         self.recorder = recorder
         self.relay = Relay(state)
-        self.server = McpServer(state, self.relay)
+        self.server = McpServer(state, self.relay, limiter)
         self.ingress = Ingress(state, self.server.handshake_methods, self.server.modern_methods)
         state.bind(self.relay.upstream_message)
 
@@ -148,8 +152,9 @@ class McpPlane:
                 answer = await ex.call(messages[0], first)
             finally:
                 ex.unwatch()
+            headers = _limit_headers(req, [first])
             if answer is not None:
-                await ex.finish([answer], batch=False, cancelled=[])
+                await ex.finish([answer], batch=False, cancelled=[], headers=headers)
             else:
                 await ex.finish([], batch=False, cancelled=[_client_cancelled(messages[0])])
             first.status_code = self._status(ex)
@@ -177,7 +182,9 @@ class McpPlane:
         cancelled = [
             _client_cancelled(m) for m, a in zip(requests, answers, strict=True) if a is None
         ]
-        await ex.finish(responses, batch=ex.batch, cancelled=cancelled)
+        await ex.finish(
+            responses, batch=ex.batch, cancelled=cancelled, headers=_limit_headers(req, calls)
+        )
         status = self._status(ex)
         for call in calls:
             call.status_code = status
@@ -219,6 +226,8 @@ class McpPlane:
         head = req.usage_head(call.started_ms, status, call.error_type)
         if not head["session_id"]:  # the dispatcher's attribution first, then the request's
             head["session_id"] = call.agent_session
+        if call.limit_action is not None:  # each call of a batch its own (agw.mcp.limits)
+            head["limit_id"], head["limit_action"] = call.limit_id, call.limit_action
         self.recorder.emit(
             McpUsageEvent(
                 **head,
@@ -251,11 +260,16 @@ def _cost(req: Request, call: Call) -> float | None:
     tool = call.executed_tool_name
     if tool is None or call.error_type is not None or call.method != "tools/call":
         return None
-    service = req.snapshot.mcp_services.get(call.service_id or "")
-    if service is None:
-        return None
-    price: float | None = service.tool_prices.get(tool, service.price_per_call)
-    return price
+    return tool_price(req.snapshot.mcp_services.get(call.service_id or ""), tool)
+
+
+def _limit_headers(req: Request, calls: list[Call]) -> Headers | None:
+    """A refused call's ``Retry-After`` and ``RateLimit`` headers for a plain JSON answer, in
+    place of the admitted calls' (``req.limit_headers``, which every answer carries)."""
+    headers = answer_headers(calls)
+    if headers is not None:
+        req.limit_headers = None
+    return headers
 
 
 def _invalid(refusal: Refusal) -> RpcError:

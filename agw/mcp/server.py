@@ -25,6 +25,7 @@ from agw.mcp.authorization import PROMPT, RESOURCE, TOOL, check_session, check_u
 from agw.mcp.exchange import Call, Exchange, Method
 from agw.mcp.inflight import InFlight
 from agw.mcp.jsonrpc import RpcError
+from agw.mcp.limits import admit_tool_call, settle_tool_call
 from agw.mcp.mux import Multiplexer, has_policy, tool_allowed
 from agw.mcp.pool import SessionBackend
 from agw.mcp.protocol import (
@@ -38,6 +39,7 @@ from agw.mcp.relay import Relay
 from agw.mcp.sessions import RELAYED
 from agw.mcp.state import McpState
 from agw.mcp.upstream import Upstream, UpstreamError
+from agw.policy.limits import Limiter
 from agw.types import JsonObj
 
 CLIENT_INFO_FIELDS = ("name", "title", "version")
@@ -88,9 +90,10 @@ def upstream_params(params: JsonObj, key: str = "", value: Any = None) -> JsonOb
 class McpServer:
     """The methods (see the module docstring)."""
 
-    def __init__(self, state: McpState, relay: Relay) -> None:
+    def __init__(self, state: McpState, relay: Relay, limiter: Limiter | None = None) -> None:
         self.state = state
         self.relay = relay
+        self.limiter = limiter or Limiter()  # the gateway's limit counters (agw.mcp.limits)
         common: dict[str, Method] = {
             "ping": self._ping,
             "tools/list": self._list,
@@ -246,10 +249,16 @@ class McpServer:
         service = ex.req.snapshot.mcp_services.get(sid)
         if service is not None and service.audit.capture_tool_args:
             call.tool_args = args or {}
-        upstream = await self._upstream(ex, mux, call, sid)
-        result = await self._forward(
-            ex, mux, upstream, entry, call, "tools/call", params, "name", original
-        )
+        await admit_tool_call(self.limiter, ex.req, call, sid, original)
+        answered = False
+        try:
+            upstream = await self._upstream(ex, mux, call, sid)
+            result = await self._forward(
+                ex, mux, upstream, entry, call, "tools/call", params, "name", original
+            )
+            answered = True
+        finally:  # on errors and cancellations too
+            settle_tool_call(call, answered)
         if isinstance(result, dict) and result.get("isError") is True:
             call.result_status = "error"
         return mux.present_content(sid, result)

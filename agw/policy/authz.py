@@ -26,112 +26,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from agw.auth.principal import Principal
-from agw.config import families as f
 from agw.errors import Refusal
 from agw.policy.rules import ALLOWED, Decision, RuleResult, RuleSet
+from agw.policy.variables import request_variables, variables_of
 from agw.request import Request
 from agw.runtime.snapshot import CompiledRoute, Snapshot
 
 log = logging.getLogger(__name__)
 
-# What the planes a request is not on look like (read-only by convention: never mutated)
-EMPTY_PLANES: Mapping[str, Mapping[str, object]] = {
-    "llm": {"model": "", "provider_id": "", "stream": False},
-    "mcp": {
-        "method": "",
-        "tool": {"name": "", "service": ""},
-        "resource": {"uri": "", "service": ""},
-        "prompt": {"name": "", "service": ""},
-    },
-    "acp": {"service_id": "", "method": ""},
-}
-# headers a rule never sees: the caller's credentials
-CREDENTIAL_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "x-api-key", "cookie", "x-goog-api-key"}
-)
-_NO_KEY: Mapping[str, object] = {"id": "", "tags": []}
-_ANONYMOUS: Mapping[str, object] = {
-    "kind": "anonymous",
-    "user": "",
-    "org": "",
-    "groups": [],
-    "key_id": "",
-    "provider_id": "",
-    "scopes": [],
-}
-_VARS_KEY = "authz_vars"  # Request.extra: this request's variables, built once
 _MISS = object()
 MEMO_MAX = 8192  # allowed decisions remembered per rule set (cleared when full)
-
-
-def principal_vars(principal: Principal | None) -> Mapping[str, object]:
-    if principal is None:
-        return _ANONYMOUS
-    return {
-        "kind": principal.kind,
-        "user": principal.user or "",
-        "org": principal.org or "",
-        "groups": list(principal.groups),
-        "key_id": principal.key_id or "",
-        "provider_id": principal.provider_id or "",
-        "scopes": sorted(principal.scopes),
-    }
-
-
-def key_vars(snapshot: Snapshot, principal: Principal | None) -> Mapping[str, object]:
-    key_id = principal.key_id if principal is not None else None
-    if not key_id:
-        return _NO_KEY
-    rec = snapshot.state.get(f.VIRTUAL_KEY, key_id)
-    tag = rec.obj.tag if rec is not None else ""
-    return {"id": key_id, "tags": [tag] if tag else []}
-
-
-def request_variables(
-    names: frozenset[str],
-    snapshot: Snapshot,
-    principal: Principal | None,
-    *,
-    method: str,
-    path: str,
-    headers: Mapping[str, str],
-    session_id: str | None,
-) -> dict[str, object]:
-    """The variables of ``names`` that do not depend on the plane, the empty planes included."""
-    out: dict[str, object] = {}
-    for name in names:
-        if name == "principal":
-            out[name] = principal_vars(principal)
-        elif name == "jwt":
-            out[name] = dict(principal.claims) if principal is not None else {}
-        elif name == "key":
-            out[name] = key_vars(snapshot, principal)
-        elif name == "request":
-            kept = {k: v for k, v in headers.items() if k not in CREDENTIAL_HEADERS}
-            out[name] = {"method": method, "path": path, "headers": kept}
-        elif name == "session":
-            out[name] = {"id": session_id or ""}
-        elif name in EMPTY_PLANES:
-            out[name] = EMPTY_PLANES[name]
-    return out
-
-
-def _variables(
-    req: Request, rules: RuleSet, plane: dict[str, Mapping[str, object]]
-) -> dict[str, object]:
-    base: dict[str, object] | None = req.extra.get(_VARS_KEY)
-    if base is None:
-        base = request_variables(
-            rules.variables,
-            req.snapshot,
-            req.principal,
-            method=req.method,
-            path=req.scope["path"],
-            headers=req.headers,
-            session_id=req.session_id,
-        )
-        req.extra[_VARS_KEY] = base
-    return base | plane if plane else base
 
 
 def refusal_of(route: CompiledRoute, decision: Decision) -> Refusal:
@@ -186,7 +90,7 @@ def _allowed(
         key = (deny_only, id(principal), _frozen(plane))
         if rules.memo.get(key, _MISS) is principal:
             return True
-    if not rules.allows(_variables(req, rules, plane), deny_only=deny_only):
+    if not rules.allows(variables_of(req, rules, plane), deny_only=deny_only):
         return False
     if key is not None:
         if len(rules.memo) >= MEMO_MAX:
@@ -204,7 +108,7 @@ def authorize(req: Request, **plane: Mapping[str, object]) -> Refusal | None:
         return None
     if _allowed(req, rules, plane, False):  # the rules one by one only to say why not
         return None
-    decision = rules.decide(_variables(req, rules, plane))
+    decision = rules.decide(variables_of(req, rules, plane))
     return None if decision.allowed else _denied(req, rules, decision)
 
 
@@ -216,7 +120,7 @@ def authorize_session(req: Request, **plane: Mapping[str, object]) -> Refusal | 
         return None
     if _allowed(req, rules, plane, True):
         return None
-    decision = rules.decide(_variables(req, rules, plane), deny_only=True)
+    decision = rules.decide(variables_of(req, rules, plane), deny_only=True)
     return None if decision.allowed else _denied(req, rules, decision)
 
 

@@ -15,6 +15,7 @@ from agw.config import validate
 from agw.config.access import VirtualKey
 from agw.config.llm import Provider
 from agw.errors import ConfigInvalid, Problem
+from agw.policy.limits import EMPTY_TABLE, LimitTable, compile_limits
 from agw.policy.rules import RuleError, RuleSet, compile_rules
 from agw.runtime.state import ConfigState, Record
 
@@ -80,6 +81,7 @@ class Snapshot:
     jwt_providers: MappingProxyType[str, Any] = field(
         default_factory=lambda: MappingProxyType({})
     )  # JwtProvider by id, disabled ones included
+    limits: LimitTable = EMPTY_TABLE  # the enabled limits, by the routes they may apply to
     state: ConfigState = field(default_factory=ConfigState)
 
     def match(self, host: str, path: str, method: str) -> CompiledRoute | None:
@@ -198,6 +200,7 @@ def compile_snapshot(state: ConfigState, enabled_provider_types: Iterable[str]) 
                 Problem(f'credential "{oid}".provider_type', "does not match its provider")
             )
     rules = _route_rules(state, problems)
+    limits = compile_limits(state, problems)
     if problems:
         raise ConfigInvalid(sorted(problems, key=lambda p: (p.path, p.message)), "configuration")
     vks = {
@@ -222,6 +225,7 @@ def compile_snapshot(state: ConfigState, enabled_provider_types: Iterable[str]) 
         jwt_providers=MappingProxyType(
             {oid: rec.obj for oid, rec in state.records(f.JWT_PROVIDER)}
         ),
+        limits=limits,
         state=state,
     )
 

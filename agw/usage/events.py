@@ -1,15 +1,16 @@
 """Usage events: one value per dispatched request, one class per usage table.
 
 A handler builds the event it knows about (reference §7.1) and hands it to the recorder; the
-fields are the columns of the table (reference §7.2 plus migrations 0002-0005 and 0008), common
-columns first, in table order (``user_id`` and ``org_id``, shared by all three, come after each
-table's own: migration 0005 added them to each table; the LLM table's ``cost_usd`` and
-``cost_source``, migration 0008, come after them), plus a few marked as not columns
-(``column_fields`` leaves them out): what the access log, Prometheus and traces read besides
-the row (HTTP method and path, gateway overhead, time to first token, trace content, a turn's
-stop reason). Python types are the natural ones: ``bool`` for the 0/1 columns, ``list`` for the
-JSON-array columns, ``dict`` for the ``*_json`` columns, unix milliseconds for times.
-:meth:`UsageEvent.row` turns an event into the values of its ``INSERT``:
+fields are the columns of the table (reference §7.2 plus migrations 0002-0005 and 0008-0010),
+common columns first, in table order (``user_id`` and ``org_id``, shared by all three, come
+after each table's own: migration 0005 added them to each table; the LLM table's ``cost_usd``
+and ``cost_source``, migration 0008, and the MCP table's ``cost_usd``, migration 0009, come
+after them; ``limit_id`` and ``limit_action``, migration 0010, last on all three), plus a few
+marked as not columns (``column_fields`` leaves them out): what the access log, Prometheus and
+traces read besides the row (HTTP method and path, gateway overhead, time to first token, trace
+content, a turn's stop reason). Python types are the natural ones: ``bool`` for the 0/1 columns,
+``list`` for the JSON-array columns, ``dict`` for the ``*_json`` columns, unix milliseconds for
+times. :meth:`UsageEvent.row` turns an event into the values of its ``INSERT``:
 
 - booleans become 0/1 (``fresh_session`` stays NULL when unknown);
 - a name list becomes a JSON array, an empty one NULL (most requests carry no tools);
@@ -66,6 +67,7 @@ TEXT_LIMITS: Mapping[str, int] = {
     "credential_id": 1024,
     "service_id": 1024,
     "agent_id": 1024,
+    "limit_id": 1024,
     # who called, as the identity provider named them (an email, a subject, an org id)
     "user_id": 512,
     "org_id": 512,
@@ -330,6 +332,9 @@ class LlmUsageEvent(UsageEvent):
     # migration 0008: USD at the model's price (agw.llm.pricing), and where the price came from
     cost_usd: float | None = None
     cost_source: CostSource | None = None
+    # migration 0010: the limit that acted on the call and what it did (docs/limits.md)
+    limit_id: str | None = None
+    limit_action: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -363,6 +368,9 @@ class McpUsageEvent(UsageEvent):
     org_id: str | None = None
     # migration 0009: USD of a tools/call the service answered (its price_per_call/tool_prices)
     cost_usd: float | None = None
+    # migration 0010: the limit that acted on the call and what it did (docs/limits.md)
+    limit_id: str | None = None
+    limit_action: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -385,6 +393,9 @@ class AcpUsageEvent(UsageEvent):
     # migration 0005: the caller's principal (Request.usage_head)
     user_id: str | None = None
     org_id: str | None = None
+    # migration 0010: the limit that acted on the call and what it did (docs/limits.md)
+    limit_id: str | None = None
+    limit_action: str | None = None
     stop_reason: str | None = field(default=None, metadata=_NOT_COLUMN)  # a turn's, not a column
 
 

@@ -188,6 +188,7 @@ class PrometheusMetrics:
         self._ttft_children: dict[tuple[str, str, str], list[float]] = {}
         self._tool_calls: dict[tuple[str, str, str, str], int] = {}
         self._turns: dict[tuple[str, str, str], int] = {}
+        self._limit_actions: dict[tuple[str, str, str], int] = {}  # (kind, limit_id, action)
         limit = max_label_values
         self._token_model = LabelGuard("agw_llm_tokens_total", "model", limit)
         self._ttft_model = LabelGuard("agw_llm_time_to_first_token_seconds", "model", limit)
@@ -228,6 +229,9 @@ class PrometheusMetrics:
                 self._turns[turn] = self._turns.get(turn, 0) + 1
         else:
             return
+        if event.limit_action:  # limit ids come from the configuration: a bounded label
+            acted = (kind.name, event.limit_id or NONE, event.limit_action)
+            self._limit_actions[acted] = self._limit_actions.get(acted, 0) + 1
         kind.requests += 1
         if not event.success:
             kind.failures += 1
@@ -370,6 +374,15 @@ class PrometheusMetrics:
         for turn, n in sorted(self._turns.items()):
             turns.add_metric(list(turn), n)
         yield turns
+        limit_actions = CounterMetricFamily(
+            "agw_limit_actions",
+            "Calls a limit acted on, by kind, limit and action (refused, clamped, cut, exceeded, "
+            "shadow).",
+            labels=["kind", "limit_id", "action"],
+        )
+        for acted, n in sorted(self._limit_actions.items()):
+            limit_actions.add_metric(list(acted), n)
+        yield limit_actions
         yield GaugeMetricFamily(
             "agw_usage_queue_depth",
             "Usage events queued for the store, not yet written.",

@@ -138,7 +138,9 @@ def test_client_timestamps_are_rejected(api: httpx.Client, spec: FamilySpec, sta
     assert api.get(spec.url(spec.oid(view))).json() == view
 
 
-@pytest.mark.parametrize("spec", [s for s in FAMILIES if s.name != "managed_model"], ids=str)
+@pytest.mark.parametrize(
+    "spec", [s for s in FAMILIES if s.name != "managed_model"], ids=lambda s: s.name
+)
 def test_put_with_other_id_in_body_is_400(api: httpx.Client, spec: FamilySpec) -> None:
     _, view = _create(api, spec)
     other = uid("other")

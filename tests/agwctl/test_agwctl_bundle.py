@@ -202,6 +202,7 @@ def test_validate_is_local(tmp_path: Path) -> None:
             "acp_services": 1,
             "acp_routes": 1,
             "agents": 1,
+            "limits": 0,
         },
     }
 

@@ -65,11 +65,16 @@ header                     flag / env                effect
 ``x-fake-flood-block: N``  ``--flood-block``         the flood's bytes per write (default
                                                      1 MiB; small: many small reads), with
                                                      ``chunk_delay_ms`` between writes
+``x-fake-reply-words: N``  ``--reply-words``         the reply is N words (``w1 w2 ...``)
+                                                     after the prefix, cut to fit the
+                                                     request's max_tokens (completion =
+                                                     words + 3); streamed a word an event
 =========================  ========================  ===================================
 
 Control endpoints (not logged): ``GET|POST /_fake/config`` reads / updates the process knobs
 (JSON keys ``status delay_ms chunk_delay_ms cut_after fail_first require_key error_message
-flood_bytes flood_length flood_block``),
+flood_bytes flood_length flood_block reply_words answer_header``; ``answer_header`` is
+``"Name: value"``, added to JSON chat answers),
 ``POST /_fake/reset`` zeroes the request counter.
 """
 
@@ -137,8 +142,9 @@ KNOB_HEADERS = {
     "flood_bytes": "x-fake-flood-bytes",
     "flood_length": "x-fake-flood-length",
     "flood_block": "x-fake-flood-block",
+    "reply_words": "x-fake-reply-words",
 }
-STRING_KNOBS = ("require_key", "error_message")
+STRING_KNOBS = ("require_key", "error_message", "answer_header")
 FLOOD_BLOCK = b"x" * (1024 * 1024)
 
 
@@ -222,8 +228,29 @@ def last_user_text(body: dict[str, Any], dialect: str) -> str:
     return " ".join(message_texts(users[-1].get("content"))) if users else ""
 
 
-def reply_text(body: dict[str, Any], dialect: str) -> str:
-    return REPLY_PREFIX + last_user_text(body, dialect)[:60]
+_MAX_FIELDS = {
+    "openai": ("max_completion_tokens", "max_tokens"),
+    "responses": ("max_output_tokens",),
+    "anthropic": ("max_tokens",),
+}
+
+
+def reply_text(body: dict[str, Any], dialect: str, reply_words: int = 0) -> str:
+    if reply_words <= 0:
+        return REPLY_PREFIX + last_user_text(body, dialect)[:60]
+    cap: Any = None
+    if dialect == "gemini":
+        config = body.get("generationConfig")
+        cap = config.get("maxOutputTokens") if isinstance(config, dict) else None
+    else:
+        for name in _MAX_FIELDS.get(dialect, ()):
+            if isinstance(body.get(name), int):
+                cap = body[name]
+                break
+    n = reply_words
+    if isinstance(cap, int):  # completion = words + 3, with "echo:" one of the words
+        n = max(0, min(n, cap - 4))
+    return REPLY_PREFIX + " ".join(f"w{i}" for i in range(1, n + 1))
 
 
 def words(text: str) -> list[str]:
@@ -255,6 +282,8 @@ class Knobs:
     flood_bytes: int = 0
     flood_length: int = 0
     flood_block: int = 0  # 0: FLOOD_BLOCK
+    reply_words: int = 0  # 0: the echo reply
+    answer_header: str = ""  # "Name: value" added to a JSON chat answer
 
     def for_request(self, request: web.Request) -> Knobs:
         """The process knobs, overridden by the request's x-fake-* headers."""
@@ -420,7 +449,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if not isinstance(body, dict):
             return error_response(dialect, 400, "request body must be a JSON object", fake)
         if path == "/v1/chat/completions":
-            return await chat_completions(request, fake, knobs, body)
+            answer = await chat_completions(request, fake, knobs, body)
+            if knobs.answer_header and not answer.prepared:
+                name, _, value = knobs.answer_header.partition(":")
+                answer.headers[name.strip()] = value.strip()
+            return answer
         if path == "/v1/responses":
             return await responses(request, fake, knobs, body)
         if path == "/v1/embeddings":
@@ -645,7 +678,7 @@ async def chat_completions(
     request: web.Request, fake: Fake, knobs: Knobs, body: dict[str, Any]
 ) -> web.StreamResponse:
     model = str(body.get("model") or "fake-gpt")
-    reply = reply_text(body, "openai")
+    reply = reply_text(body, "openai", knobs.reply_words)
     counted = (prompt_tokens(body, "openai"), completion_tokens(reply))
     usage = deepseek_usage(*counted) if model.startswith("deepseek-") else openai_usage(*counted)
     call = tool_call(body, "openai")
@@ -724,7 +757,7 @@ async def responses(
     request: web.Request, fake: Fake, knobs: Knobs, body: dict[str, Any]
 ) -> web.StreamResponse:
     model = str(body.get("model") or "fake-gpt")
-    reply = reply_text(body, "responses")
+    reply = reply_text(body, "responses", knobs.reply_words)
     prompt, completion = prompt_tokens(body, "responses"), completion_tokens(reply)
     usage = {
         "input_tokens": prompt,
@@ -870,7 +903,7 @@ async def messages(
     request: web.Request, fake: Fake, knobs: Knobs, body: dict[str, Any]
 ) -> web.StreamResponse:
     model = str(body.get("model") or "fake-claude")
-    reply = reply_text(body, "anthropic")
+    reply = reply_text(body, "anthropic", knobs.reply_words)
     prompt, completion = prompt_tokens(body, "anthropic"), completion_tokens(reply)
     call = tool_call(body, "anthropic")
     mid = fake.next_id("msg_", 24)
@@ -960,7 +993,7 @@ async def gemini(
     prompt = prompt_tokens(body, "gemini")
     if action == "countTokens":
         return web.json_response({"totalTokens": prompt})
-    reply = reply_text(body, "gemini")
+    reply = reply_text(body, "gemini", knobs.reply_words)
     completion = completion_tokens(reply)
     usage = {
         "promptTokenCount": prompt,
@@ -1081,6 +1114,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=_env_int("FLOOD_BLOCK", 0),
         help="the flood's bytes per write (0: 1 MiB)",
+    )
+    knob.add_argument(
+        "--reply-words",
+        type=int,
+        default=_env_int("REPLY_WORDS", 0),
+        help="the reply is this many words, cut to the request's max_tokens (0: the echo)",
+    )
+    knob.add_argument(
+        "--answer-header",
+        default=os.environ.get("FAKE_LLM_ANSWER_HEADER", ""),
+        help='"Name: value" added to JSON chat answers',
     )
     knob.add_argument(
         "--require-key",

@@ -6,6 +6,7 @@ failed install fails it."""
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 from pathlib import Path
@@ -37,6 +38,15 @@ def _installed(package: str, prefix: Path, path: Path) -> Path:
     if npm is None or shutil.which("node") is None:
         pytest.skip(f"{package} is installed with npm: needs npm and node (Node.js 18+) on PATH")
     prefix.mkdir(parents=True, exist_ok=True)
+    # one install at a time: the suite's workers (pytest-xdist) may want the same tool at once
+    with (prefix.parent / f"{prefix.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return path
+        return _install(npm, package, prefix, path)
+
+
+def _install(npm: str, package: str, prefix: Path, path: Path) -> Path:
     done = subprocess.run(
         [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), package],
         capture_output=True,

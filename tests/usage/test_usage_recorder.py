@@ -63,6 +63,8 @@ def test_events_round_trip_into_their_tables(tmp_path: Path) -> None:
         session_id="sess-1",
         cost_usd=0.0125,
         cost_source="catalog",
+        limit_id="daily-usd",
+        limit_action="clamped",
     )
     mcp = McpUsageEvent(
         event_id="e-mcp",
@@ -115,7 +117,7 @@ def test_events_round_trip_into_their_tables(tmp_path: Path) -> None:
 
     common = {"trace_id": None, "parent_span_id": None, "agent_depth": 0, "virtual_key_id": None}
     common |= {"agent_id": None, "route_protocol": None, "error_type": None}
-    common |= {"user_id": None, "org_id": None}
+    common |= {"user_id": None, "org_id": None, "limit_id": None, "limit_action": None}
     assert rows(path, "llm_usage_events") == [
         {
             "event_id": "e-llm",
@@ -161,6 +163,8 @@ def test_events_round_trip_into_their_tables(tmp_path: Path) -> None:
             "org_id": None,
             "cost_usd": 0.0125,
             "cost_source": "catalog",
+            "limit_id": "daily-usd",
+            "limit_action": "clamped",
         }
     ]
     (mcp_row,) = rows(path, "mcp_usage_events")

@@ -1,4 +1,4 @@
-"""Migrations 0002, 0004 and 0005 and the event classes against the real tables."""
+"""Migrations 0002, 0004, 0005 and 0010 and the event classes against the real tables."""
 
 from __future__ import annotations
 
@@ -122,7 +122,8 @@ def test_migration_5_adds_the_principal_to_every_usage_table(tmp_path: Path) -> 
         at = columns.index("user_id")
         assert columns[at : at + 2] == ["user_id", "org_id"], table
         later = {LLM: ["cost_usd", "cost_source"], "mcp_usage_events": ["cost_usd"]}
-        assert columns[at + 2 :] == later.get(table, []), table
+        limits = ["limit_id", "limit_action"]  # migration 10
+        assert columns[at + 2 :] == [*later.get(table, []), *limits], table
         (old,) = rows(path, table)
         assert (old["user_id"], old["org_id"]) == (None, None), table
     with closing(sqlite3.connect(path)) as conn:
@@ -137,3 +138,60 @@ def test_migration_5_adds_the_principal_to_every_usage_table(tmp_path: Path) -> 
         )
     assert {"idx_llm_usage_user", "idx_llm_usage_org", "idx_mcp_usage_user"} <= indexes
     assert "idx_llm_usage_user" in plan
+
+
+def test_migration_10_adds_the_limits_tables_and_the_limit_columns(tmp_path: Path) -> None:
+    """Schema 10: the limits family table, the limit backend's counters, and limit_id /
+    limit_action on the three usage tables (NULL on the rows written before), with partial
+    indexes for the metrics API's filters on them."""
+    path = tmp_path / "c.db"
+    with closing(sqlite3.connect(path)) as conn:
+        for number in range(1, 6):  # migration 6 seals secrets: a step of Database.migrate
+            (script,) = migrations_dir().glob(f"{number:04d}_*.sql")
+            conn.executescript(script.read_text())
+        conn.execute("PRAGMA user_version = 5")
+        for table in ("llm_usage_events", "mcp_usage_events", "acp_usage_events"):
+            conn.execute(
+                f"INSERT INTO {table} (event_id, span_id, started_at, finished_at) "
+                "VALUES ('old', 's', 1, 2)"
+            )
+        conn.commit()
+    open_and_close(path)
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == latest_version()
+        family = [r[1:6] for r in conn.execute("PRAGMA table_info(limits)")]
+        policies = [r[1:6] for r in conn.execute("PRAGMA table_info(authorization_policies)")]
+        counters = [(r[1], r[2], r[5]) for r in conn.execute("PRAGMA table_info(limit_counters)")]
+        indexes = {r[1] for r in conn.execute("SELECT * FROM sqlite_master WHERE type='index'")}
+        plans = {
+            f"idx_{table[:3]}_usage_{column.removesuffix('_id')}": " ".join(
+                str(r[3])
+                for r in conn.execute(
+                    f"EXPLAIN QUERY PLAN SELECT COUNT(*) FROM {table} "
+                    f"WHERE {column} = ? AND started_at >= ?",
+                    ("x", 0),
+                )
+            )
+            for table in ("llm_usage_events", "mcp_usage_events", "acp_usage_events")
+            for column in ("limit_id", "limit_action")
+        }
+    assert family == policies
+    assert counters == [
+        ("limit_id", "TEXT", 1),
+        ("subject", "TEXT", 2),
+        ("window", "TEXT", 0),
+        ("window_start", "INTEGER", 0),
+        ("cost_usd", "REAL", 0),
+        ("total_tokens", "INTEGER", 0),
+        ("input_tokens", "INTEGER", 0),
+        ("output_tokens", "INTEGER", 0),
+        ("requests", "INTEGER", 0),
+        ("updated_at", "INTEGER", 0),
+    ]
+    for table in ("llm_usage_events", "mcp_usage_events", "acp_usage_events"):
+        assert table_columns(path, table)[-2:] == ["limit_id", "limit_action"], table
+        (old,) = rows(path, table)
+        assert (old["limit_id"], old["limit_action"]) == (None, None), table
+    assert len(plans) == 6 and set(plans) <= indexes
+    for index, plan in plans.items():
+        assert index in plan, plan

@@ -77,10 +77,17 @@ class MessagesWire(WireFormat):
 class AnthropicErrors(ErrorDialect):
     """``{"type": "error", "error": {...}}``; inside a stream, an ``error`` event."""
 
-    def body(self, status: int, message: str, code: str | None = None) -> bytes:
-        return json.dumps(
-            {"type": "error", "error": {"type": error_type(status), "message": message}}
-        ).encode()
+    def body(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        error: dict[str, Any] = {"type": error_type(status), "message": message}
+        if extra:
+            error.update(extra)
+        return json.dumps({"type": "error", "error": error}).encode()
 
     def stream_frame(self, status: int, message: str) -> bytes:
         return frame(self.body(status, message).decode(), "error")

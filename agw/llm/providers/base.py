@@ -59,7 +59,14 @@ class ErrorDialect:
     """How a client of one dialect is told no: an error answer, or an error event inside a
     stream that has already started."""
 
-    def body(self, status: int, message: str, code: str | None = None) -> bytes:
+    def body(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """``extra``: more members of the error object (a limit's ``limit``: docs/limits.md)."""
         raise NotImplementedError
 
     def stream_frame(self, status: int, message: str) -> bytes:

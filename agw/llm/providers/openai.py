@@ -111,10 +111,17 @@ class EmbeddingsWire(WireFormat):
 class OpenAiErrors(ErrorDialect):
     """The OpenAI error object; inside a stream, that object in a ``data`` line."""
 
-    def body(self, status: int, message: str, code: str | None = None) -> bytes:
-        return json.dumps(
-            {"error": {"message": message, "type": error_type(status), "param": None, "code": code}}
-        ).encode()
+    def body(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        error = {"message": message, "type": error_type(status), "param": None, "code": code}
+        if extra:
+            error.update(extra)
+        return json.dumps({"error": error}).encode()
 
     def stream_frame(self, status: int, message: str) -> bytes:
         return frame(self.body(status, message).decode())

@@ -280,6 +280,17 @@ class StreamTranslator:
             return b""
         return self._encode([Error(message)])
 
+    def cut(self, usage: Usage | None = None) -> bytes:
+        """The client's clean end for a stream the gateway stops itself (a limit with
+        ``on_exceed: cut``): the open block closed, the stop reason ``max_tokens`` (chat
+        ``finish_reason: "length"``, Responses ``response.incomplete`` with
+        ``incomplete_details.reason: "max_output_tokens"``, Gemini ``MAX_TOKENS``), ``usage``
+        (when given) merged into what the upstream reported, and the terminator. b"" once the
+        stream is finished. A stop reason the upstream already sent stands."""
+        if self._finished:
+            return b""
+        return self._encode([MessageDelta("max_tokens", None, usage), MessageStop()])
+
     def _encode(self, events: list[Event]) -> bytes:
         for ev in events:
             if isinstance(ev, MessageStart) and ev.usage is not None:

@@ -1,0 +1,440 @@
+"""Where limit counters live, and the one operation that must be atomic: check and reserve.
+
+A request counts against one counter per limit that applies to it (a :class:`Charge`: the
+limit and the subject's value). Each counter keeps, per meter (dollars, tokens, requests,
+requests in flight), what is ``used`` (settled by answers that ended in the current window) and
+what is ``held`` (reserved by requests still in flight). The backend:
+
+- :meth:`LimitBackend.reserve`: all the charges of one request, checked and held together or
+  not at all. What a request holds is its ``fixed`` part (the estimated input, one request, one
+  in flight) plus ``per_output`` times the output tokens granted: the ``want_output`` asked
+  for, or fewer (the largest number every enforced counter can still pay for, when that is at
+  least the binding limits' ``min_output_tokens``: the clamp), or a :class:`Denial`.
+- :meth:`extend`: a stream that passes what it holds takes more, atomically; a ``cut`` limit
+  that cannot pay stops it, a ``finish`` limit lets it run past its cap.
+- :meth:`settle`: the answer ended (or failed, or was cancelled): its hold is dropped and what
+  it really used is added to ``used``.
+
+:class:`InProcessBackend` keeps the counters in this process: each method runs without awaiting,
+so on one event loop each is atomic. A shared backend (Redis, PostgreSQL: the scale-out issue)
+implements the same methods with one atomic script or transaction per call: nothing here reads
+a counter and writes it back in two steps. Windows are fixed and aligned to UTC (``1d`` resets
+at midnight UTC, ``month`` on the 1st); an answer that ends after its window rolled over is
+counted in the new one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from operator import add, sub
+from typing import Literal, Protocol
+
+from agw.config.limits import window_seconds
+from agw.store.limit_repo import CounterRow
+
+COST, TOKENS, INPUT, OUTPUT, REQUESTS, CONCURRENT = range(6)
+METERS = ("cost_usd", "total_tokens", "input_tokens", "output_tokens", "requests", "concurrent")
+NO_CAP = math.inf
+Vector = list[float]
+_EPS = 1e-9
+
+
+def zero() -> Vector:
+    return [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """What the backend needs of a limit (the compiled config, agw/policy/limits.py)."""
+
+    id: str
+    caps: tuple[float, ...]  # per meter; NO_CAP where the limit sets none
+    window: str  # "1d", "month", "lifetime"
+    window_s: int | None  # seconds of a fixed window; None for month and lifetime
+    enforce: bool = True
+    on_exceed: Literal["finish", "cut"] = "finish"
+    min_output_tokens: int = 1024
+    warn_at: float = 0.8
+    capped: tuple[int, ...] = ()  # the meters with a cap (set by :func:`spec`)
+
+
+def spec(
+    id: str,
+    caps: Sequence[float],
+    window: str,
+    window_s: int | None,
+    enforce: bool = True,
+    on_exceed: Literal["finish", "cut"] = "finish",
+    min_output_tokens: int = 1024,
+    warn_at: float = 0.8,
+) -> LimitSpec:
+    capped = tuple(m for m, cap in enumerate(caps) if cap != NO_CAP)
+    return LimitSpec(
+        id, tuple(caps), window, window_s, enforce, on_exceed, min_output_tokens, warn_at, capped
+    )
+
+
+def window_bounds(window: str, window_s: int | None, now: float) -> tuple[float, float]:
+    """(start, end) in unix seconds of the window ``now`` is in."""
+    if window_s is not None:
+        start = now - now % window_s
+        return start, start + window_s
+    if window == "month":
+        day = datetime.fromtimestamp(now, UTC)
+        start_dt = day.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        if start_dt.month == 12:
+            end_dt = start_dt.replace(year=start_dt.year + 1, month=1)
+        else:
+            end_dt = start_dt.replace(month=start_dt.month + 1)
+        return start_dt.timestamp(), end_dt.timestamp()
+    return 0.0, math.inf
+
+
+@dataclass(slots=True)
+class Counter:
+    limit_id: str
+    subject: str
+    window: str
+    start: float
+    end: float
+    used: Vector = field(default_factory=zero)
+    held: Vector = field(default_factory=zero)
+    key: tuple[str, str] = ("", "")  # (limit_id, subject): its key in the backend
+
+    def __post_init__(self) -> None:
+        self.key = (self.limit_id, self.subject)
+
+    def roll(self, spec: LimitSpec, now: float) -> None:
+        """A new window: what was used is forgotten; what is held stays held (those requests
+        are still in flight and settle into the window they end in)."""
+        if now < self.end and spec.window == self.window:
+            return
+        self.window = spec.window
+        self.start, self.end = window_bounds(spec.window, spec.window_s, now)
+        self.used = zero()
+
+
+@dataclass(slots=True)
+class Charge:
+    spec: LimitSpec
+    subject: str
+
+
+@dataclass(slots=True)
+class Plan:
+    """One request's charges and what it would take of each counter."""
+
+    charges: list[Charge]
+    fixed: Vector
+    per_output: Vector
+    want_output: int
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Why a request may not go on: the first counter that cannot pay."""
+
+    spec: LimitSpec
+    subject: str
+    meter: int
+    used: float  # used + held, before this request
+    retry_after: int | None  # seconds; None: this window never resets (lifetime)
+    resets_at: float | None  # unix seconds
+
+
+@dataclass(slots=True)
+class Grant:
+    """What one admitted request holds."""
+
+    charges: list[Charge]
+    counters: list[Counter]
+    held: Vector
+    output: int  # output tokens granted (== want_output unless clamped)
+    clamped_by: str | None = None  # the limit that lowered the output
+    shadow: str | None = None  # an enforce:false limit that would have refused
+    warned: list[int] = field(default_factory=list)  # charges past their warn_at share
+    settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """What :meth:`LimitBackend.extend` did: ``cut_by``, a cut limit that cannot pay (nothing
+    was taken); else the extra is held, and ``exceeded`` names the finish limits now past
+    their caps."""
+
+    cut_by: Charge | None = None
+    exceeded: tuple[str, ...] = ()
+
+
+class LimitBackend(Protocol):
+    async def reserve(self, plan: Plan) -> Grant | Denial: ...
+
+    async def extend(self, grant: Grant, extra: Vector) -> Extension: ...
+
+    def settle(self, grant: Grant, actual: Vector) -> None: ...
+
+    def counters(self, limit_id: str | None = None) -> list[Counter]: ...
+
+    async def reset(self, limit_id: str, subject: str | None = None) -> int: ...
+
+
+class InProcessBackend:
+    """The counters in this process's memory (see the module docstring). ``clock``: unix
+    seconds, injectable for tests of window boundaries."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._counters: dict[tuple[str, str], Counter] = {}
+        self.dirty: set[tuple[str, str]] = set()  # changed since the last save
+        self.deleted: set[tuple[str, str]] = set()  # dropped since the last save
+
+    # ------------------------------------------------------------------------------ counters
+
+    def _counter(self, spec: LimitSpec, subject: str, now: float) -> Counter:
+        key = (spec.id, subject)
+        counter = self._counters.get(key)
+        if counter is None:
+            start, end = window_bounds(spec.window, spec.window_s, now)
+            counter = self._counters[key] = Counter(spec.id, subject, spec.window, start, end)
+        elif now >= counter.end or counter.window != spec.window:
+            counter.roll(spec, now)
+            self.dirty.add(key)
+        return counter
+
+    def counters(self, limit_id: str | None = None) -> list[Counter]:
+        """The counters (of one limit), each rolled to the current window."""
+        now = self.clock()
+        out = []
+        for (lid, _), counter in self._counters.items():
+            if limit_id is None or lid == limit_id:
+                if now >= counter.end:
+                    counter.start, counter.end = window_bounds(
+                        counter.window, window_seconds(counter.window), now
+                    )
+                    counter.used = zero()
+                out.append(counter)
+        return out
+
+    # ------------------------------------------------------------------------- the hot path
+
+    async def reserve(self, plan: Plan) -> Grant | Denial:
+        now = self.clock()
+        counters = [self._counter(c.spec, c.subject, now) for c in plan.charges]
+        fixed, per_out, want = plan.fixed, plan.per_output, plan.want_output
+        granted = want
+        clamped_by: str | None = None
+        floor = 0
+        shadow: str | None = None
+        for charge, counter in zip(plan.charges, counters, strict=True):
+            spec = charge.spec
+            used, held, caps = counter.used, counter.held, spec.caps
+            for m in spec.capped:
+                avail = caps[m] - used[m] - held[m] - fixed[m]
+                per = per_out[m]
+                if per > 0:
+                    fits = math.floor(avail / per + _EPS) if avail >= -_EPS else -1
+                    if fits >= want:
+                        continue
+                else:
+                    if avail >= -_EPS:
+                        continue
+                    fits = -1
+                if not spec.enforce:
+                    shadow = shadow or spec.id
+                    continue
+                if fits < 1 or fits < spec.min_output_tokens or per == 0:
+                    return self._denial(charge, counter, m, fixed, per_out, now)
+                if fits < granted:
+                    granted, clamped_by = fits, spec.id
+                floor = max(floor, spec.min_output_tokens)
+        if granted < floor:  # two limits bind, and one's floor is above what the other affords
+            for charge, counter in zip(plan.charges, counters, strict=True):
+                spec = charge.spec
+                if spec.id == clamped_by:
+                    m = next(m for m in spec.capped if per_out[m] > 0)
+                    return self._denial(charge, counter, m, fixed, per_out, now)
+        hold = [fixed[m] + granted * per_out[m] for m in range(6)]
+        grant = Grant(plan.charges, counters, hold, granted, clamped_by, shadow)
+        dirty = self.dirty
+        for i, (charge, counter) in enumerate(zip(plan.charges, counters, strict=True)):
+            spec = charge.spec
+            counter.held = held = list(map(add, counter.held, hold))
+            used, caps = counter.used, spec.caps
+            dirty.add(counter.key)
+            warn = spec.warn_at
+            for m in spec.capped:
+                if m != CONCURRENT and used[m] + held[m] >= warn * caps[m]:
+                    grant.warned.append(i)
+                    break
+        return grant
+
+    def _denial(
+        self,
+        charge: Charge,
+        counter: Counter,
+        meter: int,
+        fixed: Vector,
+        per_out: Vector,
+        now: float,
+    ) -> Denial:
+        spec = charge.spec
+        used = counter.used[meter] + counter.held[meter]
+        resets_at: float | None = None if counter.end == math.inf else counter.end
+        if meter == CONCURRENT:
+            retry_after: int | None = 1
+            resets_at = None
+        elif (
+            meter < REQUESTS
+            and counter.held[meter] > 0
+            and (
+                counter.used[meter] + fixed[meter] + per_out[meter] * spec.min_output_tokens
+                <= spec.caps[meter]
+            )
+        ):
+            retry_after = 2  # requests in flight hold it: their answers may free enough
+        elif resets_at is None:
+            retry_after = None
+        else:
+            retry_after = max(1, math.ceil(resets_at - now))
+        return Denial(spec, charge.subject, meter, used, retry_after, resets_at)
+
+    async def extend(self, grant: Grant, extra: Vector) -> Extension:
+        exceeded: list[str] = []
+        for charge, counter in zip(grant.charges, grant.counters, strict=True):
+            spec = charge.spec
+            if not spec.enforce:
+                continue
+            for m in spec.capped:
+                if extra[m] <= 0:
+                    continue
+                if counter.used[m] + counter.held[m] + extra[m] > spec.caps[m] + _EPS:
+                    if spec.on_exceed == "cut":
+                        return Extension(cut_by=charge)
+                    if spec.id not in exceeded:
+                        exceeded.append(spec.id)
+        for counter in grant.counters:
+            for m in range(6):
+                counter.held[m] += extra[m]
+            self.dirty.add(counter.key)
+        for m in range(6):
+            grant.held[m] += extra[m]
+        return Extension(exceeded=tuple(exceeded))
+
+    def settle(self, grant: Grant, actual: Vector) -> None:
+        if grant.settled:
+            return
+        grant.settled = True
+        now = self.clock()
+        hold = grant.held
+        counters = self._counters
+        for charge, counter in zip(grant.charges, grant.counters, strict=True):
+            if counters.get(counter.key) is counter:
+                if now >= counter.end:
+                    counter.roll(charge.spec, now)
+                counter.held = [x if x > _EPS else 0.0 for x in map(sub, counter.held, hold)]
+            else:  # reset or dropped meanwhile: what was used goes to the live one
+                counter = self._counter(charge.spec, charge.subject, now)
+            counter.used = list(map(add, counter.used, actual))  # actual[CONCURRENT] is 0
+            self.dirty.add(counter.key)
+
+    # ---------------------------------------------------------------------------- admin
+
+    async def reset(self, limit_id: str, subject: str | None = None) -> int:
+        """Forget what was used (holds of requests in flight stay); returns how many counters."""
+        n = 0
+        for (lid, subj), counter in list(self._counters.items()):
+            if lid == limit_id and (subject is None or subj == subject):
+                counter.used = zero()
+                self.dirty.add((lid, subj))
+                n += 1
+        return n
+
+    def forget(self, limit_ids: Iterable[str]) -> None:
+        """Drop the counters of limits that no longer exist (a config change)."""
+        gone = set(limit_ids)
+        for key in [k for k in self._counters if k[0] in gone]:
+            del self._counters[key]
+            self.dirty.discard(key)
+            self.deleted.add(key)
+
+    # ---------------------------------------------------------------------- persistence
+
+    def load(self, rows: Sequence[CounterRow], specs: dict[str, LimitSpec]) -> int:
+        """Counters saved by an earlier process, for the limits that still exist with the same
+        window, and only where that window has not ended: a restart does not reset a day's
+        or a month's spend."""
+        now = self.clock()
+        n = 0
+        for row in rows:
+            spec = specs.get(row.limit_id)
+            if spec is None or spec.window != row.window:
+                continue
+            start, end = window_bounds(spec.window, spec.window_s, now)
+            if abs(row.window_start / 1000 - start) > 1e-3:
+                continue
+            used = zero()
+            used[COST] = row.cost_usd
+            used[TOKENS] = float(row.total_tokens)
+            used[INPUT] = float(row.input_tokens)
+            used[OUTPUT] = float(row.output_tokens)
+            used[REQUESTS] = float(row.requests)
+            key = (row.limit_id, row.subject)
+            self._counters[key] = Counter(row.limit_id, row.subject, spec.window, start, end, used)
+            n += 1
+        return n
+
+    def evict(self) -> int:
+        """Forget the counters whose window has ended and that hold nothing (their use is
+        over: a new request starts a fresh window), so subjects seen once (sessions, users)
+        do not pile up in memory; lifetime counters stay. Their saved rows are deleted."""
+        now = self.clock()
+        gone = [key for key, c in self._counters.items() if now >= c.end and not any(c.held)]
+        for key in gone:
+            del self._counters[key]
+            self.dirty.discard(key)
+            self.deleted.add(key)
+        return len(gone)
+
+    def take_changes(self) -> tuple[list[CounterRow], list[tuple[str, str]]]:
+        """The counters changed since the last call, as rows to save, and those to delete."""
+        now_ms = int(self.clock() * 1000)
+        rows = []
+        for key in self.dirty:
+            counter = self._counters.get(key)
+            if counter is None:
+                continue
+            used = counter.used
+            rows.append(
+                CounterRow(
+                    counter.limit_id,
+                    counter.subject,
+                    counter.window,
+                    0 if counter.end == math.inf else int(counter.start * 1000),
+                    used[COST],
+                    int(used[TOKENS]),
+                    int(used[INPUT]),
+                    int(used[OUTPUT]),
+                    int(used[REQUESTS]),
+                    now_ms,
+                )
+            )
+        deleted = list(self.deleted)
+        self.dirty = set()
+        self.deleted = set()
+        return rows, deleted
+
+
+def share(spec: LimitSpec, counter: Counter) -> float:
+    """The largest share of a cap used or held."""
+    best = 0.0
+    for m in spec.capped:
+        if m == CONCURRENT:
+            continue
+        share = (counter.used[m] + counter.held[m]) / spec.caps[m]
+        if share > best:
+            best = share
+    return best

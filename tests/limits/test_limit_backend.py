@@ -1,0 +1,185 @@
+"""The in-process limit backend on its own (agw/policy/limit_backend.py): windows and their
+rollover, the clamp when several limits bind, shadow limits, streams taking more, settling,
+eviction and reloading saved counters. The clock is injected (the only thing replaced)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import pytest
+
+from agw.policy.limit_backend import (
+    CONCURRENT,
+    COST,
+    NO_CAP,
+    OUTPUT,
+    REQUESTS,
+    Charge,
+    Denial,
+    Grant,
+    InProcessBackend,
+    LimitSpec,
+    Plan,
+    spec,
+    window_bounds,
+)
+from agw.store.limit_repo import CounterRow
+
+DAY = 86400
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def caps(**kw: float) -> list[float]:
+    out = [NO_CAP] * 6
+    names = {"cost": COST, "output": OUTPUT, "requests": REQUESTS, "concurrent": CONCURRENT}
+    for name, value in kw.items():
+        out[names[name]] = value
+    return out
+
+
+def plan(specs: list[LimitSpec], want: int = 0, cost_in: float = 0.0, per: float = 0.0) -> Plan:
+    per_output = [per, 1.0 if per else 0.0, 0.0, 1.0 if per else 0.0, 0.0, 0.0]
+    return Plan([Charge(s, "k") for s in specs], [cost_in, 0, 0, 0, 1, 1], per_output, want)
+
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def test_fixed_windows_are_utc_aligned_and_a_month_is_the_calendar_month() -> None:
+    t = datetime(2026, 12, 6, 21, 7, 30, tzinfo=UTC).timestamp()
+    start, end = window_bounds("1d", DAY, t)
+    assert datetime.fromtimestamp(start, UTC) == datetime(2026, 12, 6, tzinfo=UTC)
+    assert end - start == DAY
+    start, end = window_bounds("month", None, t)
+    assert datetime.fromtimestamp(start, UTC) == datetime(2026, 12, 1, tzinfo=UTC)
+    assert datetime.fromtimestamp(end, UTC) == datetime(2027, 1, 1, tzinfo=UTC)
+    assert window_bounds("lifetime", None, t) == (0.0, math.inf)
+
+
+def test_a_new_window_forgets_what_was_used_but_keeps_what_is_held() -> None:
+    clock = Clock(1_000_000 * 60 + 10)
+    backend = InProcessBackend(clock)
+    rpm = spec("rpm", caps(requests=2), "1m", 60)
+    held = run(backend.reserve(plan([rpm])))
+    assert isinstance(held, Grant)
+    done = run(backend.reserve(plan([rpm])))
+    assert isinstance(done, Grant)
+    backend.settle(done, [0, 0, 0, 0, 1, 0])
+    refused = run(backend.reserve(plan([rpm])))
+    assert isinstance(refused, Denial) and refused.retry_after == 50
+    clock.now += 55  # the next minute
+    again = run(backend.reserve(plan([rpm])))
+    assert isinstance(again, Grant)  # 1 held from before + this one
+    assert isinstance(run(backend.reserve(plan([rpm]))), Denial)
+    backend.settle(held, [0, 0, 0, 0, 1, 0])  # counted in the window it ended in
+    (counter,) = backend.counters("rpm")
+    assert counter.used[REQUESTS] == 1 and counter.held[REQUESTS] == 1
+
+
+def test_the_clamp_takes_what_every_limit_affords_and_the_binding_floor() -> None:
+    backend = InProcessBackend(Clock(5.0))
+    small = spec("small", caps(cost=0.5), "lifetime", None, min_output_tokens=100)
+    big = spec("big", caps(cost=10.0), "lifetime", None, min_output_tokens=400)
+    grant = run(backend.reserve(plan([small, big], want=4096, cost_in=0.001, per=0.001)))
+    assert isinstance(grant, Grant) and grant.output == 499 and grant.clamped_by == "small"
+    backend.settle(grant, [0.2, 0, 0, 0, 1, 0])
+    # small now affords 299 (< big's floor of 400, but big does not bind): still clamped
+    grant = run(backend.reserve(plan([small, big], want=4096, cost_in=0.001, per=0.001)))
+    assert isinstance(grant, Grant) and grant.output == 299
+    backend.settle(grant, [0.25, 0, 0, 0, 1, 0])
+    # 0.05 left: 49 tokens, under small's floor: refused by small, with what is left
+    refused = run(backend.reserve(plan([small, big], want=4096, cost_in=0.001, per=0.001)))
+    assert isinstance(refused, Denial) and refused.spec.id == "small"
+    assert refused.used == pytest.approx(0.45) and refused.retry_after is None
+
+
+def test_two_binding_limits_refuse_below_the_higher_floor() -> None:
+    backend = InProcessBackend(Clock(5.0))
+    a = spec("a", caps(output=300), "lifetime", None, min_output_tokens=10)
+    b = spec("b", caps(output=1000), "lifetime", None, min_output_tokens=500)
+    grant = run(backend.reserve(plan([a, b], want=800, per=0.001)))  # only a binds
+    assert isinstance(grant, Grant) and grant.output == 300
+    backend.settle(grant, [0, 0, 0, 0, 1, 0])
+    both = run(backend.reserve(plan([a, b], want=1200, per=0.001)))  # both bind: floor 500
+    assert isinstance(both, Denial) and both.spec.id == "a"
+
+
+def test_a_shadow_limit_never_refuses_but_is_named() -> None:
+    backend = InProcessBackend(Clock(5.0))
+    shadow = spec("watch", caps(requests=1), "lifetime", None, enforce=False)
+    first = run(backend.reserve(plan([shadow])))
+    second = run(backend.reserve(plan([shadow])))
+    assert isinstance(first, Grant) and first.shadow is None
+    assert isinstance(second, Grant) and second.shadow == "watch"
+
+
+def test_extend_cut_and_finish() -> None:
+    backend = InProcessBackend(Clock(5.0))
+    cut = spec("cut", caps(output=100), "lifetime", None, on_exceed="cut", min_output_tokens=1)
+    fin = spec("fin", caps(output=50), "lifetime", None, min_output_tokens=1)
+    grant = run(backend.reserve(plan([cut], want=40, per=0.001)))
+    assert isinstance(grant, Grant)
+    ok = run(backend.extend(grant, [0, 0, 0, 50, 0, 0]))
+    assert ok.cut_by is None  # 90 of 100
+    stop = run(backend.extend(grant, [0, 0, 0, 20, 0, 0]))
+    assert stop.cut_by is not None and stop.cut_by.spec.id == "cut"
+    assert grant.held[OUTPUT] == 90  # nothing taken by the refused extension
+    grant2 = run(backend.reserve(plan([fin], want=40, per=0.001)))
+    assert isinstance(grant2, Grant)
+    over = run(backend.extend(grant2, [0, 0, 0, 30, 0, 0]))
+    assert over.cut_by is None and over.exceeded == ("fin",)
+    backend.settle(grant2, [0, 70, 0, 70, 1, 0])
+    assert isinstance(run(backend.reserve(plan([fin], want=1, per=0.001))), Denial)
+
+
+def test_settling_twice_counts_once_and_concurrency_is_released() -> None:
+    backend = InProcessBackend(Clock(5.0))
+    par = spec("par", caps(concurrent=1, requests=10), "lifetime", None)
+    grant = run(backend.reserve(plan([par])))
+    assert isinstance(grant, Grant)
+    denied = run(backend.reserve(plan([par])))
+    assert isinstance(denied, Denial) and denied.meter == CONCURRENT and denied.retry_after == 1
+    backend.settle(grant, [0, 0, 0, 0, 1, 0])
+    backend.settle(grant, [0, 0, 0, 0, 1, 0])
+    (counter,) = backend.counters("par")
+    assert counter.used[REQUESTS] == 1 and counter.held == [0.0] * 6
+
+
+def test_ended_windows_are_evicted_and_saved_rows_reload_only_in_their_window() -> None:
+    clock = Clock(10 * DAY + 100)
+    backend = InProcessBackend(clock)
+    daily = spec("daily", caps(requests=5), "1d", DAY)
+    life = spec("life", caps(requests=5), "lifetime", None)
+    for s in (daily, life):
+        g = run(backend.reserve(plan([s])))
+        assert isinstance(g, Grant)
+        backend.settle(g, [0, 0, 0, 0, 1, 0])
+    rows, _ = backend.take_changes()
+    assert {(r.limit_id, r.window_start) for r in rows} == {("daily", 10 * DAY * 1000), ("life", 0)}
+    fresh = InProcessBackend(Clock(10 * DAY + 200))
+    assert fresh.load(rows, {"daily": daily, "life": life}) == 2
+    tomorrow = InProcessBackend(Clock(11 * DAY + 5))
+    assert tomorrow.load(rows, {"daily": daily, "life": life}) == 1  # yesterday's is over
+    changed = spec("daily", caps(requests=5), "1h", 3600)
+    assert InProcessBackend(Clock(10 * DAY + 200)).load(rows, {"daily": changed}) == 0
+    clock.now = 11 * DAY + 5
+    assert backend.evict() == 1
+    _, deleted = backend.take_changes()
+    assert deleted == [("daily", "k")]
+    assert [c.limit_id for c in backend.counters()] == ["life"]
+    assert isinstance(rows[0], CounterRow)
