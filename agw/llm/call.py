@@ -11,6 +11,7 @@ from agw.llm.content import Completion
 from agw.llm.observe import Observer
 from agw.llm.providers import Key
 from agw.llm.routing import Target
+from agw.policy.limit_backend import Charge
 from agw.request import Request
 from agw.types import JsonObj
 
@@ -46,3 +47,4 @@ class Call:
     relayed: list[bytes] | None = None  # the stream's pieces the client got (RELAYED_KEPT)
     relayed_size: int = 0  # bytes of the stream the client got, all of them
     cut: bool = False  # a limit ended the stream (on_exceed: cut)
+    charges: list[Charge] | None = None  # the limits that apply, admitted before the forward

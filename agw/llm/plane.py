@@ -29,8 +29,8 @@ from agw.llm.providers import CredentialPicker, UpstreamPool, error_dialect
 from agw.llm.relay import count_tokens, list_models
 from agw.llm.routing import Target, resolve
 from agw.policy.authz import authorize, authorize_session
-from agw.policy.limit_backend import COST, NO_CAP
-from agw.policy.limits import CompiledLimit, Limiter, matching
+from agw.policy.limit_backend import COST, NO_CAP, Charge
+from agw.policy.limits import Limiter, matching
 from agw.request import ClientGone, DisconnectWatch, Request
 from agw.types import JsonObj
 from agw.usage.events import CostSource, LlmUsageEvent, UsageSource
@@ -98,7 +98,14 @@ class LlmPlane:
             work = self._work(call, raw)
             # The work is awaited here, not in a helper: every resumption of a coroutine walks
             # the whole chain of awaiting frames, and on the hot path each level is measurable.
+            # Limits admit it first (step 3), before it starts.
             async with DisconnectWatch(req) as watch:
+                if call.charges:
+                    try:
+                        await self._admit(call, call.charges)
+                    except BaseException:
+                        work.close()
+                        raise
                 await work
             if watch.gone:
                 call.status, call.error_type, call.finalized = 499, "client_cancelled", False
@@ -194,51 +201,51 @@ class LlmPlane:
             )
         call.body, call.raw = body, raw
         if req.route.id in req.snapshot.limits.by_route:
-            return self._limited(call, body, targets)
+            first = targets[0]
+            charges = matching(
+                req,
+                req.snapshot.limits,
+                model=first.logical_model,
+                upstream_model=first.upstream_model,
+                provider_id=first.provider.id,
+                plane={
+                    "llm": {
+                        "model": first.logical_model or first.upstream_model,
+                        "provider_id": first.provider.id,
+                        "stream": call.stream,
+                    }
+                },
+            )
+            if charges:
+                call.charges, call.target = charges, first  # admitted by handle, first
         return self.forwarder.forward(call, body, targets)
 
-    async def _limited(self, call: Call, body: JsonObj, targets: list[Target]) -> None:
-        """Admission against the limits that apply (docs/limits.md), then the forward. What a
-        request reserves: its estimated input at the model's input price, plus its output cap
-        (``max_tokens``, else the limits' ``default_output_tokens``) at the output price; a
-        budget that cannot pay for the cap but for ``min_output_tokens`` lowers ``max_tokens``."""
-        req = call.req
-        first = targets[0]
-        matched = matching(
-            req,
-            req.snapshot.limits,
-            model=first.logical_model,
-            upstream_model=first.upstream_model,
-            provider_id=first.provider.id,
-            plane={
-                "llm": {
-                    "model": first.logical_model or first.upstream_model,
-                    "provider_id": first.provider.id,
-                    "stream": call.stream,
-                }
-            },
-        )
-        if matched:
-            await self._admit(call, body, first, matched)
-        await self.forwarder.forward(call, body, targets)
-
-    async def _admit(
-        self,
-        call: Call,
-        body: JsonObj,
-        target: Target,
-        matched: list[tuple[CompiledLimit, str]],
-    ) -> None:
-        req = call.req
+    async def _admit(self, call: Call, charges: list[Charge]) -> None:
+        """Admission against the limits that apply (docs/limits.md). What a request reserves:
+        its estimated input at the model's input price, plus its output cap (``max_tokens``,
+        else the limits' ``default_output_tokens``) at the output price; a budget that cannot
+        pay for the cap but for ``min_output_tokens`` lowers ``max_tokens``."""
+        req, body, target = call.req, call.body, call.target
+        assert body is not None and target is not None
         fixed = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
         per_output = [0.0] * 6
         want = 0
         wire = CLIENT_WIRE.get(call.operation)
         field = ""
-        if any(lim.meters_tokens for lim, _ in matched):
+        sized = dollars = False
+        default_output = 0
+        for charge in charges:
+            spec = charge.spec
+            if spec.sized:
+                sized = True
+                if spec.default_output_tokens > default_output:
+                    default_output = spec.default_output_tokens
+                if spec.caps[COST] != NO_CAP:
+                    dollars = True
+        if sized:
             est_in = float(estimate_tokens(body))
             in_price = out_price = 0.0
-            if any(lim.spec.caps[COST] != NO_CAP for lim, _ in matched):
+            if dollars:
                 managed = req.snapshot.state.get(
                     f.MANAGED_MODEL, f"{target.provider.id}/{target.upstream_model}"
                 )
@@ -248,19 +255,15 @@ class LlmPlane:
                     managed.obj.pricing if managed is not None else None,
                 )
                 if price is None:
-                    _unpriced(req, target, matched)
+                    _unpriced(req, target, charges)
                 else:
                     in_price, out_price = price.input / 1e6, price.output / 1e6
             fixed = [est_in * in_price, est_in, est_in, 0.0, 1.0, 1.0]
             if wire is not None:
                 field, asked = max_tokens_of(body, wire)
-                want = (
-                    asked
-                    if asked is not None
-                    else max(lim.default_output_tokens for lim, _ in matched if lim.meters_tokens)
-                )
+                want = asked if asked is not None else default_output
                 per_output = [out_price, 1.0, 0.0, 1.0, 0.0, 0.0]
-        admission = await self.limiter.admit(req, matched, fixed, per_output, want)
+        admission = await self.limiter.admit(req, charges, fixed, per_output, want)
         if wire is not None and admission.output < want:
             body[field] = admission.output  # the clamp: said in the x-agw-max-tokens header
             call.raw = b""  # the body goes up re-encoded
@@ -371,16 +374,17 @@ def max_tokens_of(body: JsonObj, wire: str) -> tuple[str, int | None]:
     return (fields[-1] if fields else ""), None
 
 
-def _unpriced(req: Request, target: Target, matched: list[tuple[CompiledLimit, str]]) -> None:
+def _unpriced(req: Request, target: Target, charges: list[Charge]) -> None:
     """A dollar limit applies but the model has no price: refused unless every such limit
     says ``unpriced: allow`` (then its calls count 0 dollars)."""
-    for lim, _ in matched:
-        if lim.spec.caps[COST] != NO_CAP and lim.spec.enforce and lim.unpriced == "deny":
-            req.limit_id, req.limit_action = lim.spec.id, "refused"
+    for charge in charges:
+        spec = charge.spec
+        if spec.caps[COST] != NO_CAP and spec.enforce and spec.unpriced == "deny":
+            req.limit_id, req.limit_action = spec.id, "refused"
             raise Refusal(
                 403,
                 "limit_unpriced",
-                f'limit "{lim.spec.id}" counts dollars, and model '
+                f'limit "{spec.id}" counts dollars, and model '
                 f'"{target.upstream_model}" of provider "{target.provider.id}" has no price: '
                 "give its managed model a pricing, or set the limit's unpriced: allow",
             )

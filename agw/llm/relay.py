@@ -195,7 +195,9 @@ async def relay_stream(
     closer: StreamCloser | None = None
     if meter and translator is None and admission is not None and admission.can_cut:
         closer = StreamCloser(wire, include_usage=call.client_wants_usage)
-    chars = 0
+    chars = 0  # output characters of the events read so far
+    pending: list[str] = []  # the data of the events not read yet
+    unread = 0  # their bytes
     try:
         while True:
             waited = clock()
@@ -217,10 +219,18 @@ async def relay_stream(
                 elif not (injected and observer.usage_only_chunk):
                     out.append(event.raw)
                 if meter and admission is not None:
-                    chars += event_output_chars(event.data)
                     if closer is not None:
                         closer.see(event)
-                    if not observer.finished and await _metered(call, admission, chars):
+                    # an event's output is at most its bytes: it is read (parsed) only once
+                    # what was relayed might pass what the request holds
+                    pending.append(event.data)
+                    unread += len(event.data)
+                    if observer.finished or not _may_pass(call, admission, chars + unread):
+                        continue
+                    chars += sum(event_output_chars(data) for data in pending)
+                    pending.clear()
+                    unread = 0
+                    if await _metered(call, admission, chars):
                         out.append(_cut_tail(call, admission, chars, translator, closer))
                         break
             if out:
@@ -269,6 +279,12 @@ def _counts(call: Call, admission: Admission, chars: int) -> tuple[int, int]:
     if usage is None:
         return 0, -(-chars // 4)
     return usage.input_tokens, max(usage.output_tokens, -(-chars // 4))
+
+
+def _may_pass(call: Call, admission: Admission, chars: int) -> bool:
+    """Whether a stream with at most ``chars`` characters of output may have passed its hold."""
+    tin, tout = _counts(call, admission, chars)
+    return admission.need(tin, tout) is not None
 
 
 async def _metered(call: Call, admission: Admission, chars: int) -> bool:

@@ -60,6 +60,15 @@ class LimitSpec:
     min_output_tokens: int = 1024
     warn_at: float = 0.8
     capped: tuple[int, ...] = ()  # the meters with a cap (set by :func:`spec`)
+    sized: bool = False  # caps dollars or tokens: what the size of a request changes
+    # how the limit is announced (RateLimit-Policy items; per capped meter, the start of its
+    # RateLimit item and its scale): agw/policy/limits.py sets them when compiling
+    policy: str = ""
+    states: tuple[tuple[int, str, int], ...] = ()
+    # (meter, warn_at x cap) of the capped meters but requests in flight: the soft warning
+    warn_levels: tuple[tuple[int, float], ...] = ()
+    unpriced: str = "deny"  # a dollar limit on a model without a price: deny | allow
+    default_output_tokens: int = 4096  # what a request without max_tokens reserves
 
 
 def spec(
@@ -73,8 +82,20 @@ def spec(
     warn_at: float = 0.8,
 ) -> LimitSpec:
     capped = tuple(m for m, cap in enumerate(caps) if cap != NO_CAP)
+    sized = any(m < REQUESTS for m in capped)
+    levels = tuple((m, warn_at * caps[m]) for m in capped if m != CONCURRENT)
     return LimitSpec(
-        id, tuple(caps), window, window_s, enforce, on_exceed, min_output_tokens, warn_at, capped
+        id,
+        tuple(caps),
+        window,
+        window_s,
+        enforce,
+        on_exceed,
+        min_output_tokens,
+        warn_at,
+        capped,
+        sized,
+        warn_levels=levels,
     )
 
 
@@ -156,6 +177,7 @@ class Grant:
     output: int  # output tokens granted (== want_output unless clamped)
     clamped_by: str | None = None  # the limit that lowered the output
     shadow: str | None = None  # an enforce:false limit that would have refused
+    now: float = 0.0  # when it was granted (unix seconds)
     warned: list[int] = field(default_factory=list)  # charges past their warn_at share
     settled: bool = False
 
@@ -223,14 +245,19 @@ class InProcessBackend:
 
     async def reserve(self, plan: Plan) -> Grant | Denial:
         now = self.clock()
-        counters = [self._counter(c.spec, c.subject, now) for c in plan.charges]
         fixed, per_out, want = plan.fixed, plan.per_output, plan.want_output
         granted = want
         clamped_by: str | None = None
         floor = 0
         shadow: str | None = None
-        for charge, counter in zip(plan.charges, counters, strict=True):
+        get = self._counters.get
+        counters: list[Counter] = []
+        for charge in plan.charges:
             spec = charge.spec
+            counter = get((spec.id, charge.subject))
+            if counter is None or now >= counter.end or counter.window != spec.window:
+                counter = self._counter(spec, charge.subject, now)
+            counters.append(counter)
             used, held, caps = counter.used, counter.held, spec.caps
             for m in spec.capped:
                 avail = caps[m] - used[m] - held[m] - fixed[m]
@@ -257,17 +284,15 @@ class InProcessBackend:
                 if spec.id == clamped_by:
                     m = next(m for m in spec.capped if per_out[m] > 0)
                     return self._denial(charge, counter, m, fixed, per_out, now)
-        hold = [fixed[m] + granted * per_out[m] for m in range(6)]
-        grant = Grant(plan.charges, counters, hold, granted, clamped_by, shadow)
+        hold = [f + granted * p for f, p in zip(fixed, per_out, strict=True)]
+        grant = Grant(plan.charges, counters, hold, granted, clamped_by, shadow, now=now)
         dirty = self.dirty
         for i, (charge, counter) in enumerate(zip(plan.charges, counters, strict=True)):
-            spec = charge.spec
             counter.held = held = list(map(add, counter.held, hold))
-            used, caps = counter.used, spec.caps
+            used = counter.used
             dirty.add(counter.key)
-            warn = spec.warn_at
-            for m in spec.capped:
-                if m != CONCURRENT and used[m] + held[m] >= warn * caps[m]:
+            for m, level in charge.spec.warn_levels:
+                if used[m] + held[m] >= level:
                     grant.warned.append(i)
                     break
         return grant

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -85,9 +85,6 @@ class CompiledLimit:
     users: frozenset[str]
     orgs: frozenset[str]
     when: RuleSet | None
-    unpriced: str  # deny | allow
-    default_output_tokens: int
-    meters_tokens: bool  # caps dollars or tokens (what a request's size changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +110,7 @@ def _spec(lim: Limit) -> LimitSpec:
         caps[REQUESTS] = float(lim.requests)
     if lim.concurrent is not None:
         caps[CONCURRENT] = float(lim.concurrent)
-    return limit_spec(
+    spec = limit_spec(
         lim.id,
         tuple(caps),
         lim.window,
@@ -122,6 +119,13 @@ def _spec(lim: Limit) -> LimitSpec:
         lim.on_exceed,
         lim.min_output_tokens,
         lim.warn_at,
+    )
+    return replace(
+        spec,
+        policy=", ".join(_policy_item(spec, m) for m in spec.capped),
+        states=tuple((m, f"{_item_name(spec, m)};r=", _SCALE[m]) for m in spec.capped),
+        unpriced=lim.unpriced or "deny",
+        default_output_tokens=lim.default_output_tokens,
     )
 
 
@@ -156,9 +160,6 @@ def compile_limits(state: ConfigState, problems: list[Problem]) -> LimitTable:
             frozenset(m.users),
             frozenset(m.orgs),
             when,
-            lim.unpriced or "deny",
-            lim.default_output_tokens,
-            lim.cost_usd is not None or lim.tokens is not None,
         )
         kinds = set(m.route_kinds or ("llm", "mcp", "acp"))
         if lim.subject == "model" or m.models or m.provider_ids:
@@ -192,10 +193,10 @@ def matching(
     upstream_model: str = "",
     provider_id: str = "",
     plane: Mapping[str, Mapping[str, object]] | None = None,
-) -> list[tuple[CompiledLimit, str]]:
-    """The limits that apply to ``req``, each with its subject's value. ``model`` and
-    ``upstream_model``: the LLM request's logical and upstream model (either matches
-    ``match.models``); ``plane``: the plane's CEL variable for ``when`` (``llm=...``)."""
+) -> list[Charge]:
+    """The limits that apply to ``req``, each with its subject's value (a :class:`Charge`).
+    ``model`` and ``upstream_model``: the LLM request's logical and upstream model (either
+    matches ``match.models``); ``plane``: the plane's CEL variable for ``when`` (``llm=...``)."""
     candidates = table.by_route.get(req.route.id)
     if not candidates:
         return []
@@ -203,7 +204,7 @@ def matching(
     key_id = principal.key_id if principal is not None else None
     user = principal.user if principal is not None else None
     org = principal.org if principal is not None else None
-    out: list[tuple[CompiledLimit, str]] = []
+    out: list[Charge] = []
     for lim in candidates:
         if lim.key_ids and key_id not in lim.key_ids:
             continue
@@ -240,7 +241,7 @@ def matching(
             continue
         if lim.when is not None and not _when(req, lim.when, plane or {}):
             continue
-        out.append((lim, value))
+        out.append(Charge(lim.spec, value))
     return out
 
 
@@ -261,7 +262,7 @@ class Admission:
         self.plan = plan
         self.grant = grant
         self.headers = headers
-        self.metered = any(_sized(charge.spec) for charge in plan.charges)
+        self.metered = any(charge.spec.sized for charge in plan.charges)
         # what the usage row says: the limit that acted and how (docs/limits.md)
         self.action: str | None = None
         self.limit_id: str | None = None
@@ -424,20 +425,19 @@ class Limiter:
     async def admit(
         self,
         req: Request,
-        matched: Sequence[tuple[CompiledLimit, str]],
+        charges: Sequence[Charge],
         fixed: Vector,
         per_output: Vector,
         want_output: int,
     ) -> Admission:
         """Reserve on every matched limit at once, or raise the 429 refusal (recorded on the
         request: ``req.limit_id``, ``req.limit_action``)."""
-        charges = [Charge(lim.spec, subject) for lim, subject in matched]
-        plan = Plan(charges, fixed, per_output, want_output)
+        plan = Plan(list(charges), fixed, per_output, want_output)
         verdict = await self.backend.reserve(plan)
         if isinstance(verdict, Denial):
             req.limit_id, req.limit_action = verdict.spec.id, "refused"
             raise _refusal(verdict, self.backend.clock())
-        admission = Admission(self.backend, plan, verdict, _headers(verdict, self.backend.clock()))
+        admission = Admission(self.backend, plan, verdict, _headers(verdict))
         req.limit_headers = admission.headers
         req.admission = admission
         return admission
@@ -524,32 +524,8 @@ def _state_item(
     return item
 
 
-@dataclass(frozen=True, slots=True)
-class _Announced:
-    """A limit's RateLimit header parts that do not change between requests."""
-
-    policy: str  # its RateLimit-Policy items
-    states: tuple[tuple[int, str, int], ...]  # (meter, '"<name>";r=', scale) per capped meter
-
-
-_ANNOUNCED: dict[int, tuple[LimitSpec, _Announced]] = {}  # by id(spec); bounded
-
-
-def _announced(spec: LimitSpec) -> _Announced:
-    found = _ANNOUNCED.get(id(spec))
-    if found is not None and found[0] is spec:
-        return found[1]
-    if len(_ANNOUNCED) > 4096:
-        _ANNOUNCED.clear()
-    said = _Announced(
-        ", ".join(_policy_item(spec, m) for m in spec.capped),
-        tuple((m, f"{_item_name(spec, m)};r=", _SCALE[m]) for m in spec.capped),
-    )
-    _ANNOUNCED[id(spec)] = (spec, said)  # the spec is held: its id is not reused meanwhile
-    return said
-
-
-def _headers(grant: Grant, now: float) -> Headers:
+def _headers(grant: Grant) -> Headers:
+    now = grant.now
     policies: list[str] = []
     states: list[str] = []
     warnings: list[str] = []
@@ -557,12 +533,11 @@ def _headers(grant: Grant, now: float) -> Headers:
         spec = charge.spec
         if not spec.enforce:
             continue
-        said = _announced(spec)
-        policies.append(said.policy)
+        policies.append(spec.policy)
         caps, used, held = spec.caps, counter.used, counter.held
         end = counter.end
         reset = "" if end == math.inf else f";t={max(0, math.ceil(end - now))}"
-        for m, prefix, scale in said.states:
+        for m, prefix, scale in spec.states:
             left = int((caps[m] - used[m] - held[m]) * scale)
             states.append(f"{prefix}{left if left > 0 else 0}{'' if m == CONCURRENT else reset}")
         if i in grant.warned:
