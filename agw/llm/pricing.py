@@ -139,18 +139,25 @@ class Pricer:
     models already warned about (``llm_model_unpriced`` is logged once per provider type and
     model)."""
 
-    __slots__ = ("_cache", "_warned", "catalog")
+    __slots__ = ("_cache", "_overrides", "_warned", "catalog")
 
     def __init__(self, catalog: Catalog | None = None) -> None:
         self.catalog: Catalog = load_catalog() if catalog is None else catalog
         self._cache: dict[tuple[str, str], Price | None] = {}
         self._warned: set[tuple[str, str]] = set()
+        # a managed model's pricing (immutable, from the config snapshot) -> its Price
+        self._overrides: dict[int, tuple[ModelPricing, Price]] = {}
 
     def price(
         self, provider_type: str, model: str, override: ModelPricing | None
     ) -> tuple[Price | None, CostSource]:
         if override is not None:
-            return Price.of(override), "override"
+            cached = self._overrides.get(id(override))
+            if cached is None or cached[0] is not override:  # held: its id is not reused
+                if len(self._overrides) >= CACHE_LIMIT:
+                    self._overrides.clear()
+                cached = self._overrides[id(override)] = (override, Price.of(override))
+            return cached[1], "override"
         key = (provider_type, model)
         try:
             price = self._cache[key]

@@ -255,14 +255,13 @@ def _when(req: Request, rules: RuleSet, plane: Mapping[str, Mapping[str, object]
 class Admission:
     """One admitted request's hold on its counters (see the module docstring)."""
 
-    __slots__ = ("_backend", "action", "grant", "headers", "limit_id", "metered", "plan")
+    __slots__ = ("_backend", "action", "grant", "headers", "limit_id", "plan")
 
     def __init__(self, backend: LimitBackend, plan: Plan, grant: Grant, headers: Headers) -> None:
         self._backend = backend
         self.plan = plan
         self.grant = grant
         self.headers = headers
-        self.metered = any(charge.spec.sized for charge in plan.charges)
         # what the usage row says: the limit that acted and how (docs/limits.md)
         self.action: str | None = None
         self.limit_id: str | None = None
@@ -270,6 +269,11 @@ class Admission:
             self.action, self.limit_id = "clamped", grant.clamped_by
         elif grant.shadow is not None:
             self.action, self.limit_id = "shadow", grant.shadow
+
+    @property
+    def metered(self) -> bool:
+        """Whether a limit of this request counts dollars or tokens: its stream is metered."""
+        return any(charge.spec.sized for charge in self.plan.charges)
 
     @property
     def can_cut(self) -> bool:
@@ -318,8 +322,8 @@ class Admission:
 
     def settle(self, cost_usd: float, input_tokens: int, output_tokens: int) -> None:
         """The answer ended (any way it ends): drop the hold, count what was used."""
-        actual = [cost_usd, float(input_tokens + output_tokens), float(input_tokens)]
-        actual += [float(output_tokens), 1.0, 0.0]
+        tin, tout = float(input_tokens), float(output_tokens)
+        actual = [cost_usd, tin + tout, tin, tout, 1.0, 0.0]
         hold = self.grant.held
         if self.action is None and (
             actual[COST] > hold[COST]
@@ -432,7 +436,9 @@ class Limiter:
     ) -> Admission:
         """Reserve on every matched limit at once, or raise the 429 refusal (recorded on the
         request: ``req.limit_id``, ``req.limit_action``)."""
-        plan = Plan(list(charges), fixed, per_output, want_output)
+        plan = Plan(
+            charges if isinstance(charges, list) else list(charges), fixed, per_output, want_output
+        )
         verdict = await self.backend.reserve(plan)
         if isinstance(verdict, Denial):
             req.limit_id, req.limit_action = verdict.spec.id, "refused"
