@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -339,11 +339,6 @@ class Admission:
         self._backend.settle(self.grant, actual)
 
 
-def _sized(spec: LimitSpec) -> bool:
-    caps = spec.caps
-    return any(caps[m] != NO_CAP for m in (COST, TOKENS, INPUT, OUTPUT))
-
-
 def _past(spec: LimitSpec, counter: Counter, actual: Vector, hold: Vector) -> bool:
     """Whether settling ``actual`` (more than the request held) takes the counter past a cap."""
     for m in (COST, TOKENS, INPUT, OUTPUT):
@@ -429,7 +424,7 @@ class Limiter:
     async def admit(
         self,
         req: Request,
-        charges: Sequence[Charge],
+        charges: list[Charge],
         fixed: Vector,
         per_output: Vector,
         want_output: int,
