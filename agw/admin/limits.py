@@ -77,7 +77,7 @@ def subject_view(counter: Counter, caps: Caps) -> dict[str, Any]:
         "window_start": _moment(counter.start),
         "resets_at": _moment(counter.end),
         "used": {name: amount(m, used[m]) for m, name in enumerate(USED_METERS)},
-        "in_flight": {name: amount(m, held[m]) for m, name in enumerate(METERS)},
+        "in_flight": {name: amount(m, max(0.0, held[m])) for m, name in enumerate(METERS)},
         "remaining": remaining,
     }
 

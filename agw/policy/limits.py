@@ -123,7 +123,9 @@ def _spec(lim: Limit) -> LimitSpec:
     return replace(
         spec,
         policy=", ".join(_policy_item(spec, m) for m in spec.capped),
-        states=tuple((m, f"{_item_name(spec, m)};r=", _SCALE[m]) for m in spec.capped),
+        states=tuple(
+            (m, f"{_item_name(spec, m)};r=", _SCALE[m], m != CONCURRENT) for m in spec.capped
+        ),
         unpriced=lim.unpriced or "deny",
         default_output_tokens=lim.default_output_tokens,
     )
@@ -431,9 +433,7 @@ class Limiter:
     ) -> Admission:
         """Reserve on every matched limit at once, or raise the 429 refusal (recorded on the
         request: ``req.limit_id``, ``req.limit_action``)."""
-        plan = Plan(
-            charges if isinstance(charges, list) else list(charges), fixed, per_output, want_output
-        )
+        plan = Plan(charges, fixed, per_output, want_output)
         verdict = await self.backend.reserve(plan)
         if isinstance(verdict, Denial):
             req.limit_id, req.limit_action = verdict.spec.id, "refused"
@@ -530,19 +530,20 @@ def _headers(grant: Grant) -> Headers:
     policies: list[str] = []
     states: list[str] = []
     warnings: list[str] = []
-    for i, (charge, counter) in enumerate(zip(grant.charges, grant.counters, strict=True)):
+    warned = grant.warned
+    bit = 1
+    for charge, counter in zip(grant.charges, grant.counters, strict=True):
         spec = charge.spec
-        if not spec.enforce:
-            continue
-        policies.append(spec.policy)
-        caps, used, held = spec.caps, counter.used, counter.held
-        end = counter.end
-        reset = "" if end == math.inf else f";t={max(0, math.ceil(end - now))}"
-        for m, prefix, scale in spec.states:
-            left = int((caps[m] - used[m] - held[m]) * scale)
-            states.append(f"{prefix}{left if left > 0 else 0}{'' if m == CONCURRENT else reset}")
-        if i in grant.warned:
-            warnings.append(f"{spec.id} {int(share(spec, counter) * 100)}% used")
+        if spec.enforce:
+            policies.append(spec.policy)
+            caps, used, held, end = spec.caps, counter.used, counter.held, counter.end
+            reset = "" if end == math.inf else f";t={max(0, math.ceil(end - now))}"
+            for m, prefix, scale, timed in spec.states:
+                left = int((caps[m] - used[m] - held[m]) * scale)
+                states.append(f"{prefix}{left if left > 0 else 0}{reset if timed else ''}")
+            if warned & bit:
+                warnings.append(f"{spec.id} {int(share(spec, counter) * 100)}% used")
+        bit <<= 1
     out: Headers = []
     if policies:
         out.append((b"ratelimit-policy", ", ".join(policies).encode()))
