@@ -157,7 +157,11 @@ def create_data_app(
             refusal = gates.refusal(route, trace.depth)
             if refusal is None and route.needs_credential:
                 req.principal, refusal = await ident.authenticate(
-                    snapshot, route, headers, scope.get("scheme", "http")
+                    snapshot,
+                    route,
+                    headers,
+                    scope.get("scheme", "http"),
+                    scope.get("query_string", b""),
                 )
                 current_client_token.set(req.principal.token)
         handler = planes.get(route.kind)

@@ -22,6 +22,7 @@ import uvicorn
 from hypercorn.config import Config
 from quart import Quart
 
+from agw.a2a import A2aPlane
 from agw.acp import AcpPlane, AcpRuntime
 from agw.admin.app import create_admin_app
 from agw.auth.admin_basic import BasicAuth
@@ -248,7 +249,8 @@ def compose(
     )
     janitor = RetentionJanitor(db, settings.metrics_retention_days)
     janitor.start()
-    planes: dict[str, Plane] = {"llm": llm, "mcp": mcp, "acp": acp}
+    a2a = A2aPlane(recorder, limiter=limiter)  # remote agents behind a2a routes (docs/a2a.md)
+    planes: dict[str, Plane] = {"llm": llm, "mcp": mcp, "acp": acp, "a2a": a2a}
     data = create_data_app(
         manager,
         planes,

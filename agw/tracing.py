@@ -63,7 +63,13 @@ from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from agw.ids import new_span_id, new_trace_id
-from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
+from agw.usage.events import (
+    A2aUsageEvent,
+    AcpUsageEvent,
+    LlmUsageEvent,
+    McpUsageEvent,
+    UsageEvent,
+)
 from agw.usage.taxonomy import error_class
 from agw.version import VERSION
 
@@ -203,6 +209,9 @@ class TraceExporter:
         elif isinstance(event, AcpUsageEvent):
             name = f"acp {event.operation or 'request'}"
             _acp(event, attrs)
+        elif isinstance(event, A2aUsageEvent):
+            name = f"a2a {event.method or 'request'}"
+            _a2a(event, attrs)
         else:
             name = f"{event.route_kind or 'agw'} request"
             attrs["openinference.span.kind"] = "CHAIN"
@@ -350,6 +359,25 @@ def _acp(event: AcpUsageEvent, attrs: dict[str, AttributeValue]) -> None:
         attrs["agw.result_status"] = event.result_status
     if event.stop_reason:
         attrs["agw.stop_reason"] = event.stop_reason
+
+
+def _a2a(event: A2aUsageEvent, attrs: dict[str, AttributeValue]) -> None:
+    attrs["openinference.span.kind"] = "AGENT"
+    if event.method:
+        attrs["a2a.method"] = event.method
+    if event.service_id:
+        attrs["agw.service_id"] = event.service_id
+    if event.protocol_version:
+        attrs["a2a.protocol_version"] = event.protocol_version
+    if event.binding:
+        attrs["a2a.binding"] = event.binding
+    if event.task_id:
+        attrs["a2a.task.id"] = event.task_id
+    if event.context_id:
+        attrs["a2a.context.id"] = event.context_id
+    if event.task_state:
+        attrs["a2a.task.state"] = event.task_state
+    attrs["agw.stream"] = event.stream
 
 
 def _content(content: dict[str, object], attrs: dict[str, AttributeValue]) -> None:

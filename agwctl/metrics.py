@@ -82,6 +82,7 @@ class Kind(StrEnum):
     llm = "llm"
     mcp = "mcp"
     acp = "acp"
+    a2a = "a2a"
 
 
 # Parameters that have their own option: --filter may not set them.
@@ -102,7 +103,7 @@ GROUP_ALIASES: Mapping[str, str] = {"user": "user_id", "org": "org_id"}
 # ------------------------------------------------------------------------------------ options
 
 KindOpt = Annotated[
-    Kind, typer.Option("--kind", help="Which usage table: llm, mcp or acp.", case_sensitive=False)
+    Kind, typer.Option("--kind", help="Which usage table (a plane).", case_sensitive=False)
 ]
 FromOpt = Annotated[
     str | None,
@@ -386,7 +387,7 @@ def metrics_app() -> typer.Typer:
             str | None,
             _group_by_opt(
                 "One series per value of COLUMN, e.g. route_id, virtual_key_id, user, org, "
-                "upstream_model (llm), tool_name (mcp), operation (acp), session_id, agent_id."
+                "upstream_model (llm), tool_name (mcp), operation (acp), method (a2a), session_id."
             ),
         ] = None,
         measure: MeasureOpt = None,
@@ -446,7 +447,7 @@ def metrics_app() -> typer.Typer:
             str | None,
             _group_by_opt(
                 "Group by COLUMN, e.g. route_id, virtual_key_id, user, org, upstream_model "
-                "(default: llm route_id, mcp tool_name, acp operation)."
+                "(default: llm route_id, mcp tool_name, acp operation, a2a method)."
             ),
         ] = None,
         order_by: Annotated[
@@ -547,7 +548,7 @@ def session_app() -> typer.Typer:
 
     @app.command(
         "show",
-        help="Show one agent session's timeline.\n\nTotals per kind (llm, mcp, acp), then "
+        help="Show one agent session's timeline.\n\nTotals per kind (llm, mcp, acp, a2a), then "
         "every request of the session in order.",
     )
     def show(

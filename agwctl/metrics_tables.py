@@ -119,6 +119,20 @@ EVENT_COLUMNS: Mapping[str, tuple[Column, ...]] = {
         col("RESULT", "result_status"),
         ERROR,
     ),
+    "a2a": (
+        TIME,
+        col("ROUTE-ID", "route_id"),
+        col("USER", "user_id"),
+        col("SERVICE-ID", "service_id"),
+        col("METHOD", "method"),
+        col("VERSION", "protocol_version"),
+        col("TASK-ID", "task_id"),
+        col("STATE", "task_state"),
+        STATUS,
+        SUCCESS,
+        LATENCY,
+        ERROR,
+    ),
 }
 INTERACTION_COLUMNS: tuple[Column, ...] = (
     TIME,

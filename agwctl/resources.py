@@ -126,6 +126,14 @@ ACP_SERVICE_COLUMNS: tuple[Column, ...] = (
     DISABLED,
     SOURCE,
 )
+A2A_SERVICE_COLUMNS: tuple[Column, ...] = (
+    _col("ID", "id"),
+    _col("NAME", "name"),
+    _col("CARD-URL", "card_url"),
+    _col("AUTH", "auth", "type"),
+    DISABLED,
+    SOURCE,
+)
 AGENT_COLUMNS: tuple[Column, ...] = (
     _col("ID", "id"),
     _col("NAME", "name"),
@@ -223,6 +231,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("acp-service", "ACP service", "/admin/acp/services", ACP_SERVICE_COLUMNS),
     Family("acp-route", "ACP route", "/admin/acp/routes", SERVICE_ROUTE_COLUMNS),
     Family("agent", "agent", "/admin/agents", AGENT_COLUMNS),
+    Family("a2a-service", "A2A service", "/admin/a2a/services", A2A_SERVICE_COLUMNS),
+    Family("a2a-route", "A2A route", "/admin/a2a/routes", SERVICE_ROUTE_COLUMNS),
     Family(
         "virtualkey", "virtual key", "/admin/virtual_keys", VIRTUAL_KEY_COLUMNS, custom_list=True
     ),

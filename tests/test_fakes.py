@@ -204,6 +204,19 @@ def test_responses_function_call(oai: openai.OpenAI) -> None:
     assert r.usage and r.usage.input_tokens == prompt("find it", "found")
 
 
+def test_responses_call_of_a_namespaced_function(fake: FakeUpstream) -> None:
+    # Codex offers an MCP server's tools as one namespace tool
+    namespace = {
+        "type": "namespace",
+        "name": "mcp__agw",
+        "tools": [{"type": "function", "name": "echo", "parameters": {"type": "object"}}],
+    }
+    body = {"model": "fake-gpt", "input": "say it", "tools": [namespace]}
+    r = httpx.post(f"{fake.url}/v1/responses", json=body, timeout=10)
+    (item,) = r.json()["output"]
+    assert (item["type"], item["namespace"], item["name"]) == ("function_call", "mcp__agw", "echo")
+
+
 # ------------------------------------------------------------------- OpenAI embeddings, models
 
 
@@ -332,6 +345,21 @@ def test_gemini(fake: FakeUpstream) -> None:
 
     r = httpx.post(f"{base}:countTokens", json=body)
     assert r.json() == {"totalTokens": 13}
+
+
+def test_gemini_call_of_any_declaration(tmp_path: Path) -> None:
+    # the Gemini CLI offers all its tools as the functionDeclarations of one tool
+    decls = [{"name": n, "parameters": {"type": "object"}} for n in ("read_file", "write_file")]
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": "write it"}]}],
+        "tools": [{"functionDeclarations": decls}],
+    }
+    env = {"FAKE_LLM_TOOL": "write_file", "FAKE_LLM_TOOL_ARGS": '{"file_path": "a.txt"}'}
+    with start_fake_upstream(tmp_path, env=env) as fake:
+        url = f"{fake.url}/v1beta/models/fake-gemini:generateContent"
+        r = httpx.post(url, json=body, timeout=10)
+    (part,) = r.json()["candidates"][0]["content"]["parts"]
+    assert part == {"functionCall": {"name": "write_file", "args": {"file_path": "a.txt"}}}
 
 
 # -------------------------------------------------------------------------------- knobs

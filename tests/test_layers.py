@@ -37,6 +37,7 @@ LAYERS = {
     "agw.llm": 4,
     "agw.mcp": 4,
     "agw.acp": 4,
+    "agw.a2a": 4,
     "agw.admin": 4,
     "agw.dataplane": 4,
     "agw.server": 5,
@@ -45,7 +46,7 @@ LAYERS = {
     "agwd": 5,
     "agwctl": 5,
 }
-PLANES = ("agw.llm", "agw.mcp", "agw.acp")
+PLANES = ("agw.llm", "agw.mcp", "agw.acp", "agw.a2a")
 MAX_MODULE_LINES = 600
 
 

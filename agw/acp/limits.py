@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from agw.policy.limits import Admission, Limiter, matching
+from agw.policy.limits import Limiter, admit_request, settle_request
 from agw.request import Request
 
 PROMPT: Final = "session/prompt"
@@ -28,26 +28,10 @@ PROMPT: Final = "session/prompt"
 async def admit_prompt(limiter: Limiter, req: Request, session_id: str | None) -> None:
     """Reserve one turn on every limit that applies (``req.admission``), or raise the 429
     :class:`~agw.errors.Refusal` (``req.limit_id``, ``req.limit_action`` say which)."""
-    table = req.snapshot.limits
-    if req.route.id not in table.by_route:  # a route no limit names: one lookup
-        return
     service_id: str = req.route.config.service_id
-    attributed = req.session_id
-    req.session_id = session_id or attributed
-    try:
-        matched = matching(req, table, plane={"acp": {"service_id": service_id, "method": PROMPT}})
-    finally:
-        req.session_id = attributed
-    if matched:
-        await limiter.admit(req, matched, [0.0, 0.0, 0.0, 0.0, 1.0, 1.0], [0.0] * 6, 0)
+    await admit_request(
+        limiter, req, session_id, {"acp": {"service_id": service_id, "method": PROMPT}}
+    )
 
 
-def settle_prompt(req: Request) -> None:
-    """The turn ended (any way): its hold is released (once; later calls do nothing)."""
-    admission: Admission | None = req.admission
-    if admission is None:
-        return
-    req.admission = None
-    admission.settle(0.0, 0, 0)
-    if admission.action is not None:
-        req.limit_id, req.limit_action = admission.limit_id, admission.action
+settle_prompt = settle_request  # the turn ended (any way): its hold is released

@@ -76,6 +76,10 @@ def _plane(route: CompiledRoute, args: dict[str, str]) -> tuple[dict[str, Any], 
             "prompt": {"name": ""},
         }
         return {"mcp": mcp}, not tool
+    if route.kind == "a2a":
+        return {
+            "a2a": {"service_id": route.config.service_id, "method": args.get("method", "")}
+        }, False
     method = args.get("method") or "session/prompt"
     acp = {"service_id": route.config.service_id, "method": method}
     deny_only = method in ("session/request_permission", "session/cancel", "session/close", "")

@@ -1,5 +1,5 @@
 """The metrics endpoints (reference §7.3): usage summaries, events, time series, breakdowns,
-interactions across the three planes, one agent session's timeline, and the Prometheus scrape.
+interactions across the planes, one agent session's timeline, and the Prometheus scrape.
 
 The answers come from :class:`agw.usage.answers.MetricsQuery`, the kinds (``llm``, ``mcp``,
 ``acp``) from the metric catalog (:mod:`agw.usage.measures`); this module only routes requests

@@ -139,6 +139,8 @@ RESOURCES: tuple[Resource, ...] = (
     Resource(f.ACP_SERVICE, "/admin/acp/services"),
     Resource(f.ACP_ROUTE, "/admin/acp/routes"),
     Resource(f.AGENT, "/admin/agents"),
+    Resource(f.A2A_SERVICE, "/admin/a2a/services"),
+    Resource(f.A2A_ROUTE, "/admin/a2a/routes"),
 )
 
 
@@ -281,7 +283,7 @@ class ResourceHandlers:
                 if existing.static:
                     raise ReadOnly(f'{self.family.title} "{oid}" is read-only (static config)')
                 raise Conflict(f'{self.family.title} "{oid}" already exists')
-            if self.family in (f.LLM_ROUTE, f.MCP_ROUTE, f.ACP_ROUTE) and oid in state.route_ids():
+            if self.family in f.ROUTE_FAMILIES and oid in state.route_ids():
                 raise Conflict(f'route id "{oid}" is already used by another route')
             key = new_virtual_key() if self.family is f.VIRTUAL_KEY else ""
             return state.put(self.family, touched(None, obj, key=key)), oid

@@ -9,6 +9,9 @@ A route's ``auth_policy`` says which credentials admit a caller:
   beside it (``x-api-key`` holds the key, ``Authorization`` the JWT) names the user.
 - ``required_scopes``: each must be in the JWT's ``scope``/``scp`` (403 ``insufficient_scope``).
 
+On a ``gemini`` route the key (or JWT) may also come the way Google's clients send theirs:
+``x-goog-api-key``, or the ``key`` query parameter; either stands for ``x-api-key``.
+
 A refusal of a JWT route carries ``WWW-Authenticate: Bearer`` (RFC 6750); on an MCP route it
 also names the route's protected-resource metadata (RFC 9728), where an MCP client learns
 which authorization server to sign in with.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qsl
 
 import aiohttp
 
@@ -98,7 +102,11 @@ class Identity:
         route: CompiledRoute,
         headers: Mapping[str, str],
         scheme: str = "http",
+        query: bytes = b"",
     ) -> tuple[Principal, Refusal | None]:
+        """``query``: the raw query string (a gemini route's ``?key=``)."""
+        if route.protocol == "gemini":
+            headers = google_key(headers, query)
         if not route.jwt_provider_ids:
             return authenticate_key(snapshot, route, headers, self.directory)
         if snapshot is not self._synced:
@@ -211,6 +219,18 @@ class Identity:
             params.append(f'error="invalid_token", error_description="{_quoted(message)}"')
         challenge = "Bearer " + ", ".join(params) if params else "Bearer"
         return Refusal(401, CODE, message, headers=((b"www-authenticate", challenge.encode()),))
+
+
+def google_key(headers: Mapping[str, str], query: bytes) -> Mapping[str, str]:
+    """The headers with Google's credential (``x-goog-api-key``, else ``?key=``) as
+    ``x-api-key``, unless that header is set already."""
+    if "x-api-key" in headers:
+        return headers
+    key = headers.get("x-goog-api-key", "").strip()
+    if not key and b"key=" in query:
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        key = next((v.strip() for k, v in pairs if k == "key"), "")
+    return {**headers, "x-api-key": key} if key else headers
 
 
 def _without_jwt(headers: Mapping[str, str], jwt: str) -> Mapping[str, str]:

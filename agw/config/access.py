@@ -68,7 +68,7 @@ class AuthorizationPolicy(Stamped, Authorization):
     id: str
     description: str = ""
     disabled: bool = False
-    route_kinds: list[Literal["llm", "mcp", "acp"]] = Field(default_factory=list)
+    route_kinds: list[Literal["llm", "mcp", "acp", "a2a"]] = Field(default_factory=list)
 
     @field_validator("route_kinds")
     @classmethod

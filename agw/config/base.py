@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Self
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, Any, Self
 
 from pydantic import (
     AfterValidator,
@@ -20,6 +22,17 @@ SLASHY = re.compile(r"/|\\|%2f|%5c", re.IGNORECASE)
 ENV_KEY = re.compile(r"^[^=\x00]+$")
 
 NonNegInt = Annotated[int, Field(ge=0)]
+
+# The validation context of objects read back from the store (agw.runtime.state.from_rows):
+# they were checked when written. What lies outside the config (an OpenAPI spec file) may have
+# changed since; that is then a run-time failure of the one object, never a store that
+# cannot load.
+FROM_STORE: Mapping[str, bool] = MappingProxyType({"from_store": True})
+
+
+def from_store(context: Any) -> bool:
+    """Whether a validator's ``info.context`` is :data:`FROM_STORE`."""
+    return isinstance(context, Mapping) and context.get("from_store") is True
 
 
 class Strict(BaseModel):

@@ -4,7 +4,7 @@ Every model rejects unknown keys (``extra="forbid"``); the loader turns those re
 ``path: unknown field; did you mean ...?`` problems. Normalisation (lower-casing, defaults that
 depend on other fields) happens in ``model_validator(mode="after")`` hooks, so two objects that
 mean the same thing dump to the same JSON and an unchanged apply is a no-op. One module per area
-holds the models (llm, mcp, acp, agents, access); checks that span objects (duplicate ids,
+holds the models (llm, mcp, acp, a2a, agents, access); checks that span objects (duplicate ids,
 dangling references) live in ``validate.py``."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic import (
     Field,
 )
 
+from agw.config.a2a import A2aRoute, A2aService
 from agw.config.access import AuthorizationPolicy, JwtProvider, VirtualKey
 from agw.config.acp import AcpRoute, AcpService
 from agw.config.agents import Agent
@@ -55,4 +56,6 @@ class Bundle(Strict):
     acpServices: list[AcpService] = Field(default_factory=list)
     acpRoutes: list[AcpRoute] = Field(default_factory=list)
     agents: list[Agent] = Field(default_factory=list)
+    a2aServices: list[A2aService] = Field(default_factory=list)
+    a2aRoutes: list[A2aRoute] = Field(default_factory=list)
     limits: list[Limit] = Field(default_factory=list)

@@ -19,7 +19,7 @@ from functools import cache, lru_cache
 from typing import Any
 
 # The variables of every evaluation (agw/policy/authz.py builds them)
-VARIABLES = ("request", "jwt", "principal", "key", "session", "llm", "mcp", "acp")
+VARIABLES = ("request", "jwt", "principal", "key", "session", "llm", "mcp", "acp", "a2a")
 MAX_RULE_CHARS = 4096
 
 

@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel
 
+from agw.config.a2a import A2aRoute, A2aService
 from agw.config.access import AuthorizationPolicy, JwtProvider, VirtualKey
 from agw.config.acp import AcpRoute, AcpService
 from agw.config.agents import Agent
@@ -46,7 +47,7 @@ class Family:
     model: type[BaseModel]
     table: str | None  # None: runtime only (cliauth authenticators)
     source_label: str  # Go's view label for stored objects: "store" or "config_store"
-    route_kind: str | None = None  # llm | mcp | acp for the shared routes table
+    route_kind: str | None = None  # llm | mcp | acp | a2a for the shared routes table
     secrets: tuple[SecretPath, ...] = ()
     tag_of: Callable[[Any], str] = lambda obj: ""
 
@@ -121,6 +122,8 @@ MCP_SERVICE = Family(
         SecretPath(("env",), True),
         SecretPath(("url",), in_url=True),
         SecretPath(("post_url",), in_url=True),
+        SecretPath(("spec",), in_url=True),
+        SecretPath(("base_url",), in_url=True),
     ),
     tag_of=lambda o: o.transport,
 )
@@ -146,6 +149,20 @@ AGENT = Family(
     secrets=(SecretPath(("runtime", "http", "endpoint"), in_url=True),),
     tag_of=lambda o: o.runtime.type,
 )
+A2A_SERVICE = Family(
+    "a2a_service",
+    "a2a service",
+    "a2aServices",
+    A2aService,
+    "a2a_services",
+    "config_store",
+    secrets=(
+        SecretPath(("auth", "api_key")),
+        SecretPath(("auth", "password")),
+        SecretPath(("card_url",), in_url=True),
+    ),
+)
+A2A_ROUTE = Family("a2a_route", "a2a route", "a2aRoutes", A2aRoute, "routes", "store", "a2a")
 CREDENTIAL = Family(
     "credential",
     "credential",
@@ -171,11 +188,15 @@ BUNDLE_FAMILIES: tuple[Family, ...] = (
     ACP_SERVICE,
     ACP_ROUTE,
     AGENT,
+    A2A_SERVICE,
+    A2A_ROUTE,
     LIMIT,
 )
 ALL_FAMILIES: tuple[Family, ...] = (*BUNDLE_FAMILIES, CREDENTIAL)
 BY_NAME: dict[str, Family] = {f.name: f for f in ALL_FAMILIES}
 BY_BUNDLE_KEY: dict[str, Family] = {f.bundle_key: f for f in BUNDLE_FAMILIES if f.bundle_key}
+ROUTE_FAMILIES: tuple[Family, ...] = tuple(f for f in BUNDLE_FAMILIES if f.route_kind)
+"""The families of the shared routes table, one per route kind."""
 
 
 def url_secrets(url: str) -> list[tuple[str, int, int]]:

@@ -54,7 +54,7 @@ class LimitMatch(Strict):
     (lists are or-ed within, and-ed across). Empty: every request."""
 
     route_ids: list[str] = Field(default_factory=list)
-    route_kinds: list[Literal["llm", "mcp", "acp"]] = Field(default_factory=list)
+    route_kinds: list[Literal["llm", "mcp", "acp", "a2a"]] = Field(default_factory=list)
     key_ids: list[str] = Field(default_factory=list)
     key_tags: list[str] = Field(default_factory=list)
     models: list[str] = Field(default_factory=list)  # LLM: the logical or upstream model

@@ -47,7 +47,7 @@ DEFAULT_BASE_URLS: dict[str, str] = {
 }
 
 
-LLM_PROTOCOLS: tuple[str, ...] = ("anthropic", "cc", "openai")
+LLM_PROTOCOLS: tuple[str, ...] = ("anthropic", "cc", "gemini", "openai")
 
 
 AUTHENTICATORS: tuple[str, ...] = ("claudecode", "codex", "gemini")
@@ -271,7 +271,7 @@ class TargetPolicy(Strict):
 class LLMRoute(Stamped):
     id: str
     kind: Literal["llm"] = "llm"
-    protocol: Literal["openai", "anthropic", "cc"]
+    protocol: Literal["openai", "anthropic", "cc", "gemini"]
     description: str = ""
     disabled: bool = False
     match_policy: MatchPolicy = Field(default_factory=MatchPolicy)

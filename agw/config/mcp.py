@@ -6,6 +6,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import (
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -16,7 +17,10 @@ from agw.config.base import (
     Strict,
     check_env,
     dedupe,
+    from_store,
 )
+from agw.config.openapi import SpecError
+from agw.config.openapi_tools import base_of, load_spec_file, select
 
 
 class McpAuth(Strict):
@@ -33,7 +37,7 @@ class McpAudit(Strict):
 class McpService(Stamped):
     id: str
     name: str
-    transport: Literal["streamable_http", "sse", "stdio"]
+    transport: Literal["streamable_http", "sse", "stdio", "openapi"]
     command: str = ""
     args: list[str] = Field(default_factory=list)
     url: str = ""
@@ -47,6 +51,12 @@ class McpService(Stamped):
     # USD a tools/call the server answers costs (docs/limits.md); tool_prices by upstream name
     price_per_call: float | None = Field(default=None, ge=0)
     tool_prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    # transport openapi (docs/openapi-mcp.md): the spec (a file or an http(s) URL), where the
+    # calls go (default: the spec's first server), the operations offered
+    spec: str = ""
+    base_url: str = ""
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
     disabled: bool = False
     description: str = ""
 
@@ -55,11 +65,20 @@ class McpService(Stamped):
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         return check_env(v)
 
+    @field_validator("include", "exclude")
+    @classmethod
+    def _operations(cls, v: list[str]) -> list[str]:
+        return dedupe(v)
+
     @model_validator(mode="after")
-    def _transport(self) -> Self:
+    def _transport(self, info: ValidationInfo) -> Self:
         if not self.name.strip():
             raise ValueError("name is required")
-        if self.transport == "stdio":
+        if self.transport == "openapi":
+            self._openapi(check_file=not from_store(info.context))
+        elif self.spec or self.base_url or self.include or self.exclude:
+            raise ValueError("spec, base_url, include and exclude are for transport openapi")
+        elif self.transport == "stdio":
             if not self.command:
                 raise ValueError("stdio transport requires command")
         else:
@@ -73,6 +92,28 @@ class McpService(Stamped):
                 base[: -len("/sse")] + "/message" if base.endswith("/sse") else (base + "/message")
             )
         return self
+
+    @property
+    def spec_is_url(self) -> bool:
+        return self.spec.startswith(("http://", "https://"))
+
+    def _openapi(self, *, check_file: bool) -> None:
+        """A spec file is read and checked now (unless ``check_file`` is off: read back from
+        the store); a spec URL when the service starts."""
+        if not self.spec.strip():
+            raise ValueError("openapi transport requires spec (a file path or an http(s) URL)")
+        if "://" in self.spec and not self.spec_is_url:
+            raise ValueError(f"spec must be a file path or an http(s) URL (got {self.spec!r})")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be http(s) (got {self.base_url!r})")
+        if self.spec_is_url or not check_file:
+            return
+        try:
+            spec = load_spec_file(self.spec)
+            select(spec, self.include, self.exclude)
+            base_of(spec, self.base_url)
+        except SpecError as exc:
+            raise ValueError(f"spec {self.spec}: {exc}") from None
 
 
 # A name an MCP client is shown: what the 2025-11-25 tool-name guidance allows, at most 64 long.

@@ -22,7 +22,7 @@ from agw.errors import Problem
 Labelled = tuple[str, Any]
 Catalog = Mapping[str, Sequence[Labelled]]
 
-_ROUTE_FAMILIES = (f.LLM_ROUTE.name, f.MCP_ROUTE.name, f.ACP_ROUTE.name)
+_ROUTE_FAMILIES = tuple(fam.name for fam in f.ROUTE_FAMILIES)
 
 
 def check(catalog: Catalog, *, partial: bool, incomplete: Iterable[str] = ()) -> list[Problem]:
@@ -69,6 +69,8 @@ def check(catalog: Catalog, *, partial: bool, incomplete: Iterable[str] = ()) ->
             ref(label, f"service_ids[{si}]", f.MCP_SERVICE, sid)
     for label, route in catalog.get(f.ACP_ROUTE.name, ()):
         ref(label, "service_id", f.ACP_SERVICE, route.service_id)
+    for label, route in catalog.get(f.A2A_ROUTE.name, ()):
+        ref(label, "service_id", f.A2A_SERVICE, route.service_id)
     for name in _ROUTE_FAMILIES:
         for label, route in catalog.get(name, ()):
             for pi, pid in enumerate(route.auth_policy.jwt_provider_ids):

@@ -17,7 +17,12 @@ from agw.types import JsonObj
 
 # A client operation -> the wire format the client speaks (the rest: models, embeddings,
 # count_tokens, are not chat-style).
-CLIENT_WIRE = {"chat_completions": "chat", "responses": "responses", "messages": "messages"}
+CLIENT_WIRE = {
+    "chat_completions": "chat",
+    "responses": "responses",
+    "messages": "messages",
+    "generate_content": "gemini",
+}
 
 
 @dataclass(slots=True)
@@ -26,6 +31,7 @@ class Call:
 
     req: Request
     operation: str = ""
+    path_model: str = ""  # gemini: the model named in the URL (models/{model}:...)
     started_ms: int = field(default_factory=now_ms)
     t0: int = field(default_factory=time.perf_counter_ns)
     upstream_ns: int = 0  # time spent waiting on the provider (the rest is the gateway's)

@@ -3,9 +3,11 @@
 :meth:`LlmPlane.handle` checks the path, method and body, resolves the route's targets
 (:mod:`agw.llm.routing`) and awaits the work: the attempts over targets and credentials
 (:mod:`agw.llm.forward`), whose answer is relayed as it came or translated
-(:mod:`agw.llm.relay`). Every "no", the dispatcher's or the plane's own, is an
-:class:`agw.errors.Refusal` rendered in the caller's dialect (OpenAI error object or Anthropic
-envelope); every request, refusals included, records one :class:`LlmUsageEvent`.
+(:mod:`agw.llm.relay`). Gemini's paths, which carry the model in the URL, are read by
+:mod:`agw.llm.gemini_ingress`. Every "no", the dispatcher's or the plane's own, is an
+:class:`agw.errors.Refusal` rendered in the caller's dialect (OpenAI error object, Anthropic
+envelope or Google's error body); every request, refusals included, records one
+:class:`LlmUsageEvent`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from agw import jsonfast
 from agw.config import families as f
 from agw.errors import PayloadTooLarge, Refusal
+from agw.llm import gemini_ingress as gemini
 from agw.llm.call import CLIENT_WIRE, Call
 from agw.llm.content import Completion, prompt_of
 from agw.llm.credential_health import CredentialHealth
@@ -127,8 +130,8 @@ class LlmPlane:
 
     @staticmethod
     async def render(req: Request, refusal: Refusal) -> None:
-        """A refusal in the caller's dialect: the OpenAI error object, or Anthropic's envelope
-        on the ``anthropic`` and ``cc`` surfaces."""
+        """A refusal in the caller's dialect: the OpenAI error object, Anthropic's envelope on
+        the ``anthropic`` and ``cc`` surfaces, Google's error body on ``gemini``."""
         extra = refusal.detail if isinstance(refusal.detail, dict) else None
         code = "rate_limit_exceeded" if refusal.status == 429 else None
         await req.respond(
@@ -144,6 +147,9 @@ class LlmPlane:
         if protocol == "cc" and req.method == "HEAD" and req.path in ("/", ""):
             call.operation, call.status = "probe", 200
             return True
+        if protocol == "gemini":
+            gemini.route(call)
+            return False
         paths = _OPENAI_PATHS if protocol == "openai" else _ANTHROPIC_PATHS
         operation = paths.get(req.path)
         if operation is None:
@@ -166,14 +172,20 @@ class LlmPlane:
             # a listing uses no model: only the deny rules hold it (docs/security.md)
             if req.route.rules is not None and (refusal := authorize_session(req)):
                 raise refusal
+            if req.route.protocol == "gemini":
+                return gemini.models(call, self.pool, self.picker, self.catalog)
             return list_models(call, self.pool, self.picker)
         body = _parse_body(raw)
-        model = body.get("model", "")
-        if not isinstance(model, str):
-            raise Refusal(400, "protocol_validation_failed", "model must be a string")
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise Refusal(400, "protocol_validation_failed", "stream must be a boolean")
+        if req.route.protocol == "gemini":  # the model and streaming are in the URL
+            model, raw = gemini.request_of(call, body, raw)
+            stream = call.stream
+        else:
+            model = body.get("model", "")
+            if not isinstance(model, str):
+                raise Refusal(400, "protocol_validation_failed", "model must be a string")
+            stream = body.get("stream", False)
+            if not isinstance(stream, bool):
+                raise Refusal(400, "protocol_validation_failed", "stream must be a boolean")
         call.stream = stream and operation in CLIENT_WIRE
         opts = body.get("stream_options")
         call.client_wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
@@ -192,7 +204,8 @@ class LlmPlane:
                 call.target = first  # the row says which provider and model were refused
                 raise refusal
         if operation == "count_tokens":
-            return count_tokens(call, self.pool, self.picker, body, targets[0])
+            counter = gemini.count_tokens if req.route.protocol == "gemini" else count_tokens
+            return counter(call, self.pool, self.picker, body, targets[0])
         if not targets[0].upstream_model:
             raise Refusal(
                 400,
@@ -265,7 +278,8 @@ class LlmPlane:
                 per_output = [out_price, 1.0, 0.0, 1.0, 0.0, 0.0]
         admission = await self.limiter.admit(req, charges, fixed, per_output, want)
         if wire is not None and admission.output < want:
-            body[field] = admission.output  # the clamp: said in the x-agw-max-tokens header
+            # the clamp: said in the x-agw-max-tokens header
+            _cap_holder(body, field, create=True)[_leaf(field)] = admission.output
             call.raw = b""  # the body goes up re-encoded
 
     # --------------------------------------------------------------------------------- usage
@@ -357,21 +371,43 @@ _MAX_FIELDS = {
     "chat": ("max_completion_tokens", "max_tokens"),
     "messages": ("max_tokens",),
     "responses": ("max_output_tokens",),
+    "gemini": ("generationConfig.maxOutputTokens",),
 }
 
 
 def max_tokens_of(body: JsonObj, wire: str) -> tuple[str, int | None]:
-    """The request's output cap: the field it is in (or would be set in) and its value (None
-    when the request sets none: the provider's default applies)."""
+    """The request's output cap: the field it is in (or would be set in; a dotted name is
+    nested) and its value (None when the request sets none: the provider's default applies)."""
     fields = _MAX_FIELDS.get(wire, ())
     for name in fields:
-        value = body.get(name)
+        value = _cap_holder(body, name).get(_leaf(name))
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise Refusal(400, "protocol_validation_failed", f"{name} must be a positive integer")
         return name, value
     return (fields[-1] if fields else ""), None
+
+
+def _cap_holder(body: JsonObj, name: str, *, create: bool = False) -> JsonObj:
+    """The object that holds the output cap ``name``: the body, or for a dotted name the
+    object it names (made when ``create`` and missing)."""
+    outer, _, _ = name.rpartition(".")
+    if not outer:
+        return body
+    inner = body.get(outer)
+    if isinstance(inner, dict):
+        return inner
+    if inner is not None:
+        raise Refusal(400, "protocol_validation_failed", f"{outer} must be an object")
+    if create:
+        inner = body[outer] = {}
+        return inner
+    return {}
+
+
+def _leaf(name: str) -> str:
+    return name.rpartition(".")[2]
 
 
 def _unpriced(req: Request, target: Target, charges: list[Charge]) -> None:

@@ -338,7 +338,7 @@ async def list_models(call: Call, pool: UpstreamPool, picker: CredentialPicker) 
     provider = req.snapshot.providers[tp.provider_id]
     call.target = Target(provider, "")
     if kind_of(provider).lists_models:
-        await _relay_once(call, pool, picker, "models", {})
+        await relay_once(call, pool, picker, "models", {})
         return
     ids = [provider.default_model] if provider.default_model else []
     data = [
@@ -367,22 +367,25 @@ async def count_tokens(
         for name in wire_format(kind.chat_wire).forwarded_headers:
             if name in req.headers:
                 headers[name] = req.headers[name]
-        await _relay_once(call, pool, picker, "count_tokens", headers, json.dumps(payload).encode())
+        await relay_once(call, pool, picker, "count_tokens", headers, json.dumps(payload).encode())
         return
     await req.respond(200, json.dumps({"input_tokens": estimate_tokens(body)}).encode())
     call.status = 200
 
 
-async def _relay_once(
+async def relay_once(
     call: Call,
     pool: UpstreamPool,
     picker: CredentialPicker,
     operation: str,
     headers: dict[str, str],
     data: bytes | None = None,
+    *,
+    url: str | None = None,
 ) -> None:
     """One call to the target's provider with its first key, the answer passed back unchanged
-    (``models`` is a GET, ``count_tokens`` a POST of ``data``)."""
+    (``models`` is a GET, ``count_tokens`` a POST of ``data``), through the provider's proxy.
+    ``url``: where, when not the provider kind's URL of ``operation``."""
     req = call.req
     assert call.target is not None
     provider = call.target.provider
@@ -394,10 +397,11 @@ async def _relay_once(
     try:
         async with pool.session(provider).request(
             method,
-            kind.url(provider, operation, "", stream=False),
+            url or kind.url(provider, operation, "", stream=False),
             data=data,
             headers=headers,
             timeout=pool.timeout(provider, stream=False),
+            proxy=provider.network.proxy_url or None,
         ) as resp:
             limit = RESPONSE_LIMIT if resp.status < 400 else ERROR_BODY_LIMIT
             try:

@@ -277,16 +277,25 @@ class HttpClient:
         return "".join(lines).encode()
 
     def request(
-        self, method: str, headers: Mapping[str, str], body: bytes | None = None
+        self,
+        method: str,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+        target: str | None = None,
     ) -> Coroutine[Any, Any, Response]:
         """Send one request (``headers`` lower-case, without ``host`` and ``content-length``),
         following redirects; its answer once the status and headers are in, the body unread:
         read it, then :meth:`Response.release` it (or :meth:`Response.close`). A header that
-        could end the line early is refused (:class:`HttpClientError`), never sent. (A plain
-        function returning the exchange's coroutine: one coroutine frame less per call.)"""
+        could end the line early is refused (:class:`HttpClientError`), never sent. ``target``:
+        the path and query to ask for on the client's origin, in place of its URL's own. (A
+        plain function returning the exchange's coroutine: one coroutine frame less per call.)"""
         if self.authorization is not None and "authorization" not in headers:
             headers = {**headers, "authorization": self.authorization}
-        return self._exchange(method, self.target, headers, body, True)
+        if target is None:
+            target = self.target
+        else:
+            target = _UNSAFE_TARGET.sub(lambda m: quote(m[0], safe=""), target)
+        return self._exchange(method, target, headers, body, True)
 
     async def _exchange(
         self,
@@ -320,15 +329,20 @@ class HttpClient:
                 response.close()
                 raise
             if follow and response.status in _REDIRECTS:
-                return await self._follow(response, method, headers, body)
+                return await self._follow(response, method, target, headers, body)
             return response
         raise AssertionError("unreachable")
 
     async def _follow(
-        self, response: Response, method: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        response: Response,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
     ) -> Response:
-        """Follow the redirect ``response`` is (see the module docstring)."""
-        client, target = self, self.target
+        """Follow the redirect ``response`` (to ``target``) is (see the module docstring)."""
+        client = self
         for _ in range(MAX_REDIRECTS):
             location = response.headers.get("location")
             if not location or (response.status < 307 and method != "GET"):

@@ -5,6 +5,8 @@
   start and a config apply never wait for it, and a server that fails to start fails alone),
   or on first use; restarted by its transport when it dies; closed when the service is deleted,
   changed or disabled, or when the gateway stops;
+- an **openapi** service is shared and started the same way: it keeps no session state, and
+  its spec is read once;
 - an **HTTP / SSE** service gets one upstream session per downstream session (created on first
   use, closed with it: DELETE, idle expiry, eviction) and one more for the admin API.
 
@@ -28,6 +30,8 @@ from agw.types import JsonObj
 
 log = logging.getLogger(__name__)
 
+# the transports of which the gateway keeps one upstream per service, shared by every client
+SHARED_TRANSPORTS = frozenset({"stdio", "openapi"})
 ADMIN_TENANT = "\x00admin"  # the admin API as a user of a shared process (never a session key)
 READY_TIMEOUT_S = 30.0  # handshake with an upstream
 LIST_TIMEOUT_S = 60.0  # one list page from an upstream
@@ -43,6 +47,10 @@ def signature(service: McpService) -> tuple[Any, ...]:
         tuple(service.args),
         tuple(sorted(service.env.items())),
         tuple(sorted(service.auth.model_dump().items())),
+        service.spec,
+        service.base_url,
+        tuple(service.include),
+        tuple(service.exclude),
     )
 
 
@@ -77,7 +85,7 @@ class UpstreamPool:
 
     def ready(self, session: DownstreamSession, service: McpService) -> Upstream | None:
         """The ready upstream serving ``session`` for ``service``, if there is one now."""
-        if service.transport == "stdio":
+        if service.transport in SHARED_TRANSPORTS:
             upstream = self.shared.get(service.id)
             if upstream is None or upstream.state != "ready" or upstream.service is not service:
                 return None
@@ -112,7 +120,8 @@ class UpstreamPool:
         return upstream
 
     def _shared(self, service: McpService) -> Upstream:
-        """The stdio process of a service (created, not yet started)."""
+        """The shared upstream of a service (a stdio process, an openapi service): created,
+        not yet started."""
         upstream = self.shared.get(service.id)
         if upstream is not None and not current(upstream, service):
             self.spawn(upstream.close())
@@ -125,14 +134,14 @@ class UpstreamPool:
         return upstream
 
     async def shared_ready(self, service: McpService) -> Upstream:
-        """The stdio process of a service, ready."""
+        """The shared upstream of a service (a stdio process, an openapi service), ready."""
         async with self._lock(f"shared\x00{service.id}"):
             upstream = self._shared(service)
         return await self._ready(upstream)
 
     async def upstream(self, session: DownstreamSession, service: McpService) -> Upstream:
         """The upstream session serving ``session`` for ``service``, ready."""
-        if service.transport == "stdio":
+        if service.transport in SHARED_TRANSPORTS:
             session.shared_used.add(service.id)
             process = await self.shared_ready(service)
             process.admit(session.tenant)
@@ -156,7 +165,7 @@ class UpstreamPool:
     async def admin_upstream(self, service: McpService) -> Upstream:
         """The gateway-owned session of a service for the admin API (stdio: the shared
         process), ready."""
-        if service.transport == "stdio":
+        if service.transport in SHARED_TRANSPORTS:
             process = await self.shared_ready(service)
             process.admit(ADMIN_TENANT)  # its messages are no client's from now on
             return process
@@ -175,15 +184,15 @@ class UpstreamPool:
     # ------------------------------------------------------------------- start at config load
 
     def start(self, services: Iterable[McpService]) -> None:
-        """Start the stdio processes of ``services`` now, all at once, in the background: the
-        first client then waits for the slowest, not for their sum. A failure is logged (the
-        next use tries again, with the transport's backoff)."""
+        """Start the shared upstreams (stdio processes, openapi specs) of ``services`` now, all
+        at once, in the background: the first client then waits for the slowest, not for their
+        sum. A failure is logged (the next use tries again, with the transport's backoff)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop yet (a config loaded before serving): first use starts
             return
         for service in services:
-            if service.transport != "stdio" or service.disabled or self.closed:
+            if service.transport not in SHARED_TRANSPORTS or service.disabled or self.closed:
                 continue
             current_one = self.shared.get(service.id)
             if current_one is not None and current(current_one, service):
@@ -261,7 +270,7 @@ class UpstreamPool:
             view_id, upstream = held
         elif service_id in self.shared:
             upstream = self.shared[service_id]
-            view_id = f"stdio:{service_id}"
+            view_id = f"{upstream.transport}:{service_id}"
         else:
             return None
         return {"id": view_id, **upstream.describe()}
@@ -277,6 +286,7 @@ class UpstreamPool:
                 "stderr_tail": getattr(up, "stderr_tail", ""),
             }
             for sid, up in self.shared.items()
+            if up.transport == "stdio"
         ]
 
 

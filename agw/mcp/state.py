@@ -4,10 +4,11 @@ dropped, and what the admin API shows of all of it (``/admin/mcp/runtime``,
 ``/admin/mcp/sessions``).
 
 A config swap drops every upstream whose service is gone or whose signature (transport, url,
-post_url, command, args, env, auth) changed, the name maps of changed routes, and the sessions
-of deleted routes; then it starts the stdio processes the new config routes to (all at once,
-in the background). A janitor (every 30 s) closes handshake and legacy sessions idle for 30
-minutes, stateless ones idle for 10, and admin upstream sessions unused for 10.
+post_url, command, args, env, auth; an openapi service's spec, base_url, include, exclude)
+changed, the name maps of changed routes, and the sessions of deleted routes; then it starts the
+stdio processes and openapi services the new config routes to (all at once, in the
+background). A janitor (every 30 s) closes handshake and legacy sessions idle for 30 minutes,
+stateless ones idle for 10, and admin upstream sessions unused for 10.
 """
 
 from __future__ import annotations

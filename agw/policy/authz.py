@@ -14,9 +14,9 @@ The variables of an evaluation (docs/security.md, "Authorization rules (CEL)"): 
 (method, path, headers without credentials), ``jwt`` (the token's claims, ``{}`` without one),
 ``principal`` (kind, user, org, groups, key_id, provider_id, scopes: ``""`` and ``[]`` when
 absent, so a rule about them does not error on an anonymous caller), ``key`` (the virtual key's
-id and tags), ``session`` (id), and the plane's own ``llm``, ``mcp``, ``acp``; the planes a
-request is not on are there with empty fields, so ``mcp.tool.name == "add"`` on an LLM route is
-false, not an error. Only the variables the route's rules name are built.
+id and tags), ``session`` (id), and the plane's own ``llm``, ``mcp``, ``acp``, ``a2a``; the
+planes a request is not on are there with empty fields, so ``mcp.tool.name == "add"`` on an LLM
+route is false, not an error. Only the variables the route's rules name are built.
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def _spec(lim: Limit) -> LimitSpec:
 def compile_limits(state: ConfigState, problems: list[Problem]) -> LimitTable:
     """Each enabled limit, compiled, under each route it may apply to."""
     routes: list[tuple[str, str]] = []
-    for family in (f.LLM_ROUTE, f.MCP_ROUTE, f.ACP_ROUTE):
+    for family in (f.LLM_ROUTE, f.MCP_ROUTE, f.ACP_ROUTE, f.A2A_ROUTE):
         routes += [(rid, family.route_kind or "") for rid, _ in state.records(family)]
     by_route: dict[str, list[CompiledLimit]] = {}
     specs: dict[str, LimitSpec] = {}
@@ -163,7 +163,7 @@ def compile_limits(state: ConfigState, problems: list[Problem]) -> LimitTable:
             frozenset(m.orgs),
             when,
         )
-        kinds = set(m.route_kinds or ("llm", "mcp", "acp"))
+        kinds = set(m.route_kinds or ("llm", "mcp", "acp", "a2a"))
         if lim.subject == "model" or m.models or m.provider_ids:
             kinds &= {"llm"}  # only an LLM request has a model or a provider
             if not kinds:
@@ -442,6 +442,41 @@ class Limiter:
         req.limit_headers = admission.headers
         req.admission = admission
         return admission
+
+
+async def admit_request(
+    limiter: Limiter,
+    req: Request,
+    session_id: str | None,
+    plane: Mapping[str, Mapping[str, object]],
+) -> None:
+    """One request of a plane that counts requests only (ACP prompt turns, A2A messages): one
+    request and one in flight reserved on every limit that applies (``req.admission``), or the
+    429 raised. ``session_id``: what a ``subject: session`` limit counts it under (else the
+    session the dispatcher attributed); ``plane``: the plane's CEL variable for ``when``."""
+    table = req.snapshot.limits
+    if req.route.id not in table.by_route:  # a route no limit names: one lookup
+        return
+    attributed = req.session_id
+    req.session_id = session_id or attributed
+    try:
+        matched = matching(req, table, plane=plane)
+    finally:
+        req.session_id = attributed
+    if matched:
+        await limiter.admit(req, matched, [0.0, 0.0, 0.0, 0.0, 1.0, 1.0], [0.0] * 6, 0)
+
+
+def settle_request(req: Request) -> None:
+    """The answer of an :func:`admit_request` request ended (any way): its hold is released
+    (once; later calls do nothing) and the row learns what a limit did."""
+    admission: Admission | None = req.admission
+    if admission is None:
+        return
+    req.admission = None
+    admission.settle(0.0, 0, 0)
+    if admission.action is not None:
+        req.limit_id, req.limit_action = admission.limit_id, admission.action
 
 
 # ------------------------------------------------------------------------------ answers

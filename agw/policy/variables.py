@@ -25,6 +25,7 @@ EMPTY_PLANES: Mapping[str, Mapping[str, object]] = {
         "prompt": {"name": "", "service": ""},
     },
     "acp": {"service_id": "", "method": ""},
+    "a2a": {"service_id": "", "method": ""},
 }
 # headers a rule never sees: the caller's credentials
 CREDENTIAL_HEADERS = frozenset(

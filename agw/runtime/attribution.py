@@ -6,7 +6,8 @@ Two ids can be stamped on a usage row:
   the ACP session of the gateway-run agent whose turn caused it (the id its turn rows carry),
   else the agent's own session header, the first of ``agent-session-id``, ``goose-session-id``
   (verified on the wire: goose), ``x-claude-code-session-id`` (Claude Code), ``x-session-id``
-  (opencode), ``session-id`` (Codex); an MCP request may also name it in
+  (opencode), ``session-id`` (Codex: verified on the wire, the CLI 0.171 sends the session id
+  ``codex exec`` prints on every Responses call); an MCP request may also name it in
   ``params._meta["agent-session-id"]`` (the MCP plane reads that).
 - ``acp_session_id``: the ACP session of the gateway-run agent whose turn caused the request.
   When the gateway is an agent's only origin, the ACP runtime gives each agent it starts a

@@ -19,11 +19,13 @@ from agw.policy.limits import EMPTY_TABLE, LimitTable, compile_limits
 from agw.policy.rules import RuleError, RuleSet, compile_rules
 from agw.runtime.state import ConfigState, Record
 
+ROUTE_KINDS = tuple(fam.route_kind or "" for fam in f.ROUTE_FAMILIES)
+
 
 @dataclass(frozen=True)
 class CompiledRoute:
     id: str
-    kind: str  # llm | mcp | acp
+    kind: str  # llm | mcp | acp | a2a
     protocol: str
     host: str
     path_prefix: str
@@ -78,6 +80,9 @@ class Snapshot:
     acp_services: MappingProxyType[str, Any] = field(
         default_factory=lambda: MappingProxyType({})
     )  # AcpService by id, disabled ones included
+    a2a_services: MappingProxyType[str, Any] = field(
+        default_factory=lambda: MappingProxyType({})
+    )  # A2aService by id, disabled ones included
     jwt_providers: MappingProxyType[str, Any] = field(
         default_factory=lambda: MappingProxyType({})
     )  # JwtProvider by id, disabled ones included
@@ -135,9 +140,9 @@ def _route_rules(state: ConfigState, problems: list[Problem]) -> dict[tuple[str,
         except RuleError as exc:
             problems.append(Problem(f'{f.AUTHZ_POLICY.name} "{pid}".{exc.rule}', exc.message))
             continue
-        kinds = frozenset(pol.route_kinds or ("llm", "mcp", "acp"))
+        kinds = frozenset(pol.route_kinds or ROUTE_KINDS)
         policies.append((kinds, (pid, pol.allow, pol.deny)))
-    for family in (f.LLM_ROUTE, f.MCP_ROUTE, f.ACP_ROUTE):
+    for family in f.ROUTE_FAMILIES:
         kind = family.route_kind or ""
         mine = [p for kinds, p in policies if kind in kinds]
         for oid, rec in state.records(family):
@@ -157,7 +162,7 @@ def _compile_routes(
 ) -> tuple[CompiledRoute, ...]:
     routes: list[CompiledRoute] = []
     agents = _route_agents(state)
-    for family in (f.LLM_ROUTE, f.MCP_ROUTE, f.ACP_ROUTE):
+    for family in f.ROUTE_FAMILIES:
         for oid, rec in state.records(family):
             cfg = rec.obj
             routes.append(
@@ -222,6 +227,7 @@ def compile_snapshot(state: ConfigState, enabled_provider_types: Iterable[str]) 
         credentials=MappingProxyType(credentials),
         mcp_services=MappingProxyType({oid: rec.obj for oid, rec in state.records(f.MCP_SERVICE)}),
         acp_services=MappingProxyType({oid: rec.obj for oid, rec in state.records(f.ACP_SERVICE)}),
+        a2a_services=MappingProxyType({oid: rec.obj for oid, rec in state.records(f.A2A_SERVICE)}),
         jwt_providers=MappingProxyType(
             {oid: rec.obj for oid, rec in state.records(f.JWT_PROVIDER)}
         ),

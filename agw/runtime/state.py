@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from agw.clock import now_ms
 from agw.config import families as f
+from agw.config.base import FROM_STORE
 from agw.store.config_repo import Row
 
 
@@ -69,9 +70,7 @@ class ConfigState:
         }
 
     def route_ids(self) -> set[str]:
-        return {
-            oid for fam in (f.LLM_ROUTE, f.MCP_ROUTE, f.ACP_ROUTE) for oid in self.objects[fam.name]
-        }
+        return {oid for fam in f.ROUTE_FAMILIES for oid in self.objects[fam.name]}
 
     def __iter__(self) -> Iterator[tuple[f.Family, str, Record]]:
         for fam in f.ALL_FAMILIES:
@@ -83,7 +82,7 @@ def from_rows(rows: list[Row]) -> ConfigState:
     state = ConfigState()
     for row in rows:
         family = f.BY_NAME[row.family]
-        obj = family.model.model_validate(row.data)
+        obj = family.model.model_validate(row.data, context=FROM_STORE)
         state.objects[family.name][row.id] = Record(
             obj, row.created_at, row.updated_at, key=row.key
         )

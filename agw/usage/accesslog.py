@@ -38,7 +38,15 @@ from pathlib import Path
 import orjson
 
 from agw.clock import now_ms
-from agw.usage.events import TEXT_LIMIT, TEXT_LIMITS, LlmUsageEvent, McpUsageEvent, UsageEvent, clip
+from agw.usage.events import (
+    TEXT_LIMIT,
+    TEXT_LIMITS,
+    A2aUsageEvent,
+    LlmUsageEvent,
+    McpUsageEvent,
+    UsageEvent,
+    clip,
+)
 from agw.usage.taxonomy import error_class
 
 log = logging.getLogger(__name__)
@@ -85,6 +93,9 @@ def line_of(event: UsageEvent) -> dict[str, object]:
         out["upstream"] = event.service_id
         out["operation"] = event.method
         out["tool"] = event.tool_name
+    elif isinstance(event, A2aUsageEvent):
+        out["upstream"] = event.service_id
+        out["operation"] = event.method
     else:
         out["upstream"] = getattr(event, "service_id", None)
         out["operation"] = getattr(event, "operation", None)

@@ -134,7 +134,7 @@ class MetricsQuery:
     async def interactions(
         self, params: Mapping[str, str], attribution: Attribution | None = None
     ) -> JsonObj:
-        """The rows of all three tables, newest first: ``{items, limit}``; each item has the
+        """The rows of every usage table, newest first: ``{items, limit}``; each item has the
         common columns and ``service_id, session_id, operation, tool_name, upstream_model,
         input_tokens, output_tokens`` (null where its table has none)."""
         q = InteractionsQuery.parse(params, attribution)
@@ -149,7 +149,7 @@ class MetricsQuery:
         self, params: Mapping[str, str], attribution: Attribution | None = None
     ) -> JsonObj:
         """``{group_by, order_by, items: [{group_value, request_count, success_count,
-        failure_count, avg_latency_ms}], limit}`` over all three tables."""
+        failure_count, avg_latency_ms}], limit}`` over every usage table."""
         q = InteractionsQuery.parse_summary(params, attribution)
         assert q.group is not None
         out: JsonObj = {"group_by": q.group, "order_by": q.order}

@@ -1,11 +1,12 @@
 """Usage events: one value per dispatched request, one class per usage table.
 
 A handler builds the event it knows about (reference §7.1) and hands it to the recorder; the
-fields are the columns of the table (reference §7.2 plus migrations 0002-0005 and 0008-0010),
-common columns first, in table order (``user_id`` and ``org_id``, shared by all three, come
+fields are the columns of the table (reference §7.2 plus migrations 0002-0005 and 0008-0011),
+common columns first, in table order (``user_id`` and ``org_id``, shared by all four, come
 after each table's own: migration 0005 added them to each table; the LLM table's ``cost_usd``
 and ``cost_source``, migration 0008, and the MCP table's ``cost_usd``, migration 0009, come
-after them; ``limit_id`` and ``limit_action``, migration 0010, last on all three), plus a few
+after them; ``limit_id`` and ``limit_action``, migration 0010, last on all four; the A2A
+table, migration 0011, keeps that order), plus a few
 marked as not columns (``column_fields`` leaves them out): what the access log, Prometheus and
 traces read besides the row (HTTP method and path, gateway overhead, time to first token, trace
 content, a turn's stop reason). Python types are the natural ones: ``bool`` for the 0/1 columns,
@@ -57,6 +58,8 @@ TEXT_LIMITS: Mapping[str, int] = {
     "mcp_session_id": 200,
     "acp_session_id": 200,
     "thread_id": 200,
+    "task_id": 200,
+    "context_id": 200,
     "permission_request_id": 200,
     "http_path": 2048,
     "resource_uri": 2048,
@@ -171,7 +174,7 @@ def _sql_value(value: object) -> object:
 
 @dataclass(slots=True, kw_only=True)
 class UsageEvent:
-    """The columns the three usage tables share. Build one of the subclasses, not this."""
+    """The columns every usage table share. Build one of the subclasses, not this."""
 
     table: ClassVar[str]
 
@@ -203,7 +206,7 @@ class UsageEvent:
 
     def __post_init__(self) -> None:
         if not hasattr(type(self), "table"):
-            raise TypeError("UsageEvent is abstract: build an Llm/Mcp/AcpUsageEvent")
+            raise TypeError("UsageEvent is abstract: build an Llm/Mcp/Acp/A2aUsageEvent")
         if self.latency_ms is None:
             self.latency_ms = max(0, self.finished_at - self.started_at)
 
@@ -399,5 +402,35 @@ class AcpUsageEvent(UsageEvent):
     stop_reason: str | None = field(default=None, metadata=_NOT_COLUMN)  # a turn's, not a column
 
 
-EVENT_TYPES: tuple[type[UsageEvent], ...] = (LlmUsageEvent, McpUsageEvent, AcpUsageEvent)
+@dataclass(slots=True, kw_only=True)
+class A2aUsageEvent(UsageEvent):
+    """One request to an A2A route: a JSON-RPC call, an HTTP+JSON call, or the agent card
+    (migration 0011; docs/a2a.md#usage-rows)."""
+
+    table: ClassVar[str] = "a2a_usage_events"
+
+    route_kind: str = "a2a"
+    service_id: str | None = None
+    method: str | None = None
+    request_id: str | None = None  # the JSON-RPC id
+    protocol_version: str | None = None
+    binding: str | None = None
+    stream: bool = False
+    task_id: str | None = None
+    context_id: str | None = None
+    task_state: str | None = None
+    event_count: int = 0
+    session_id: str | None = None  # the A2A contextId, else the agent session of the headers
+    user_id: str | None = None
+    org_id: str | None = None
+    limit_id: str | None = None
+    limit_action: str | None = None
+
+
+EVENT_TYPES: tuple[type[UsageEvent], ...] = (
+    LlmUsageEvent,
+    McpUsageEvent,
+    AcpUsageEvent,
+    A2aUsageEvent,
+)
 USAGE_TABLES: tuple[str, ...] = tuple(cls.table for cls in EVENT_TYPES)

@@ -27,7 +27,7 @@ class Measure:
     aggregate: Aggregate
     about: str
     headline: bool = True
-    """Shown where the three kinds share one table (``agwctl gateway metrics summary``);
+    """Shown where the kinds share one table (``agwctl gateway metrics summary``);
     a detail measure is answered, and charted on request, but not shown there."""
 
     @property
@@ -87,7 +87,7 @@ TURN_COUNT = Measure(
 )
 
 COMMON: tuple[Measure, ...] = (REQUEST_COUNT, SUCCESS_COUNT, FAILURE_COUNT, AVG_LATENCY)
-"""The measures of every kind, and of the interactions across the three."""
+"""The measures of every kind, and of the interactions across the planes."""
 COMMON_ORDER = tuple(m.name for m in COMMON)
 """What every breakdown may order by."""
 
@@ -328,10 +328,70 @@ ACP = Kind(
     json_columns=("event_counts_json", "usage_json"),
     operation="operation",
 )
-KINDS: Mapping[str, Kind] = {k.name: k for k in (LLM, MCP, ACP)}
+A2A = Kind(
+    name="a2a",
+    table="a2a_usage_events",
+    measures=(REQUEST_COUNT, SUCCESS_COUNT, FAILURE_COUNT, AVG_LATENCY),
+    event_filters=(
+        "route_id",
+        "service_id",
+        "virtual_key_id",
+        "user_id",
+        "org_id",
+        "method",
+        "protocol_version",
+        "binding",
+        "task_id",
+        "context_id",
+        "task_state",
+        "session_id",
+        "agent_id",
+        "limit_id",
+        "limit_action",
+    ),
+    series_filters=(
+        "route_id",
+        "service_id",
+        "virtual_key_id",
+        "user_id",
+        "org_id",
+        "method",
+        "protocol_version",
+        "binding",
+        "task_state",
+        "session_id",
+        "agent_id",
+        "limit_id",
+        "limit_action",
+    ),
+    group_by=(
+        "route_id",
+        "service_id",
+        "virtual_key_id",
+        "user_id",
+        "org_id",
+        "method",
+        "protocol_version",
+        "binding",
+        "task_state",
+        "stream",
+        "session_id",
+        "agent_id",
+        "limit_id",
+        "limit_action",
+    ),
+    default_group_by="method",
+    order_by=COMMON_ORDER,
+    chart_measure="request_count",
+    session_totals=("request_count", "failure_count"),
+    booleans=("success", "stream"),
+    json_columns=(),
+    operation="method",
+)
+KINDS: Mapping[str, Kind] = {k.name: k for k in (LLM, MCP, ACP, A2A)}
 
 INTERACTION_MEASURES: Measures = tuple((m.name, m.aggregate) for m in COMMON)
-"""The measures of ``/admin/metrics/interactions/summary`` (all three tables as one)."""
+"""The measures of ``/admin/metrics/interactions/summary`` (every usage table as one)."""
 
 
 def _union(names: Sequence[Sequence[str]]) -> tuple[str, ...]:
@@ -342,7 +402,7 @@ def _union(names: Sequence[Sequence[str]]) -> tuple[str, ...]:
 
 
 def summary_measures() -> tuple[str, ...]:
-    """The headline measures of the three kinds, each once, averages last: the columns of a
+    """The headline measures of the kinds, each once, averages last: the columns of a
     table with one row per kind."""
     measures = {m.name: m for k in KINDS.values() for m in k.measures}
     names = _union([[m.name for m in k.measures if m.headline] for k in KINDS.values()])

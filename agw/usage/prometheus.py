@@ -34,7 +34,13 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
+from agw.usage.events import (
+    A2aUsageEvent,
+    AcpUsageEvent,
+    LlmUsageEvent,
+    McpUsageEvent,
+    UsageEvent,
+)
 from agw.usage.recorder import UsageRecorder
 from agw.usage.taxonomy import error_class
 
@@ -42,7 +48,7 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
-KINDS: Final = ("acp", "llm", "mcp")  # the reference's order: sorted
+KINDS: Final = ("a2a", "acp", "llm", "mcp")  # the reference's order: sorted
 TOKEN_TYPES: Final = ("input", "output", "cached_input", "cache_creation", "reasoning")
 
 # Seconds. A request's duration: a cache-warm proxy hop up to a long agent turn or LLM stream.
@@ -151,7 +157,7 @@ class _Histogram:
 
 
 class _Kind:
-    """Everything one kind (llm, mcp, acp) counts under labels of the kind alone or of its
+    """Everything one kind (llm, mcp, acp, a2a) counts under labels of the kind alone or of its
     routes, resolved once per kind or per route."""
 
     __slots__ = ("durations", "failures", "name", "outcomes", "overhead", "requests")
@@ -180,7 +186,8 @@ class PrometheusMetrics:
         self._llm = _Kind("llm", self._overhead.child(("llm",)))
         self._mcp = _Kind("mcp", self._overhead.child(("mcp",)))
         self._acp = _Kind("acp", self._overhead.child(("acp",)))
-        self._kinds = (self._acp, self._llm, self._mcp)  # KINDS order
+        self._a2a = _Kind("a2a", self._overhead.child(("a2a",)))
+        self._kinds = (self._a2a, self._acp, self._llm, self._mcp)  # KINDS order
         self._llm_total_tokens = 0
         self._tokens: dict[tuple[str, str], list[int]] = {}  # (provider, model) -> TOKEN_TYPES
         self._cost: dict[tuple[str, str], float] = {}  # (provider, model) -> USD
@@ -188,6 +195,7 @@ class PrometheusMetrics:
         self._ttft_children: dict[tuple[str, str, str], list[float]] = {}
         self._tool_calls: dict[tuple[str, str, str, str], int] = {}
         self._turns: dict[tuple[str, str, str], int] = {}
+        self._a2a_calls: dict[tuple[str, str, str, str], int] = {}
         self._limit_actions: dict[tuple[str, str, str], int] = {}  # (kind, limit_id, action)
         limit = max_label_values
         self._token_model = LabelGuard("agw_llm_tokens_total", "model", limit)
@@ -227,6 +235,16 @@ class PrometheusMetrics:
                     self._stop_reason(reason),
                 )
                 self._turns[turn] = self._turns.get(turn, 0) + 1
+        elif isinstance(event, A2aUsageEvent):
+            kind = self._a2a
+            # methods are the ones the plane relays, states the closed set it records
+            call = (
+                event.route_id or NONE,
+                event.service_id or NONE,
+                event.method or NONE,
+                event.task_state or NONE,
+            )
+            self._a2a_calls[call] = self._a2a_calls.get(call, 0) + 1
         else:
             return
         if event.limit_action:  # limit ids come from the configuration: a bounded label
@@ -374,6 +392,14 @@ class PrometheusMetrics:
         for turn, n in sorted(self._turns.items()):
             turns.add_metric(list(turn), n)
         yield turns
+        a2a_calls = CounterMetricFamily(
+            "agw_a2a_calls",
+            "A2A requests by route, service, method and the task state their answer named.",
+            labels=["route_id", "service_id", "method", "task_state"],
+        )
+        for call, n in sorted(self._a2a_calls.items()):
+            a2a_calls.add_metric(list(call), n)
+        yield a2a_calls
         limit_actions = CounterMetricFamily(
             "agw_limit_actions",
             "Calls a limit acted on, by kind, limit and action (refused, clamped, cut, exceeded, "

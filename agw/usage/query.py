@@ -64,7 +64,7 @@ class Attribution:
 def kind_named(name: str) -> Kind:
     found = KINDS.get(name)
     if found is None:
-        raise NotFound(f'unknown usage kind "{name}"; use llm, mcp or acp')
+        raise NotFound(f'unknown usage kind "{name}"; use llm, mcp, acp or a2a')
     return found
 
 
@@ -417,7 +417,7 @@ class BreakdownQuery:
 
 @dataclass(frozen=True)
 class InteractionsQuery:
-    """``/admin/metrics/interactions`` (rows) and ``.../summary`` (``group`` set): the three
+    """``/admin/metrics/interactions`` (rows) and ``.../summary`` (``group`` set): the four
     tables as one; ``parts`` leaves out the tables that cannot match."""
 
     parts: tuple[Part, ...]
@@ -446,7 +446,7 @@ class InteractionsQuery:
 
 @dataclass(frozen=True)
 class SessionQuery:
-    """``/admin/metrics/sessions/{id}``: one agent session across the three tables."""
+    """``/admin/metrics/sessions/{id}``: one agent session across the usage tables."""
 
     session_id: str
     where: Filter

@@ -19,7 +19,7 @@ DEFAULT_INTERVAL_S = 6 * 3600.0
 
 
 async def purge_older_than(db: Database, days: int, now_ms: int | None = None) -> int:
-    """Delete the usage rows of all three tables whose ``started_at`` is before
+    """Delete the usage rows of every usage table whose ``started_at`` is before
     ``now - days``, in one transaction; returns how many rows went."""
     if days < 0:
         raise ValueError("days must not be negative")

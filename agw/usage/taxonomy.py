@@ -31,6 +31,7 @@ _BY_TYPE: Final[dict[str, str]] = {
     "scope_busy": "policy",
     "rate_limited": "policy",
     "budget_exceeded": "policy",
+    "service_disabled": "policy",  # an A2A route whose service is disabled
     # the caller's fault
     "protocol_validation_failed": "client",
     "route_not_found": "client",
@@ -42,6 +43,15 @@ _BY_TYPE: Final[dict[str, str]] = {
     "permission_not_found": "client",
     "client_cancelled": "client",
     "model_not_found": "client",
+    # A2A: the agent's own refusals of what the caller asked (docs/a2a.md#errors)
+    "task_not_found": "client",
+    "task_not_cancelable": "client",
+    "push_notification_not_supported": "client",
+    "unsupported_operation": "client",
+    "content_type_not_supported": "client",
+    "extended_agent_card_not_configured": "client",
+    "extension_support_required": "client",
+    "version_not_supported": "client",
     # the upstream's fault
     "provider_request_failed": "provider",
     "provider_stream_failed": "provider",
@@ -49,6 +59,10 @@ _BY_TYPE: Final[dict[str, str]] = {
     "upstream_error": "provider",
     "agent_exited": "provider",
     "request_failed": "provider",
+    "invalid_agent_response": "provider",
+    "upstream_auth_failed": "provider",  # the remote agent refused the service's credentials
+    "card_unavailable": "provider",  # an A2A agent's card could not be fetched
+    "upstream_timeout": "provider",
     # ours
     "internal_error": "gateway",
     "provider_not_configured": "gateway",

@@ -83,7 +83,7 @@ def test_api_handler_types(api: httpx.Client) -> None:
     r = api.get("/admin/llm/api_handler_types")
     assert r.status_code == 200
     assert r.json() == {
-        "items": [{"llm_api_handler_type": t} for t in ("anthropic", "cc", "openai")]
+        "items": [{"llm_api_handler_type": t} for t in ("anthropic", "cc", "gemini", "openai")]
     }
 
 

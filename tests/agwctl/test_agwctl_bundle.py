@@ -202,6 +202,8 @@ def test_validate_is_local(tmp_path: Path) -> None:
             "acp_services": 1,
             "acp_routes": 1,
             "agents": 1,
+            "a2a_services": 0,
+            "a2a_routes": 0,
             "limits": 0,
         },
     }

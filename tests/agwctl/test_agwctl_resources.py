@@ -196,7 +196,7 @@ def test_registries(ctl: Agwctl) -> None:
     assert types[0] == ["PROVIDER-TYPE", "ENABLED"]
     assert ["openai", "yes"] in types
     handlers = table(ctl.ok("gateway", "llm-api-handler-type", "list"))
-    assert handlers == [["LLM-API-HANDLER-TYPE"], ["anthropic"], ["cc"], ["openai"]]
+    assert handlers == [["LLM-API-HANDLER-TYPE"], ["anthropic"], ["cc"], ["gemini"], ["openai"]]
     auth = table(ctl.ok("gateway", "cliauth", "authenticators", "list"))
     assert auth[0] == ["NAME", "ENABLED", "CONFIG"]
     assert {row[0]: row[1] for row in auth[1:]} == {

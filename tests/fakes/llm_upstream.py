@@ -16,7 +16,7 @@ Endpoints (deterministic answers):
   ``GET /v1/models`` answers in Anthropic's shape when the request carries ``anthropic-version``.
 - Gemini: ``POST /v1beta/models/{model}:generateContent``, ``:streamGenerateContent``
   (``?alt=sse`` for SSE, else one JSON array), ``:countTokens``; ``GET /v1beta/models`` lists
-  the models in Gemini's shape.
+  the models in Gemini's shape, ``GET /v1beta/models/{model}`` answers one (any id exists).
 - JSON answers are gzip- or deflate-compressed when the request's ``Accept-Encoding`` allows
   it, as real providers' are; SSE streams never are.
 - ``GET|HEAD /health`` and ``GET|HEAD /``: 200 ``ok`` (logged, but no knobs apply and they do
@@ -31,7 +31,11 @@ Anthropic cache creation = 4. A chat model named ``deepseek-*`` reports usage as
 The reply is ``"echo: " + last user text[:60]``. With tools offered and no tool result in the
 conversation, the answer is one call of the first tool with arguments ``{"text": last user
 text[:60]}``; env ``FAKE_LLM_TOOL=<suffix>`` picks the first offered tool whose name ends with
-it instead (none matching: no call) and ``FAKE_LLM_TOOL_ARGS`` gives the arguments JSON.
+it instead (none matching: no call) and ``FAKE_LLM_TOOL_ARGS`` gives the arguments JSON. The
+functions of a Responses ``namespace`` tool (Codex offers MCP servers' tools so) count as
+offered too: their call names the function and carries the ``namespace``; so does every
+declaration of a Gemini tool's ``functionDeclarations`` (the Gemini CLI offers all its tools in
+one).
 Anthropic ``thinking: {type: enabled}`` adds a thinking block first.
 
 Knobs, per process (CLI flag, or env var ``FAKE_LLM_<FLAG>`` such as ``FAKE_LLM_FAIL_FIRST``)
@@ -430,21 +434,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if request.method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
         return list_models(request, path)
     if request.method == "GET" and path == "/v1beta/models":
-        return web.json_response(
-            {
-                "models": [
-                    {
-                        "name": f"models/{m}",
-                        "displayName": m.replace("-", " ").title(),
-                        "description": f"the fake's {m}",
-                        "inputTokenLimit": 32768,
-                        "outputTokenLimit": 8192,
-                        "supportedGenerationMethods": ["generateContent", "streamGenerateContent"],
-                    }
-                    for m in MODELS
-                ]
-            }
-        )
+        return web.json_response({"models": [gemini_model(m) for m in MODELS]})
+    if request.method == "GET" and path.startswith(GEMINI_PREFIX) and ":" not in path:
+        return web.json_response(gemini_model(path[len(GEMINI_PREFIX) :]))  # any id exists
     if request.method == "POST" and wants_json_object(path):
         if not isinstance(body, dict):
             return error_response(dialect, 400, "request body must be a JSON object", fake)
@@ -465,6 +457,18 @@ async def handle(request: web.Request) -> web.StreamResponse:
         model, action = path[len(GEMINI_PREFIX) :].rsplit(":", 1)
         return await gemini(request, fake, knobs, body, model, action)
     return error_response("openai", 404, f"Invalid URL ({request.method} {path})", fake)
+
+
+def gemini_model(name: str) -> dict[str, Any]:
+    """One model in Gemini's ``models`` shape."""
+    return {
+        "name": f"models/{name}",
+        "displayName": name.replace("-", " ").title(),
+        "description": f"the fake's {name}",
+        "inputTokenLimit": 32768,
+        "outputTokenLimit": 8192,
+        "supportedGenerationMethods": ["generateContent", "streamGenerateContent"],
+    }
 
 
 async def control(request: web.Request, fake: Fake) -> web.Response:
@@ -600,13 +604,36 @@ def offered_tool(body: dict[str, Any], dialect: str) -> str | None:
         if dialect == "openai" and isinstance(tool.get("function"), dict):
             name = tool["function"].get("name")
         elif dialect == "gemini":
-            decls = _list(tool.get("functionDeclarations") or tool.get("function_declarations"))
-            name = decls[0].get("name") if decls and isinstance(decls[0], dict) else None
+            name = gemini_function(tool, wanted)
+        elif dialect == "responses" and tool.get("type") == "namespace":
+            name = namespaced_tool(tool, wanted)
         elif dialect == "responses" and tool.get("type") != "function":
             name = None
         else:
             name = tool.get("name")
         if isinstance(name, str) and name and (not wanted or name.endswith(wanted)):
+            return name
+    return None
+
+
+def namespaced_tool(tool: dict[str, Any], wanted: str) -> str | None:
+    """The first function of a Responses ``namespace`` tool (Codex offers MCP servers' tools
+    so), as ``<namespace>.<name>``; with ``wanted``: the first whose name ends with it."""
+    for inner in _list(tool.get("tools")):
+        if not (isinstance(inner, dict) and inner.get("type") == "function"):
+            continue
+        name = inner.get("name")
+        if isinstance(name, str) and name and name.endswith(wanted):
+            return f"{tool.get('name')}.{name}"
+    return None
+
+
+def gemini_function(tool: dict[str, Any], wanted: str) -> str | None:
+    """The first of a Gemini tool's ``functionDeclarations``; with ``wanted``: the first
+    whose name ends with it."""
+    for decl in _list(tool.get("functionDeclarations") or tool.get("function_declarations")):
+        name = decl.get("name") if isinstance(decl, dict) else None
+        if isinstance(name, str) and name and name.endswith(wanted):
             return name
     return None
 
@@ -769,14 +796,17 @@ async def responses(
     call = tool_call(body, "responses")
     rid = fake.next_id("resp_", 32)
     if call:
+        namespace, _, name = call[0].rpartition(".")
         item: dict[str, Any] = {
             "id": fake.next_id("fc_", 32),
             "type": "function_call",
             "status": "completed",
             "call_id": fake.next_id("call_", 24),
-            "name": call[0],
+            "name": name,
             "arguments": call[1],
         }
+        if namespace:
+            item["namespace"] = namespace
     else:
         part = {"type": "output_text", "text": reply, "annotations": [], "logprobs": []}
         item = {
@@ -835,9 +865,7 @@ async def responses(
         await event("response.output_item.added", output_index=0, item=added)
         for fragment in _thirds(call[1]):
             await event("response.function_call_arguments.delta", **where, delta=fragment)
-        await event(
-            "response.function_call_arguments.done", **where, name=call[0], arguments=call[1]
-        )
+        await event("response.function_call_arguments.done", **where, name=name, arguments=call[1])
     else:
         added = dict(item, status="in_progress", content=[])
         await event("response.output_item.added", output_index=0, item=added)

@@ -49,9 +49,10 @@ def window(data: Dataset) -> tuple[int, int]:
 
 def test_summary(api: httpx.Client, dataset: Dataset) -> None:
     body = get(api, "/admin/metrics")
-    assert list(body) == ["llm", "mcp", "acp", "pipeline"]
+    assert list(body) == ["llm", "mcp", "acp", "a2a", "pipeline"]
     for kind in ("llm", "mcp", "acp"):
         assert_measures(body[kind], measures(kind, dataset.of(kind)), kind)
+    assert body["a2a"]["request_count"] == 0  # the dataset has no A2A rows
     assert set(body["pipeline"]) == {
         "dropped_events",
         "write_failures",

@@ -36,6 +36,7 @@ def totals(rows: list[Event]) -> dict[str, Any]:
     llm = [r for r in rows if r.route_kind == "llm"]
     mcp = [r for r in rows if r.route_kind == "mcp"]
     acp = [r for r in rows if r.route_kind == "acp"]
+    a2a = [r for r in rows if r.route_kind == "a2a"]
     return {
         "llm": {
             "request_count": len(llm),
@@ -54,6 +55,7 @@ def totals(rows: list[Event]) -> dict[str, Any]:
             "turn_count": sum(r.operation == "turn" for r in acp),
             "failure_count": sum(not r.success for r in acp),
         },
+        "a2a": {"request_count": len(a2a), "failure_count": sum(not r.success for r in a2a)},
     }
 
 

@@ -225,6 +225,7 @@ MEASURES: dict[str, tuple[str, ...]] = {
         "avg_latency_ms",
     ),
     "acp": ("request_count", "turn_count", "success_count", "failure_count", "avg_latency_ms"),
+    "a2a": ("request_count", "success_count", "failure_count", "avg_latency_ms"),
     "interactions": ("request_count", "success_count", "failure_count", "avg_latency_ms"),
 }
 

@@ -1,6 +1,7 @@
-"""The npm tools of the slow tier (tests/clients: Claude Code, opencode) and the npm libraries
-of test fakes (tests/fakes/oidc: oidc-provider), installed with npm into
-``.cache/npm-<name>`` of the repository on first use (the npm registry must be reachable then).
+"""The npm tools of the slow tier (tests/clients: Claude Code, opencode, the Codex CLI,
+codex-acp) and the npm libraries of test fakes (tests/fakes/oidc: oidc-provider), installed with
+npm into ``.cache/npm-<name>`` of the repository on first use (the npm registry must be
+reachable then).
 A test that needs one is skipped, with the reason, where npm or Node.js is not installed; a
 failed install fails it."""
 

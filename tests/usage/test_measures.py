@@ -69,8 +69,8 @@ def test_agwctl_reads_the_catalog() -> None:
     assert metrics.measure_help() == (
         "What the chart draws: llm total_tokens (default), input_tokens, output_tokens, "
         "cached_input_tokens, reasoning_tokens, cost_usd; any kind request_count "
-        "(mcp/acp default), success_count, failure_count, avg_latency_ms; mcp tools_call_count, "
-        "cost_usd; acp turn_count."
+        "(mcp/acp/a2a default), success_count, failure_count, avg_latency_ms; "
+        "mcp tools_call_count, cost_usd; acp turn_count."
     )
 
 

@@ -166,15 +166,15 @@ def test_a_scrape_equals_independent_sums(tmp_path: Path) -> None:
     ):
         assert f"# HELP {name} " in text and f"# TYPE {name} counter\n" in text
     kind_lines = [ln for ln in text.splitlines() if ln.startswith("agentgateway_usage_requests")]
-    assert [ln.split('"')[1] for ln in kind_lines] == ["acp", "llm", "mcp"]
+    assert [ln.split('"')[1] for ln in kind_lines] == ["a2a", "acp", "llm", "mcp"]
 
     kinds = Counter(KIND[type(e)] for e in emitted)
     assert series(samples, "agentgateway_usage_requests_total") == {
-        (k,): float(kinds[k]) for k in ("acp", "llm", "mcp")
+        (k,): float(kinds[k]) for k in ("a2a", "acp", "llm", "mcp")
     }
     failed = Counter(KIND[type(e)] for e in emitted if not e.success)
     assert series(samples, "agentgateway_usage_failures_total") == {
-        (k,): float(failed[k]) for k in ("acp", "llm", "mcp")
+        (k,): float(failed[k]) for k in ("a2a", "acp", "llm", "mcp")
     }
     llm = [e for e in events if isinstance(e, LlmUsageEvent)]
     assert series(samples, "agentgateway_usage_tokens_total") == {
@@ -216,7 +216,7 @@ def test_a_scrape_equals_independent_sums(tmp_path: Path) -> None:
 
     # histograms: buckets, counts and sums from the raw observations
     durations: dict[tuple[str, ...], list[float]] = {}
-    overheads: dict[tuple[str, ...], list[float]] = {("acp",): [], ("llm",): [], ("mcp",): []}
+    overheads: dict[tuple[str, ...], list[float]] = {(k,): [] for k in ("a2a", "acp", "llm", "mcp")}
     ttfts: dict[tuple[str, ...], list[float]] = {}
     for e in emitted:
         assert e.latency_ms is not None

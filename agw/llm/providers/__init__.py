@@ -15,7 +15,7 @@ from agw.llm.providers.base import ErrorDialect, ProviderKind, WireFormat, error
 from agw.llm.providers.claudecode import ClaudeCode, restore_event, restore_tool_names
 from agw.llm.providers.codex import Codex
 from agw.llm.providers.credentials import CredentialPicker, Key
-from agw.llm.providers.gemini import Gemini, GeminiWire
+from agw.llm.providers.gemini import Gemini, GeminiErrors, GeminiWire
 from agw.llm.providers.openai import (
     ChatWire,
     DeepSeek,
@@ -79,6 +79,7 @@ _DIALECTS: dict[str, ErrorDialect] = {
     "openai": OpenAiErrors(),
     "anthropic": AnthropicErrors(),
     "cc": AnthropicErrors(),
+    "gemini": GeminiErrors(),
 }
 
 
@@ -91,7 +92,7 @@ def wire_format(wire: str) -> WireFormat:
 
 
 def error_dialect(protocol: str) -> ErrorDialect:
-    """``protocol``: the route's (openai | anthropic | cc)."""
+    """``protocol``: the route's (openai | anthropic | cc | gemini)."""
     return _DIALECTS.get(protocol) or _DIALECTS["openai"]
 
 

@@ -1,15 +1,36 @@
 """Google Gemini: the ``gemini`` wire (generateContent; the model and streaming are in the
-URL, not the body), its key header, and its usage parser."""
+URL, not the body), its key header, its usage parser, and Google's error body."""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 from agw.config.llm import Provider
-from agw.llm.providers.base import ListedModel, ProviderKind, WireFormat, objects
+from agw.llm.providers.base import ErrorDialect, ListedModel, ProviderKind, WireFormat, objects
 from agw.llm.providers.tokens import Usage, count
+from agw.sse import frame
 from agw.types import JsonObj
+
+# HTTP status -> the google.rpc code name Google's APIs answer with (``error.status``)
+_RPC_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_RPC = "type.googleapis.com/google.rpc."
 
 
 def gemini_usage(meta: Mapping[str, Any]) -> Usage:
@@ -27,6 +48,9 @@ def gemini_usage(meta: Mapping[str, Any]) -> Usage:
 class GeminiWire(WireFormat):
     name = "gemini"
 
+    def stream_passes(self, body: Mapping[str, Any]) -> bool:
+        return True  # streaming is in the URL: the body is the same either way
+
     def prepare(self, body: JsonObj, model: str, *, stream: bool, own: bool) -> bool:
         body.pop("model", None)  # both are in the URL
         body.pop("stream", None)
@@ -39,10 +63,14 @@ class Gemini(ProviderKind):
     def url(self, provider: Provider, wire: str, model: str, *, stream: bool) -> str:
         base = provider.effective_base_url.rstrip("/")
         prefix = base if base.endswith(("/v1beta", "/v1")) else base + "/v1beta"
-        if wire == "models":
-            return prefix + "/models"
-        action = "streamGenerateContent?alt=sse" if stream else "generateContent"
-        return f"{prefix}/models/{model}:{action}"
+        name = quote(model, safe="")  # a name never adds a path, query or fragment
+        if wire == "models":  # the list, or one model's entry
+            return f"{prefix}/models/{name}" if model else prefix + "/models"
+        if wire == "count_tokens":
+            action = "countTokens"
+        else:
+            action = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        return f"{prefix}/models/{name}:{action}"
 
     def key_headers(self, provider: Provider, wire: str, key: str) -> dict[str, str]:
         return {"x-goog-api-key": key} if key else {}
@@ -66,3 +94,40 @@ class Gemini(ProviderKind):
                 )
             )
         return out
+
+
+class GeminiErrors(ErrorDialect):
+    """Google's error body, ``{"error": {"code", "message", "status"}}``, which Google's SDKs
+    raise as their own errors; inside a stream, that object in a ``data`` line. A limit's
+    refusal (``extra["limit"]``) also carries ``details``: a ``google.rpc.ErrorInfo`` naming the
+    limit (its fields as strings, domain ``agw``) and, when it resets, a
+    ``google.rpc.RetryInfo`` with the delay (docs/llm.md, "Gemini")."""
+
+    def body(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        rpc = _RPC_STATUS.get(status) or ("INVALID_ARGUMENT" if status < 500 else "INTERNAL")
+        error: dict[str, Any] = {"code": status, "message": message, "status": rpc}
+        limit = extra.get("limit") if extra else None
+        if isinstance(limit, dict):
+            info = {k: str(v) for k, v in limit.items() if v is not None}
+            details: list[JsonObj] = [
+                {
+                    "@type": _RPC + "ErrorInfo",
+                    "reason": (code or "rate_limit_exceeded").upper(),
+                    "domain": "agw",
+                    "metadata": info,
+                }
+            ]
+            retry = limit.get("retry_after_s")
+            if isinstance(retry, int | float) and not isinstance(retry, bool):
+                details.append({"@type": _RPC + "RetryInfo", "retryDelay": f"{math.ceil(retry)}s"})
+            error["details"] = details
+        return json.dumps({"error": error}).encode()
+
+    def stream_frame(self, status: int, message: str) -> bytes:
+        return frame(self.body(status, message).decode())

@@ -5,10 +5,12 @@
 - :mod:`.stdio`: one process per service (newline-delimited JSON on stdin/stdout);
 - :mod:`.sse`: legacy HTTP+SSE (a GET stream plus POSTs);
 - :mod:`.http`: streamable HTTP, both eras (its session and handshake); :mod:`.http_wire`: what
-  it sends and reads (POSTs and their answers, each era's headers, the GET stream).
+  it sends and reads (POSTs and their answers, each era's headers, the GET stream);
+- :mod:`.openapi`: a REST API's OpenAPI operations served as tools; :mod:`.openapi_call`: one
+  call as an HTTP request and its answer as a tool result.
 
-The transports import only ``base`` (and ``channel``, ``http_wire``); only this module imports
-the transports.
+The transports import only ``base`` (and ``channel``, ``http_wire``, ``openapi_call``); only this
+module imports the transports.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from agw.mcp.upstream.base import (
     auth_headers,
 )
 from agw.mcp.upstream.http import StreamableHttpUpstream
+from agw.mcp.upstream.openapi import OpenApiUpstream
 from agw.mcp.upstream.sse import SseUpstream
 from agw.mcp.upstream.stdio import StdioUpstream
 
@@ -32,6 +35,7 @@ __all__ = [
     "MESSAGE_LIMIT",
     "Listener",
     "OnMessage",
+    "OpenApiUpstream",
     "SseUpstream",
     "StdioUpstream",
     "StreamableHttpUpstream",
@@ -48,4 +52,6 @@ def create_upstream(service: McpService, listener: Listener | None = None) -> Up
         return StdioUpstream(service, listener)
     if service.transport == "sse":
         return SseUpstream(service, listener)
+    if service.transport == "openapi":
+        return OpenApiUpstream(service, listener)
     return StreamableHttpUpstream(service, listener)
