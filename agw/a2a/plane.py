@@ -72,7 +72,10 @@ _NOT_JSON: Final = "Content-Type must be application/json"
 class A2aPlane:
     """The data plane's handler of ``a2a`` routes."""
 
-    edge_always = False  # callers are agents and programs, which a browser page cannot be
+    # Host and Origin are checked on every request, keyed routes included: the card's URLs
+    # are made from the Host, so an untrusted one (a poisoned cache, a rebinding page) must
+    # not name where agents send their credentials (docs/a2a.md, "The card")
+    edge_always = True
 
     def __init__(self, recorder: UsageRecorder | None, *, limiter: Limiter | None = None) -> None:
         self.recorder = recorder

@@ -142,3 +142,18 @@ def test_an_agent_that_cannot_be_reached(gw: A2aGateway) -> None:
     assert rest.status_code == 502
     rows = gw.rows("route_id = 'a2a-down'", count=3)
     assert {r["error_type"] for r in rows} == {"card_unavailable"}
+
+
+def test_a_forged_host_gets_no_card_even_on_a_keyed_route(gw: A2aGateway) -> None:
+    """The card is made from the Host: an untrusted one must not name where agents send their
+    credentials (a shared cache would keep it for everyone)."""
+    with gw.data() as http:
+        for prefix in ("/a2a/keyed", "/a2a/open"):
+            r = http.get(f"{prefix}/.well-known/agent-card.json", headers={"host": "evil.example"})
+            assert r.status_code == 421, r.text
+            error = r.json()["error"]
+            assert error["code"] == 421 and error["details"][0]["reason"] == "HOST_NOT_ALLOWED"
+            assert "supportedInterfaces" not in r.text
+        ok = http.get("/a2a/keyed/.well-known/agent-card.json")
+    assert ok.status_code == 200
+    assert all("127.0.0.1" in i["url"] for i in ok.json()["supportedInterfaces"])
