@@ -2,7 +2,9 @@
 
 Listeners are bound here (so port 0 works and the real port is known before serving), handed to
 uvicorn or hypercorn with the listener limits of agw.listener, and served until the shutdown
-event is set; in-flight requests then get ``shutdown_grace_seconds`` to finish. The same
+event is set; in-flight requests then get ``shutdown_grace_seconds`` to finish. Under ``agwd
+--workers N`` each worker process runs a Gateway on sockets the supervisor bound
+(:mod:`agw.workers`): worker 0 serves both listeners, the others the data listener only. The same
 composition (:func:`open_store`, :func:`compose`) runs without listeners in :func:`in_process`,
 for the in-process test tier.
 """
@@ -23,7 +25,7 @@ from hypercorn.config import Config
 from quart import Quart
 
 from agw.a2a import A2aPlane
-from agw.acp import AcpPlane, AcpRuntime
+from agw.acp import AcpPlane, AcpRuntime, Replica
 from agw.admin.app import create_admin_app
 from agw.auth.admin_basic import BasicAuth
 from agw.auth.identity import Identity
@@ -37,17 +39,20 @@ from agw.listener import (
     sweep_httptools,
 )
 from agw.llm import LlmPlane
-from agw.mcp import McpPlane, McpState
+from agw.mcp import McpPlane, McpState, env_session_key
+from agw.policy.limit_backend import LimitBackend
 from agw.policy.limits import Limiter
 from agw.runtime.attribution import SessionDirectory
 from agw.runtime.manager import ConfigManager, load_static
 from agw.settings import Settings, split_host_port
-from agw.store.db import Database
+from agw.store.engine import Store
+from agw.store.engine import open_store as open_database
 from agw.types import ASGIApp, Receive, Scope, Send
 from agw.usage.accesslog import OFF, AccessLog
 from agw.usage.prometheus import PrometheusMetrics
 from agw.usage.recorder import UsageRecorder
 from agw.usage.retention import RetentionJanitor
+from agw.workers import WorkerSlot
 
 if TYPE_CHECKING:
     from agw.tracing import TraceExporter
@@ -147,17 +152,21 @@ async def _fan_out_lifespan(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def open_store(settings: Settings) -> tuple[Database, ConfigManager]:
+async def open_store(settings: Settings) -> tuple[Store, ConfigManager]:
     """The config store opened (created, migrated) and the config loaded from it and from the
     static file: where the daemon and the in-process tests (tests/support/inproc.py) start."""
     if settings.static_config is not None:
         load_static(settings.static_config)  # fail before the store is created or migrated
-    db = await Database.open(settings.config_store, secret_key=settings.secret_key)
+    env_session_key()  # a malformed AGW_SESSION_KEY too
+    db = await open_database(
+        settings.store_url or settings.config_store, secret_key=settings.secret_key
+    )
     try:
         manager = ConfigManager(
             db, provider_types=settings.provider_types, static_path=settings.static_config
         )
         await manager.start()
+        await db.watch(manager.refresh)  # PostgreSQL: the other replicas' writes
     except BaseException:
         await db.close()
         raise
@@ -196,9 +205,29 @@ class Apps:
             await asyncio.to_thread(self.tracer.close)
 
 
+def _replica(settings: Settings) -> Replica:
+    """``--replica-id`` (ids tagged with it), else hostname:port of the data listener (untagged)."""
+    if settings.replica_id:
+        return Replica(settings.replica_id, tagged=True)
+    port = split_host_port(settings.addr)[1]
+    return Replica(f"{socket.gethostname()}:{port}", tagged=False)
+
+
+def _limit_backend(settings: Settings, prometheus: PrometheusMetrics) -> LimitBackend | None:
+    """The shared limit counters of ``--redis-url`` (their failures on /metrics), else None:
+    the counters stay in this process (docs/scale-out.md#shared-limits)."""
+    if not settings.redis_url:
+        return None
+    from agw.policy.limit_redis import RedisBackend
+
+    backend = RedisBackend(settings.redis_url)
+    prometheus.registry.register(backend.metrics)
+    return backend
+
+
 def compose(
     settings: Settings,
-    db: Database,
+    db: Store,
     manager: ConfigManager,
     *,
     access_log: AccessLog | None,
@@ -208,6 +237,8 @@ def compose(
     retention janitor started (in the running loop). ``gateway_url``: what gateway-run agents
     are told to call back (the data listener). agwd serves the apps on its listeners; the
     in-process tests drive them through ``httpx.ASGITransport`` (see :func:`in_process`)."""
+    # MCP session ids any replica with the same key opens (docs/scale-out.md)
+    mcp_key = env_session_key() or db.box.session_key
     auth = admin_auth(settings)
     recorder = UsageRecorder(db)
     if access_log is not None:
@@ -224,12 +255,12 @@ def compose(
     recorder.start()
     directory = SessionDirectory()  # ACP sessions, for LLM and MCP usage attribution
     identity = Identity(directory)  # step 2: virtual keys and JWTs
-    limiter = Limiter(db)  # step 3: limits and budgets, one set of counters for every plane
+    limiter = Limiter(db, _limit_backend(settings, prometheus))  # step 3: limits and budgets
     llm = LlmPlane(recorder, trace_content=settings.trace_content, limiter=limiter)
-    mcp_runtime = McpState(manager)
+    mcp_runtime = McpState(manager, session_key=mcp_key)
     mcp = McpPlane(recorder, mcp_runtime, limiter=limiter)
     acp_runtime = AcpRuntime(manager, directory=directory, gateway_url=lambda: gateway_url)
-    acp = AcpPlane(recorder, acp_runtime, limiter=limiter)
+    acp = AcpPlane(recorder, acp_runtime, limiter=limiter, replica=_replica(settings))
     admin = create_admin_app(
         manager,
         auth,
@@ -293,25 +324,39 @@ class _QuietUvicorn(uvicorn.Server):
 @dataclass
 class Gateway:
     settings: Settings
-    db: Database
+    db: Store
     manager: ConfigManager
     admin_sock: socket.socket | None
     data_sock: socket.socket
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     access_log: AccessLog | None = None
+    worker: WorkerSlot | None = None  # agwd --workers N (agw.workers): this process's slot
 
     @classmethod
-    async def open(cls, settings: Settings) -> Gateway:
+    async def open(cls, settings: Settings, worker: WorkerSlot | None = None) -> Gateway:
+        """The store opened and the listeners bound, or, in a worker, inherited."""
         db, manager = await open_store(settings)
         access_log: AccessLog | None = None
         try:
             if settings.access_log != OFF:
                 try:
-                    access_log = AccessLog(settings.access_log)
+                    access_log = AccessLog(
+                        settings.access_log, worker=None if worker is None else worker.index
+                    )
                 except OSError as exc:
                     raise OSError(
                         f"cannot open access log {settings.access_log}: {exc.strerror or exc}"
                     ) from None
+            if worker is not None:
+                return cls(
+                    settings,
+                    db,
+                    manager,
+                    worker.admin_sock,
+                    worker.data_sock,
+                    access_log=access_log,
+                    worker=worker,
+                )
             data_sock = bind(settings.addr)
             try:
                 admin_sock = None if shares_listener(settings) else bind(settings.admin_addr)
@@ -353,13 +398,25 @@ class Gateway:
         # what agents are told to call back (gateway_origin): the data listener, on loopback
         # when it listens on every interface
         data_url = "http://" + local_addr(self.data_addr)
-        apps = compose(
-            self.settings, self.db, self.manager, access_log=self.access_log, gateway_url=data_url
-        )
+        try:
+            apps = compose(
+                self.settings,
+                self.db,
+                self.manager,
+                access_log=self.access_log,
+                gateway_url=data_url,
+            )
+        except BaseException:  # the store's thread would keep the process alive: agwd hung
+            if self.access_log is not None:
+                self.access_log.close()
+            await self.db.close()
+            raise
         admin: Any = apps.admin  # Quart's ASGI signature is its own, narrower one
         data = apps.data
         servers: list[tuple[Any, socket.socket]] = []
-        if self.admin_sock is None:
+        if self.worker is not None and not self.worker.serves_admin:
+            servers.append((data, self.data_sock))
+        elif self.admin_sock is None:
             servers.append((combined_app(admin, data), self.data_sock))
         else:
             servers.append((data, self.data_sock))
@@ -375,6 +432,12 @@ class Gateway:
             apps.drain()
 
         drainer = asyncio.create_task(drain_on_shutdown())
+        follower = None
+        worker = self.worker
+        if worker is not None:
+            if worker.serves_admin:  # the one config writer tells the other workers
+                self.manager.on_swap(lambda _snapshot: worker.generation.bump())
+            follower = asyncio.create_task(worker.follow(self.manager, self.shutdown))
         caps = connection_caps(self.settings.max_connections)
         log.info(
             "listener_limits", extra={"max_connections": caps[0], "admin_max_connections": caps[1]}
@@ -388,12 +451,18 @@ class Gateway:
                 tasks.append(asyncio.create_task(served))
         try:
             await self._wait_accepting(addrs, tasks)
-            log.info("agwd_ready", extra={"addr": addrs[0], "admin_addr": addrs[-1]})
+            if self.worker is None:
+                log.info("agwd_ready", extra={"addr": addrs[0], "admin_addr": addrs[-1]})
+            else:  # the supervisor says agwd_ready once every worker is
+                self.worker.ready()
             if on_ready is not None:
                 on_ready()
             await asyncio.gather(*tasks)
         finally:
             drainer.cancel()
+            if follower is not None:
+                follower.cancel()
+                tasks.append(follower)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, drainer, return_exceptions=True)

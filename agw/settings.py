@@ -28,6 +28,7 @@ class Settings:
     admin_basic_auth_hash: str = ""
     admin_insecure: bool = False
     config_store: Path = Path(DEFAULT_CONFIG_STORE)
+    store_url: str = ""  # a PostgreSQL config store (postgresql://...) in place of the file
     static_config: Path | None = None
     provider_types: tuple[str, ...] = ()  # empty: every provider type is enabled
     metrics_retention_days: int = 30
@@ -37,6 +38,8 @@ class Settings:
     access_log: str = "stderr"  # stderr | off | a file path
     otlp_endpoint: str = ""  # OTLP/HTTP base URL; empty: no trace export
     trace_content: bool = False  # prompts and completions on LLM spans
+    redis_url: str = ""  # the shared limit counters; empty: in this process
+    replica_id: str = ""  # names this replica in its ACP ids (agw.acp.replica); empty: untagged
     # what the listeners trust (agw.edge): names for Host, origins for Origin and admin CORS
     admin_hosts: tuple[str, ...] = ()
     admin_cors_origins: tuple[str, ...] = ()

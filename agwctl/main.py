@@ -1,4 +1,5 @@
-"""agwctl: the management CLI of agw, a client of the admin API only (it never opens the store).
+"""agwctl: the management CLI of agw, a client of the admin API (only `gateway migrate-store`,
+which moves a stopped deployment's store, opens stores itself).
 
     agwctl [-o table|json] gateway [--admin-addr URL] [--admin-basic-auth USER:PASS]
            [--admin-header 'Name: value']... COMMAND ...
@@ -16,7 +17,7 @@ from typing import Annotated
 import typer
 
 from agw.envfile import load_env_files
-from agwctl import acp, agents, authz, bundle, chat, limits, mcp, metrics, resources
+from agwctl import acp, agents, authz, bundle, chat, limits, mcp, metrics, resources, store
 from agwctl.client import (
     DEFAULT_ADMIN_ADDR,
     AdminSettings,
@@ -116,6 +117,7 @@ def create_app() -> typer.Typer:
     limits.register(apps)
     metrics.register(gateway)
     authz.register(gateway)
+    store.register(gateway)
     app.add_typer(gateway, name="gateway")
     chat.register(app)
     return app

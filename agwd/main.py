@@ -3,7 +3,8 @@
 Flags and env as the Go agwd; ``.env.local`` and ``.env`` are loaded first without overriding the
 environment. Under systemd (``NOTIFY_SOCKET`` set) it reports ``READY=1`` once both listeners
 answer and ``STOPPING=1`` on shutdown; ``SIGTERM``/``SIGINT`` drain in-flight requests (bounded),
-``SIGHUP`` reloads the static config.
+``SIGHUP`` reloads the static config. ``--workers N`` runs N worker processes under a
+supervisor (:mod:`agw.workers`, docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from typing import Annotated
 
 import typer
 
+from agw.acp import valid_replica_id
 from agw.auth.admin_basic import AdminAuthConfigError, BasicAuth, password_file_auth
+from agw.config.families import LIMIT
 from agw.config.llm import PROVIDER_TYPES
 from agw.edge import check_host_entry, check_origin_entry
 from agw.envfile import load_env_files
 from agw.errors import AgwError
 from agw.logs import setup_logging
-from agw.server import Gateway
+from agw.server import Gateway, bind, open_store, shares_listener
 from agw.settings import (
     DEFAULT_ADDR,
     DEFAULT_ADMIN_ADDR,
@@ -40,7 +43,9 @@ from agw.settings import (
     is_loopback,
     split_host_port,
 )
+from agw.store.engine import is_postgres
 from agw.store.secrets import KEY_ENV, parse_key
+from agw.workers import MAX_WORKERS, Supervisor, WorkerSlot
 
 log = logging.getLogger("agwd")
 app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
@@ -90,6 +95,8 @@ def build_settings(
     access_log: str = "stderr",
     otlp_endpoint: str = "",
     trace_content: bool = False,
+    redis_url: str = "",
+    replica_id: str = "",
     admin_host: list[str] | None = None,
     admin_cors_origin: list[str] | None = None,
     allowed_host: list[str] | None = None,
@@ -125,6 +132,10 @@ def build_settings(
         fail(f"--otlp-endpoint must be an http:// or https:// URL (got {otlp_endpoint!r})")
     if trace_content and not otlp_endpoint:
         fail("--trace-content needs --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT)")
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        fail("--redis-url must be a redis://, rediss:// or unix:// URL")
+    if replica_id and not valid_replica_id(replica_id):
+        fail("--replica-id must be 1-64 letters, digits, '.', '_', ':' or '-'")
     if admin_basic_auth_hash:
         try:
             BasicAuth(admin_basic_auth_hash)
@@ -153,7 +164,8 @@ def build_settings(
         admin_addr=admin_addr,
         admin_basic_auth_hash=admin_basic_auth_hash,
         admin_insecure=admin_insecure,
-        config_store=Path(config_store),
+        config_store=Path(DEFAULT_CONFIG_STORE if is_postgres(config_store) else config_store),
+        store_url=config_store if is_postgres(config_store) else "",
         static_config=Path(static_config) if static_config else None,
         provider_types=tuple(sorted(types)),
         metrics_retention_days=metrics_retention_days or 30,
@@ -162,6 +174,8 @@ def build_settings(
         access_log=access_log.strip(),
         otlp_endpoint=otlp_endpoint,
         trace_content=trace_content,
+        redis_url=redis_url,
+        replica_id=replica_id,
         admin_hosts=admin_hosts,
         admin_cors_origins=cors,
         allowed_hosts=hosts,
@@ -223,8 +237,10 @@ def _entries(flag: str, values: list[str] | None, check: Callable[[str], str]) -
 GC_GEN0_THRESHOLD = 7000
 
 
-async def run(settings: Settings) -> None:
-    gateway = await Gateway.open(settings)
+async def run(settings: Settings, worker: WorkerSlot | None = None) -> None:
+    if worker is not None:
+        worker.seen = worker.generation.value  # a change from here on is followed
+    gateway = await Gateway.open(settings, worker)
     gc.collect()
     gc.freeze()  # what start-up built lives for the whole process: keep it out of GC passes
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
@@ -258,6 +274,68 @@ async def run(settings: Settings) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload)
     await gateway.serve(on_ready=lambda: sd_notify(f"READY=1\nMAINPID={os.getpid()}"))
     log.info("agwd_stopped")
+
+
+def serve_worker(settings: Settings, worker: WorkerSlot) -> int:
+    """One worker process of ``--workers N``: the gateway on the inherited sockets; its exit
+    code."""
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(run(settings, worker))
+    except AgwError as exc:
+        log.error("worker_failed", extra={"worker": worker.index, "error": exc.message})
+        return 1
+    except OSError as exc:
+        log.error("worker_failed", extra={"worker": worker.index, "error": str(exc)})
+        return 1
+    return 0
+
+
+async def prepare_store(settings: Settings, workers: int) -> None:
+    """Before the workers start: the store created and migrated once (and the static config
+    checked); a warning when limits count per worker (no ``--redis-url``)."""
+    db, manager = await open_store(settings)
+    try:
+        limits = sum(1 for _ in manager.state.records(LIMIT))
+    finally:
+        await db.close()
+    if limits and not settings.redis_url:
+        log.warning(
+            "limits_counted_per_worker",
+            extra={
+                "workers": workers,
+                "limits": limits,
+                "detail": f"each worker keeps its own limit counters: a limit can admit up to "
+                f"{workers} times its caps (docs/scale-out.md)",
+            },
+        )
+
+
+def supervise(settings: Settings, workers: int) -> int:
+    """``--workers N`` (N > 1): the store prepared, both listeners bound here and inherited by
+    the forked workers (agw.workers); agwd's exit code."""
+    asyncio.run(prepare_store(settings, workers))
+    data_sock = bind(settings.addr)
+    try:
+        admin_sock = bind(settings.admin_addr)
+    except OSError:
+        data_sock.close()
+        raise
+    try:
+        supervisor = Supervisor(
+            workers,
+            data_sock,
+            admin_sock,
+            lambda slot: serve_worker(settings, slot),
+            sd_notify,
+            settings.shutdown_grace_seconds,
+        )
+        code = supervisor.run()
+    finally:
+        data_sock.close()
+        admin_sock.close()
+    log.info("agwd_stopped", extra={"code": code})
+    return code
 
 
 @app.command()
@@ -345,7 +423,11 @@ def agwd(
         ),
     ] = 0,
     config_store: Annotated[
-        str, typer.Option(help="SQLite config store (created with its parent directories)")
+        str,
+        typer.Option(
+            help="Config store: a SQLite file (created with its parent directories) or a "
+            "PostgreSQL URL, postgresql://user@host:port/database"
+        ),
     ] = DEFAULT_CONFIG_STORE,
     static_config: Annotated[
         str, typer.Option(help="GatewayBundle YAML loaded read-only (reloaded on SIGHUP)")
@@ -385,6 +467,33 @@ def agwd(
         bool,
         typer.Option(help="put prompts and completions on the exported LLM spans"),
     ] = False,
+    redis_url: Annotated[
+        str,
+        typer.Option(
+            envvar="AGW_REDIS_URL",
+            metavar="URL",
+            help="keep the limit counters in this Redis, shared by every replica "
+            "(redis://[:password@]host:port/db); default: in this process",
+            show_default=False,
+        ),
+    ] = "",
+    replica_id: Annotated[
+        str,
+        typer.Option(
+            envvar="AGW_REPLICA_ID",
+            metavar="NAME",
+            help="this replica's name, put into the ACP session and connection ids it hands out "
+            "so that other replicas name it (docs/scale-out.md); default: untagged ids",
+            show_default=False,
+        ),
+    ] = "",
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="worker processes serving the data listener (the first also serves the admin "
+            "API); above 1 needs --admin-addr other than --addr"
+        ),
+    ] = 1,
 ) -> None:
     """Run the agw gateway daemon: data plane, admin API and SQLite config store."""
     settings = build_settings(
@@ -401,6 +510,8 @@ def agwd(
         access_log=access_log,
         otlp_endpoint=otlp_endpoint,
         trace_content=trace_content,
+        redis_url=redis_url,
+        replica_id=replica_id,
         admin_host=admin_host,
         admin_cors_origin=admin_cors_origin,
         allowed_host=allowed_host,
@@ -414,8 +525,24 @@ def agwd(
         # from the environment only: a flag would show the key to every user (ps, /proc)
         secret_key=os.environ.get(KEY_ENV, ""),
     )
+    if not 1 <= workers <= MAX_WORKERS:
+        fail(f"--workers must be between 1 and {MAX_WORKERS} (got {workers})")
+    if workers > 1 and shares_listener(settings):
+        fail(
+            "--workers above 1 needs --admin-addr other than --addr (worker 0 serves the admin API)"
+        )
     settings = with_admin_password(settings)
     setup_logging(log_level)
+    if workers > 1:
+        try:
+            code = supervise(settings, workers)
+        except AgwError as exc:
+            fail(exc.message)
+        except OSError as exc:
+            fail(str(exc))
+        if code:
+            fail("a worker failed to start (its log line: worker_failed_to_start)")
+        return
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(run(settings))

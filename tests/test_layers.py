@@ -42,6 +42,7 @@ LAYERS = {
     "agw.dataplane": 4,
     "agw.server": 5,
     "agw.listener": 5,
+    "agw.workers": 5,  # agwd --workers: the supervisor and what a worker is given
     "agw.cli": 5,
     "agwd": 5,
     "agwctl": 5,

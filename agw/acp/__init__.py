@@ -9,6 +9,7 @@ from agw.acp.connection import AcpError
 from agw.acp.history import list_sessions, load_transcript
 from agw.acp.permissions import PermissionRegistry
 from agw.acp.plane import AcpPlane
+from agw.acp.replica import Replica, valid_replica_id
 from agw.acp.runtime import AcpRuntime
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "AcpPlane",
     "AcpRuntime",
     "PermissionRegistry",
+    "Replica",
     "list_sessions",
     "load_transcript",
+    "valid_replica_id",
 ]

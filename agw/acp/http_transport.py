@@ -69,6 +69,7 @@ from agw.acp.ops import BODY_LIMIT, SSE_HEADERS, json_reply, refuse, require_jso
 from agw.acp.permissions import PermissionRegistry
 from agw.acp.pool import signature
 from agw.acp.record import Op, error_type_of
+from agw.acp.replica import Replica
 from agw.acp.runtime import AcpRuntime
 from agw.config.acp import AcpService
 from agw.jsonfast import loads
@@ -117,8 +118,10 @@ class HttpTransport:
         permissions: PermissionRegistry,
         record: Record,
         limiter: Limiter | None = None,
+        replica: Replica | None = None,
     ) -> None:
         self.runtime = runtime
+        self.replica = replica or Replica("agw", tagged=False)  # tags connection ids
         self.relay = SessionRelay(runtime, permissions, record)
         self.limiter = limiter or Limiter()  # prompts are admitted against it (agw.acp.limits)
         self.connections: dict[str, HttpConnection] = {}
@@ -174,6 +177,7 @@ class HttpTransport:
         cid = req.headers.get(CONNECTION_HEADER, "").strip()
         if not cid:
             raise refuse(400, "Missing connection id")
+        self.replica.local(cid, "acp connection")  # 421 when another replica holds it
         conn = self.connections.get(cid)
         if conn is None or conn.route_id != req.route.id or conn.caller != req.owner_id:
             raise refuse(404, "Unknown connection id")
@@ -269,7 +273,9 @@ class HttpTransport:
         result: JsonObj = {"protocolVersion": 1, "agentCapabilities": caps, "authMethods": []}
         if isinstance(agent.get("agentInfo"), dict):
             result["agentInfo"] = agent["agentInfo"]
-        conn = HttpConnection(secrets.token_hex(16), req.route.id, service.id, req.owner_id)
+        conn = HttpConnection(
+            self.replica.tag(secrets.token_hex(16)), req.route.id, service.id, req.owner_id
+        )
         self._make_room(conn)
         self.connections[conn.id] = conn
         self._watch_idle()

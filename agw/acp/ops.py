@@ -39,6 +39,7 @@ from agw.acp.record import (
     Op,
     error_type_of,
 )
+from agw.acp.replica import Replica
 from agw.acp.runtime import AcpRuntime
 from agw.acp.turn import SEND_STALL_S, TurnStream
 from agw.config.acp import AcpService
@@ -190,10 +191,12 @@ class Operations:
         runtime: AcpRuntime,
         permissions: PermissionRegistry,
         limiter: Limiter | None = None,
+        replica: Replica | None = None,
     ) -> None:
         self.runtime = runtime
         self.permissions = permissions
         self.limiter = limiter or Limiter()  # the gateway's limit counters (agw.acp.limits)
+        self.replica = replica or Replica("agw", tagged=False)  # whose ids (agw.acp.replica)
 
     @staticmethod
     def method(req: Request, method: str) -> None:
@@ -217,6 +220,7 @@ class Operations:
         require_json(req)
         body = await req.read_body(BODY_LIMIT)
         turn = parse_turn(body, op)
+        turn.session_id = self.replica.local(turn.session_id, "acp session")
         turn.route_id = req.route.id
         turn.principal = principal_of(req.owner_id)
         op.fresh_session = turn.fresh_session
@@ -247,6 +251,7 @@ class Operations:
         else:
             op.agent_type = service.agent_type
             runner = TurnStream(self.runtime, self.permissions, req, op, service, owner_of(req))
+            runner.label = self.replica.tag
             await runner.run(turn)
             if runner.stalled:
                 return  # the stream is left unfinished: the server drops the connection
@@ -270,6 +275,7 @@ class Operations:
         request_id = fields["request_id"].strip()
         op.permission_request_id = request_id[:MAX_ID] or None
         check_id("request_id", request_id)
+        self.replica.local(request_id, "acp permission request")  # 421: another replica's
         service_id: str = req.route.config.service_id
         op.service_id = service_id
         service = req.snapshot.acp_services.get(service_id)
@@ -317,6 +323,8 @@ class Operations:
             raise refuse(exc.status, exc.message, error_type_of(exc)) from None
         owner = owner_of(req)  # only the sessions this caller opened on this route
         out["sessions"] = [s for s in out["sessions"] if self.runtime.owns(owner, s["session_id"])]
+        for entry in out["sessions"]:
+            entry["session_id"] = self.replica.tag(entry["session_id"])
         op.result_status = "success"
         op.status = 200
         await json_reply(req, 200, out)
@@ -331,6 +339,7 @@ class Operations:
         if not session_id.strip():
             self.service(req, op)
             raise refuse(400, "session id is required", CLIENT_ERROR)
+        session_id = self.replica.local(session_id, "acp session")
         service, cwd = self._transient_service(req, op)
         try:
             self.runtime.check_owner(owner_of(req), session_id)

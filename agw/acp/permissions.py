@@ -28,7 +28,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -120,10 +120,14 @@ class PendingPermission:
 
 
 class PermissionRegistry:
-    """Pending interactive permission requests by id (``perm-<32 hex>``)."""
+    """Pending interactive permission requests by id (``perm-<32 hex>``, passed through
+    ``label``: agw.acp.replica tags it with the replica's name)."""
 
-    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self, timeout_s: float = DEFAULT_TIMEOUT_S, label: Callable[[str], str] = str
+    ) -> None:
         self.timeout_s = timeout_s
+        self.label = label
         self._pending: dict[str, PendingPermission] = {}
 
     def __len__(self) -> int:
@@ -140,7 +144,7 @@ class PermissionRegistry:
     ) -> PendingPermission:
         """A new pending entry; await :meth:`wait` for its decision. ``principal``: who may
         answer it through a route (see :meth:`resolve`)."""
-        request_id = "perm-" + secrets.token_hex(16)
+        request_id = self.label("perm-" + secrets.token_hex(16))
         entry = PendingPermission(
             request_id,
             service_id,

@@ -21,11 +21,12 @@ from agw.acp.http_transport import HttpTransport
 from agw.acp.ops import Operations, json_reply, operation_of, refuse
 from agw.acp.permissions import PermissionRegistry, timeout_from_env
 from agw.acp.record import INTERNAL, INVALID, Op, usage_event
+from agw.acp.replica import Replica
 from agw.acp.runtime import AcpRuntime
 from agw.errors import PayloadTooLarge, Refusal
 from agw.policy.limits import Limiter
 from agw.request import ClientGone, Request
-from agw.types import JsonObj
+from agw.types import JsonObj, Message
 from agw.usage.recorder import UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,9 @@ class AcpPlane:
 
     ``permission_timeout_s``: how long an interactive permission request waits for its answer;
     default ``AGW_ACP_PERMISSION_TIMEOUT_S`` from the environment, else 60. ``limiter``: the
-    gateway's limit counters, which prompt turns are admitted against (agw.acp.limits)."""
+    gateway's limit counters, which prompt turns are admitted against (agw.acp.limits).
+    ``replica``: this replica's name and whether its ids carry it (agw.acp.replica); every
+    answer carries its ``x-agw-replica``."""
 
     edge_always = True  # a browser may hold an ACP session
 
@@ -47,15 +50,18 @@ class AcpPlane:
         *,
         permission_timeout_s: float | None = None,
         limiter: Limiter | None = None,
+        replica: Replica | None = None,
     ) -> None:
         self.recorder = recorder
+        self.replica = replica or Replica("agw", tagged=False)
         self.runtime = runtime
         self.permissions = PermissionRegistry(
-            timeout_from_env() if permission_timeout_s is None else permission_timeout_s
+            timeout_from_env() if permission_timeout_s is None else permission_timeout_s,
+            label=self.replica.tag,
         )
         limiter = limiter or Limiter()
-        self.ops = Operations(runtime, self.permissions, limiter)
-        self.http = HttpTransport(runtime, self.permissions, self.record, limiter)
+        self.ops = Operations(runtime, self.permissions, limiter, self.replica)
+        self.http = HttpTransport(runtime, self.permissions, self.record, limiter, self.replica)
         self._routes: dict[str, Callable[[Request, Op], Awaitable[None]]] = {
             "turn": self.ops.turn,
             "permission": self.ops.permission,
@@ -75,6 +81,7 @@ class AcpPlane:
 
     async def handle(self, req: Request, refusal: Refusal | None) -> None:
         op = Op(operation_of(req.path))
+        self._mark(req)
         try:
             if refusal is not None:
                 raise refusal
@@ -105,6 +112,17 @@ class AcpPlane:
         if req.started and op.status == 0:
             op.status = req.status
         self.record(req, op)
+
+    def _mark(self, req: Request) -> None:
+        """Every answer to ``req`` carries this replica's ``x-agw-replica``."""
+        send = req.send
+
+        async def marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), self.replica.header]}
+            await send(message)
+
+        req.send = marked
 
     @staticmethod
     async def render(req: Request, refusal: Refusal) -> None:

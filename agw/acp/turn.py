@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from agw.acp.connection import AcpConnection, AcpError
@@ -48,6 +49,7 @@ class TurnStream:
     ) -> None:
         self.runtime = runtime
         self.permissions = permissions
+        self.label: Callable[[str], str] = str  # the session id handed out (agw.acp.replica)
         self.req = req
         self.op = op
         self.service = service
@@ -112,7 +114,7 @@ class TurnStream:
                 "permission",
                 {
                     "request_id": entry.request_id,
-                    "session_id": self.instance.session_id,
+                    "session_id": self.label(self.instance.session_id),
                     "data": params,
                 },
             )
@@ -160,7 +162,7 @@ class TurnStream:
             if watcher.done():
                 self._lost()
                 return
-            await self.emit(Event("session", {"session_id": instance.session_id}))
+            await self.emit(Event("session", {"session_id": self.label(instance.session_id)}))
             for kind in METADATA_KINDS:
                 value = instance.metadata.get(kind)
                 if value:

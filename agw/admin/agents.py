@@ -41,7 +41,7 @@ from agw.usage.query import Attribution, InvalidParameter
 
 if TYPE_CHECKING:  # the runtime spawns processes; the admin app needs only the types
     from agw.acp import AcpRuntime, PermissionRegistry
-    from agw.store.db import Database
+    from agw.store.engine import Store
     from agw.usage.recorder import UsageRecorder
 
 ACTIVITY_LIMIT = 50  # interactions in /activity
@@ -126,7 +126,7 @@ def resources_view(state: ConfigState, agent: Agent) -> JsonObj:
 def register(
     app: Quart,
     manager: ConfigManager,
-    db: Database | None,
+    db: Store | None,
     runtime: AcpRuntime | None,
     permissions: PermissionRegistry | None,
     recorder: UsageRecorder | None,

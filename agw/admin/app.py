@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from agw.auth.identity import Identity
     from agw.mcp import McpState
     from agw.policy.limits import Limiter
-    from agw.store.db import Database
+    from agw.store.engine import Store
     from agw.usage.recorder import UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def create_admin_app(
     acp_runtime: AcpRuntime | None = None,
     acp_permissions: PermissionRegistry | None = None,
     recorder: UsageRecorder | None = None,
-    db: Database | None = None,
+    db: Store | None = None,
     prometheus: metrics.Exposition | None = None,
     policy: HostPolicy | None = None,
     identity: Identity | None = None,

@@ -116,7 +116,7 @@ def register(app: Quart, manager: ConfigManager, limiter: Limiter | None) -> Non
             if only_limit is not None and oid != only_limit:
                 continue
             caps = caps_of(rec.obj)
-            counters = limiter.backend.counters(oid) if limiter is not None else []
+            counters = await limiter.backend.counters(oid) if limiter is not None else []
             if only_subject is not None:
                 counters = [c for c in counters if c.subject == only_subject]
             counters.sort(key=lambda c: (-_share(c, caps), c.subject))

@@ -23,7 +23,7 @@ from agw.usage.measures import KINDS
 from agw.usage.query import InvalidParameter
 
 if TYPE_CHECKING:
-    from agw.store.db import Database
+    from agw.store.engine import Store
     from agw.usage.recorder import UsageRecorder
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -60,7 +60,7 @@ def pipeline(recorder: UsageRecorder | None) -> dict[str, int]:
 
 def register(
     app: Quart,
-    db: Database | None,
+    db: Store | None,
     recorder: UsageRecorder | None,
     prometheus: Exposition | None,
 ) -> None:

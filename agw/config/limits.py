@@ -93,6 +93,9 @@ class Limit(Stamped):
     min_output_tokens: int = Field(default=1024, ge=0, le=10_000_000)
     default_output_tokens: int = Field(default=4096, ge=1, le=10_000_000)
     warn_at: float = Field(default=0.8, gt=0, le=1)
+    # the shared counters (Redis) do not answer: admit uncounted or refuse; None: closed for a
+    # cost_usd limit, open otherwise (docs/limits.md#state-and-backends)
+    on_backend_failure: Literal["open", "closed"] | None = None
 
     @field_validator("window")
     @classmethod

@@ -10,7 +10,8 @@ A POST is, in this order: the dispatcher's refusal (its status, a JSON-RPC error
 checks, agw.edge.EdgeCheck, among them) -> ``Accept`` (neither JSON nor SSE: 406) -> body
 (over 4 MiB: 413; not JSON: 400 -32700; not a message: 400 -32600) -> the era:
 
-- ``Mcp-Session-Id`` given: that session (unknown, or bound to another route or key: 404), its
+- ``Mcp-Session-Id`` given: that session, held here or rebuilt from its sealed id (unknown,
+  tampered, expired, or bound to another route or key: 404), its
   ``MCP-Protocol-Version`` checked (unsupported: 400 -32600), batches only for 2025-03-26 (and
   2024-11-05) sessions;
 - an ``initialize`` request: a new handshake session, its id in the answer's header;
@@ -51,6 +52,7 @@ from agw.mcp.protocol import (
     NAME_BEARING,
     SUPPORTED_VERSIONS,
 )
+from agw.mcp.session_id import ID_MAX
 from agw.mcp.sessions import DownstreamSession, SessionRefused, Stream
 from agw.mcp.state import McpState
 from agw.request import Request
@@ -60,9 +62,9 @@ from agw.types import JsonObj
 BODY_LIMIT = 4 * 1024 * 1024
 PING_S = 15.0  # comment line on an idle standalone stream, so a dead client is noticed
 # Header values read here are bounded before use: a session id longer than the gateway's own
-# (32 hex digits) is unknown at once; a longer Mcp-Name cannot match and is not decoded; what
-# an error message quotes back is cut.
-SESSION_HEADER_MAX = 64
+# (a sealed id, agw.mcp.session_id) is unknown at once; a longer Mcp-Name cannot match and is
+# not decoded; what an error message quotes back is cut.
+SESSION_HEADER_MAX = ID_MAX
 NAME_HEADER_MAX = 8192
 QUOTE_MAX = 40
 SESSION_LIMIT_CODE = -32000  # no room for another session (HTTP 503)
@@ -303,7 +305,17 @@ class Ingress:
             raise refuse(503, error, "session_limit", retry_after=30) from error
 
     def _session(self, req: Request, key: str, era: str) -> DownstreamSession:
-        session = self.state.find_session(key) if len(key) <= SESSION_HEADER_MAX else None
+        """The session ``key`` names: held here (no decryption), or rebuilt from its sealed id
+        (handshake era); 404 when unknown, closed, or another era's, route's or owner's."""
+        if len(key) > SESSION_HEADER_MAX:
+            raise refuse(404, RpcError(rpc.INVALID_REQUEST, "Session not found"))
+        session = self.state.find_session(key)
+        if session is None and era == "handshake":
+            try:
+                session = self.state.rebuild(key, req.route.id, req.owner_id)
+            except SessionRefused as exc:
+                error = RpcError(SESSION_LIMIT_CODE, f"Service Unavailable: {exc}")
+                raise refuse(503, error, "session_limit", retry_after=30) from error
         if (
             session is None
             or session.closed
@@ -410,7 +422,7 @@ class Ingress:
         if not key:
             raise not_allowed("POST")
         session = self._session(req, key, "handshake")
-        await self.state.end_session(session)
+        await self.state.delete_session(session)
         await req.respond(200, b"")
 
     @staticmethod

@@ -201,6 +201,8 @@ class McpPlane:
         call.session = session.short
         response = await ex.call(msg, call)
         if response is not None and "result" in response:
+            self.state.seal(session)  # any replica can serve it from now on
+            call.session = session.short
             headers = [(b"mcp-session-id", session.key.encode())]
         else:
             headers = []

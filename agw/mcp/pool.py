@@ -8,7 +8,9 @@
 - an **openapi** service is shared and started the same way: it keeps no session state, and
   its spec is read once;
 - an **HTTP / SSE** service gets one upstream session per downstream session (created on first
-  use, closed with it: DELETE, idle expiry, eviction) and one more for the admin API.
+  use, closed with it: DELETE, idle expiry, eviction) and one more for the admin API; a session
+  rebuilt from its id on another replica binds to the upstream sessions the id names
+  (:meth:`UpstreamPool.adopt`).
 
 A call finds a ready upstream without a lock or a timer (:meth:`UpstreamPool.ready`); only a
 missing, stale or still-connecting one takes the slow path.
@@ -25,7 +27,13 @@ from typing import Any
 from agw.config.mcp import McpService
 from agw.mcp.inflight import Registry
 from agw.mcp.sessions import DownstreamSession
-from agw.mcp.upstream import Listener, Upstream, UpstreamError, create_upstream
+from agw.mcp.upstream import (
+    Listener,
+    StreamableHttpUpstream,
+    Upstream,
+    UpstreamError,
+    create_upstream,
+)
 from agw.types import JsonObj
 
 log = logging.getLogger(__name__)
@@ -161,6 +169,23 @@ class UpstreamPool:
                 upstream = create_upstream(service, self._listener(session))
                 session.upstreams[service.id] = upstream
         return await self._ready(upstream)
+
+    def adopt(
+        self,
+        session: DownstreamSession,
+        service: McpService,
+        session_id: str,
+        protocol_version: str | None,
+        capabilities: JsonObj,
+    ) -> None:
+        """Bind a rebuilt ``session`` (agw.mcp.state) to the streamable HTTP upstream session
+        another replica opened for it; ready at once, without a handshake."""
+        if service.transport != "streamable_http" or service.disabled or self.closed:
+            return
+        upstream = create_upstream(service, self._listener(session))
+        assert isinstance(upstream, StreamableHttpUpstream)
+        upstream.adopt(session_id, protocol_version, capabilities)
+        session.upstreams[service.id] = upstream
 
     async def admin_upstream(self, service: McpService) -> Upstream:
         """The gateway-owned session of a service for the admin API (stdio: the shared

@@ -6,8 +6,11 @@ client's upstream state reaches another; stdio services are shared processes own
 :class:`~agw.mcp.pool.UpstreamPool`), its standalone SSE stream, and the server->client
 requests relayed to it.
 
-- ``handshake``: issued by ``initialize``; the id (``Mcp-Session-Id``) is 32 random hex digits
-  from :mod:`secrets`, bound to the route and the virtual key that created it.
+- ``handshake``: issued by ``initialize``; the id (``Mcp-Session-Id``) is self-contained and
+  sealed (agw.mcp.session_id), so any replica sharing the key can rebuild the session from it
+  (``portable``); bound to the route and the virtual key that created it. Without a session
+  key (a bare :class:`~agw.mcp.state.McpState`), and until the ``initialize`` answer, it is 32
+  random hex digits from :mod:`secrets`.
 - ``sse``: a legacy HTTP+SSE (2024-11-05) client; lives as long as its GET ``/sse`` stream.
 - ``modern``: the stateless era (2026-07-28); one per (route, virtual key), never shown to the
   client, expired when idle.
@@ -147,6 +150,7 @@ class DownstreamSession:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # legacy message handling
     relay_budget: TokenBucket = field(default_factory=TokenBucket)  # upstream -> this client
     closed: bool = False
+    portable: bool = False  # its id is sealed: another replica may serve it too
     # the route's multiplexer as this session reaches it, for the snapshot it was built from
     # (agw.mcp.server): built once per session and config, not per call
     mux: Multiplexer | None = None
@@ -201,8 +205,9 @@ class DownstreamSession:
     def idle(self) -> bool:
         return not self.inflight and not self.tasks and self.stream is None
 
-    async def close(self) -> None:
-        """End the stream, cancel its calls, close its own upstream sessions (DELETE)."""
+    async def close(self, *, detach: bool = False) -> None:
+        """End the stream, cancel its calls, close its own upstream sessions (DELETE; with
+        ``detach``, only this replica's connections: another replica may still serve them)."""
         if self.closed:
             return
         self.closed = True
@@ -214,6 +219,9 @@ class DownstreamSession:
         for task in list(self.tasks):
             task.cancel()
         upstreams = list(self.upstreams.values())
+        if detach:
+            for upstream in upstreams:
+                upstream.session_id = None  # nothing to DELETE
         self.upstreams.clear()
         self.relays.clear()
         await asyncio.gather(*(u.close() for u in upstreams), return_exceptions=True)
@@ -258,6 +266,7 @@ class SessionStore:
         self.per_principal = max(1, per_principal)
         self.evicted = 0
         self.refused = 0
+        self.rebuilt = 0  # sessions rebuilt from their sealed id (adopt)
         self._by_key: dict[str, DownstreamSession] = {}
         self._buckets: dict[Bucket, dict[str, DownstreamSession]] = {}
         # the stateless session of each (route, key): found without building its key
@@ -299,6 +308,23 @@ class SessionStore:
         self._add(session)
         self._stateless[bucket] = session
         return session, evicted
+
+    def adopt(
+        self, key: str, route_id: str, owner: str | None
+    ) -> tuple[DownstreamSession, DownstreamSession | None]:
+        """A handshake session rebuilt from its sealed id ``key``, and the one evicted to make
+        room. Raises SessionRefused."""
+        evicted = self._make_room((route_id, owner))
+        session = DownstreamSession(key, "handshake", route_id, owner, portable=True)
+        self._add(session)
+        self.rebuilt += 1
+        return session, evicted
+
+    def rekey(self, session: DownstreamSession, key: str) -> None:
+        """The session is known by ``key`` (its sealed id) from now on; its ``tenant`` stays."""
+        self.remove(session)
+        session.key, session.short, session.portable = key, mask(key) or "-", True
+        self._add(session)
 
     def remove(self, session: DownstreamSession) -> None:
         if self._by_key.get(session.key) is session:

@@ -8,7 +8,10 @@ post_url, command, args, env, auth; an openapi service's spec, base_url, include
 changed, the name maps of changed routes, and the sessions of deleted routes; then it starts the
 stdio processes and openapi services the new config routes to (all at once, in the
 background). A janitor (every 30 s) closes handshake and legacy sessions idle for 30 minutes,
-stateless ones idle for 10, and admin upstream sessions unused for 10.
+stateless ones idle for 10, and admin upstream sessions unused for 10. A portable session
+(its id sealed, agw.mcp.session_id) that expires or is evicted here leaves its upstream
+sessions open on their servers: another replica may still serve it; the client's DELETE ends
+them.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from agw.config.mcp import McpRoute, McpService
 from agw.mcp.inflight import Registry
 from agw.mcp.mux import NameMap
 from agw.mcp.pool import UpstreamPool, signature
-from agw.mcp.sessions import DownstreamSession, SessionStore, TokenBucket
-from agw.mcp.upstream import Listener, Upstream
+from agw.mcp.session_id import UPSTREAM_ID_MAX, Sealed, SessionSealer, UpstreamRef
+from agw.mcp.sessions import RELAYED, DownstreamSession, SessionStore, TokenBucket
+from agw.mcp.upstream import Listener, StreamableHttpUpstream, Upstream
 from agw.types import JsonObj
 
 if TYPE_CHECKING:
@@ -42,6 +46,8 @@ JANITOR_EVERY_S = 30.0
 SESSION_LIMIT = 10_000
 SESSIONS_PER_PRINCIPAL = 1_000
 PER_PRINCIPAL_ENV = "AGW_MCP_SESSIONS_PER_PRINCIPAL"
+# the upstream capabilities the gateway reads, as a sealed session id carries them
+UPSTREAM_CAPABILITIES = ("tools", "prompts", "resources", "logging", "completions")
 
 # (session or None for a shared/admin upstream, the upstream, its message)
 OnMessage = Callable[[DownstreamSession | None, Upstream, JsonObj], Awaitable[None]]
@@ -78,6 +84,7 @@ class Counters:
             "notifications_dropped_undeliverable": self.undeliverable,
             "sessions_evicted": store.evicted,
             "sessions_refused": store.refused,
+            "sessions_rebuilt": store.rebuilt,
         }
 
 
@@ -104,8 +111,13 @@ class McpState:
         *,
         session_limit: int = SESSION_LIMIT,
         per_principal: int | None = None,
+        session_key: bytes | None = None,
     ) -> None:
+        """``session_key``: seals the handshake sessions' ids so that any replica with the
+        same key serves them (agw.mcp.session_id); None: random ids, this process only."""
         self.manager = manager
+        self.sealer = SessionSealer(session_key) if session_key is not None else None
+        self._deleted: dict[str, None] = {}  # sealed ids the client ended here (oldest first)
         self.registry = Registry()
         self.counters = Counters()
         self.store = SessionStore(
@@ -158,7 +170,73 @@ class McpState:
         self._start_janitor()
         session, evicted = self.store.create(era, route_id, owner)
         if evicted is not None:
-            self.pool.spawn(evicted.close())
+            self.pool.spawn(evicted.close(detach=evicted.portable))
+        return session
+
+    def seal(self, session: DownstreamSession) -> None:
+        """An initialized handshake session gets its sealed id, naming the HTTP upstream
+        sessions it opened (kept as it is when there is no key, or it is too large)."""
+        if self.sealer is None or session.closed:
+            return
+        refs = []
+        for sid, upstream in session.upstreams.items():
+            found = upstream.session_id
+            if (
+                not isinstance(upstream, StreamableHttpUpstream)
+                or upstream.state != "ready"
+                or upstream.modern
+                or not found
+                or len(found) > UPSTREAM_ID_MAX
+            ):
+                continue
+            caps = (upstream.init_result or {}).get("capabilities")
+            names = tuple(c for c in UPSTREAM_CAPABILITIES if isinstance(caps, dict) and c in caps)
+            refs.append(UpstreamRef(sid, found, upstream.protocol_version, names))
+        sealed = Sealed(
+            session.route_id,
+            session.owner,
+            session.protocol_version,
+            tuple(session.client_capabilities),
+            session.client_info,
+            now_ms(),
+            tuple(refs),
+        )
+        key = self.sealer.seal(sealed)
+        if key is not None:
+            self.store.rekey(session, key)
+
+    def rebuild(self, key: str, route_id: str, owner: str | None) -> DownstreamSession | None:
+        """The session a sealed id names, rebuilt here (another replica, or this one before a
+        restart, opened it), bound to its HTTP upstream sessions; None when the id does not
+        open, has expired, or belongs to another route or owner. Raises SessionRefused."""
+        if self.sealer is None or key in self._deleted:
+            return None
+        found = self.sealer.open(key)
+        if found is None or found.route_id != route_id or found.owner != owner:
+            return None
+        self._start_janitor()
+        session, evicted = self.store.adopt(key, route_id, owner)
+        if evicted is not None:
+            self.pool.spawn(evicted.close(detach=evicted.portable))
+        session.protocol_version = found.protocol_version
+        relayed = set(RELAYED.values())
+        session.client_capabilities = {c: {} for c in found.client_capabilities if c in relayed}
+        session.client_info = found.client_info
+        session.created_at_ms = found.issued_at_ms
+        services = self.manager.snapshot.mcp_services if self.manager is not None else {}
+        for ref in found.upstreams:
+            service = services.get(ref.service_id)
+            if service is not None:
+                caps: JsonObj = {c: {} for c in ref.capabilities}
+                self.pool.adopt(session, service, ref.session_id, ref.protocol_version, caps)
+        log.info(
+            "mcp_session_rebuilt",
+            extra={
+                "route_id": route_id,
+                "session": session.short,
+                "upstreams": len(found.upstreams),
+            },
+        )
         return session
 
     def stateless(self, route_id: str, owner: str | None) -> DownstreamSession:
@@ -166,7 +244,7 @@ class McpState:
             self._start_janitor()
         session, evicted = self.store.stateless(route_id, owner)
         if evicted is not None:
-            self.pool.spawn(evicted.close())
+            self.pool.spawn(evicted.close(detach=evicted.portable))
         return session
 
     def find_session(self, key: str) -> DownstreamSession | None:
@@ -193,6 +271,15 @@ class McpState:
         self.store.remove(session)
         await session.close()
 
+    async def delete_session(self, session: DownstreamSession) -> None:
+        """The client ended the session (DELETE): its upstream sessions too, and a sealed id
+        is not rebuilt here again (the last ``SESSION_LIMIT`` of them are remembered)."""
+        if session.portable:
+            while len(self._deleted) >= SESSION_LIMIT:
+                del self._deleted[next(iter(self._deleted))]
+            self._deleted[session.key] = None
+        await self.end_session(session)
+
     def sessions_using(self, service_id: str) -> list[DownstreamSession]:
         """Open sessions that reached the shared (stdio) process of a service."""
         return [s for s in self.store if service_id in s.shared_used and not s.closed]
@@ -207,7 +294,7 @@ class McpState:
             ttl = STATELESS_IDLE_S if session.modern else SESSION_IDLE_S
             if session.idle() and now - session.last_used_at_ms > ttl * 1000:
                 self.store.remove(session)
-                self.pool.spawn(session.close())
+                self.pool.spawn(session.close(detach=session.portable))
         self.pool.expire_admin(now, ADMIN_IDLE_S * 1000)
 
     # ----------------------------------------------------------------------------- name maps

@@ -90,6 +90,7 @@ class LimitSpec:
     levels: tuple[float, ...] = (NO_CAP,) * 6
     unpriced: str = "deny"  # a dollar limit on a model without a price: deny | allow
     default_output_tokens: int = 4096  # what a request without max_tokens reserves
+    on_failure: str = "open"  # a shared backend that does not answer: open | closed
 
 
 def spec(
@@ -216,15 +217,21 @@ class Extension:
 
 
 class LimitBackend(Protocol):
+    clock: Callable[[], float]
+
     async def reserve(self, plan: Plan) -> Grant | Denial: ...
 
     async def extend(self, grant: Grant, extra: Vector) -> Extension: ...
 
     def settle(self, grant: Grant, actual: Vector) -> None: ...
 
-    def counters(self, limit_id: str | None = None) -> list[Counter]: ...
+    async def counters(self, limit_id: str | None = None) -> list[Counter]: ...
 
     async def reset(self, limit_id: str, subject: str | None = None) -> int: ...
+
+    def forget(self, limit_ids: Iterable[str]) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class InProcessBackend:
@@ -250,7 +257,7 @@ class InProcessBackend:
             self.dirty.add(key)
         return counter
 
-    def counters(self, limit_id: str | None = None) -> list[Counter]:
+    async def counters(self, limit_id: str | None = None) -> list[Counter]:
         """The counters (of one limit), each rolled to the current window."""
         now = self.clock()
         out = []
@@ -332,7 +339,7 @@ class InProcessBackend:
                     shadow = shadow or spec.id
                     continue
                 if fits < 1 or fits < spec.min_output_tokens or per == 0:
-                    return self._denial(charge, counter, m, fixed, per_out, now)
+                    return deny(charge, counter, m, fixed, per_out, now)
                 if fits < granted:
                     granted, clamped_by = fits, spec.id
                 floor = max(floor, spec.min_output_tokens)
@@ -341,7 +348,7 @@ class InProcessBackend:
                 spec = charge.spec
                 if spec.id == clamped_by:
                     m = next(m for m in spec.capped if per_out[m] > 0)
-                    return self._denial(charge, counter, m, fixed, per_out, now)
+                    return deny(charge, counter, m, fixed, per_out, now)
         hold = [f + granted * p for f, p in zip(fixed, per_out, strict=True)]
         warned = 0
         dirty = self.dirty
@@ -352,36 +359,6 @@ class InProcessBackend:
             if any(used[m] + held[m] >= levels[m] for m in charge.spec.capped):
                 warned |= 1 << i
         return Grant(plan.charges, counters, hold, granted, clamped_by, shadow, now, warned)
-
-    def _denial(
-        self,
-        charge: Charge,
-        counter: Counter,
-        meter: int,
-        fixed: Vector,
-        per_out: Vector,
-        now: float,
-    ) -> Denial:
-        spec = charge.spec
-        used = counter.used[meter] + counter.held[meter]
-        resets_at: float | None = None if counter.end == math.inf else counter.end
-        if meter == CONCURRENT:
-            retry_after: int | None = 1
-            resets_at = None
-        elif (
-            meter < REQUESTS
-            and counter.held[meter] > _EPS
-            and (
-                counter.used[meter] + fixed[meter] + per_out[meter] * spec.min_output_tokens
-                <= spec.caps[meter]
-            )
-        ):
-            retry_after = 2  # requests in flight hold it: their answers may free enough
-        elif resets_at is None:
-            retry_after = None
-        else:
-            retry_after = max(1, math.ceil(resets_at - now))
-        return Denial(spec, charge.subject, meter, used, retry_after, resets_at)
 
     async def extend(self, grant: Grant, extra: Vector) -> Extension:
         exceeded: list[str] = []
@@ -440,6 +417,9 @@ class InProcessBackend:
             del self._counters[key]
             self.dirty.discard(key)
             self.deleted.add(key)
+
+    async def close(self) -> None:
+        """Nothing to release: the :class:`~agw.policy.limits.Limiter` saves the counters."""
 
     # ---------------------------------------------------------------------- persistence
 
@@ -510,6 +490,37 @@ class InProcessBackend:
         self.dirty = set()
         self.deleted = set()
         return rows, deleted
+
+
+def deny(
+    charge: Charge,
+    counter: Counter,
+    meter: int,
+    fixed: Vector,
+    per_out: Vector,
+    now: float,
+) -> Denial:
+    """The refusal of ``charge``: its counter cannot pay on ``meter``."""
+    spec = charge.spec
+    used = counter.used[meter] + counter.held[meter]
+    resets_at: float | None = None if counter.end == math.inf else counter.end
+    if meter == CONCURRENT:
+        retry_after: int | None = 1
+        resets_at = None
+    elif (
+        meter < REQUESTS
+        and counter.held[meter] > _EPS
+        and (
+            counter.used[meter] + fixed[meter] + per_out[meter] * spec.min_output_tokens
+            <= spec.caps[meter]
+        )
+    ):
+        retry_after = 2  # requests in flight hold it: their answers may free enough
+    elif resets_at is None:
+        retry_after = None
+    else:
+        retry_after = max(1, math.ceil(resets_at - now))
+    return Denial(spec, charge.subject, meter, used, retry_after, resets_at)
 
 
 def share(spec: LimitSpec, counter: Counter) -> float:

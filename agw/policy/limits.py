@@ -55,7 +55,7 @@ from agw.types import Headers
 if TYPE_CHECKING:
     from agw.request import Request
     from agw.runtime.state import ConfigState
-    from agw.store.db import Database
+    from agw.store.engine import Store
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ def _spec(lim: Limit) -> LimitSpec:
         ),
         unpriced=lim.unpriced or "deny",
         default_output_tokens=lim.default_output_tokens,
+        on_failure=lim.on_backend_failure or ("closed" if lim.cost_usd is not None else "open"),
     )
 
 
@@ -353,12 +354,14 @@ def _past(spec: LimitSpec, counter: Counter, actual: Vector, hold: Vector) -> bo
 
 
 class Limiter:
-    """Admission against the gateway's limit counters, and their persistence: loaded from the
-    store at start-up, saved every :data:`SAVE_EVERY_S` and on shutdown."""
+    """Admission against the gateway's limit counters, and their persistence: in-process ones
+    are loaded from the store at start-up, saved every :data:`SAVE_EVERY_S` and on shutdown; a
+    shared backend (agw/policy/limit_redis.py) keeps its own."""
 
-    def __init__(self, db: Database | None = None, backend: InProcessBackend | None = None) -> None:
-        self.backend = backend or InProcessBackend()
-        self._db = db
+    def __init__(self, db: Store | None = None, backend: LimitBackend | None = None) -> None:
+        self.backend: LimitBackend = backend or InProcessBackend()
+        self._local = self.backend if isinstance(self.backend, InProcessBackend) else None
+        self._db = db if self._local is not None else None
         self._saver: asyncio.Task[None] | None = None
         self._specs: Mapping[str, LimitSpec] = {}
         self._started = False
@@ -373,11 +376,11 @@ class Limiter:
             return
         self._started = True
         self._specs = table.specs
-        db = self._db
-        if db is None:
+        db, local = self._db, self._local
+        if db is None or local is None:
             return
         rows = await limit_repo.load_counters(db)
-        n = self.backend.load(rows, dict(table.specs))
+        n = local.load(rows, dict(table.specs))
         if n:
             log.info("limit_counters_loaded", extra={"count": n})
         self._saver = asyncio.get_running_loop().create_task(self._save_loop())
@@ -392,9 +395,9 @@ class Limiter:
     async def save(self) -> None:
         from agw.store import limit_repo
 
-        if self._db is None:
+        if self._db is None or self._local is None:
             return
-        rows, deleted = self.backend.take_changes()
+        rows, deleted = self._local.take_changes()
         if rows or deleted:
             await limit_repo.save_counters(self._db, rows, deleted)
 
@@ -403,8 +406,8 @@ class Limiter:
         while True:
             await asyncio.sleep(SAVE_EVERY_S)
             rounds += 1
-            if rounds % EVICT_EVERY == 0:
-                self.backend.evict()
+            if rounds % EVICT_EVERY == 0 and self._local is not None:
+                self._local.evict()
             try:
                 await self.save()
             except Exception:
@@ -420,6 +423,7 @@ class Limiter:
             await self.save()
         except Exception:
             log.exception("limit_counters_save_failed")
+        await self.backend.close()
 
     # ---------------------------------------------------------------------------- admit
 

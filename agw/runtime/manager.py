@@ -21,7 +21,7 @@ from agw.errors import ConfigInvalid, Problem
 from agw.runtime.snapshot import Snapshot, compile_snapshot
 from agw.runtime.state import ConfigState, Record, diff, from_rows
 from agw.store import config_repo
-from agw.store.db import Database
+from agw.store.engine import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,7 +83,7 @@ def merge(stored: ConfigState, static: ConfigState) -> ConfigState:
 class ConfigManager:
     def __init__(
         self,
-        db: Database,
+        db: Store,
         *,
         provider_types: Iterable[str] = (),
         static_path: Path | None = None,
@@ -135,6 +135,21 @@ class ConfigManager:
             )
             self._swap(self._compile(merge(stored, static)))
         log.info("config_reloaded", extra={"static": sum(1 for _ in static)})
+
+    async def refresh(self) -> None:
+        """Re-read the stored config, which another process changed (``agwd --workers``: the
+        workers that do not serve the admin API), merged with the static config as loaded last.
+        On any problem the running config is kept."""
+        async with self._lock:
+            stored = from_rows(await config_repo.load_rows(self.db))
+            static = ConfigState(
+                {
+                    name: {k: r for k, r in recs.items() if r.static}
+                    for name, recs in self.state.objects.items()
+                }
+            )
+            self._swap(self._compile(merge(stored, static)))
+        log.info("config_refreshed", extra={"objects": sum(1 for _ in self.state)})
 
     async def change(
         self, build: Callable[[ConfigState], tuple[ConfigState, T]], *, dry_run: bool = False

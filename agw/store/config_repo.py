@@ -15,7 +15,7 @@ from typing import Any
 
 from agw.config import families as f
 from agw.errors import StoreError
-from agw.store.db import Database
+from agw.store.engine import Store
 from agw.store.secrets import open_row, payload_column, seal_row, vk_where
 
 
@@ -30,7 +30,7 @@ class Row:
     key: str = ""  # virtual keys: the bearer (in the store: its hash, and itself sealed)
 
 
-async def load_rows(db: Database) -> list[Row]:
+async def load_rows(db: Store) -> list[Row]:
     box = db.box
     rows: list[Row] = []
     for family in f.ALL_FAMILIES:
@@ -63,7 +63,7 @@ async def load_rows(db: Database) -> list[Row]:
     return rows
 
 
-async def write(db: Database, puts: Sequence[Row], deletes: Sequence[tuple[str, str]]) -> None:
+async def write(db: Store, puts: Sequence[Row], deletes: Sequence[tuple[str, str]]) -> None:
     """Apply a change set atomically: all rows or none."""
     box = db.box
     async with db.transaction() as conn:
@@ -126,3 +126,4 @@ async def write(db: Database, puts: Sequence[Row], deletes: Sequence[tuple[str, 
                     f"{column} = excluded.{column}, updated_at = excluded.updated_at",
                     (row.id, row.tag, payload, row.created_at, row.updated_at),
                 )
+        await db.config_written(conn)

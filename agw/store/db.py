@@ -29,15 +29,18 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import aiosqlite
 
 from agw.errors import SchemaTooNew, StoreError, StoreUnavailable
 from agw.store import secrets
+
+if TYPE_CHECKING:
+    from agw.store.engine import Conn
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +50,19 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # SQLite's primary result codes that mean the file, not the statement, failed: PERM, READONLY,
 # IOERR, CORRUPT, FULL, CANTOPEN, NOTADB.
 _STORE_FAILURES = frozenset({3, 8, 10, 11, 13, 14, 26})
+# What one row of a usage insert can make a statement raise: a constraint or trigger
+# (IntegrityError), a value SQLite refuses (DataError: too big), a value sqlite3 cannot bind
+# (InterfaceError, OverflowError, UnicodeEncodeError, a ValueError). Anything else is the
+# store's and fails the whole batch.
+_ROW_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
 
 
 def migrations_dir() -> Path:
@@ -55,6 +71,19 @@ def migrations_dir() -> Path:
         if candidate.is_dir():
             return candidate
     raise StoreError("migrations directory not found")
+
+
+def supported_version(store: object, current: int) -> int:
+    """``current``, the schema version of ``store``, unless it is newer than this agw knows
+    (:class:`SchemaTooNew`): both engines check it before migrating."""
+    files = migration_files()
+    latest = files[-1][0] if files else 0
+    if current > latest:
+        raise SchemaTooNew(
+            f"config store {store} has schema version {current}, newer than this "
+            f"agw supports ({latest}); upgrade agw or use another --config-store"
+        )
+    return current
 
 
 def migration_files() -> list[tuple[int, Path]]:
@@ -85,6 +114,8 @@ def split_statements(script: str) -> list[str]:
 
 
 class Database:
+    dialect = "sqlite"
+
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
@@ -166,6 +197,16 @@ class Database:
             raise StoreUnavailable(f"config store unavailable: {problem}")
 
     @property
+    def row_errors(self) -> tuple[type[Exception], ...]:
+        return _ROW_ERRORS
+
+    async def config_written(self, conn: Conn) -> None:
+        """One process writes and reads the file: nobody else to tell."""
+
+    async def watch(self, changed: Callable[[], Awaitable[None]]) -> None:
+        """Nobody else writes the configuration (see :meth:`config_written`)."""
+
+    @property
     def box(self) -> secrets.SecretBox:
         """Seals and opens the stored secrets (:mod:`agw.store.secrets`)."""
         if self._box is None:
@@ -218,15 +259,7 @@ class Database:
         return int(row[0]) if row else 0
 
     async def check_version(self) -> int:
-        files = migration_files()
-        latest = files[-1][0] if files else 0
-        current = await self.user_version()
-        if current > latest:
-            raise SchemaTooNew(
-                f"config store {self.path} has schema version {current}, newer than this "
-                f"agw supports ({latest}); upgrade agw or use another --config-store"
-            )
-        return current
+        return supported_version(self.path, await self.user_version())
 
     async def migrate(self) -> None:
         files = migration_files()
@@ -356,6 +389,10 @@ class Statements:
                 self._db.last_failure = str(exc)
             raise
         self._db.last_failure = None
+
+    @property
+    def row_errors(self) -> tuple[type[Exception], ...]:
+        return _ROW_ERRORS
 
     def max_params(self) -> int:
         """How many ``?`` one statement may hold (SQLite's limit, 32766 by default)."""

@@ -13,7 +13,7 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-from agw.store.db import Database
+from agw.store.engine import Store
 
 __all__ = ["CounterRow", "delete_limit_counters", "load_counters", "save_counters"]
 
@@ -50,7 +50,7 @@ _values = operator.attrgetter(*_COLUMNS)
 _DELETE = "DELETE FROM limit_counters WHERE limit_id = ? AND subject = ?"
 
 
-async def load_counters(db: Database) -> list[CounterRow]:
+async def load_counters(db: Store) -> list[CounterRow]:
     """Every saved counter, by limit and subject."""
     async with db.conn.execute(_SELECT) as cur:
         found = await cur.fetchall()
@@ -72,7 +72,7 @@ async def load_counters(db: Database) -> list[CounterRow]:
 
 
 async def save_counters(
-    db: Database, rows: Sequence[CounterRow], deleted: Sequence[tuple[str, str]] = ()
+    db: Store, rows: Sequence[CounterRow], deleted: Sequence[tuple[str, str]] = ()
 ) -> None:
     """In one transaction: delete the (limit_id, subject) counters of ``deleted``, then insert
     ``rows``, each replacing the saved row of its (limit_id, subject). A pair in both ends up
@@ -87,7 +87,7 @@ async def save_counters(
             await conn.executemany(_UPSERT, [_values(row) for row in rows])
 
 
-async def delete_limit_counters(db: Database, limit_id: str, subject: str | None = None) -> None:
+async def delete_limit_counters(db: Store, limit_id: str, subject: str | None = None) -> None:
     """Forget the counters of limit ``limit_id``: every subject's, or ``subject``'s alone."""
     async with db.transaction() as conn:
         if subject is None:

@@ -11,9 +11,10 @@ this module (runtime state, snapshot, admin API, export) every value is plaintex
 
 The key: 32 bytes, from ``AGW_SECRET_KEY`` (base64 or base64url, padding optional) or else from
 the key file beside the store (``<store>.key``, created mode 0600 on first start, refused when
-group or others may read it). The sealing, lookup and key-id keys are derived from it with
-HKDF-SHA256. The ``store_secret_key`` row holds a value sealed with it, so a store opened with
-another key fails at start, before anything is written (docs/security.md, "Secrets at rest").
+group or others may read it). The sealing, lookup, key-id and MCP session-id keys are derived
+from it with HKDF-SHA256. The ``store_secret_key`` row holds a value sealed with it, so a store
+opened with another key fails at start, before anything is written (docs/security.md, "Secrets
+at rest").
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
 from agw.clock import now_ms
 from agw.config import families as f
 from agw.errors import StoreError
+
+if TYPE_CHECKING:
+    from agw.store.engine import Conn
 
 log = logging.getLogger(__name__)
 KEY_ENV = "AGW_SECRET_KEY"
@@ -96,7 +100,7 @@ def _aesgcm(key: bytes) -> Any:
 class SecretBox:
     """Seals and opens values with the store's key; computes virtual keys' lookup hashes."""
 
-    __slots__ = ("_aead", "_aead_key", "_mac", "key_id", "source")
+    __slots__ = ("_aead", "_aead_key", "_mac", "key_id", "session_key", "source")
 
     def __init__(self, key: bytes, source: str) -> None:
         if len(key) != KEY_BYTES:
@@ -105,6 +109,8 @@ class SecretBox:
         self._aead_key = _derive(key, b"agw store secrets v1 aes-256-gcm")
         self._aead: Any = None
         self._mac = _derive(key, b"agw virtual key lookup v1 hmac-sha256")
+        # seals the MCP session ids (agw.mcp.session_id), unless AGW_SESSION_KEY is set
+        self.session_key = _derive(key, b"agw mcp session id v1 aes-256-gcm")
         # names the key in messages and logs without revealing it
         self.key_id = _derive(key, b"agw secret key id v1", 8).hex()
 
@@ -280,9 +286,7 @@ def _file_box(store: Path, create: bool) -> SecretBox:
     return SecretBox(_read_key_file(path), str(path))
 
 
-async def unlock(
-    conn: aiosqlite.Connection, store: Path, key: bytes | None, version: int
-) -> SecretBox:
+async def unlock(conn: Conn, store: Path, key: bytes | None, version: int) -> SecretBox:
     """The store's :class:`SecretBox`: from ``key`` (``AGW_SECRET_KEY``), else the key file
     beside the store (created when the store has sealed nothing yet). A store that recorded
     another key is refused here, before anything is written."""
@@ -319,6 +323,14 @@ async def unlock(
 # ------------------------------------------------------------- migration 6: seal what was plain
 
 
+async def record_key(conn: Conn, box: SecretBox) -> None:
+    """Record which key seals the store (``store_secret_key``), in migration 6's transaction."""
+    await conn.execute(
+        "INSERT INTO store_secret_key (id, key_id, check_value, created_at) VALUES (1, ?, ?, ?)",
+        (box.key_id, box.check_tag(), now_ms()),
+    )
+
+
 async def seal_plaintext_rows(conn: aiosqlite.Connection, box: SecretBox) -> None:
     """Run once, in migration 6's transaction: seal every secret of every stored row, move each
     virtual key's bearer to ``key_secret`` (sealed) and its hash to ``key``, and record the key.
@@ -347,10 +359,6 @@ async def seal_plaintext_rows(conn: aiosqlite.Connection, box: SecretBox) -> Non
                 "UPDATE virtual_keys SET key = ?, key_secret = ? WHERE id = ?",
                 (box.lookup_hash(bearer), box.seal(bearer, vk_where(oid)), oid),
             )
-        await conn.execute(
-            "INSERT INTO store_secret_key (id, key_id, check_value, created_at) "
-            "VALUES (1, ?, ?, ?)",
-            (box.key_id, box.check_tag(), now_ms()),
-        )
+        await record_key(conn, box)
     finally:
         await conn.execute("PRAGMA secure_delete = OFF")

@@ -10,7 +10,8 @@ million rows holds up neither the usage writer nor config reads). Inserts go thr
 rows, each statement its own transaction (fewer statements, fewer chances for a change to the
 store's files to land while SQLite runs one). A chunk that fails for one of its rows is
 inserted again row by row, leaving out the rows that fail; an error of the store stops the
-writing, and what was written before it stays written.
+writing, and what was written before it stays written. A PostgreSQL store (agw/store/pg.py)
+runs the same statements, translated, on its own connections.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import psycopg
+
 from agw.errors import StoreUnavailable
 from agw.store import usage_sql as sql
 from agw.store.db import Database, Statements
+from agw.store.engine import Store
 from agw.store.usage_sql import (
     CHUNK_ROWS,
     Filter,
@@ -46,23 +50,10 @@ __all__ = [
     "read_union_groups",
 ]
 
-# What one row can make a statement raise: a constraint or trigger (IntegrityError), a value
-# SQLite refuses (DataError: too big), a value sqlite3 cannot bind (InterfaceError, OverflowError,
-# UnicodeEncodeError, a ValueError). Anything else is the store's and fails the whole batch.
-_ROW_ERRORS = (
-    sqlite3.IntegrityError,
-    sqlite3.DataError,
-    sqlite3.InterfaceError,
-    sqlite3.ProgrammingError,
-    OverflowError,
-    ValueError,
-    TypeError,
-)
-
 # ----------------------------------------------------------------------------------- reads
 
 
-async def _fetch(db: Database, statement: Statement) -> tuple[list[str], list[Row]]:
+async def _fetch(db: Store, statement: Statement) -> tuple[list[str], list[Row]]:
     text, args = statement
     conn = await db.reader()
     async with conn.execute(text, args) as cur:
@@ -72,7 +63,7 @@ async def _fetch(db: Database, statement: Statement) -> tuple[list[str], list[Ro
 
 
 async def read_totals(
-    db: Database, table: str, measures: Measures, where: Filter, *, span: bool = False
+    db: Store, table: str, measures: Measures, where: Filter, *, span: bool = False
 ) -> Row:
     """The measures over the matching rows of ``table`` (one row; with ``span``, then the first
     and the last ``started_at``, None without rows)."""
@@ -81,14 +72,14 @@ async def read_totals(
 
 
 async def read_rows(
-    db: Database, table: str, where: Filter, limit: int
+    db: Store, table: str, where: Filter, limit: int
 ) -> tuple[list[str], list[Row]]:
     """The column names of ``table`` and its first ``limit`` matching rows, newest first."""
     return await _fetch(db, sql.rows(table, where, limit))
 
 
 async def read_series(
-    db: Database,
+    db: Store,
     table: str,
     measures: Measures,
     where: Filter,
@@ -104,7 +95,7 @@ async def read_series(
 
 
 async def read_groups(
-    db: Database,
+    db: Store,
     table: str,
     measures: Measures,
     where: Filter,
@@ -120,15 +111,18 @@ async def read_groups(
 
 
 async def read_union(
-    db: Database, parts: Sequence[Part], *, newest_first: bool, limit: int
+    db: Store, parts: Sequence[Part], *, newest_first: bool, limit: int
 ) -> tuple[list[str], list[Row]]:
     """The answered names and the first ``limit`` rows of several tables, each projected by its
     part, by ``started_at`` (newest first, or oldest first)."""
-    return await _fetch(db, sql.union_rows(parts, newest_first=newest_first, limit=limit))
+    derived = db.dialect == "sqlite"
+    return await _fetch(
+        db, sql.union_rows(parts, newest_first=newest_first, limit=limit, derived=derived)
+    )
 
 
 async def read_union_groups(
-    db: Database,
+    db: Store,
     parts: Sequence[Part],
     measures: Measures,
     *,
@@ -162,14 +156,47 @@ class InsertOutcome:
     failed_by: Exception | None = None  # the error that stopped the writing, if one did
 
 
-async def insert(db: Database, batch: Sequence[TableRows]) -> InsertOutcome:
-    """Insert ``batch`` in one call on the write connection's thread (see the module doc).
-    Raises only when the store refuses before the first statement."""
+async def insert(db: Store, batch: Sequence[TableRows]) -> InsertOutcome:
+    """Insert ``batch`` in one call on the write connection's thread (see the module doc; on
+    PostgreSQL, the same statements, each its own transaction). Raises only when the store
+    refuses before the first statement."""
+    if not isinstance(db, Database):
+        return await _insert_async(db, batch)
 
     def work(statements: Statements) -> InsertOutcome:
         return _insert(batch, statements)
 
     return await db.write(work)
+
+
+_MAX_PARAMS = 65535  # PostgreSQL's limit on the parameters of one statement
+
+
+async def _insert_async(db: Store, batch: Sequence[TableRows]) -> InsertOutcome:
+    """PostgreSQL's way: the same statements, each in its own transaction."""
+    out = InsertOutcome()
+    try:
+        for part in batch:
+            for chunk in _chunks(part.rows, _MAX_PARAMS // len(part.columns)):
+                text = sql.insert(part.table, part.columns, len(chunk))
+                try:
+                    async with db.transaction() as conn:
+                        await conn.execute(text, [v for _, row in chunk for v in row])
+                except db.row_errors:
+                    for key, row in chunk:
+                        try:
+                            async with db.transaction() as conn:
+                                await conn.execute(sql.insert(part.table, part.columns), row)
+                        except db.row_errors as exc:
+                            out.rejected.add(key)
+                            out.rejected_by = exc
+                        else:
+                            out.written.add(key)
+                else:
+                    out.written.update(key for key, _ in chunk)
+    except Exception as exc:
+        out.failed_by = exc
+    return out
 
 
 def _insert(batch: Sequence[TableRows], statements: Statements) -> InsertOutcome:
@@ -180,7 +207,7 @@ def _insert(batch: Sequence[TableRows], statements: Statements) -> InsertOutcome
                 text = sql.insert(part.table, part.columns, len(chunk))
                 try:
                     statements.execute(text, [v for _, row in chunk for v in row])
-                except _ROW_ERRORS:
+                except statements.row_errors:
                     _insert_each(part, chunk, statements, out)
                 else:
                     out.written.update(key for key, _ in chunk)
@@ -199,7 +226,7 @@ def _insert_each(
     for key, row in chunk:
         try:
             statements.execute(text, row)
-        except _ROW_ERRORS as exc:
+        except statements.row_errors as exc:
             out.rejected.add(key)
             out.rejected_by = exc
         else:
@@ -221,17 +248,20 @@ def _chunks(
 
 def error_detail(exc: Exception) -> str:
     """The error's message where it names no value: SQLite's name tables and constraints (a
-    trigger's, what the store's owner wrote), ours say why the store is unavailable. Others (a
-    value sqlite3 cannot bind) are named by type only."""
+    trigger's, what the store's owner wrote), PostgreSQL's primary message too (its detail may
+    hold values), ours say why the store is unavailable. Others (a value the driver cannot
+    bind) are named by type only."""
     if isinstance(exc, sqlite3.Error | StoreUnavailable):
         return str(exc)[:200]
+    if isinstance(exc, psycopg.Error):  # its primary message; the detail may name values
+        return (exc.diag.message_primary or "")[:200]
     return ""
 
 
 # ------------------------------------------------------------------------------- retention
 
 
-async def delete_before(db: Database, tables: Sequence[str], cutoff_ms: int) -> int:
+async def delete_before(db: Store, tables: Sequence[str], cutoff_ms: int) -> int:
     """Delete the rows of ``tables`` that started before ``cutoff_ms``, in one transaction;
     returns how many went."""
     deleted = 0

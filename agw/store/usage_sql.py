@@ -3,8 +3,8 @@
 The usage layer never writes SQL. It says which rows (:class:`Filter`), how to aggregate them
 (:class:`Aggregate`, named by the metric catalog, ``agw/usage/measures.py``) and which columns
 to answer (:data:`Projection`); the functions here turn that into one statement and its bound
-values, and :mod:`agw.store.usage_repo` runs it. A PostgreSQL store builds its own text from
-the same arguments.
+values, and :mod:`agw.store.usage_repo` runs it. A PostgreSQL store runs the same text,
+translated (:func:`agw.store.pg.translate`).
 
 Names are formatted into the text (tables, columns, answer names: they come from the catalog,
 never from a request, and each is checked against :data:`_NAME` here); values are always bound.
@@ -158,7 +158,7 @@ def _owner_sql(owner: Owner) -> tuple[str, list[SqlValue]]:
         if ids:
             terms.append(f"{column} IN ({', '.join('?' for _ in ids)})")
             args.extend(ids)
-    return (f"({' OR '.join(terms)})" if terms else "0"), args
+    return (f"({' OR '.join(terms)})" if terms else "1 = 0"), args
 
 
 def aggregate_sql(aggregate: Aggregate) -> tuple[str, list[SqlValue]]:
@@ -174,7 +174,7 @@ def aggregate_sql(aggregate: Aggregate) -> tuple[str, list[SqlValue]]:
     if how == "count_false":
         return f"COUNT(*) - COALESCE(SUM({column}), 0)", []
     if how == "count_equal":
-        return f"COALESCE(SUM({column} = ?), 0)", [aggregate.value]
+        return f"COALESCE(SUM(CASE WHEN {column} = ? THEN 1 ELSE 0 END), 0)", [aggregate.value]
     return f"AVG({column})", []
 
 
@@ -253,9 +253,14 @@ def _column_sql(name: str, source: Source) -> tuple[str, list[SqlValue]]:
     return (name if source == name else f"{_name(source)} AS {name}"), []
 
 
-def union_rows(parts: Sequence[Part], *, newest_first: bool, limit: int) -> Statement:
+def union_rows(
+    parts: Sequence[Part], *, newest_first: bool, limit: int, derived: bool = True
+) -> Statement:
     """The projected rows of several tables as one list by ``started_at``: each table's first
-    ``limit`` (its index serves them), then the first ``limit`` of those."""
+    ``limit`` (its index serves them), then the first ``limit`` of those. Each table's share is
+    a derived table (SQLite has no parenthesized SELECT in a compound one) or, without
+    ``derived`` (PostgreSQL, where a derived table's NULL column is text and then matches no
+    other type), a parenthesized SELECT."""
     order = "started_at DESC" if newest_first else "started_at"
     selects: list[str] = []
     args: list[SqlValue] = []
@@ -266,10 +271,12 @@ def union_rows(parts: Sequence[Part], *, newest_first: bool, limit: int) -> Stat
             columns.append(column)
             args.extend(values)
         condition, values = where_sql(part.where)
-        selects.append(
-            f"SELECT * FROM (SELECT {', '.join(columns)} FROM {_name(part.table)}{condition} "
-            f"ORDER BY {order} LIMIT ?)"
+        select = (
+            f"SELECT {', '.join(columns)} FROM {_name(part.table)}{condition} "
+            f"ORDER BY {order} LIMIT ?"
         )
+        nested = derived or len(parts) == 1  # one SELECT alone: a single ORDER BY then
+        selects.append(f"SELECT * FROM ({select}) AS part" if nested else f"({select})")
         args += [*values, limit]
     return " UNION ALL ".join(selects) + f" ORDER BY {order} LIMIT ?", [*args, limit]
 
@@ -281,7 +288,7 @@ def _partials(index: int, aggregate: Aggregate) -> tuple[list[str], str]:
         column = _name(aggregate.column or "")
         return (
             [f"SUM({column}) AS m{index}_0", f"COUNT({column}) AS m{index}_1"],
-            f"CAST(SUM(m{index}_0) AS REAL) / NULLIF(SUM(m{index}_1), 0)",
+            f"CAST(SUM(m{index}_0) AS DOUBLE PRECISION) / NULLIF(SUM(m{index}_1), 0)",
         )
     expression, _ = aggregate_sql(aggregate)
     return [f"{expression} AS m{index}_0"], f"SUM(m{index}_0)"
@@ -312,7 +319,7 @@ def union_groups(
         )
         values += [*args, *where_values]
     return (
-        f"SELECT group_value, {', '.join(outer)} FROM ({' UNION ALL '.join(selects)}) "
+        f"SELECT group_value, {', '.join(outer)} FROM ({' UNION ALL '.join(selects)}) AS parts "
         f"GROUP BY 1 ORDER BY {order} DESC, 1 ASC LIMIT ?",
         [*values, limit],
     )

@@ -10,7 +10,8 @@ are left out):
 ``method``, ``path``
 (no query string), ``upstream`` (provider or service id), ``model``, ``operation``, ``tool``,
 ``status``, ``error_type``, ``error_class``, ``tokens_in``, ``tokens_out``, ``latency_ms``,
-``overhead_ms``, ``ttft_ms``.
+``overhead_ms``, ``ttft_ms``, and under ``agwd --workers N`` (N > 1) ``worker``, the index of
+the worker process that served the request.
 
 Never a key (only the virtual key's id) or a token (only the user and org its provider named),
 a prompt, a completion or tool arguments. Every value
@@ -116,8 +117,9 @@ def line_of(event: UsageEvent) -> dict[str, object]:
 class AccessLog:
     """Writes access-log lines to ``target``: ``"stderr"`` or a file path (created, appended)."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, worker: int | None = None) -> None:
         self.target = target
+        self.worker = worker  # agwd --workers: the index put on each line as ``worker``
         self._fd = -1
         self._own = False
         self._buffer = bytearray()
@@ -166,6 +168,8 @@ class AccessLog:
     def _write(self, fields: dict[str, object]) -> None:
         if self._fd < 0:
             return
+        if self.worker is not None:
+            fields["worker"] = self.worker
         try:
             line = orjson.dumps(fields)
         except TypeError:  # an event built without bound(): lose the line, not the tap

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from agw.clock import rfc3339_ms
 from agw.errors import NotFound
 from agw.store import usage_repo
-from agw.store.db import Database
+from agw.store.engine import Store
 from agw.store.usage_sql import Row, SqlValue
 from agw.types import JsonObj
 from agw.usage.measures import COMMON, INTERACTION_MEASURES, KINDS, Kind, Measure
@@ -36,7 +36,7 @@ from agw.usage.query import (
 class MetricsQuery:
     """The metrics endpoints' answers, from the usage tables of ``db`` (none: empty shapes)."""
 
-    def __init__(self, db: Database | None) -> None:
+    def __init__(self, db: Store | None) -> None:
         self.db = db
 
     async def summary(self, params: Mapping[str, str]) -> JsonObj:

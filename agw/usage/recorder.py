@@ -14,9 +14,11 @@ One row can still fail (a store's trigger or constraint, an encoding nobody fore
 chunk fails for a row's sake the writer inserts its rows one by one, writes every good row and
 drops the bad ones, counted in ``rejected_events`` (and ``write_failures``) and logged as
 ``usage_row_rejected``. Rows the store itself refuses (unavailable, read-only, full) are
-counted in ``write_failures`` and logged as ``usage_write_failed``. Both logs carry counts and
-the error, never the events (they can carry tool arguments), at most once per
-:data:`LOG_INTERVAL_S` (with how many lines were left out), and the writer goes on.
+counted in ``write_failures`` and logged as ``usage_write_failed``; on a PostgreSQL store
+that went away the writer waits instead (``usage_write_waiting``) and writes them once it is
+back (:meth:`UsageRecorder._insert`). The logs carry counts and the error, never the events
+(they can carry tool arguments), at most once per :data:`LOG_INTERVAL_S` (with how many lines
+were left out), and the writer goes on.
 
 Two kinds of observers:
 
@@ -38,8 +40,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from agw.errors import StoreUnavailable
 from agw.store import usage_repo
-from agw.store.db import Database
+from agw.store.engine import Store
 from agw.store.usage_repo import TableRows
 from agw.usage.events import UsageEvent
 
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 Listener = Callable[[UsageEvent], None]
 
 LOG_INTERVAL_S = 10.0
+RETRY_MAX_S = 5.0  # the longest pause before writing again to a PostgreSQL store that went away
 
 
 class _Throttle:
@@ -74,7 +78,7 @@ class _Throttle:
 class UsageRecorder:
     def __init__(
         self,
-        db: Database,
+        db: Store,
         *,
         queue_size: int = 4096,
         batch_size: int = 256,
@@ -250,7 +254,7 @@ class UsageRecorder:
             self._in_flight = 0
             return
         try:
-            outcome = await usage_repo.insert(self._db, list(grouped.values()))
+            outcome = await self._insert(list(grouped.values()))
         except Exception as exc:  # the store refused before the first statement
             self._lost(len(encoded), exc)
             return
@@ -271,6 +275,44 @@ class UsageRecorder:
                     listener(event)
                 except Exception as exc:
                     log.warning("usage_listener_failed", extra={"error": type(exc).__name__})
+
+    async def _insert(self, parts: list[TableRows]) -> usage_repo.InsertOutcome:
+        """Insert ``parts``; on a PostgreSQL store that went away, insert what is left again
+        after a pause (0.1 s doubling up to :data:`RETRY_MAX_S`) until it is written (or
+        :meth:`close`'s time is up: then counted as dropped). The batch waits meanwhile and new
+        events wait in the bounded queue (dropped and counted when it is full). A SQLite file
+        that fails (read-only, deleted, full) is not waited for: its rows are lost at once,
+        counted."""
+        total = usage_repo.InsertOutcome()
+        delay = 0.1
+        while True:
+            try:
+                outcome = await usage_repo.insert(self._db, parts)
+            except StoreUnavailable as exc:
+                outcome = usage_repo.InsertOutcome(failed_by=exc)
+            total.written |= outcome.written
+            total.rejected |= outcome.rejected
+            total.rejected_by = outcome.rejected_by or total.rejected_by
+            total.failed_by = outcome.failed_by
+            done = total.written | total.rejected
+            retry = self._db.dialect == "postgresql"
+            if not isinstance(outcome.failed_by, StoreUnavailable) or not retry:
+                return total
+            if self._failed_log.ready():
+                log.warning(
+                    "usage_write_waiting",
+                    extra={
+                        "error": usage_repo.error_detail(outcome.failed_by),
+                        "retry_s": delay,
+                        "suppressed": self._failed_log.take(),
+                    },
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+            parts = [
+                TableRows(p.table, p.columns, [r for r in p.rows if r[0] not in done])
+                for p in parts
+            ]
 
     def _rejected_rows(self, count: int, exc: Exception, written: int = 0) -> None:
         self._rejected += count

@@ -8,7 +8,7 @@ import logging
 
 from agw.clock import now_ms as current_ms
 from agw.store import usage_repo
-from agw.store.db import Database
+from agw.store.engine import Store
 from agw.usage.events import USAGE_TABLES
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ DEFAULT_RETENTION_DAYS = 30
 DEFAULT_INTERVAL_S = 6 * 3600.0
 
 
-async def purge_older_than(db: Database, days: int, now_ms: int | None = None) -> int:
+async def purge_older_than(db: Store, days: int, now_ms: int | None = None) -> int:
     """Delete the usage rows of every usage table whose ``started_at`` is before
     ``now - days``, in one transaction; returns how many rows went."""
     if days < 0:
@@ -33,7 +33,7 @@ class RetentionJanitor:
     ``days`` 0 means the default of 30 days, as ``metrics { retention_days }`` does.
     """
 
-    def __init__(self, db: Database, days: int, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+    def __init__(self, db: Store, days: int, interval_s: float = DEFAULT_INTERVAL_S) -> None:
         if days < 0:
             raise ValueError("retention days must not be negative")
         if interval_s <= 0:

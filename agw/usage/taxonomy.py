@@ -30,6 +30,7 @@ _BY_TYPE: Final[dict[str, str]] = {
     "capacity_exceeded": "policy",
     "scope_busy": "policy",
     "rate_limited": "policy",
+    "limit_backend_unavailable": "gateway",  # the shared limit counters did not answer
     "budget_exceeded": "policy",
     "service_disabled": "policy",  # an A2A route whose service is disabled
     # the caller's fault

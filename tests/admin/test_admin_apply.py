@@ -148,14 +148,14 @@ def test_apply_creates_then_skips_and_writes_nothing(
     assert client.get(f"/admin/mcp/routes/mcp:{u}-mcp:{u}-mcp").status_code == 200
     assert client.get("/admin/cliauth/authenticators/codex").json()["enabled"] is True
     state = everything(client)
-    on_disk = store_bytes(inproc.db_path)
+    on_disk = store_bytes(inproc.store)
 
     second = ok(apply(client, full_bundle(u)))
     assert second["changed"] is False
     assert pairs(second, "skip") == want
     assert second["counts"]["skip"] == len(want) and second["counts"]["create"] == 0
     assert everything(client) == state  # updated_at and the VK key untouched
-    assert store_bytes(inproc.db_path) == on_disk
+    assert store_bytes(inproc.store) == on_disk
 
 
 def test_apply_updates_only_what_changed(client: httpx.Client) -> None:
@@ -179,18 +179,18 @@ def test_apply_updates_only_what_changed(client: httpx.Client) -> None:
 
 def test_dry_run_plans_but_writes_nothing(inproc: InprocGateway, client: httpx.Client) -> None:
     u = uid("dry")
-    state, on_disk = everything(client), store_bytes(inproc.db_path)
+    state, on_disk = everything(client), store_bytes(inproc.store)
     data = ok(apply(client, full_bundle(u), dry_run=True))
     assert data["dry_run"] is True and data["changed"] is True
     assert data["counts"]["create"] == len(EXPECTED_CREATES)
     assert everything(client) == state
-    assert store_bytes(inproc.db_path) == on_disk
+    assert store_bytes(inproc.store) == on_disk
     assert client.get("/admin/cliauth/authenticators/codex").json()["enabled"] is False
 
     ok(apply(client, full_bundle(u)))
     changed = full_bundle(u)
     changed["providers"][0]["default_model"] = "gpt-4.1"
-    state, on_disk = everything(client), store_bytes(inproc.db_path)
+    state, on_disk = everything(client), store_bytes(inproc.store)
     data = ok(
         apply(
             client, bundle(providers=changed["providers"], virtualKeys=[]), dry_run=True, prune=True
@@ -200,7 +200,7 @@ def test_dry_run_plans_but_writes_nothing(inproc: InprocGateway, client: httpx.C
     assert pairs(data, "update") == {("provider", f"{u}-openai")}
     assert pairs(data, "delete") == {("virtual_key", f"{u}-vk")}
     assert everything(client) == state
-    assert store_bytes(inproc.db_path) == on_disk
+    assert store_bytes(inproc.store) == on_disk
 
 
 def test_prune_deletes_only_within_families_present(client: httpx.Client) -> None:
@@ -250,7 +250,7 @@ def test_prune_that_would_break_a_reference_is_refused(client: httpx.Client) -> 
 
 def test_error_in_bundle_stores_nothing(inproc: InprocGateway, client: httpx.Client) -> None:
     u = uid("err")
-    state, on_disk = everything(client), store_bytes(inproc.db_path)
+    state, on_disk = everything(client), store_bytes(inproc.store)
     # the bundle has no providers key, so the dangling reference is found against the server
     good_and_bad = bundle(
         virtualKeys=[{"id": f"{u}-vk"}],
@@ -274,7 +274,7 @@ def test_error_in_bundle_stores_nothing(inproc: InprocGateway, client: httpx.Cli
     assert f"{u}-missing" in error["error"]
     assert "nothing was changed" in data["error"]
     assert everything(client) == state
-    assert store_bytes(inproc.db_path) == on_disk
+    assert store_bytes(inproc.store) == on_disk
     # and the same bundle with the provider applies
     good_and_bad["providers"] = [{"id": f"{u}-missing", "provider_type": "openai"}]
     ok(apply(client, good_and_bad))
@@ -348,13 +348,13 @@ def test_export_redacts_and_round_trips(inproc: InprocGateway, client: httpx.Cli
     assert f"sk-{u}-secret-key" in revealed.text
     assert f"Bearer {u}-hdr-token" in revealed.text and f"{u}-mcp-env-secret" in revealed.text
 
-    state, on_disk = everything(client), store_bytes(inproc.db_path)
+    state, on_disk = everything(client), store_bytes(inproc.store)
     for body in (data, revealed.json()):
         again = ok(apply(client, body, prune=True))
         assert again["changed"] is False
         assert again["counts"]["skip"] == len(again["actions"]) > 0
     assert everything(client) == state
-    assert store_bytes(inproc.db_path) == on_disk
+    assert store_bytes(inproc.store) == on_disk
 
 
 def test_export_applies_to_a_fresh_gateway(inproc_factory: InprocLauncher) -> None:

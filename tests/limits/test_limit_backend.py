@@ -1,12 +1,14 @@
-"""The in-process limit backend on its own (agw/policy/limit_backend.py): windows and their
-rollover, the clamp when several limits bind, shadow limits, streams taking more, settling,
-eviction and reloading saved counters. The clock is injected (the only thing replaced)."""
+"""The limit backends on their own (agw/policy/limit_backend.py, agw/policy/limit_redis.py):
+windows and their rollover, the clamp when several limits bind, shadow limits, streams taking
+more and settling, each on the in-process backend and on Redis (skipped when the test Redis is
+unreachable); eviction and reloading saved counters in process. The clock is injected (the only
+thing replaced)."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -22,12 +24,15 @@ from agw.policy.limit_backend import (
     Denial,
     Grant,
     InProcessBackend,
+    LimitBackend,
     LimitSpec,
     Plan,
     spec,
     window_bounds,
 )
+from agw.policy.limit_redis import RedisBackend
 from agw.store.limit_repo import CounterRow
+from tests.support.engines import REDIS_URL, redis_prefix
 
 DAY = 86400
 
@@ -60,6 +65,54 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+class Harness:
+    """One kind of backend, every call of a test on one event loop (a Redis client's
+    connections belong to the loop that opened them)."""
+
+    def __init__(self, prefix: str | None) -> None:
+        self.prefix = prefix  # None: in process
+        self.runner = asyncio.Runner()
+        self.made: list[RedisBackend] = []
+
+    def make(self, clock: Clock) -> LimitBackend:
+        if self.prefix is None:
+            return InProcessBackend(clock)
+        # each backend its own keys, as each in-process backend has its own counters
+        backend = RedisBackend(REDIS_URL, prefix=f"{self.prefix}{len(self.made)}:", clock=clock)
+        self.made.append(backend)
+        return backend
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.runner.run(coro)
+
+    def settle(self, backend: LimitBackend, grant: Grant, actual: list[float]) -> None:
+        """Settles and waits until the counters have it (Redis settles in the background)."""
+        self.run(self._settle(backend, grant, actual))
+
+    async def _settle(self, backend: LimitBackend, grant: Grant, actual: list[float]) -> None:
+        backend.settle(grant, actual)
+        if isinstance(backend, RedisBackend):
+            await backend.flush()
+
+    def close(self) -> None:
+        for backend in self.made:
+            self.run(backend.close())
+        self.runner.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    if request.param == "memory":
+        harness = Harness(None)
+        yield harness
+        harness.close()
+        return
+    with redis_prefix() as prefix:
+        harness = Harness(prefix)
+        yield harness
+        harness.close()
+
+
 def test_fixed_windows_are_utc_aligned_and_a_month_is_the_calendar_month() -> None:
     t = datetime(2026, 12, 6, 21, 7, 30, tzinfo=UTC).timestamp()
     start, end = window_bounds("1d", DAY, t)
@@ -71,92 +124,92 @@ def test_fixed_windows_are_utc_aligned_and_a_month_is_the_calendar_month() -> No
     assert window_bounds("lifetime", None, t) == (0.0, math.inf)
 
 
-def test_a_new_window_forgets_what_was_used_but_keeps_what_is_held() -> None:
+def test_a_new_window_forgets_what_was_used_but_keeps_what_is_held(h: Harness) -> None:
     clock = Clock(1_000_000 * 60 + 10)
-    backend = InProcessBackend(clock)
+    backend = h.make(clock)
     rpm = spec("rpm", caps(requests=2), "1m", 60)
-    held = run(backend.reserve(plan([rpm])))
+    held = h.run(backend.reserve(plan([rpm])))
     assert isinstance(held, Grant)
-    done = run(backend.reserve(plan([rpm])))
+    done = h.run(backend.reserve(plan([rpm])))
     assert isinstance(done, Grant)
-    backend.settle(done, [0, 0, 0, 0, 1, 0])
-    refused = run(backend.reserve(plan([rpm])))
+    h.settle(backend, done, [0, 0, 0, 0, 1, 0])
+    refused = h.run(backend.reserve(plan([rpm])))
     assert isinstance(refused, Denial) and refused.retry_after == 50
     clock.now += 55  # the next minute
-    again = run(backend.reserve(plan([rpm])))
+    again = h.run(backend.reserve(plan([rpm])))
     assert isinstance(again, Grant)  # 1 held from before + this one
-    assert isinstance(run(backend.reserve(plan([rpm]))), Denial)
-    backend.settle(held, [0, 0, 0, 0, 1, 0])  # counted in the window it ended in
-    (counter,) = backend.counters("rpm")
+    assert isinstance(h.run(backend.reserve(plan([rpm]))), Denial)
+    h.settle(backend, held, [0, 0, 0, 0, 1, 0])  # counted in the window it ended in
+    (counter,) = h.run(backend.counters("rpm"))
     assert counter.used[REQUESTS] == 1 and counter.held[REQUESTS] == 1
 
 
-def test_the_clamp_takes_what_every_limit_affords_and_the_binding_floor() -> None:
-    backend = InProcessBackend(Clock(5.0))
+def test_the_clamp_takes_what_every_limit_affords_and_the_binding_floor(h: Harness) -> None:
+    backend = h.make(Clock(5.0))
     small = spec("small", caps(cost=0.5), "lifetime", None, min_output_tokens=100)
     big = spec("big", caps(cost=10.0), "lifetime", None, min_output_tokens=400)
-    grant = run(backend.reserve(plan([small, big], want=4096, cost_in=0.001, per=0.001)))
+    grant = h.run(backend.reserve(plan([small, big], want=4096, cost_in=0.001, per=0.001)))
     assert isinstance(grant, Grant) and grant.output == 499 and grant.clamped_by == "small"
-    backend.settle(grant, [0.2, 0, 0, 0, 1, 0])
+    h.settle(backend, grant, [0.2, 0, 0, 0, 1, 0])
     # small now affords 299 (< big's floor of 400, but big does not bind): still clamped
-    grant = run(backend.reserve(plan([small, big], want=4096, cost_in=0.001, per=0.001)))
+    grant = h.run(backend.reserve(plan([small, big], want=4096, cost_in=0.001, per=0.001)))
     assert isinstance(grant, Grant) and grant.output == 299
-    backend.settle(grant, [0.25, 0, 0, 0, 1, 0])
+    h.settle(backend, grant, [0.25, 0, 0, 0, 1, 0])
     # 0.05 left: 49 tokens, under small's floor: refused by small, with what is left
-    refused = run(backend.reserve(plan([small, big], want=4096, cost_in=0.001, per=0.001)))
+    refused = h.run(backend.reserve(plan([small, big], want=4096, cost_in=0.001, per=0.001)))
     assert isinstance(refused, Denial) and refused.spec.id == "small"
     assert refused.used == pytest.approx(0.45) and refused.retry_after is None
 
 
-def test_two_binding_limits_refuse_below_the_higher_floor() -> None:
-    backend = InProcessBackend(Clock(5.0))
+def test_two_binding_limits_refuse_below_the_higher_floor(h: Harness) -> None:
+    backend = h.make(Clock(5.0))
     a = spec("a", caps(output=300), "lifetime", None, min_output_tokens=10)
     b = spec("b", caps(output=1000), "lifetime", None, min_output_tokens=500)
-    grant = run(backend.reserve(plan([a, b], want=800, per=0.001)))  # only a binds
+    grant = h.run(backend.reserve(plan([a, b], want=800, per=0.001)))  # only a binds
     assert isinstance(grant, Grant) and grant.output == 300
-    backend.settle(grant, [0, 0, 0, 0, 1, 0])
-    both = run(backend.reserve(plan([a, b], want=1200, per=0.001)))  # both bind: floor 500
+    h.settle(backend, grant, [0, 0, 0, 0, 1, 0])
+    both = h.run(backend.reserve(plan([a, b], want=1200, per=0.001)))  # both bind: floor 500
     assert isinstance(both, Denial) and both.spec.id == "a"
 
 
-def test_a_shadow_limit_never_refuses_but_is_named() -> None:
-    backend = InProcessBackend(Clock(5.0))
+def test_a_shadow_limit_never_refuses_but_is_named(h: Harness) -> None:
+    backend = h.make(Clock(5.0))
     shadow = spec("watch", caps(requests=1), "lifetime", None, enforce=False)
-    first = run(backend.reserve(plan([shadow])))
-    second = run(backend.reserve(plan([shadow])))
+    first = h.run(backend.reserve(plan([shadow])))
+    second = h.run(backend.reserve(plan([shadow])))
     assert isinstance(first, Grant) and first.shadow is None
     assert isinstance(second, Grant) and second.shadow == "watch"
 
 
-def test_extend_cut_and_finish() -> None:
-    backend = InProcessBackend(Clock(5.0))
+def test_extend_cut_and_finish(h: Harness) -> None:
+    backend = h.make(Clock(5.0))
     cut = spec("cut", caps(output=100), "lifetime", None, on_exceed="cut", min_output_tokens=1)
     fin = spec("fin", caps(output=50), "lifetime", None, min_output_tokens=1)
-    grant = run(backend.reserve(plan([cut], want=40, per=0.001)))
+    grant = h.run(backend.reserve(plan([cut], want=40, per=0.001)))
     assert isinstance(grant, Grant)
-    ok = run(backend.extend(grant, [0, 0, 0, 50, 0, 0]))
+    ok = h.run(backend.extend(grant, [0, 0, 0, 50, 0, 0]))
     assert ok.cut_by is None  # 90 of 100
-    stop = run(backend.extend(grant, [0, 0, 0, 20, 0, 0]))
+    stop = h.run(backend.extend(grant, [0, 0, 0, 20, 0, 0]))
     assert stop.cut_by is not None and stop.cut_by.spec.id == "cut"
     assert grant.held[OUTPUT] == 90  # nothing taken by the refused extension
-    grant2 = run(backend.reserve(plan([fin], want=40, per=0.001)))
+    grant2 = h.run(backend.reserve(plan([fin], want=40, per=0.001)))
     assert isinstance(grant2, Grant)
-    over = run(backend.extend(grant2, [0, 0, 0, 30, 0, 0]))
+    over = h.run(backend.extend(grant2, [0, 0, 0, 30, 0, 0]))
     assert over.cut_by is None and over.exceeded == ("fin",)
-    backend.settle(grant2, [0, 70, 0, 70, 1, 0])
-    assert isinstance(run(backend.reserve(plan([fin], want=1, per=0.001))), Denial)
+    h.settle(backend, grant2, [0, 70, 0, 70, 1, 0])
+    assert isinstance(h.run(backend.reserve(plan([fin], want=1, per=0.001))), Denial)
 
 
-def test_settling_twice_counts_once_and_concurrency_is_released() -> None:
-    backend = InProcessBackend(Clock(5.0))
+def test_settling_twice_counts_once_and_concurrency_is_released(h: Harness) -> None:
+    backend = h.make(Clock(5.0))
     par = spec("par", caps(concurrent=1, requests=10), "lifetime", None)
-    grant = run(backend.reserve(plan([par])))
+    grant = h.run(backend.reserve(plan([par])))
     assert isinstance(grant, Grant)
-    denied = run(backend.reserve(plan([par])))
+    denied = h.run(backend.reserve(plan([par])))
     assert isinstance(denied, Denial) and denied.meter == CONCURRENT and denied.retry_after == 1
-    backend.settle(grant, [0, 0, 0, 0, 1, 0])
-    backend.settle(grant, [0, 0, 0, 0, 1, 0])
-    (counter,) = backend.counters("par")
+    h.settle(backend, grant, [0, 0, 0, 0, 1, 0])
+    h.settle(backend, grant, [0, 0, 0, 0, 1, 0])
+    (counter,) = h.run(backend.counters("par"))
     assert counter.used[REQUESTS] == 1 and counter.held == [0.0] * 6
 
 
@@ -181,5 +234,5 @@ def test_ended_windows_are_evicted_and_saved_rows_reload_only_in_their_window() 
     assert backend.evict() == 1
     _, deleted = backend.take_changes()
     assert deleted == [("daily", "k")]
-    assert [c.limit_id for c in backend.counters()] == ["life"]
+    assert [c.limit_id for c in run(backend.counters())] == ["life"]
     assert isinstance(rows[0], CounterRow)

@@ -55,7 +55,7 @@ def sse_messages(text: str) -> list[dict[str, Any]]:
 
 def test_initialize_issues_an_unguessable_session_and_negotiates(http: httpx.Client) -> None:
     sid, _ = initialize(http)
-    assert re.fullmatch(r"[0-9a-f]{32}", sid)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{40,2784}", sid)  # sealed (docs/mcp.md, "Session ids")
     for asked, got in (
         ("2025-06-18", "2025-06-18"),
         ("2025-03-26", "2025-03-26"),

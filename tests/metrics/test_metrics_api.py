@@ -14,9 +14,10 @@ from typing import Any
 import httpx
 
 from agw.clock import rfc3339_ms
-from agw.store.db import Database
+from agw.store.engine import open_store
 from agw.usage.answers import MetricsQuery
 from agw.usage.query import Attribution
+from tests.support.engines import secret_key
 from tests.support.metrics import (
     HOUR_MS,
     Dataset,
@@ -266,12 +267,12 @@ def test_interactions(api: httpx.Client, dataset: Dataset) -> None:
     assert_ranked("interactions", body, expected, "failure_count")
 
 
-def test_attribution(store: Path, dataset: Dataset) -> None:
+def test_attribution(store: Path | str, dataset: Dataset) -> None:
     """The per-agent filter the agents endpoints use: agent_id, or one of the agent's routes,
     or (ACP rows only) its ACP service; an empty one matches nothing."""
 
     async def read() -> tuple[dict[str, Any], ...]:
-        db = await Database.open(store)
+        db = await open_store(store, secret_key=secret_key(store))
         try:
             q = MetricsQuery(db)
             attr = Attribution("agent-x", ("mcp-web", "llm-code"), ("svc-claude",))

@@ -1,23 +1,26 @@
-"""The limit backend's saved counters (agw/store/limit_repo.py) against a real store file: a round
-trip, a save that replaces, deletes in the same transaction, and deletes by limit and subject."""
+"""The limit backend's saved counters (agw/store/limit_repo.py) against a real store, a SQLite
+file and a PostgreSQL database: a round trip, a save that replaces, deletes in the same
+transaction, and deletes by limit and subject."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
 import pytest
 
-from agw.store.db import Database
+from agw.store.engine import Store, open_store
 from agw.store.limit_repo import (
     CounterRow,
     delete_limit_counters,
     load_counters,
     save_counters,
 )
+from tests.support.engines import ENGINES, secret_key, store_target
 from tests.support.usage import NOW_MS, rows
 
 T = TypeVar("T")
@@ -51,9 +54,15 @@ def counter(
     )
 
 
-def with_store(path: Path, work: Callable[[Database], Awaitable[T]]) -> T:
+@pytest.fixture(params=ENGINES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
+    with store_target(request.param, tmp_path) as target:
+        yield target
+
+
+def with_store(path: Path | str, work: Callable[[Store], Awaitable[T]]) -> T:
     async def main() -> T:
-        db = await Database.open(path)
+        db = await open_store(path, secret_key=secret_key(path))
         try:
             return await work(db)
         finally:
@@ -62,8 +71,8 @@ def with_store(path: Path, work: Callable[[Database], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-def test_counters_round_trip_through_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
+def test_counters_round_trip_through_the_file(store: Path | str) -> None:
+    path = store
     saved = [
         counter(
             "daily-usd",
@@ -78,20 +87,21 @@ def test_counters_round_trip_through_the_file(tmp_path: Path) -> None:
         counter("forever", "*", window="lifetime", window_start=0, total_tokens=2**40),
     ]
 
-    async def save(db: Database) -> None:
+    async def save(db: Store) -> None:
         await save_counters(db, saved)
 
     with_store(path, save)
     loaded = with_store(path, load_counters)  # another open: what the file holds
     assert loaded == sorted(saved, key=lambda r: (r.limit_id, r.subject))
     assert all(isinstance(r.cost_usd, float) for r in loaded)
-    assert {r["window"] for r in rows(path, "limit_counters", "limit_id")} == {"1d", "lifetime"}
+    if isinstance(path, Path):
+        assert {r["window"] for r in rows(path, "limit_counters", "limit_id")} == {"1d", "lifetime"}
 
 
-def test_a_save_replaces_the_row_of_its_limit_and_subject(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
+def test_a_save_replaces_the_row_of_its_limit_and_subject(store: Path | str) -> None:
+    path = store
 
-    async def work(db: Database) -> list[CounterRow]:
+    async def work(db: Store) -> list[CounterRow]:
         await save_counters(db, [counter("daily-usd", "vk-a", requests=1, cost_usd=0.5)])
         await save_counters(db, [counter("daily-usd", "vk-b", requests=7)])
         # the next window: every value replaced, not added
@@ -124,10 +134,10 @@ def test_a_save_replaces_the_row_of_its_limit_and_subject(tmp_path: Path) -> Non
     ]
 
 
-def test_a_save_deletes_then_saves_in_one_transaction(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
+def test_a_save_deletes_then_saves_in_one_transaction(store: Path | str) -> None:
+    path = store
 
-    async def work(db: Database) -> list[CounterRow]:
+    async def work(db: Store) -> list[CounterRow]:
         await save_counters(
             db, [counter("a", "s1", requests=1), counter("a", "s2"), counter("b", "s1")]
         )
@@ -149,23 +159,23 @@ def test_a_save_deletes_then_saves_in_one_transaction(tmp_path: Path) -> None:
     ]
 
 
-def test_a_failed_save_writes_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
+def test_a_failed_save_writes_nothing(store: Path | str) -> None:
+    path = store
 
-    async def work(db: Database) -> list[CounterRow]:
+    async def work(db: Store) -> list[CounterRow]:
         await save_counters(db, [counter("a", "s1", requests=1)])
         bad = counter("a", "s2", window=None)  # type: ignore[arg-type]  # the column is NOT NULL
-        with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"):
+        with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError), match=r"(?i)not.null"):
             await save_counters(db, [counter("b", "s1"), bad], deleted=[("a", "s1")])
         return await load_counters(db)
 
     assert with_store(path, work) == [counter("a", "s1", requests=1)]
 
 
-def test_delete_the_counters_of_a_limit_or_of_one_subject(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
+def test_delete_the_counters_of_a_limit_or_of_one_subject(store: Path | str) -> None:
+    path = store
 
-    async def work(db: Database) -> list[list[tuple[str, str]]]:
+    async def work(db: Store) -> list[list[tuple[str, str]]]:
         await save_counters(
             db,
             [counter(lid, s) for lid in ("a", "b") for s in ("s1", "s2", "s3")],

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from tests.support.engines import postgres_rows
+
 API_VERSION = "gateway.agw/v1alpha1"
 KIND = "GatewayBundle"
 REDACTED = "<redacted>"
@@ -186,8 +188,10 @@ def problem_paths(body: dict[str, Any]) -> list[str]:
     return [p["path"] for p in body.get("problems", [])]
 
 
-def store_bytes(db_path: Path) -> dict[str, bytes]:
-    """The SQLite database and its WAL, byte for byte."""
+def store_bytes(db_path: Path | str) -> dict[str, bytes]:
+    """The SQLite database and its WAL, byte for byte; a PostgreSQL store's rows."""
+    if isinstance(db_path, str):
+        return postgres_rows(db_path)
     out = {}
     for suffix in ("", "-wal"):
         p = Path(str(db_path) + suffix)

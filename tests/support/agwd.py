@@ -120,17 +120,19 @@ class AgwdLauncher:
         env: dict[str, str] | None = None,
         wait: bool = True,
         same_listener: bool = False,
+        store_url: str = "",
     ) -> Agwd:
         """Start agwd; ``args`` are extra flags. Returns once both listeners answer.
         ``auth=False`` serves the admin API without authentication (``--admin-insecure``)
         unless ``args`` or ``env`` give another admin auth; ``"generated"`` gives neither, so
-        agwd uses (and first writes) the password file beside the store."""
+        agwd uses (and first writes) the password file beside the store. ``store_url``: a
+        PostgreSQL store in place of the file (``env`` then gives its key)."""
         self.count += 1
         workdir = self.base / f"agwd{self.count}"
         workdir.mkdir(parents=True, exist_ok=True)
         db = db_path or workdir / "data" / "configstore.db"
         log_path = workdir / "agwd.log"
-        cmd = [sys.executable, "-m", "agwd.main", "--config-store", str(db)]
+        cmd = [sys.executable, "-m", "agwd.main", "--config-store", store_url or str(db)]
         if same_listener:
             port = free_port()
             cmd += ["--addr", f"127.0.0.1:{port}", "--admin-addr", f"127.0.0.1:{port}"]

@@ -159,6 +159,11 @@ class InprocGateway:
         return self.settings.config_store
 
     @property
+    def store(self) -> Path | str:
+        """The store: its file, or its PostgreSQL URL."""
+        return self.settings.store_url or self.settings.config_store
+
+    @property
     def admin_transport(self) -> httpx.ASGITransport:
         """For ``httpx.AsyncClient`` on this gateway's loop (inside ``call``)."""
         return httpx.ASGITransport(app=admin_asgi(self.apps))

@@ -66,6 +66,7 @@ def start_gateway(
     tmp: Path,
     services: list[dict[str, Any]],
     routes: dict[str, tuple[list[str], dict[str, Any]]],
+    env: dict[str, str] | None = None,
 ) -> Agwd:
     route_list = []
     for prefix, (ids, extra) in routes.items():
@@ -81,7 +82,7 @@ def start_gateway(
     }
     path = tmp / "bundle.yaml"
     path.write_text(json.dumps(bundle, indent=1))  # JSON is YAML
-    return factory.start(static=path)
+    return factory.start(static=path, env=env)
 
 
 TIME_TOOLS = {"time_get_current_time", "time_convert_time"}

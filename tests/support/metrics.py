@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agw.store.db import Database
+from agw.store.engine import open_store
 from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageEvent
 
 HOUR_MS = 3_600_000
@@ -181,11 +181,12 @@ def _principals(
         event.org_id = USERS[user] if user is not None else None
 
 
-def seed(db_path: Path, data: Dataset) -> None:
-    """The events into a fresh store, with each class's own INSERT."""
+def seed(db_path: Path | str, data: Dataset, secret_key: bytes | None = None) -> None:
+    """The events into a fresh store (a file, or a PostgreSQL URL opened with ``secret_key``),
+    with each class's own INSERT."""
 
     async def write() -> None:
-        db = await Database.open(db_path)
+        db = await open_store(db_path, secret_key=secret_key)
         try:
             async with db.transaction() as conn:
                 tables: list[tuple[type[UsageEvent], Sequence[UsageEvent]]] = [

@@ -49,7 +49,7 @@ def test_names_are_checked_values_bound() -> None:
 
 def test_an_owner_with_nothing_matches_nothing() -> None:
     text, args = usage_sql.where_sql(Filter(owner=Owner("")))
-    assert (text, args) == (" WHERE 0", [])
+    assert (text, args) == (" WHERE 1 = 0", [])
     text, args = usage_sql.where_sql(Filter(owner=Owner("a", ("r1", "r2"), ("s",))))
     assert text == " WHERE (agent_id = ? OR route_id IN (?, ?) OR service_id IN (?))"
     assert args == ["a", "r1", "r2", "s"]

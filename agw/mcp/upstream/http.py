@@ -5,7 +5,8 @@ Handshake era (tried first): POST ``initialize`` (no session, no version header)
 ``Mcp-Session-Id`` and ``MCP-Protocol-Version`` on every request. A request whose session the
 server no longer knows (HTTP 404 while a session id was sent) re-initialises once and is sent again.
 A standalone GET SSE stream is opened after the handshake (none if the server answers 405); what
-arrives there goes to the ``listener``.
+arrives there goes to the ``listener``. :meth:`StreamableHttpUpstream.adopt` continues a session
+another gateway replica opened, without a handshake.
 
 Modern era (2026-07-28): when ``initialize`` gets an HTTP 4xx or a JSON-RPC error, the upstream
 tries ``server/discover``; if that answers, every request carries ``MCP-Protocol-Version:
@@ -68,6 +69,16 @@ class StreamableHttpUpstream(HttpWire):
         self._ids = itertools.count(1)
         self._handshake: asyncio.Task[JsonObj] | None = None
         self._listen_task: asyncio.Task[None] | None = None
+
+    def adopt(self, session_id: str, protocol_version: str | None, capabilities: JsonObj) -> None:
+        """Continue an upstream session another replica opened (agw.mcp.session_id): ready at
+        once, bound to ``session_id``, its GET stream opened. Should the server no longer know
+        it (HTTP 404), the next request initializes a fresh one, as for any expired session."""
+        self.session_id = session_id
+        self.protocol_version = protocol_version
+        self.init_result = {"protocolVersion": protocol_version, "capabilities": capabilities}
+        self.state = "ready"
+        self._listen_task = asyncio.create_task(self._listen(self._generation))
 
     # ------------------------------------------------------------------------------ Upstream
 
