@@ -268,6 +268,7 @@ _GRPC_STATUS: Final = {
     409: "ABORTED",
     413: "INVALID_ARGUMENT",
     415: "INVALID_ARGUMENT",
+    421: "FAILED_PRECONDITION",  # a Host this gateway does not serve
     429: "RESOURCE_EXHAUSTED",
     499: "CANCELLED",
     503: "UNAVAILABLE",

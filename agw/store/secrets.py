@@ -312,10 +312,14 @@ async def unlock(conn: Conn, store: Path, key: bytes | None, version: int) -> Se
             except StoreError:
                 ok = False
         if not ok:
+            # a PostgreSQL store has no key file: its key only ever comes from the environment
+            where = KEY_ENV
+            if not str(store).startswith("postgres"):
+                where += f" or its key file {key_file(store)}"
             raise StoreError(
                 f"config store {store} was sealed with another secret key (key id {check[0]}) "
                 f"than the one from {box.source} (key id {box.key_id}); nothing was changed. "
-                f"Start with the store's key ({KEY_ENV} or its key file {key_file(store)})"
+                f"Start with the store's key ({where})"
             )
     return box
 

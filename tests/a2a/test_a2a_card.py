@@ -152,7 +152,8 @@ def test_a_forged_host_gets_no_card_even_on_a_keyed_route(gw: A2aGateway) -> Non
             r = http.get(f"{prefix}/.well-known/agent-card.json", headers={"host": "evil.example"})
             assert r.status_code == 421, r.text
             error = r.json()["error"]
-            assert error["code"] == 421 and error["details"][0]["reason"] == "HOST_NOT_ALLOWED"
+            assert error["code"] == 421 and error["status"] == "FAILED_PRECONDITION"
+            assert error["details"][0]["reason"] == "HOST_NOT_ALLOWED"
             assert "supportedInterfaces" not in r.text
         ok = http.get("/a2a/keyed/.well-known/agent-card.json")
     assert ok.status_code == 200

@@ -89,8 +89,9 @@ def test_the_store_needs_its_secret_key_and_refuses_another(pg_url: str) -> None
             await open_store(pg_url)
         db = await open_store(pg_url, secret_key=STORE_KEY)
         await db.close()
-        with pytest.raises(StoreError, match="another secret key"):
+        with pytest.raises(StoreError, match="another secret key") as refused:
             await open_store(pg_url, secret_key=bytes(32))
+        assert "key file" not in str(refused.value)  # a database has none: only AGW_SECRET_KEY
         db = await open_store(pg_url, secret_key=STORE_KEY)  # migrated once: opens again
         await db.close()
 
