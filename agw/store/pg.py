@@ -49,6 +49,7 @@ CHANNEL = "agw_config"
 VERSION_CHECK_S = 5.0
 RECONNECT_MAX_S = 5.0
 _MIGRATION_LOCK = 0x616777  # pg_advisory_xact_lock key: "agw"
+_READ = re.compile(r"[\s(]*SELECT\b", re.IGNORECASE)
 _TOKEN = re.compile(r"'[^']*'|--[^\n]*|\?|%|\+(?=[a-z_])|\bwindow\b")
 _MIGRATION_TYPES = (
     (re.compile(r"\bINTEGER\b"), "BIGINT"),
@@ -126,10 +127,29 @@ class PgCursor:
 
 
 class PgConn:
-    """One psycopg connection speaking the repositories' statements (:func:`translate`)."""
+    """One psycopg connection speaking the repositories' statements (:func:`translate`).
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    A ``SELECT`` outside a transaction on a connection the server closed (a restart: the
+    client learns it at its next statement) is sent again on a new connection (:meth:`reopen`),
+    once: a read has no effect to repeat. Within a transaction (:attr:`in_transaction`, set by
+    :meth:`PgDatabase.transaction`) nothing is sent again: a lost connection fails it."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], url: str) -> None:
         self.raw = conn
+        self.url = url
+        self.in_transaction = False
+        self._reopening = asyncio.Lock()
+
+    async def reopen(self) -> None:
+        """Close this connection and open another to the same server in its place (once when
+        several tasks find it closed together)."""
+        stale = self.raw
+        async with self._reopening:
+            if self.raw is not stale and not self.raw.closed:
+                return
+            with contextlib.suppress(psycopg.Error, OSError):
+                await self.raw.close()
+            self.raw = await _open(self.url)
 
     def execute(self, sql: str, parameters: Iterable[Any] | None = None) -> Result[PgCursor]:
         return Result(self._execute(sql, list(parameters or ())))
@@ -138,6 +158,18 @@ class PgConn:
         return Result(self._executemany(sql, [list(p) for p in parameters]))
 
     async def _execute(self, sql: str, parameters: list[Any]) -> PgCursor:
+        retry = not self.in_transaction and _READ.match(sql) is not None
+        if retry and self.raw.closed:
+            await self.reopen()
+        try:
+            return await self._send(sql, parameters)
+        except psycopg.OperationalError:
+            if not (retry and self.raw.closed):
+                raise
+        await self.reopen()
+        return await self._send(sql, parameters)
+
+    async def _send(self, sql: str, parameters: list[Any]) -> PgCursor:
         cursor = self.raw.cursor()
         try:
             await cursor.execute(translate(sql), parameters)
@@ -152,21 +184,28 @@ class PgConn:
         return PgCursor(cursor)
 
 
-async def _connect(url: str) -> PgConn:
+async def _open(url: str) -> psycopg.AsyncConnection[Any]:
     try:
         raw = await psycopg.AsyncConnection.connect(url, autocommit=True)
     except psycopg.Error as exc:
         raise StoreUnavailable(f"cannot connect to the config store: {exc}") from exc
     raw.adapters.register_loader("numeric", _NumericLoader)
     raw.adapters.register_dumper(bool, _BoolDumper)
-    return PgConn(raw)
+    return raw
+
+
+async def _connect(url: str) -> PgConn:
+    return PgConn(await _open(url), url)
 
 
 async def _reload(changed: Callable[[], Awaitable[None]]) -> None:
     """``changed()``; a configuration that does not load here (this replica's static config
-    collides with it...) is logged, and the running one kept."""
+    collides with it...) is logged, and the running one kept. A store that cannot be read is
+    raised: the version seen is then not moved, and the watcher tries again when it is back."""
     try:
         await changed()
+    except (psycopg.OperationalError, StoreUnavailable):
+        raise
     except Exception as exc:
         log.error("config_reload_failed", extra={"error": str(exc)[:500]})
 
@@ -267,29 +306,46 @@ class PgDatabase:
     def problem(self) -> str | None:
         return "the connection to PostgreSQL is closed" if self._conn.raw.closed else None
 
-    async def _live(self) -> PgConn:
-        """The write connection, opened again when PostgreSQL dropped it."""
-        if self._conn.raw.closed:
-            self._conn = await _connect(self.url)
-        return self._conn
+    async def _begin(self, stack: contextlib.AsyncExitStack) -> PgConn:
+        """A transaction begun on the write connection. A connection the server closed since
+        its last use (a restart) fails at ``BEGIN``, before anything was done: it is opened
+        again and the transaction begun there, once."""
+        conn = self._conn
+        if not conn.raw.closed:
+            try:
+                await stack.enter_async_context(conn.raw.transaction())
+                return conn
+            except psycopg.OperationalError:
+                if not conn.raw.closed:
+                    raise
+        await conn.reopen()
+        await stack.enter_async_context(conn.raw.transaction())
+        return conn
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgConn]:
-        """One transaction on the write connection, one at a time; a lost connection is
-        reported as :class:`StoreUnavailable` (and opened again on the next one)."""
+        """One transaction on the write connection, one at a time (:meth:`_begin`); a
+        connection lost within it, or a server that does not answer, is reported as
+        :class:`StoreUnavailable`."""
         async with self._write_lock:
-            conn = await self._live()
             try:
-                async with conn.raw.transaction():
+                async with contextlib.AsyncExitStack() as stack:
+                    conn = await self._begin(stack)
+                    conn.in_transaction = True
+                    stack.callback(setattr, conn, "in_transaction", False)
                     yield conn
-            except psycopg.OperationalError as exc:
+            except (psycopg.OperationalError, StoreUnavailable) as exc:
                 self.last_failure = str(exc)
+                if isinstance(exc, StoreUnavailable):
+                    raise
                 raise StoreUnavailable(f"config store unavailable: {exc}") from exc
             self.last_failure = None
 
     async def reader(self) -> PgConn:
-        if self._reader is None or self._reader.raw.closed:
+        if self._reader is None:
             self._reader = await _connect(self.url)
+        elif self._reader.raw.closed:
+            await self._reader.reopen()
         return self._reader
 
     async def config_written(self, conn: Conn) -> None:
@@ -326,8 +382,9 @@ class PgDatabase:
             self._seen = version
             async for notice in listener.raw.notifies(timeout=VERSION_CHECK_S):
                 if notice.payload != self._token:
-                    self._seen = (await self._versions(await self.reader()))[1]
+                    version = (await self._versions(await self.reader()))[1]
                     await _reload(changed)
+                    self._seen = version
 
     async def close(self) -> None:
         if self._watcher is not None:
