@@ -156,15 +156,18 @@ class InsertOutcome:
     failed_by: Exception | None = None  # the error that stopped the writing, if one did
 
 
-async def insert(db: Store, batch: Sequence[TableRows]) -> InsertOutcome:
+async def insert(
+    db: Store, batch: Sequence[TableRows], *, skip_existing: bool = False
+) -> InsertOutcome:
     """Insert ``batch`` in one call on the write connection's thread (see the module doc; on
     PostgreSQL, the same statements, each its own transaction). Raises only when the store
-    refuses before the first statement."""
+    refuses before the first statement. ``skip_existing``: a row whose ``event_id`` is stored
+    already is left out, and counted as written (the usage spool's replay)."""
     if not isinstance(db, Database):
-        return await _insert_async(db, batch)
+        return await _insert_async(db, batch, skip_existing)
 
     def work(statements: Statements) -> InsertOutcome:
-        return _insert(batch, statements)
+        return _insert(batch, statements, skip_existing)
 
     return await db.write(work)
 
@@ -172,13 +175,15 @@ async def insert(db: Store, batch: Sequence[TableRows]) -> InsertOutcome:
 _MAX_PARAMS = 65535  # PostgreSQL's limit on the parameters of one statement
 
 
-async def _insert_async(db: Store, batch: Sequence[TableRows]) -> InsertOutcome:
+async def _insert_async(
+    db: Store, batch: Sequence[TableRows], skip_existing: bool
+) -> InsertOutcome:
     """PostgreSQL's way: the same statements, each in its own transaction."""
     out = InsertOutcome()
     try:
         for part in batch:
             for chunk in _chunks(part.rows, _MAX_PARAMS // len(part.columns)):
-                text = sql.insert(part.table, part.columns, len(chunk))
+                text = sql.insert(part.table, part.columns, len(chunk), skip_existing=skip_existing)
                 try:
                     async with db.transaction() as conn:
                         await conn.execute(text, [v for _, row in chunk for v in row])
@@ -186,7 +191,10 @@ async def _insert_async(db: Store, batch: Sequence[TableRows]) -> InsertOutcome:
                     for key, row in chunk:
                         try:
                             async with db.transaction() as conn:
-                                await conn.execute(sql.insert(part.table, part.columns), row)
+                                one = sql.insert(
+                                    part.table, part.columns, skip_existing=skip_existing
+                                )
+                                await conn.execute(one, row)
                         except db.row_errors as exc:
                             out.rejected.add(key)
                             out.rejected_by = exc
@@ -199,16 +207,18 @@ async def _insert_async(db: Store, batch: Sequence[TableRows]) -> InsertOutcome:
     return out
 
 
-def _insert(batch: Sequence[TableRows], statements: Statements) -> InsertOutcome:
+def _insert(
+    batch: Sequence[TableRows], statements: Statements, skip_existing: bool
+) -> InsertOutcome:
     out = InsertOutcome()
     try:
         for part in batch:
             for chunk in _chunks(part.rows, statements.max_params() // len(part.columns)):
-                text = sql.insert(part.table, part.columns, len(chunk))
+                text = sql.insert(part.table, part.columns, len(chunk), skip_existing=skip_existing)
                 try:
                     statements.execute(text, [v for _, row in chunk for v in row])
                 except statements.row_errors:
-                    _insert_each(part, chunk, statements, out)
+                    _insert_each(part, chunk, statements, out, skip_existing)
                 else:
                     out.written.update(key for key, _ in chunk)
     except Exception as exc:
@@ -221,8 +231,9 @@ def _insert_each(
     chunk: list[tuple[int, tuple[object, ...]]],
     statements: Statements,
     out: InsertOutcome,
+    skip_existing: bool,
 ) -> None:
-    text = sql.insert(part.table, part.columns)
+    text = sql.insert(part.table, part.columns, skip_existing=skip_existing)
     for key, row in chunk:
         try:
             statements.execute(text, row)

@@ -334,11 +334,16 @@ statement per SQL text, so a text per row count (1..256) held up to 128 large st
 
 
 @lru_cache(maxsize=64)
-def insert(table: str, columns: tuple[str, ...], rows: int = 1) -> str:
-    """``INSERT INTO <table> (<columns>) VALUES (?, ...), ...`` for ``rows`` rows."""
+def insert(
+    table: str, columns: tuple[str, ...], rows: int = 1, *, skip_existing: bool = False
+) -> str:
+    """``INSERT INTO <table> (<columns>) VALUES (?, ...), ...`` for ``rows`` rows; with
+    ``skip_existing`` a row whose ``event_id`` the table holds already is left out (the usage
+    spool's replay, agw/usage/spool.py), on SQLite and PostgreSQL alike."""
     one = "(" + ", ".join("?" * len(columns)) + ")"
     names = ", ".join(_name(c) for c in columns)
-    return f"INSERT INTO {_name(table)} ({names}) VALUES " + ", ".join([one] * rows)
+    text = f"INSERT INTO {_name(table)} ({names}) VALUES " + ", ".join([one] * rows)
+    return text + " ON CONFLICT (event_id) DO NOTHING" if skip_existing else text
 
 
 def delete_before(table: str, cutoff_ms: int) -> Statement:

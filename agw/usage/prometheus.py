@@ -419,3 +419,13 @@ class PrometheusMetrics:
             "Usage events written to the store.",
             value=recorder.written_events,
         )
+        yield CounterMetricFamily(
+            "agw_usage_spool_failures",
+            "Usage events queued but not appended to the usage spool (still written as usual).",
+            value=recorder.spool_failures,
+        )
+        yield CounterMetricFamily(
+            "agw_usage_replayed_events",
+            "Usage rows of a previous process's spool written (or found stored) at start.",
+            value=recorder.replayed_events,
+        )

@@ -1,6 +1,7 @@
 """The usage pipeline: handlers emit events, one owned writer task batches them into the store.
 
-``emit`` is for the event loop's thread and costs a queue put: it never waits and never raises.
+``emit`` is for the event loop's thread and costs a queue put (and, with a spool, the ``write``
+of one line): it never waits and never raises.
 A full queue (or a closed recorder) drops the event and counts it in ``dropped_events``. The
 writer takes up to ``batch_size`` events (waiting ``flush_interval`` for a batch to fill when the
 queue runs dry), bounds each (:meth:`UsageEvent.bound`: what a client sent can no longer make a
@@ -30,6 +31,12 @@ Two kinds of observers:
   a tap called over a batch stays warm. A tap must not block; an exception is logged and
   swallowed. An event reaches the taps within ``flush_interval`` of its emit.
 - listeners see each event once it is committed.
+
+With a spool (:mod:`agw.usage.spool`, agwd's default), ``emit`` also appends each queued event
+to a local file before it returns, and the writer deletes it once written: a ``kill -9`` of the
+process loses none of its queued events. The next process on the same spool writes them at its
+start (:meth:`UsageRecorder._replay`, before its own events), leaving out the rows already
+stored; the taps and listeners do not see them again.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from agw.store import usage_repo
 from agw.store.engine import Store
 from agw.store.usage_repo import TableRows
 from agw.usage.events import UsageEvent
+from agw.usage.spool import UsageSpool, read_segment
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +92,7 @@ class UsageRecorder:
         batch_size: int = 256,
         flush_interval: float = 0.05,
         listeners: Iterable[Listener] = (),
+        spool: UsageSpool | None = None,
     ) -> None:
         if queue_size < 1 or batch_size < 1:
             raise ValueError("queue_size and batch_size must be at least 1")
@@ -106,6 +115,9 @@ class UsageRecorder:
         self._written = 0
         self._failed_log = _Throttle()
         self._rejected_log = _Throttle()
+        self._spool = spool
+        self._spool_log = _Throttle()
+        self._replayed = 0
 
     @property
     def dropped_events(self) -> int:
@@ -127,6 +139,21 @@ class UsageRecorder:
     @property
     def written_events(self) -> int:
         return self._written
+
+    @property
+    def spool_failures(self) -> int:
+        """Events queued but not appended to the spool (its disk full, a value JSON cannot
+        hold): written as usual, lost only if the process is killed before."""
+        return 0 if self._spool is None else self._spool.failures
+
+    @property
+    def replayed_events(self) -> int:
+        """Rows of a previous process's spool written (or found stored already) at start."""
+        return self._replayed
+
+    @property
+    def spool(self) -> UsageSpool | None:
+        return self._spool
 
     @property
     def queue_depth(self) -> int:
@@ -152,6 +179,8 @@ class UsageRecorder:
         try:
             if self._accepting:
                 self._queue.put_nowait(event)
+                if self._spool is not None and not self._spool.append(event):
+                    self._spool_failed()
                 return True
         except asyncio.QueueFull:
             pass
@@ -161,6 +190,17 @@ class UsageRecorder:
         self._bound((event,))
         self._tap((event,))
         return False
+
+    def _spool_failed(self) -> None:
+        if self._spool_log.ready():
+            log.warning(
+                "usage_spool_failed",
+                extra={
+                    "spool": str(self._spool.directory) if self._spool else "",
+                    "failures": self.spool_failures,
+                    "suppressed": self._spool_log.take(),
+                },
+            )
 
     @staticmethod
     def _bound(events: Iterable[UsageEvent]) -> None:
@@ -206,18 +246,84 @@ class UsageRecorder:
                 self._bound((event,))
                 self._tap((event,))
                 self._queue.task_done()
-            log.warning("usage_flush_incomplete", extra={"events": lost, "timeout_s": timeout})
+            log.warning(
+                "usage_flush_incomplete",
+                extra={"events": lost, "timeout_s": timeout, "spooled": self._spool is not None},
+            )
+        if self._spool is not None:  # what was not written stays for the next start
+            self._spool.close(keep=bool(lost))
 
     async def _run(self) -> None:
+        await self._replay()
         while True:
             batch = await self._next_batch()
             try:
+                if self._spool is not None:
+                    self._spool.rotate()
                 self._bound(batch)
                 self._tap(batch)
                 await self._write(batch)
+                if self._spool is not None:  # not when cancelled: the next start replays
+                    self._spool.done(len(batch))
             finally:
                 for _ in batch:
                     self._queue.task_done()
+
+    async def _replay(self) -> None:
+        """Write the segments a previous process left in the spool, oldest first, leaving out
+        the rows stored already; each segment is deleted once its rows are. A store that
+        refuses them keeps them for the next start (logged)."""
+        spool = self._spool
+        if spool is None:
+            return
+        while spool.leftovers:
+            path = spool.leftovers[0]
+            try:
+                segment = await asyncio.to_thread(read_segment, path)
+            except OSError as exc:
+                log.warning("usage_spool_unreadable", extra={"path": str(path), "error": str(exc)})
+                spool.leftovers.pop(0)
+                continue
+            self._bound(segment.events)
+            grouped: dict[type[UsageEvent], TableRows] = {}
+            for event in segment.events:
+                cls = type(event)
+                rows = grouped.get(cls)
+                if rows is None:
+                    rows = grouped[cls] = TableRows(cls.table, cls.columns())
+                try:
+                    rows.rows.append((id(event), event.row()))
+                except Exception:
+                    segment.unreadable += 1
+            if not grouped:  # a segment with no event (the killed process's newest, often)
+                spool.leftovers.pop(0)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            outcome = await self._insert(list(grouped.values()), skip_existing=True)
+            if outcome.failed_by is not None:
+                log.warning(
+                    "usage_spool_replay_failed",
+                    extra={
+                        "path": str(path),
+                        "error": type(outcome.failed_by).__name__,
+                        "detail": usage_repo.error_detail(outcome.failed_by),
+                    },
+                )
+                return
+            self._replayed += len(outcome.written)
+            log.info(
+                "usage_spool_replayed",
+                extra={
+                    "path": str(path),
+                    "events": len(outcome.written),
+                    "rejected": len(outcome.rejected),
+                    "unreadable": segment.unreadable,
+                },
+            )
+            spool.leftovers.pop(0)
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     async def _next_batch(self) -> list[UsageEvent]:
         batch = [await self._queue.get()]
@@ -276,7 +382,9 @@ class UsageRecorder:
                 except Exception as exc:
                     log.warning("usage_listener_failed", extra={"error": type(exc).__name__})
 
-    async def _insert(self, parts: list[TableRows]) -> usage_repo.InsertOutcome:
+    async def _insert(
+        self, parts: list[TableRows], *, skip_existing: bool = False
+    ) -> usage_repo.InsertOutcome:
         """Insert ``parts``; on a PostgreSQL store that went away, insert what is left again
         after a pause (0.1 s doubling up to :data:`RETRY_MAX_S`) until it is written (or
         :meth:`close`'s time is up: then counted as dropped). The batch waits meanwhile and new
@@ -287,7 +395,7 @@ class UsageRecorder:
         delay = 0.1
         while True:
             try:
-                outcome = await usage_repo.insert(self._db, parts)
+                outcome = await usage_repo.insert(self._db, parts, skip_existing=skip_existing)
             except StoreUnavailable as exc:
                 outcome = usage_repo.InsertOutcome(failed_by=exc)
             total.written |= outcome.written
