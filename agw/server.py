@@ -52,6 +52,7 @@ from agw.usage.accesslog import OFF, AccessLog
 from agw.usage.prometheus import PrometheusMetrics
 from agw.usage.recorder import UsageRecorder
 from agw.usage.retention import RetentionJanitor
+from agw.usage.spool import open_spool
 from agw.workers import WorkerSlot
 
 if TYPE_CHECKING:
@@ -213,15 +214,28 @@ def _replica(settings: Settings) -> Replica:
     return Replica(f"{socket.gethostname()}:{port}", tagged=False)
 
 
-def _limit_backend(settings: Settings, prometheus: PrometheusMetrics) -> LimitBackend | None:
-    """The shared limit counters of ``--redis-url`` (their failures on /metrics), else None:
-    the counters stay in this process (docs/scale-out.md#shared-limits)."""
-    if not settings.redis_url:
-        return None
-    from agw.policy.limit_redis import RedisBackend
+def _limit_backend(
+    settings: Settings, db: Store, prometheus: PrometheusMetrics
+) -> LimitBackend | None:
+    """Where the limit counters live (docs/scale-out.md#shared-limits): Redis, leases from the
+    shared store (their failures on /metrics either way), or None: in this process."""
+    mode = settings.limit_mode
+    backend: LimitBackend
+    if mode == "redis":
+        from agw.policy.limit_redis import RedisBackend
 
-    backend = RedisBackend(settings.redis_url)
-    prometheus.registry.register(backend.metrics)
+        redis = RedisBackend(settings.redis_url)
+        prometheus.registry.register(redis.metrics)
+        backend = redis
+    elif mode == "store":
+        from agw.policy.limit_lease import LeaseBackend
+
+        lease = LeaseBackend(db)
+        prometheus.registry.register(lease.metrics)
+        backend = lease
+    else:
+        return None
+    log.info("limit_counters", extra={"mode": mode})
     return backend
 
 
@@ -232,6 +246,7 @@ def compose(
     *,
     access_log: AccessLog | None,
     gateway_url: str,
+    worker: int | None = None,
 ) -> Apps:
     """Both apps over one store and one config, with every plane, the usage pipeline and the
     retention janitor started (in the running loop). ``gateway_url``: what gateway-run agents
@@ -240,7 +255,7 @@ def compose(
     # MCP session ids any replica with the same key opens (docs/scale-out.md)
     mcp_key = env_session_key() or db.box.session_key
     auth = admin_auth(settings)
-    recorder = UsageRecorder(db)
+    recorder = UsageRecorder(db, spool=open_spool(settings, worker))  # worker: --workers index
     if access_log is not None:
         recorder.add_tap(access_log)
     prometheus = PrometheusMetrics(recorder)
@@ -255,7 +270,7 @@ def compose(
     recorder.start()
     directory = SessionDirectory()  # ACP sessions, for LLM and MCP usage attribution
     identity = Identity(directory)  # step 2: virtual keys and JWTs
-    limiter = Limiter(db, _limit_backend(settings, prometheus))  # step 3: limits and budgets
+    limiter = Limiter(db, _limit_backend(settings, db, prometheus))  # step 3: limits and budgets
     llm = LlmPlane(recorder, trace_content=settings.trace_content, limiter=limiter)
     mcp_runtime = McpState(manager, session_key=mcp_key)
     mcp = McpPlane(recorder, mcp_runtime, limiter=limiter)
@@ -405,6 +420,7 @@ class Gateway:
                 self.manager,
                 access_log=self.access_log,
                 gateway_url=data_url,
+                worker=None if self.worker is None else self.worker.index,
             )
         except BaseException:  # the store's thread would keep the process alive: agwd hung
             if self.access_log is not None:

@@ -39,7 +39,13 @@ class Settings:
     otlp_endpoint: str = ""  # OTLP/HTTP base URL; empty: no trace export
     trace_content: bool = False  # prompts and completions on LLM spans
     redis_url: str = ""  # the shared limit counters; empty: in this process
+    # where the limit counters live: auto | process | store | redis (docs/scale-out.md)
+    limit_counters: str = "auto"
+    workers: int = 1  # agwd --workers: the processes that serve the data listener
     replica_id: str = ""  # names this replica in its ACP ids (agw.acp.replica); empty: untagged
+    # the usage spool's directory (agw.usage.spool): empty: usage-spool beside the SQLite store
+    # (./data/usage-spool with a PostgreSQL store); "off": no spool
+    usage_spool: str = ""
     # what the listeners trust (agw.edge): names for Host, origins for Origin and admin CORS
     admin_hosts: tuple[str, ...] = ()
     admin_cors_origins: tuple[str, ...] = ()
@@ -58,8 +64,22 @@ class Settings:
     secret_key: bytes | None = field(default=None, repr=False)
 
     @property
+    def limit_mode(self) -> str:
+        """Where the limit counters live: ``redis`` (``--redis-url``), ``store`` (leased from
+        the config store that several processes share: a PostgreSQL store, or ``--workers``
+        above 1) or ``process``; ``--limit-counters`` other than ``auto`` says it outright."""
+        if self.limit_counters != "auto":
+            return self.limit_counters
+        if self.redis_url:
+            return "redis"
+        return "store" if self.store_url or self.workers > 1 else "process"
+
+    @property
     def password_file(self) -> Path:
         return self.admin_password_file or self.config_store.parent / ADMIN_PASSWORD_FILE
+
+
+LIMIT_MODES = ("auto", "process", "store", "redis")
 
 
 def split_host_port(addr: str) -> tuple[str, int]:

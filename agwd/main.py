@@ -39,6 +39,7 @@ from agw.settings import (
     DEFAULT_KEEP_ALIVE_TIMEOUT_S,
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_HEADERS,
+    LIMIT_MODES,
     Settings,
     is_loopback,
     split_host_port,
@@ -96,7 +97,9 @@ def build_settings(
     otlp_endpoint: str = "",
     trace_content: bool = False,
     redis_url: str = "",
+    limit_counters: str = "auto",
     replica_id: str = "",
+    usage_spool: str = "",
     admin_host: list[str] | None = None,
     admin_cors_origin: list[str] | None = None,
     allowed_host: list[str] | None = None,
@@ -134,6 +137,10 @@ def build_settings(
         fail("--trace-content needs --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT)")
     if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         fail("--redis-url must be a redis://, rediss:// or unix:// URL")
+    if limit_counters not in LIMIT_MODES:
+        fail(f"--limit-counters must be one of {', '.join(LIMIT_MODES)} (got {limit_counters!r})")
+    if limit_counters == "redis" and not redis_url:
+        fail("--limit-counters redis needs --redis-url")
     if replica_id and not valid_replica_id(replica_id):
         fail("--replica-id must be 1-64 letters, digits, '.', '_', ':' or '-'")
     if admin_basic_auth_hash:
@@ -175,7 +182,9 @@ def build_settings(
         otlp_endpoint=otlp_endpoint,
         trace_content=trace_content,
         redis_url=redis_url,
+        limit_counters=limit_counters,
         replica_id=replica_id,
+        usage_spool=usage_spool,
         admin_hosts=admin_hosts,
         admin_cors_origins=cors,
         allowed_hosts=hosts,
@@ -293,13 +302,13 @@ def serve_worker(settings: Settings, worker: WorkerSlot) -> int:
 
 async def prepare_store(settings: Settings, workers: int) -> None:
     """Before the workers start: the store created and migrated once (and the static config
-    checked); a warning when limits count per worker (no ``--redis-url``)."""
+    checked); a warning when limits count per worker (``--limit-counters process``)."""
     db, manager = await open_store(settings)
     try:
         limits = sum(1 for _ in manager.state.records(LIMIT))
     finally:
         await db.close()
-    if limits and not settings.redis_url:
+    if limits and settings.limit_mode == "process":
         log.warning(
             "limits_counted_per_worker",
             extra={
@@ -477,6 +486,17 @@ def agwd(
             show_default=False,
         ),
     ] = "",
+    limit_counters: Annotated[
+        str,
+        typer.Option(
+            envvar="AGW_LIMIT_COUNTERS",
+            metavar="MODE",
+            help="where the limit counters live: process (each agwd its own), store (caps "
+            "leased through the config store, shared by every process that opens it), redis "
+            "(--redis-url); auto: redis with --redis-url, else store with a PostgreSQL store or "
+            "--workers above 1, else process",
+        ),
+    ] = "auto",
     replica_id: Annotated[
         str,
         typer.Option(
@@ -484,6 +504,17 @@ def agwd(
             metavar="NAME",
             help="this replica's name, put into the ACP session and connection ids it hands out "
             "so that other replicas name it (docs/scale-out.md); default: untagged ids",
+            show_default=False,
+        ),
+    ] = "",
+    usage_spool: Annotated[
+        str,
+        typer.Option(
+            envvar="AGW_USAGE_SPOOL",
+            metavar="DIR",
+            help="keep each queued usage event in a file under DIR until it is written, so that "
+            "a killed agwd loses none (docs/observability.md); off: no spool; default: "
+            "usage-spool beside the SQLite store (./data/usage-spool with a PostgreSQL store)",
             show_default=False,
         ),
     ] = "",
@@ -511,7 +542,9 @@ def agwd(
         otlp_endpoint=otlp_endpoint,
         trace_content=trace_content,
         redis_url=redis_url,
+        limit_counters=limit_counters,
         replica_id=replica_id,
+        usage_spool=usage_spool,
         admin_host=admin_host,
         admin_cors_origin=admin_cors_origin,
         allowed_host=allowed_host,
@@ -531,7 +564,7 @@ def agwd(
         fail(
             "--workers above 1 needs --admin-addr other than --addr (worker 0 serves the admin API)"
         )
-    settings = with_admin_password(settings)
+    settings = with_admin_password(dataclasses.replace(settings, workers=workers))
     setup_logging(log_level)
     if workers > 1:
         try:

@@ -136,6 +136,39 @@ def test_concurrent_requests_on_both_workers_all_get_their_usage_rows(gw: Agwd) 
     }
 
 
+def test_a_limit_holds_across_workers_by_default(gw: Agwd) -> None:
+    """Without --redis-url, --workers leases each cap through the SQLite store: 48 concurrent
+    requests on fresh connections (both workers) against 16 a minute: exactly 16 pass."""
+    rid = make_route(gw)
+    lid = uid("lim")
+    with gw.client() as admin:
+        limit = {"id": lid, "subject": "route", "window": "1m", "requests": 16}
+        created(admin, "/admin/limits", {**limit, "match": {"route_ids": [rid]}})
+    url = f"{gw.data_url}/{rid}/v1/chat/completions"
+    n = 48
+
+    async def burst() -> list[int]:
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=20, limits=limits, trust_env=False) as client:
+            answers = await asyncio.gather(*(client.post(url, json=CHAT) for _ in range(n)))
+        return [r.status_code for r in answers]
+
+    away_from_minute_end()
+    time.sleep(0.6)  # every worker has the route and the limit
+    codes = asyncio.run(burst())
+    assert codes.count(200) == 16 and codes.count(429) == 32, codes
+    time.sleep(0.3)
+    served = {x["worker"] for x in access_lines(gw.workdir.parent / "access.log", f"/{rid}/")}
+    assert served == {0, 1}
+
+
+def away_from_minute_end(margin_s: float = 8) -> None:
+    """A burst against a ``1m`` limit must not straddle the minute (at most ``margin_s`` s)."""
+    left = 60 - time.time() % 60
+    if left < margin_s:
+        time.sleep(left + 0.1)
+
+
 def test_a_worker_that_dies_is_started_again(gw: Agwd) -> None:
     rid = make_route(gw)
     old = worker_pids(gw)
@@ -170,7 +203,9 @@ def test_sighup_reloads_every_worker_and_sigterm_stops_them_all(
     )
     static.write_text(head)
     access = tmp_path / "access.log"
-    gw = agwd_factory.start("--workers", "2", "--access-log", str(access), static=static)
+    gw = agwd_factory.start(
+        "--workers", "2", "--access-log", str(access), "--limit-counters", "process", static=static
+    )
     pids = worker_pids(gw)
     assert len(pids) == 2 and all(alive(p) for p in pids.values())
     warning = [e for e in gw.log_events() if e.get("event") == "limits_counted_per_worker"]

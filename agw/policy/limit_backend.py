@@ -68,6 +68,18 @@ def _sub(into: Vector, v: Vector) -> None:
     into[5] -= v[5]
 
 
+def hold_of(fixed: Vector, per_output: Vector, output: int) -> Vector:
+    """What a request holds: its fixed part plus ``output`` tokens at ``per_output``."""
+    return [
+        fixed[0] + output * per_output[0],
+        fixed[1] + output * per_output[1],
+        fixed[2] + output * per_output[2],
+        fixed[3] + output * per_output[3],
+        fixed[4] + output * per_output[4],
+        fixed[5] + output * per_output[5],
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class LimitSpec:
     """What the backend needs of a limit (the compiled config, agw/policy/limits.py)."""
@@ -238,6 +250,8 @@ class InProcessBackend:
     """The counters in this process's memory (see the module docstring). ``clock``: unix
     seconds, injectable for tests of window boundaries."""
 
+    saved_by_limiter = True  # the Limiter loads and saves these counters (a subclass may not)
+
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._counters: dict[tuple[str, str], Counter] = {}
@@ -296,19 +310,17 @@ class InProcessBackend:
                 if after >= levels[m]:
                     warned |= bit
             bit <<= 1
-        hold = [
-            fixed[0] + want * per_out[0],
-            fixed[1] + want * per_out[1],
-            fixed[2] + want * per_out[2],
-            fixed[3] + want * per_out[3],
-            fixed[4] + want * per_out[4],
-            fixed[5] + want * per_out[5],
-        ]
+        hold = hold_of(fixed, per_out, want)
         dirty = self.dirty
         for counter in counters:
             _add(counter.held, hold)
             dirty.add(counter.key)
         return Grant(plan.charges, counters, hold, want, now=now, warned=warned)
+
+    def _caps(self, spec: LimitSpec, counter: Counter) -> Sequence[float]:
+        """What ``counter`` may reach on each meter: the limit's caps here (a backend that
+        shares a cap in parts gives each process its part)."""
+        return spec.caps
 
     def _reserve_tight(self, plan: Plan, now: float) -> Grant | Denial:
         """:meth:`reserve` where some counter cannot pay for all that is asked: the clamp, the
@@ -323,7 +335,7 @@ class InProcessBackend:
             spec = charge.spec
             counter = self._counter(spec, charge.subject, now)
             counters.append(counter)
-            used, held, caps = counter.used, counter.held, spec.caps
+            used, held, caps = counter.used, counter.held, self._caps(spec, counter)
             for m in spec.capped:
                 avail = caps[m] - used[m] - held[m] - fixed[m]
                 per = per_out[m]
@@ -349,7 +361,7 @@ class InProcessBackend:
                 if spec.id == clamped_by:
                     m = next(m for m in spec.capped if per_out[m] > 0)
                     return deny(charge, counter, m, fixed, per_out, now)
-        hold = [f + granted * p for f, p in zip(fixed, per_out, strict=True)]
+        hold = hold_of(fixed, per_out, granted)
         warned = 0
         dirty = self.dirty
         for i, (charge, counter) in enumerate(zip(plan.charges, counters, strict=True)):
@@ -366,10 +378,11 @@ class InProcessBackend:
             spec = charge.spec
             if not spec.enforce:
                 continue
+            caps = self._caps(spec, counter)
             for m in spec.capped:
                 if extra[m] <= 0:
                     continue
-                if counter.used[m] + counter.held[m] + extra[m] > spec.caps[m] + _EPS:
+                if counter.used[m] + counter.held[m] + extra[m] > caps[m] + _EPS:
                     if spec.on_exceed == "cut":
                         return Extension(cut_by=charge)
                     if spec.id not in exceeded:

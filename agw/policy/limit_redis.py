@@ -20,7 +20,7 @@ counter expires (a counter in use keeps it: deleting its key clears it). When Re
 reached within :data:`TIMEOUT_S`, each limit of a request fails open (admitted uncounted) or
 closed (a 503) as its ``on_backend_failure`` says, counted in
 ``agw_limit_backend_failures_total{limit_id,mode}`` and logged at most once per
-:data:`WARN_EVERY_S`.
+:data:`~agw.policy.limit_failures.WARN_EVERY_S`.
 """
 
 from __future__ import annotations
@@ -31,16 +31,15 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from agw.config.limits import window_seconds
-from agw.errors import AgwError, Refusal
+from agw.errors import AgwError
 from agw.policy.limit_backend import (
     NO_CAP,
     Charge,
@@ -52,9 +51,11 @@ from agw.policy.limit_backend import (
     Plan,
     Vector,
     deny,
+    hold_of,
     window_bounds,
     zero,
 )
+from agw.policy.limit_failures import BackendFailures
 from agw.policy.limit_redis_lua import EXTEND, RESERVE, RESET, SETTLE
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,6 @@ HOLD_TTL_S = 86400  # what a request holds is forgotten (never settled) after a 
 SETTLE_QUEUE = 10_000  # settles waiting for Redis; more are dropped (and counted)
 SETTLE_TASKS = 4
 SETTLE_RETRY_S = 120.0  # a settle Redis does not take is retried this long (0.1 s, 0.2 s, ... 5 s)
-WARN_EVERY_S = 30.0
 FAILURES = (RedisError, OSError, TimeoutError)
 _UNREACHABLE = "the shared limit counters (Redis) are unreachable; retry later"
 
@@ -90,36 +90,6 @@ class RedisGrant(Grant):
 class OfflineGrant(Grant):
     """A request admitted while Redis was unreachable and all its limits fail open: it holds
     nothing, so extending and settling it do nothing."""
-
-
-class BackendFailures:
-    """The Prometheus counters of the shared backend (a collector on the gateway's registry)."""
-
-    def __init__(self) -> None:
-        self.failures: dict[tuple[str, str], int] = {}  # (limit id, open | closed)
-        self.settles_dropped = 0
-
-    def count(self, limit_id: str, mode: str) -> None:
-        key = (limit_id, mode)
-        self.failures[key] = self.failures.get(key, 0) + 1
-
-    def collect(self) -> Iterator[Metric]:
-        failures = CounterMetricFamily(
-            "agw_limit_backend_failures",
-            "Limit checks the shared limit backend could not answer, by limit and by how the "
-            "limit failed (open: admitted uncounted; closed: refused).",
-            labels=["limit_id", "mode"],
-        )
-        for (limit_id, mode), n in sorted(self.failures.items()):
-            failures.add_metric([limit_id, mode], n)
-        yield failures
-        dropped = CounterMetricFamily(
-            "agw_limit_settles_dropped",
-            "Settles of finished requests the shared limit backend never received (their "
-            "holds stay until the counter expires).",
-        )
-        dropped.add_metric([], self.settles_dropped)
-        yield dropped
 
 
 _FIELDS = ("s", "e", "u1", "u2", "u3", "u4", "u5", "u6", "h1", "h2", "h3", "h4", "h5", "h6")
@@ -184,18 +154,12 @@ class RedisBackend:
             SETTLE_QUEUE
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self._warned_at = -math.inf
 
     def _key(self, spec: LimitSpec, subject: str) -> str:
         return f"{self.prefix}lim:{_escape(spec.id)}:{spec.window}:{subject}"
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._warned_at >= WARN_EVERY_S:
-            self._warned_at = now
-            log.warning("limit_backend_unreachable", extra={"call": what, "error": repr(exc)})
-
-    # ------------------------------------------------------------------------- the hot path
+        self.metrics.failed(what, exc)
 
     async def reserve(self, plan: Plan) -> Grant | Denial:
         now = self.clock()
@@ -221,7 +185,7 @@ class RedisBackend:
             return deny(charge, counter, int(out[2]) - 1, fixed, per, now)
         granted, clamped, shadow = int(out[1]), int(out[2]), int(out[3])
         counters = [self._counter(c, out, 4 + 14 * i) for i, c in enumerate(plan.charges)]
-        hold = [f + granted * p for f, p in zip(fixed, per, strict=True)]
+        hold = hold_of(fixed, per, granted)
         warned = 0
         for i, (charge, counter) in enumerate(zip(plan.charges, counters, strict=True)):
             used, held, levels = counter.used, counter.held, charge.spec.levels
@@ -246,22 +210,7 @@ class RedisBackend:
 
     def _offline(self, plan: Plan, now: float, exc: BaseException) -> OfflineGrant:
         """Redis did not answer: admit uncounted, or refuse if a limit fails closed."""
-        self._failed("reserve", exc)
-        closed: Charge | None = None
-        for charge in plan.charges:
-            spec = charge.spec
-            mode = "closed" if spec.enforce and spec.on_failure == "closed" else "open"
-            self.metrics.count(spec.id, mode)
-            if mode == "closed" and closed is None:
-                closed = charge
-        if closed is not None:
-            raise Refusal(
-                503,
-                "limit_backend_unavailable",
-                f'limit "{closed.spec.id}" cannot be checked: the shared limit counters '
-                "(Redis) are unreachable and this limit fails closed; retry later",
-                retry_after=5,
-            )
+        self.metrics.offline(plan, exc, "the shared limit counters (Redis) are")
         return OfflineGrant([], [], zero(), plan.want_output, now=now)
 
     async def extend(self, grant: Grant, extra: Vector) -> Extension:

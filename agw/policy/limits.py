@@ -360,7 +360,9 @@ class Limiter:
 
     def __init__(self, db: Store | None = None, backend: LimitBackend | None = None) -> None:
         self.backend: LimitBackend = backend or InProcessBackend()
-        self._local = self.backend if isinstance(self.backend, InProcessBackend) else None
+        backend = self.backend
+        saved = isinstance(backend, InProcessBackend) and backend.saved_by_limiter
+        self._local = backend if saved and isinstance(backend, InProcessBackend) else None
         self._db = db if self._local is not None else None
         self._saver: asyncio.Task[None] | None = None
         self._specs: Mapping[str, LimitSpec] = {}

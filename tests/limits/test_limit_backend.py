@@ -1,8 +1,8 @@
-"""The limit backends on their own (agw/policy/limit_backend.py, agw/policy/limit_redis.py):
-windows and their rollover, the clamp when several limits bind, shadow limits, streams taking
-more and settling, each on the in-process backend and on Redis (skipped when the test Redis is
-unreachable); eviction and reloading saved counters in process. The clock is injected (the only
-thing replaced)."""
+"""The limit backends on their own (agw/policy/limit_backend.py, limit_redis.py,
+limit_lease.py): windows and their rollover, the clamp when several limits bind, shadow limits,
+streams taking more and settling, each on the in-process backend, on Redis (skipped when the
+test Redis is unreachable) and on leases from a SQLite store; eviction and reloading saved
+counters in process. The clock is injected (the only thing replaced)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import asyncio
 import math
 from collections.abc import Coroutine, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -30,7 +31,9 @@ from agw.policy.limit_backend import (
     spec,
     window_bounds,
 )
+from agw.policy.limit_lease import LeaseBackend
 from agw.policy.limit_redis import RedisBackend
+from agw.store.engine import Store, open_store
 from agw.store.limit_repo import CounterRow
 from tests.support.engines import REDIS_URL, redis_prefix
 
@@ -69,12 +72,20 @@ class Harness:
     """One kind of backend, every call of a test on one event loop (a Redis client's
     connections belong to the loop that opened them)."""
 
-    def __init__(self, prefix: str | None) -> None:
-        self.prefix = prefix  # None: in process
+    def __init__(self, prefix: str | None, stores: Path | None = None) -> None:
+        self.prefix = prefix  # None: in process (or leased from a store in ``stores``)
+        self.stores = stores
         self.runner = asyncio.Runner()
-        self.made: list[RedisBackend] = []
+        self.made: list[RedisBackend | LeaseBackend] = []
+        self.dbs: list[Store] = []
 
     def make(self, clock: Clock) -> LimitBackend:
+        if self.stores is not None:  # each backend a store of its own
+            db = self.run(open_store(self.stores / f"{len(self.dbs)}.db"))
+            self.dbs.append(db)
+            lease = LeaseBackend(db, clock=clock)
+            self.made.append(lease)
+            return lease
         if self.prefix is None:
             return InProcessBackend(clock)
         # each backend its own keys, as each in-process backend has its own counters
@@ -97,13 +108,15 @@ class Harness:
     def close(self) -> None:
         for backend in self.made:
             self.run(backend.close())
+        for db in self.dbs:
+            self.run(db.close())
         self.runner.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
-def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
-    if request.param == "memory":
-        harness = Harness(None)
+@pytest.fixture(params=["memory", "redis", "lease"])
+def h(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    if request.param != "redis":
+        harness = Harness(None, tmp_path if request.param == "lease" else None)
         yield harness
         harness.close()
         return

@@ -18,9 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import redis
 import redis.asyncio
@@ -44,7 +42,7 @@ from tests.fakes.run import FakeUpstream
 from tests.support.agwd import Agwd, AgwdLauncher, free_port
 from tests.support.balancer import Balancer
 from tests.support.engines import PATIENT_REDIS_URL, REDIS_URL, need_redis, redis_prefix
-from tests.support.limits import HI, PRICE, subjects
+from tests.support.limits import post, replica_bundle, subjects
 
 REPLICAS = 3
 
@@ -179,34 +177,6 @@ def test_a_hold_is_released_when_redis_answers_again(own_redis: str) -> None:
 
 
 # ---------------------------------------------------------------------------- agwd replicas
-
-
-def replica_bundle(fake: FakeUpstream, limits: list[dict[str, Any]]) -> dict[str, Any]:
-    """Two keyless routes, ``open`` and ``closed``, on the fake upstream, and ``limits``."""
-    return {
-        "apiVersion": "gateway.agw/v1alpha1",
-        "kind": "GatewayBundle",
-        "providers": [
-            {"id": "oa", "provider_type": "openai", "base_url": f"{fake.url}/v1", "api_key": "k"}
-        ],
-        "managedModels": [{"provider_id": "oa", "upstream_model": "fake-gpt", "pricing": PRICE}],
-        "llmRoutes": [
-            {
-                "id": rid,
-                "protocol": "openai",
-                "match_policy": {"path_prefix": f"/{rid}"},
-                "target_policy": {"provider_id": "oa"},
-            }
-            for rid in ("open", "closed")
-        ],
-        "limits": limits,
-    }
-
-
-def post(base_url: str, route: str) -> httpx.Response:
-    body = {"model": "fake-gpt", "messages": HI, "max_tokens": 20}
-    with httpx.Client(base_url=base_url, timeout=30, trust_env=False) as c:
-        return c.post(f"/{route}/v1/chat/completions", json=body)
 
 
 @pytest.fixture

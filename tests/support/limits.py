@@ -93,3 +93,21 @@ def away_from_midnight(margin_s: float = 20) -> None:
     left = (midnight - now).total_seconds()
     if left < margin_s:
         time.sleep(left + 2)
+
+
+def replica_bundle(fake: FakeUpstream, limits: list[dict[str, Any]]) -> dict[str, Any]:
+    """Two keyless routes, ``open`` and ``closed``, on the fake upstream, and ``limits``."""
+    keyed = bundle(fake, limits)
+    (route,) = keyed["llmRoutes"]
+    del route["auth_policy"], keyed["virtualKeys"]
+    keyed["llmRoutes"] = [
+        {**route, "id": rid, "match_policy": {"path_prefix": f"/{rid}"}}
+        for rid in ("open", "closed")
+    ]
+    return keyed
+
+
+def post(base_url: str, route: str) -> httpx.Response:
+    body = {"model": "fake-gpt", "messages": HI, "max_tokens": 20}
+    with httpx.Client(base_url=base_url, timeout=30, trust_env=False) as c:
+        return c.post(f"/{route}/v1/chat/completions", json=body)
