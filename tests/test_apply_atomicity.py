@@ -1,5 +1,6 @@
 """An apply is all or nothing: bad bundles change no byte (in-process and through agwctl), kill -9
-mid-apply leaves old or new."""
+mid-apply leaves old or new. On each engine (tests/support/engines.py): "no byte" is the SQLite
+file and its WAL, or every row of every table of the PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -8,23 +9,57 @@ import hashlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.admin import store_bytes
+from tests.support.agwd import Agwd
+from tests.support.engine_launchers import EngineAgwdLauncher, EngineInprocLauncher, store_of
+from tests.support.engines import ENGINES
 from tests.support.inproc import InprocGateway
 
 API = {"apiVersion": "gateway.agw/v1alpha1", "kind": "GatewayBundle"}
 
 
-def store_digest(db: Path) -> str:
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def module_inproc(
+    tmp_path_factory: pytest.TempPathFactory, admin_hash: str, engine: str
+) -> Iterator[InprocGateway]:
+    launcher = EngineInprocLauncher(tmp_path_factory.mktemp("inproc"), admin_hash, engine)
+    yield launcher.start()
+    launcher.close()
+
+
+@pytest.fixture(scope="module")
+def module_agwd(
+    tmp_path_factory: pytest.TempPathFactory, admin_hash: str, engine: str
+) -> Iterator[Agwd]:
+    launcher = EngineAgwdLauncher(tmp_path_factory.mktemp("agwd"), admin_hash, engine)
+    yield launcher.start()
+    launcher.close()
+
+
+@pytest.fixture
+def agwd_factory(tmp_path: Path, admin_hash: str, engine: str) -> Iterator[EngineAgwdLauncher]:
+    launcher = EngineAgwdLauncher(tmp_path, admin_hash, engine)
+    yield launcher
+    launcher.close()
+
+
+def store_digest(store: Path | str) -> str:
+    """The SQLite file and its WAL, byte for byte; every row of a PostgreSQL store."""
     h = hashlib.sha256()
-    for suffix in ("", "-wal"):
-        p = Path(str(db) + suffix)
-        h.update(p.read_bytes() if p.exists() else b"-")
+    for name, content in sorted(store_bytes(store).items()):
+        h.update(name.encode() + b"\0" + content + b"\0")
     return h.hexdigest()
 
 
@@ -83,11 +118,11 @@ def test_bad_bundle_changes_nothing(module_inproc: InprocGateway, name: str) -> 
     with module_inproc.client() as c:
         first = c.post("/admin/gateway/apply", json={"bundle": good_bundle()})
         assert first.status_code == 200, first.text
-        before = store_digest(module_inproc.db_path)
+        before = store_digest(module_inproc.store)
         r = c.post("/admin/gateway/apply", json={"bundle": BAD_BUNDLES[name]})
         assert r.status_code == 400
         assert r.json()["error"]
-        assert store_digest(module_inproc.db_path) == before
+        assert store_digest(module_inproc.store) == before
         assert [p["id"] for p in c.get("/admin/llm/providers").json()["items"]] == ["p1"]
         assert c.get("/admin/health").json() == {"status": "ok"}
 
@@ -95,11 +130,11 @@ def test_bad_bundle_changes_nothing(module_inproc: InprocGateway, name: str) -> 
 def test_noop_apply_writes_nothing(module_inproc: InprocGateway) -> None:
     with module_inproc.client() as c:
         c.post("/admin/gateway/apply", json={"bundle": good_bundle()})
-        before = store_digest(module_inproc.db_path)
+        before = store_digest(module_inproc.store)
         r = c.post("/admin/gateway/apply", json={"bundle": good_bundle()}).json()
         assert r["changed"] is False
         assert r["counts"] == {"create": 0, "update": 0, "skip": 3, "delete": 0, "error": 0}
-        assert store_digest(module_inproc.db_path) == before
+        assert store_digest(module_inproc.store) == before
 
 
 def big_bundle(n: int, model: str) -> dict[str, Any]:
@@ -121,7 +156,7 @@ def big_bundle(n: int, model: str) -> dict[str, Any]:
     }
 
 
-def test_kill_9_during_apply_leaves_old_or_new(agwd_factory: AgwdLauncher) -> None:
+def test_kill_9_during_apply_leaves_old_or_new(agwd_factory: EngineAgwdLauncher) -> None:
     n = 1500
     agwd = agwd_factory.start()
     with agwd.client() as c:
@@ -151,9 +186,11 @@ def test_kill_9_during_apply_leaves_old_or_new(agwd_factory: AgwdLauncher) -> No
         time.sleep(delay)
         agwd.kill()
         t.join(30)
-        with sqlite3.connect(agwd.db_path) as db:
-            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        agwd = agwd_factory.start(db_path=agwd.db_path)
+        store = store_of(agwd)
+        if isinstance(store, Path):
+            with sqlite3.connect(store) as db:
+                assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        agwd = agwd_factory.start(store=store)
         with agwd.client() as c:
             providers = c.get("/admin/llm/providers").json()["items"]
             routes = c.get("/admin/llm/routes").json()["items"]
@@ -209,7 +246,7 @@ def test_bad_bundle_through_agwctl_changes_no_byte(
         ).returncode
         == 0
     )
-    before = store_digest(module_agwd.db_path)
+    before = store_digest(store_of(module_agwd))
     text, expected = BAD_YAML[name]
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
@@ -217,4 +254,4 @@ def test_bad_bundle_through_agwctl_changes_no_byte(
     assert proc.returncode != 0
     assert expected in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
-    assert store_digest(module_agwd.db_path) == before
+    assert store_digest(store_of(module_agwd)) == before

@@ -1,7 +1,12 @@
 """The store's files changed under a running agwd (issue 12, "Store"): deleted, the WAL index
 truncated, made immutable. agwd keeps serving the data plane, refuses config writes with 503
 ``store_unavailable``, says so on ``/admin/health``, counts the usage rows it cannot write, and
-never dies of SIGBUS."""
+never dies of SIGBUS.
+
+SQLite only: each fault is one of SQLite's files (the database, its WAL, its shared-memory
+index) changed beneath the process; a PostgreSQL store has no file agwd opens. Its faults (the
+server restarted, connections killed) are tested in tests/store/test_pg_store.py,
+tests/test_pg_restart.py and tests/test_replicas.py."""
 
 from __future__ import annotations
 

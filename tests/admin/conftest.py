@@ -2,9 +2,16 @@
 in-process gateway (the breadth), and ``admin``, one of the module's agwd process (for tests
 that also need its data listener).
 
-The gateways of the modules in :data:`BOTH_ENGINES` (CRUD of every family, bundle apply) run
-on a SQLite file and on a PostgreSQL database (tests/support/engines.py); the others on
-SQLite."""
+Every test here that starts a gateway runs twice, on a SQLite file and on a PostgreSQL database
+(``engine``; tests/support/engines.py): the gateways of ``inproc``, ``module_inproc`` and the
+agwd fixtures, and every gateway a test starts with their factories
+(tests/support/engine_launchers.py), are on the test's engine. Two exceptions:
+
+- ``@pytest.mark.sqlite_only(reason)``: what the test checks is SQLite's own (a file beside the
+  store, the file's bytes); its PostgreSQL run is skipped with the reason.
+- a module's ``PG_TESTS`` (a set of test names): only those run on PostgreSQL too, the others on
+  SQLite alone. For modules whose subject is a runtime the store only configures (the ACP
+  agents), where a second agwd per module would cost more than it checks."""
 
 from __future__ import annotations
 
@@ -15,43 +22,68 @@ import httpx
 import pytest
 
 from tests.support.agwd import Agwd
-from tests.support.engines import ENGINES, store_settings, store_target
-from tests.support.inproc import InprocGateway, InprocLauncher
+from tests.support.engine_launchers import EngineAgwdLauncher, EngineInprocLauncher
+from tests.support.engines import ENGINES
+from tests.support.inproc import InprocGateway
 
-BOTH_ENGINES = frozenset({"test_admin_apply", "test_admin_crud"})
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): the test's PostgreSQL run is skipped (tests/admin)"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "engine" in metafunc.fixturenames and metafunc.module.__name__.rpartition(".")[2] in (
-        BOTH_ENGINES
-    ):
+    if "engine" not in metafunc.fixturenames:
+        return
+    only = getattr(metafunc.module, "PG_TESTS", None)
+    if only is not None and metafunc.function.__name__ not in only:
+        return
+    mark = metafunc.definition.get_closest_marker("sqlite_only")
+    if mark is None:
         metafunc.parametrize("engine", ENGINES, scope="module")
+        return
+    reason = mark.args[0] if mark.args else mark.kwargs["reason"]
+    skipped = pytest.param("postgresql", marks=pytest.mark.skip(reason=f"SQLite only: {reason}"))
+    metafunc.parametrize("engine", ["sqlite", skipped], scope="module")
 
 
 @pytest.fixture(scope="module")
 def engine() -> str:
-    """The store engine of the module's gateways (parametrized in :data:`BOTH_ENGINES`)."""
+    """The store engine of the test's gateways (parametrized: see the module docstring)."""
     return "sqlite"
 
 
 @pytest.fixture(scope="module")
-def module_inproc(
-    module_inproc_factory: InprocLauncher, engine: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[InprocGateway]:
-    """One in-process gateway shared by a test module, on the module's engine."""
-    with store_target(engine, tmp_path_factory.mktemp("store")) as target:
-        gateway = module_inproc_factory.start(**store_settings(target))
-        yield gateway
-        gateway.stop()  # before its database is dropped
+def module_inproc_factory(
+    tmp_path_factory: pytest.TempPathFactory, admin_hash: str, engine: str
+) -> Iterator[EngineInprocLauncher]:
+    launcher = EngineInprocLauncher(tmp_path_factory.mktemp("inproc"), admin_hash, engine)
+    yield launcher
+    launcher.close()
 
 
 @pytest.fixture
-def inproc(inproc_factory: InprocLauncher, engine: str, tmp_path: Path) -> Iterator[InprocGateway]:
-    """A gateway of the test's own, in-process, on the module's engine."""
-    with store_target(engine, tmp_path / "store") as target:
-        gateway = inproc_factory.start(**store_settings(target))
-        yield gateway
-        gateway.stop()
+def inproc_factory(tmp_path: Path, admin_hash: str, engine: str) -> Iterator[EngineInprocLauncher]:
+    launcher = EngineInprocLauncher(tmp_path, admin_hash, engine)
+    yield launcher
+    launcher.close()
+
+
+@pytest.fixture(scope="module")
+def module_agwd_factory(
+    tmp_path_factory: pytest.TempPathFactory, admin_hash: str, engine: str
+) -> Iterator[EngineAgwdLauncher]:
+    launcher = EngineAgwdLauncher(tmp_path_factory.mktemp("agwd"), admin_hash, engine)
+    yield launcher
+    launcher.close()
+
+
+@pytest.fixture
+def agwd_factory(tmp_path: Path, admin_hash: str, engine: str) -> Iterator[EngineAgwdLauncher]:
+    launcher = EngineAgwdLauncher(tmp_path, admin_hash, engine)
+    yield launcher
+    launcher.close()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,12 @@ from agw.runtime.manager import ConfigManager
 from tests.support.acp import FakeAgentHandle, group_members, wait_group_gone
 from tests.support.admin import assert_error, created, uid
 from tests.support.agwd import Agwd
+from tests.support.engine_launchers import store_of, store_rows
 
+# The ACP runtime here is the agents' and the process's: the store only holds its services and
+# routes (CRUD on both engines: test_admin_crud.py). On PostgreSQL too: the admin calls' audit
+# rows (see tests/admin/conftest.py).
+PG_TESTS = frozenset({"test_every_admin_call_writes_an_audit_row"})
 WAIT_S = 15.0
 TURN_TIMEOUT_S = 30.0
 
@@ -123,16 +127,17 @@ def audit_rows(
     """Admin audit rows of ``acp_usage_events`` matching ``where``, waiting (bounded) for
     ``count`` of them."""
 
+    store = store_of(agwd)
+    # the order they were emitted in (PostgreSQL has no rowid: the order they started in)
+    order = "rowid" if isinstance(store, Path) else "started_at, finished_at"
+
     def found() -> list[dict[str, Any]]:
-        with contextlib.closing(sqlite3.connect(agwd.db_path)) as db:
-            db.row_factory = sqlite3.Row
-            rows = db.execute(
-                "SELECT * FROM acp_usage_events WHERE route_id = ? AND "
-                + where
-                + " ORDER BY rowid",  # the order they were emitted in
-                (ADMIN_ROUTE_ID, *args),
-            ).fetchall()
-        return [dict(r) for r in rows] if len(rows) >= count else []
+        rows = store_rows(
+            store,
+            f"SELECT * FROM acp_usage_events WHERE route_id = ? AND {where} ORDER BY {order}",
+            (ADMIN_ROUTE_ID, *args),
+        )
+        return rows if len(rows) >= count else []
 
     rows: list[dict[str, Any]] = wait_for(f"{count} audit row(s) where {where} {args}", found)
     return rows

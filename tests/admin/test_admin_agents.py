@@ -1,6 +1,6 @@
 """The agents control plane (reference §5.10) against one real agwd: a fake LLM upstream and
 the fake ACP agent run as real processes, usage rows come from real traffic and from rows
-seeded into the store file, and every number is checked against sums computed here from the
+seeded into the store, and every number is checked against sums computed here from the
 rows themselves.
 
 The module's agent ``coder`` runs on an ACP service (interactive permissions) and lists an LLM
@@ -13,7 +13,6 @@ import contextlib
 import json
 import random
 import secrets
-import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -27,7 +26,8 @@ from agw.usage.events import AcpUsageEvent, LlmUsageEvent, McpUsageEvent, UsageE
 from tests.fakes.run import FakeUpstream, start_fake_upstream
 from tests.support.acp import FakeAgentHandle
 from tests.support.admin import assert_error, bundle, created, problem_paths, uid
-from tests.support.agwd import Agwd, AgwdLauncher, usage_rows
+from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.engine_launchers import store_execute, store_of, store_rows, usage_rows
 
 KEY = "sk-agents-upstream"
 AGENT = "coder"
@@ -178,11 +178,9 @@ def _seed_events() -> list[UsageEvent]:
 
 @pytest.fixture(scope="module")
 def seeded(gw: Agwd) -> list[UsageEvent]:
-    """The seeded rows, written into the running agwd's store file."""
+    """The seeded rows, written into the running agwd's store."""
     events = _seed_events()
-    with contextlib.closing(sqlite3.connect(gw.db_path, timeout=30)) as db, db:
-        for event in events:
-            db.execute(event.insert_sql(), event.row())
+    store_execute(store_of(gw), [(event.insert_sql(), event.row()) for event in events])
     return events
 
 
@@ -195,9 +193,7 @@ def ok(r: httpx.Response) -> Any:
 
 
 def rows(gw: Agwd, kind: str) -> list[dict[str, Any]]:
-    with contextlib.closing(sqlite3.connect(gw.db_path)) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute(f"SELECT * FROM {kind}_usage_events")]
+    return store_rows(store_of(gw), f"SELECT * FROM {kind}_usage_events")
 
 
 def coder_routes() -> set[str]:
@@ -300,7 +296,7 @@ def test_llm_rows_are_attributed_when_written(gw: Agwd, admin: httpx.Client) -> 
             model="gpt-x", messages=[{"role": "user", "content": f"hi {prefix}"}]
         )
         assert answer.choices[0].message.content == f"echo: hi {prefix}"
-    got = {r["route_id"]: r for r in usage_rows(gw.db_path, "llm_usage_events",
+    got = {r["route_id"]: r for r in usage_rows(store_of(gw), "llm_usage_events",
                                                  f"trace_id = '{trace}'", 2)}  # fmt: skip
     assert got[ROUTES["llm"]]["agent_id"] == AGENT  # the route is bound to the agent
     assert got["other"]["agent_id"] is None
@@ -461,10 +457,12 @@ def test_workspace_shows_the_running_agent(
         events = turn.rest()
     assert events[-1][0] == "done", events
 
-    # the turn's row (route bound through the service) and the permission's audit row (service)
-    usage_rows(gw.db_path, "acp_usage_events", f"route_id = '{ROUTES['acp']}' AND "
-               f"operation = 'turn' AND agent_id = '{AGENT}'")  # fmt: skip
-    usage_rows(gw.db_path, "acp_usage_events", f"permission_request_id = '{request_id}'")
+    # the turn's row (route bound through the service; its thread: seeded rows match the route
+    # and the agent too) and the permission's audit row (service)
+    assert usage_rows(store_of(gw), "acp_usage_events", f"route_id = '{ROUTES['acp']}' AND "
+               f"operation = 'turn' AND agent_id = '{AGENT}' AND thread_id = ?",
+               args=(thread,))  # fmt: skip
+    assert usage_rows(store_of(gw), "acp_usage_events", f"permission_request_id = '{request_id}'")
     ws = ok(admin.get(f"/admin/agents/{AGENT}/workspace"))
     assert ws["runtime_view"]["in_flight_turns"] == []
     assert ws["runtime_view"]["pending_permissions"] == []

@@ -442,6 +442,7 @@ def test_masked_url_without_a_stored_secret_is_refused(open_admin: httpx.Client)
 # ------------------------------------------------------------------------- login backoff
 
 
+@pytest.mark.sqlite_only("the admin listener's login backoff, in the process: no store read")
 def test_login_backoff_is_429_and_logged_with_the_address(agwd_factory: Any) -> None:
     agwd = agwd_factory.start()
     user, _, password = agwd.auth.partition(":")
@@ -475,6 +476,7 @@ def test_login_backoff_is_429_and_logged_with_the_address(agwd_factory: Any) -> 
     assert password not in agwd.logs()
 
 
+@pytest.mark.sqlite_only("the admin listener's login backoff, in the process: no store read")
 def test_parallel_guesses_cannot_outrun_the_backoff(agwd_factory: Any) -> None:
     agwd = agwd_factory.start()
     user = agwd.auth.partition(":")[0]
@@ -492,6 +494,9 @@ def test_parallel_guesses_cannot_outrun_the_backoff(agwd_factory: Any) -> None:
 # -------------------------------------------------------------- the generated password
 
 
+@pytest.mark.sqlite_only(
+    "the generated password file lies beside the SQLite file (./data/ with a PostgreSQL store)"
+)
 def test_generated_password_file(agwd_factory: Any, tmp_path: Path) -> None:
     agwd = agwd_factory.start(auth="generated")
     path = agwd.db_path.parent / "admin-password"
@@ -525,6 +530,7 @@ def test_generated_password_file(agwd_factory: Any, tmp_path: Path) -> None:
     again.stop()
 
 
+@pytest.mark.sqlite_only("a refused password file stops agwd at its start, whatever the store")
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o644])
 def test_password_file_open_to_others_is_refused(
     agwd_factory: Any, tmp_path: Path, mode: int
@@ -538,6 +544,7 @@ def test_password_file_open_to_others_is_refused(
     assert "chmod 600" in agwd.logs()
 
 
+@pytest.mark.sqlite_only("a refused password file stops agwd at its start, whatever the store")
 def test_password_file_that_is_no_password_file_is_refused(
     agwd_factory: Any, tmp_path: Path
 ) -> None:
@@ -554,6 +561,7 @@ def test_password_file_that_is_no_password_file_is_refused(
         assert "admin password" in agwd.logs()
 
 
+@pytest.mark.sqlite_only("looks for the password file beside the SQLite file")
 def test_insecure_admin_still_checks_host_and_type(agwd_factory: Any) -> None:
     agwd = agwd_factory.start("--admin-insecure", auth="generated", same_listener=True)
     assert not (agwd.db_path.parent / "admin-password").exists()

@@ -3,7 +3,6 @@ the admin API (409), and never written to the store."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.support.admin import (
     put_body,
     uid,
 )
+from tests.support.engine_launchers import store_rows
 from tests.support.inproc import InprocGateway, InprocLauncher
 
 STATIC_YAML = """\
@@ -168,11 +168,11 @@ def test_stored_objects_sit_beside_static_ones(sc: httpx.Client) -> None:
 
 
 def test_static_objects_are_not_written_to_the_store(static_gateway: InprocGateway) -> None:
-    with sqlite3.connect(f"file:{static_gateway.db_path}?mode=ro", uri=True) as db:
-        for table in ("providers", "routes", "mcp_services", "acp_services", "agents"):
-            ids = [row[0] for row in db.execute(f"SELECT id FROM {table}")]
-            assert not [i for i in ids if "static-" in i], (table, ids)
-        assert db.execute("SELECT count(*) FROM model_configs").fetchone() == (0,)
+    store = static_gateway.store
+    for table in ("providers", "routes", "mcp_services", "acp_services", "agents"):
+        ids = [row["id"] for row in store_rows(store, f"SELECT id FROM {table}")]
+        assert not [i for i in ids if "static-" in i], (table, ids)
+    assert store_rows(store, "SELECT count(*) AS n FROM model_configs") == [{"n": 0}]
 
 
 def test_apply_skips_unchanged_static_and_refuses_changes(sc: httpx.Client) -> None:

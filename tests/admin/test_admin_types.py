@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.support.admin import assert_error, bundle, everything, uid
+from tests.support.engine_launchers import EngineInprocLauncher
 from tests.support.inproc import InprocGateway, InprocLauncher
 
 ALL_TYPES = [
@@ -103,7 +104,7 @@ def test_authenticators_list_and_get(inproc: InprocGateway) -> None:
         assert_error(c.put("/admin/cliauth/authenticators/github", json={"enabled": True}), 404)
 
 
-def test_authenticator_put_lifecycle_is_runtime_only(inproc_factory: InprocLauncher) -> None:
+def test_authenticator_put_lifecycle_is_runtime_only(inproc_factory: EngineInprocLauncher) -> None:
     first = inproc_factory.start()
     url = "/admin/cliauth/authenticators/claudecode"
     with first.client() as c:
@@ -123,7 +124,7 @@ def test_authenticator_put_lifecycle_is_runtime_only(inproc_factory: InprocLaunc
         assert listed["claudecode"]["enabled"] is True and listed["codex"]["enabled"] is False
     first.stop()
 
-    again = inproc_factory.start(db_path=first.db_path)
+    again = inproc_factory.start(store=first.store)
     with again.client() as c:
         assert c.get(url).json()["enabled"] is False  # not persisted
         r = c.put(url, json={"enabled": True, "config": {"no_browser": True}})

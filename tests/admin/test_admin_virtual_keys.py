@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 
 import httpx
 
 from agw.store.secrets import SecretBox, key_file, parse_key, vk_where
 from tests.support.admin import VK_PATTERN, assert_error, created, items, put_body, uid
-from tests.support.inproc import InprocLauncher
+from tests.support.engine_launchers import EngineInprocLauncher, store_rows
+from tests.support.engines import secret_key
 
 
 def test_key_is_generated_and_returned_by_post_get_and_list(api: httpx.Client) -> None:
@@ -78,7 +78,7 @@ def test_allowed_route_ids_and_expiry_round_trip(api: httpx.Client) -> None:
     assert_error(r, 400, "config_invalid")
 
 
-def test_key_and_objects_survive_a_restart(inproc_factory: InprocLauncher) -> None:
+def test_key_and_objects_survive_a_restart(inproc_factory: EngineInprocLauncher) -> None:
     first = inproc_factory.start()
     with first.client() as c:
         pid = created(c, "/admin/llm/providers", {"id": uid("p"), "provider_type": "openai"})["id"]
@@ -89,13 +89,13 @@ def test_key_and_objects_survive_a_restart(inproc_factory: InprocLauncher) -> No
     first.stop()
     # the store's unique column holds a keyed hash of the key, and the key itself is sealed
     # (docs/security.md, "Secrets at rest")
-    box = SecretBox(parse_key(key_file(first.db_path).read_text()), "test")
-    with sqlite3.connect(first.db_path) as db:
-        rows = db.execute("SELECT id, key, key_secret FROM virtual_keys").fetchall()
-    assert [r[:2] for r in rows] == [(vk["id"], box.lookup_hash(vk["key"]))]
-    assert box.open(rows[0][2], vk_where(vk["id"])) == vk["key"]
+    key = secret_key(first.store) or parse_key(key_file(first.db_path).read_text())
+    box = SecretBox(key, "test")
+    rows = store_rows(first.store, "SELECT id, key, key_secret FROM virtual_keys")
+    assert [(r["id"], r["key"]) for r in rows] == [(vk["id"], box.lookup_hash(vk["key"]))]
+    assert box.open(rows[0]["key_secret"], vk_where(vk["id"])) == vk["key"]
 
-    second = inproc_factory.start(db_path=first.db_path)
+    second = inproc_factory.start(store=first.store)
     with second.client() as c:
         after = {p: items(c, p, reveal="true") for p in before}
         assert after == before

@@ -1,7 +1,8 @@
 """Secrets at rest, at the store's level (agw/store/secrets.py): the key and its sources, sealed
 values bound to their row and field, a store opened with another key, and migration 6 sealing
 a store written in clear. The end-to-end tests against a real agwd are in
-test_secrets_at_rest.py."""
+test_secrets_at_rest.py. Sealed rows are checked on both engines; the rest is SQLite's own (its
+key file, its bytes), and tests/store/test_pg_store.py checks a PostgreSQL store's key."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from agw.errors import StoreError
 from agw.store import config_repo
 from agw.store.config_repo import Row
 from agw.store.db import Database, migrations_dir
+from agw.store.engine import open_store
 from agw.store.secrets import (
     HASHED,
     SEALED,
@@ -32,6 +34,8 @@ from agw.store.secrets import (
     seal_row,
 )
 from tests.support.admin import store_bytes
+from tests.support.engine_launchers import store_rows
+from tests.support.engines import ENGINES, store_target
 
 T = TypeVar("T")
 KEY = os.urandom(32)
@@ -67,16 +71,16 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-async def write_rows(path: Path, rows: list[Row], key: bytes | None = KEY) -> None:
-    db = await Database.open(path, secret_key=key)
+async def write_rows(path: Path | str, rows: list[Row], key: bytes | None = KEY) -> None:
+    db = await open_store(path, secret_key=key)
     try:
         await config_repo.write(db, rows, [])
     finally:
         await db.close()
 
 
-async def read_rows(path: Path, key: bytes | None = KEY) -> list[Row]:
-    db = await Database.open(path, secret_key=key)
+async def read_rows(path: Path | str, key: bytes | None = KEY) -> list[Row]:
+    db = await open_store(path, secret_key=key)
     try:
         return await config_repo.load_rows(db)
     finally:
@@ -87,7 +91,7 @@ def row(family: f.Family, data: dict[str, Any], key: str = "") -> Row:
     return Row(family.name, data["id"], data, 1, 2, key=key)
 
 
-def raw(path: Path) -> bytes:
+def raw(path: Path | str) -> bytes:
     return b"".join(store_bytes(path).values())
 
 
@@ -171,8 +175,13 @@ def test_a_store_opened_with_another_key_is_refused_and_left_alone(tmp_path: Pat
 # -------------------------------------------------------------------------------- sealed values
 
 
-def test_rows_are_sealed_in_the_store_and_plain_above_it(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
+@pytest.mark.parametrize("engine", ENGINES)
+def test_rows_are_sealed_in_the_store_and_plain_above_it(tmp_path: Path, engine: str) -> None:
+    with store_target(engine, tmp_path) as path:
+        rows_are_sealed(path)
+
+
+def rows_are_sealed(path: Path | str) -> None:
     rows = [
         row(f.PROVIDER, provider("p")),
         row(f.MCP_SERVICE, mcp_service("m")),
@@ -183,10 +192,14 @@ def test_rows_are_sealed_in_the_store_and_plain_above_it(tmp_path: Path) -> None
     assert loaded["p"].data == rows[0].data
     assert loaded["m"].data == rows[1].data
     assert loaded["vk"].key == BEARER
-    with closing(sqlite3.connect(path)) as conn:
-        stored = json.loads(conn.execute("SELECT config FROM providers").fetchone()[0])
-        env = json.loads(conn.execute("SELECT config FROM mcp_services").fetchone()[0])["env"]
-        key, sealed = conn.execute("SELECT key, key_secret FROM virtual_keys").fetchone()
+    [stored] = [json.loads(r["config"]) for r in store_rows(path, "SELECT config FROM providers")]
+    [env] = [
+        json.loads(r["config"])["env"] for r in store_rows(path, "SELECT config FROM mcp_services")
+    ]
+    [(key, sealed)] = [
+        (r["key"], r["key_secret"])
+        for r in store_rows(path, "SELECT key, key_secret FROM virtual_keys")
+    ]
     assert stored["api_key"].startswith(SEALED) and stored["base_url"].startswith(SEALED)
     assert stored["network"]["extra_headers"]["X-Team"].startswith(SEALED)  # every map value
     assert env["GITHUB_TOKEN"].startswith(SEALED) and env["DATABASE_URL"].startswith(SEALED)

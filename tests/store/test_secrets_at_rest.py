@@ -1,6 +1,7 @@
 """Secrets at rest against a real agwd (docs/security.md, "Secrets at rest"): secrets created
 through the admin API, and those of a store written in clear by an older agw, never appear in
-the bytes of the SQLite files; the admin API, export and the data plane see them as before;
+the bytes of the SQLite files (nor, for those created through the admin API, in any row of a
+PostgreSQL store); the admin API, export and the data plane see them as before;
 a wrong, malformed or exposed key stops agwd at start with a clear message and changes nothing.
 """
 
@@ -21,6 +22,8 @@ from agw.store.db import migrations_dir
 from agw.store.secrets import key_file
 from tests.support.admin import REVEAL, created, store_bytes
 from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.engine_launchers import EngineAgwdLauncher, store_of
+from tests.support.engines import ENGINES
 
 # Every secret is unique so that a grep of the files finds it wherever it leaked.
 S = {
@@ -60,15 +63,16 @@ def key_text(key: bytes) -> str:
     return base64.b64encode(key).decode()
 
 
-def files_bytes(db: Path) -> bytes:
+def files_bytes(db: Path | str) -> bytes:
     return b"".join(store_bytes(db).values())
 
 
-def assert_no_secret(db: Path, secrets: list[str]) -> None:
+def assert_no_secret(db: Path | str, secrets: list[str]) -> None:
+    """No secret in the SQLite files, or in any row of the PostgreSQL database."""
     on_disk = files_bytes(db)
     assert on_disk  # the store exists
     leaked = [s for s in secrets if s.encode() in on_disk]
-    assert not leaked, f"in the SQLite files of {db}: {leaked}"
+    assert not leaked, f"in the store {db}: {leaked}"
 
 
 def create_everything(admin: httpx.Client) -> list[str]:
@@ -145,26 +149,35 @@ def assert_admin_sees_plaintext(agwd: Agwd, keys: list[str]) -> None:
         assert cred.json()["attributes"]["api_key"] == S["credential"]
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_secrets_created_through_the_admin_api_are_sealed_in_the_files(
-    agwd_factory: AgwdLauncher,
+    tmp_path: Path, admin_hash: str, engine: str
 ) -> None:
+    launcher = EngineAgwdLauncher(tmp_path, admin_hash, engine)
+    with closing(launcher):
+        sealed_through_the_admin_api(launcher)
+
+
+def sealed_through_the_admin_api(agwd_factory: EngineAgwdLauncher) -> None:
     agwd = agwd_factory.start()
+    store = store_of(agwd)
     with agwd.client() as admin:
         keys = create_everything(admin)
     secrets = [*S.values(), *keys]
-    assert_no_secret(agwd.db_path, secrets)  # while running: the WAL holds the new rows
+    assert_no_secret(store, secrets)  # while running: the WAL holds the new rows
     assert_admin_sees_plaintext(agwd, keys)
     # the data plane finds the keys in memory as before: a key passes the gate, none does not
     assert chat(agwd, None) == 401
     assert chat(agwd, keys[0]) not in (401, 403)
     assert agwd.stop() == 0
-    assert_no_secret(agwd.db_path, secrets)
-    kf = key_file(agwd.db_path)
-    assert kf.stat().st_mode & 0o777 == 0o600
+    assert_no_secret(store, secrets)
+    if isinstance(store, Path):  # PostgreSQL: the key is AGW_SECRET_KEY alone
+        kf = key_file(store)
+        assert kf.stat().st_mode & 0o777 == 0o600
     for secret in secrets:
         assert secret not in agwd.logs()
 
-    again = agwd_factory.start(db_path=agwd.db_path)
+    again = agwd_factory.start(store=store)
     assert_admin_sees_plaintext(again, keys)
     assert chat(again, keys[1]) not in (401, 403)
     assert chat(again, "vk-" + "x" * 43) == 401
