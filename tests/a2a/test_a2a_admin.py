@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from agw.store.db import Database, migrations_dir
+from agw.store.db import Database, migration_files, migrations_dir
 from tests.a2a.conftest import UPSTREAM_TOKEN, A2aGateway
 from tests.support.agwctl import run_agwctl
 
@@ -163,7 +163,7 @@ def test_a_schema_10_store_is_migrated_with_its_routes(tmp_path: Path) -> None:
 
     asyncio.run(open_and_close())
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 11
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == migration_files()[-1][0]
         assert conn.execute("SELECT id, kind, updated_at FROM routes").fetchall() == [
             ("m1", "mcp", 2)
         ]
