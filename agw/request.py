@@ -10,6 +10,7 @@ usage table shares are filled in.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +131,10 @@ class Request:
     limit_headers: Headers | None = None
     limit_id: str | None = None
     limit_action: str | None = None
+    # called once, just before the last bytes of a whole answer (:meth:`respond`) go out: a
+    # plane records its usage row there, so the row is in the usage spool before the client
+    # can have the answer (docs/observability.md, "The usage spool")
+    on_answer: Callable[[], None] | None = None
 
     @property
     def virtual_key_id(self) -> str | None:
@@ -238,6 +243,9 @@ class Request:
         if self.limit_headers:
             out += self.limit_headers
         out += self.trace.response_headers()
+        if self.on_answer is not None:
+            on_answer, self.on_answer = self.on_answer, None
+            on_answer()
         send = self.send  # no start()/body() frames: this is every JSON answer
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -47,6 +47,7 @@ class Call:
     error_type: str | None = None
     status: int = 0
     finalized: bool = True
+    recorded: bool = False  # its usage row was emitted (once: just before the answer went out)
     client_wants_usage: bool = False  # chat clients: stream_options.include_usage
     renamed: dict[str, str] = field(default_factory=dict)  # upstream tool name -> the client's
     answer: bytes = b""  # the JSON answer the client got

@@ -103,6 +103,9 @@ class LlmPlane:
             # the whole chain of awaiting frames, and on the hot path each level is measurable.
             # Limits admit it first (step 3), before it starts.
             async with DisconnectWatch(req) as watch:
+                # a whole (non-streamed) answer is recorded just before it goes out: its row
+                # is in the usage spool before the client can have it (kill -9)
+                req.on_answer = lambda: None if watch.gone else self._record(call)
                 if call.charges:
                     try:
                         await self._admit(call, call.charges)
@@ -285,6 +288,9 @@ class LlmPlane:
     # --------------------------------------------------------------------------------- usage
 
     def _record(self, call: Call) -> None:
+        if call.recorded:
+            return
+        call.recorded = True
         req = call.req
         obs = call.observer
         usage = obs.usage if obs is not None and obs.usage_seen else None
