@@ -10,6 +10,7 @@ usage table shares are filled in.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from agw.errors import PayloadTooLarge
 from agw.ids import new_span_id, new_trace_id
 from agw.runtime.snapshot import CompiledRoute, Snapshot
 from agw.types import Headers, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
 
 
 class ClientGone(Exception):
@@ -245,7 +248,10 @@ class Request:
         out += self.trace.response_headers()
         if self.on_answer is not None:
             on_answer, self.on_answer = self.on_answer, None
-            on_answer()
+            try:  # a failed record must not cost the client its answer
+                on_answer()
+            except Exception:
+                log.exception("answer_hook_failed", extra={"route_id": self.route.id})
         send = self.send  # no start()/body() frames: this is every JSON answer
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -56,6 +56,8 @@ from agw.usage.spool import open_spool
 from agw.workers import WorkerSlot
 
 if TYPE_CHECKING:
+    from agw.policy.limit_lease import LeaseBackend
+    from agw.policy.limit_redis import RedisBackend
     from agw.tracing import TraceExporter
 
 log = logging.getLogger(__name__)
@@ -220,21 +222,18 @@ def _limit_backend(
     """Where the limit counters live (docs/scale-out.md#shared-limits): Redis, leases from the
     shared store (their failures on /metrics either way), or None: in this process."""
     mode = settings.limit_mode
-    backend: LimitBackend
+    backend: RedisBackend | LeaseBackend
     if mode == "redis":
         from agw.policy.limit_redis import RedisBackend
 
-        redis = RedisBackend(settings.redis_url)
-        prometheus.registry.register(redis.metrics)
-        backend = redis
+        backend = RedisBackend(settings.redis_url)
     elif mode == "store":
         from agw.policy.limit_lease import LeaseBackend
 
-        lease = LeaseBackend(db)
-        prometheus.registry.register(lease.metrics)
-        backend = lease
+        backend = LeaseBackend(db)
     else:
         return None
+    prometheus.registry.register(backend.metrics)
     log.info("limit_counters", extra={"mode": mode})
     return backend
 

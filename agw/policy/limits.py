@@ -359,8 +359,8 @@ class Limiter:
     shared backend (agw/policy/limit_redis.py) keeps its own."""
 
     def __init__(self, db: Store | None = None, backend: LimitBackend | None = None) -> None:
-        self.backend: LimitBackend = backend or InProcessBackend()
-        backend = self.backend
+        backend = backend or InProcessBackend()
+        self.backend: LimitBackend = backend
         saved = isinstance(backend, InProcessBackend) and backend.saved_by_limiter
         self._local = backend if saved and isinstance(backend, InProcessBackend) else None
         self._db = db if self._local is not None else None
