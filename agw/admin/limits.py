@@ -20,7 +20,7 @@ from agw.clock import rfc3339
 from agw.config import families as f
 from agw.config.limits import Limit
 from agw.errors import InvalidRequest, NotFound
-from agw.policy.limit_backend import CONCURRENT, COST, METERS, Counter
+from agw.policy.limit_backend import CONCURRENT, COST, METERS, REQUESTS, Counter
 from agw.runtime.manager import ConfigManager
 from agw.usage.query import Params
 
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 DEFAULT_SUBJECTS = 100  # subjects shown per limit unless ?limit= says otherwise
 MAX_SUBJECTS = 1000
-USED_METERS = METERS[:CONCURRENT]  # what is used is counted; requests in flight are held only
 
 Caps = dict[int, float]
 
@@ -76,8 +75,10 @@ def subject_view(counter: Counter, caps: Caps) -> dict[str, Any]:
         "subject": counter.subject,
         "window_start": _moment(counter.start),
         "resets_at": _moment(counter.end),
-        "used": {name: amount(m, used[m]) for m, name in enumerate(USED_METERS)},
-        "in_flight": {name: amount(m, max(0.0, held[m])) for m, name in enumerate(METERS)},
+        # what answers used, of each capped meter and requests (counters count nothing else)
+        "used": {METERS[m]: amount(m, used[m]) for m in sorted({*caps, REQUESTS} - {CONCURRENT})},
+        # what requests in flight hold, of each capped meter (counters hold nothing else)
+        "in_flight": {METERS[m]: amount(m, max(0.0, held[m])) for m in caps},
         "remaining": remaining,
     }
 

@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 from agw.clock import now_ms
 from agw.llm.content import Completion
 from agw.llm.observe import Observer
+from agw.llm.pricing import Price
 from agw.llm.providers import Key
 from agw.llm.routing import Target
 from agw.policy.limit_backend import Charge
+from agw.policy.limits import RouteLimits
 from agw.request import Request
 from agw.types import JsonObj
+from agw.usage.events import CostSource
 
 # A client operation -> the wire format the client speaks (the rest: models, embeddings,
 # count_tokens, are not chat-style).
@@ -55,3 +58,7 @@ class Call:
     relayed_size: int = 0  # bytes of the stream the client got, all of them
     cut: bool = False  # a limit ended the stream (on_exceed: cut)
     charges: list[Charge] | None = None  # the limits that apply, admitted before the forward
+    limits: RouteLimits | None = None  # the route's limits (what is known before matching)
+    price_of: Target | None = None  # the target whose model's price is known: price, source
+    price: Price | None = None
+    cost_source: CostSource | None = None

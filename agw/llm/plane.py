@@ -26,14 +26,18 @@ from agw.llm.content import Completion, prompt_of
 from agw.llm.credential_health import CredentialHealth
 from agw.llm.discovery import ModelCatalog
 from agw.llm.forward import Forwarder
-from agw.llm.observe import estimate_output_tokens, estimate_tokens, request_tools
-from agw.llm.pricing import Pricer
+from agw.llm.observe import (
+    estimate_output_tokens,
+    estimate_tokens,
+    request_tools,
+)
+from agw.llm.pricing import Price, Pricer
 from agw.llm.providers import CredentialPicker, UpstreamPool, error_dialect
 from agw.llm.relay import count_tokens, list_models
 from agw.llm.routing import Target, resolve
 from agw.policy.authz import authorize, authorize_session
 from agw.policy.limit_backend import COST, NO_CAP, Charge
-from agw.policy.limits import Limiter, matching
+from agw.policy.limits import Announce, Limiter, matching
 from agw.request import ClientGone, DisconnectWatch, Request
 from agw.types import JsonObj
 from agw.usage.events import CostSource, LlmUsageEvent, UsageSource
@@ -108,7 +112,9 @@ class LlmPlane:
                 req.on_answer = lambda: None if watch.gone else self._record(call)
                 if call.charges:
                     try:
-                        await self._admit(call, call.charges)
+                        later = self._admit(call, call.charges)
+                        if later is not None:
+                            await later
                     except BaseException:
                         work.close()
                         raise
@@ -216,7 +222,8 @@ class LlmPlane:
                 "model is required (the route's provider has no default_model)",
             )
         call.body, call.raw = body, raw
-        if req.route.id in req.snapshot.limits.by_route:
+        limits = req.snapshot.limits.by_route.get(req.route.id)
+        if limits is not None:
             first = targets[0]
             charges = matching(
                 req,
@@ -224,52 +231,54 @@ class LlmPlane:
                 model=first.logical_model,
                 upstream_model=first.upstream_model,
                 provider_id=first.provider.id,
-                plane={
-                    "llm": {
-                        "model": first.logical_model or first.upstream_model,
-                        "provider_id": first.provider.id,
-                        "stream": call.stream,
+                plane=(
+                    {
+                        "llm": {
+                            "model": first.logical_model or first.upstream_model,
+                            "provider_id": first.provider.id,
+                            "stream": call.stream,
+                        }
                     }
-                },
+                    if limits.when
+                    else None
+                ),
             )
-            if charges:
-                call.charges, call.target = charges, first  # admitted by handle, first
+            if charges:  # admitted by handle, first
+                call.charges, call.target, call.limits = charges, first, limits
         return self.forwarder.forward(call, body, targets)
 
-    async def _admit(self, call: Call, charges: list[Charge]) -> None:
-        """Admission against the limits that apply (docs/limits.md). What a request reserves:
-        its estimated input at the model's input price, plus its output cap (``max_tokens``,
-        else the limits' ``default_output_tokens``) at the output price; a budget that cannot
-        pay for the cap but for ``min_output_tokens`` lowers ``max_tokens``."""
-        req, body, target = call.req, call.body, call.target
-        assert body is not None and target is not None
+    def _admit(self, call: Call, charges: list[Charge]) -> Coroutine[Any, Any, None] | None:
+        """Admission against the limits that apply (docs/limits.md); a coroutine to await
+        where the limit backend must (a shared one), else None: admitted. What a request
+        reserves: its estimated input (the body's bytes / 4) at the model's input price, plus
+        its output cap (``max_tokens``, else the limits' ``default_output_tokens``) at the
+        output price; a budget that cannot pay for the cap but for ``min_output_tokens`` lowers
+        ``max_tokens``."""
+        req, body, target, limits = call.req, call.body, call.target, call.limits
+        assert body is not None and target is not None and limits is not None
         fixed = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
         per_output = [0.0] * 6
         want = 0
         wire = CLIENT_WIRE.get(call.operation)
         field = ""
-        sized = dollars = False
-        default_output = 0
-        for charge in charges:
-            spec = charge.spec
-            if spec.sized:
-                sized = True
-                if spec.default_output_tokens > default_output:
-                    default_output = spec.default_output_tokens
-                if spec.caps[COST] != NO_CAP:
-                    dollars = True
+        if len(charges) == len(limits.limits):  # all of the route's: known before the request
+            sized, dollars, default_output = limits.sized, limits.dollars, limits.default_output
+            announce: Announce | None = limits.announce
+        else:
+            sized = any(c.spec.sized for c in charges)
+            dollars, default_output, announce = False, 0, None
+            if sized:
+                specs = [c.spec for c in charges if c.spec.sized]
+                dollars = any(spec.caps[COST] != NO_CAP for spec in specs)
+                default_output = max(spec.default_output_tokens for spec in specs)
         if sized:
-            est_in = float(estimate_tokens(body))
+            # the input estimate: the body's bytes / 4 as the client sent it (JSON syntax
+            # included: an over-estimate of the text, at no cost per message)
+            raw = call.raw
+            est_in = float(len(raw) // 4 or 1) if raw else float(estimate_tokens(body))
             in_price = out_price = 0.0
             if dollars:
-                managed = req.snapshot.state.get(
-                    f.MANAGED_MODEL, f"{target.provider.id}/{target.upstream_model}"
-                )
-                price, _ = self.pricer.price(
-                    target.provider.provider_type,
-                    target.upstream_model,
-                    managed.obj.pricing if managed is not None else None,
-                )
+                price = call.price if call.price_of is target else self._price(call, target)
                 if price is None:
                     _unpriced(req, target, charges)
                 else:
@@ -279,11 +288,48 @@ class LlmPlane:
                 field, asked = max_tokens_of(body, wire)
                 want = asked if asked is not None else default_output
                 per_output = [out_price, 1.0, 0.0, 1.0, 0.0, 0.0]
-        admission = await self.limiter.admit(req, charges, fixed, per_output, want)
-        if wire is not None and admission.output < want:
-            # the clamp: said in the x-agw-max-tokens header
-            _cap_holder(body, field, create=True)[_leaf(field)] = admission.output
-            call.raw = b""  # the body goes up re-encoded
+        admission = self.limiter.admit_now(req, charges, fixed, per_output, want, announce)
+        if admission is None:
+            return self._admit_later(call, charges, fixed, per_output, want, announce, field)
+        if admission.output < want:
+            self._clamp(call, admission.output, field)
+        return None
+
+    async def _admit_later(
+        self,
+        call: Call,
+        charges: list[Charge],
+        fixed: list[float],
+        per_output: list[float],
+        want: int,
+        announce: Announce | None,
+        field: str,
+    ) -> None:
+        admission = await self.limiter.admit(call.req, charges, fixed, per_output, want, announce)
+        if admission.output < want:
+            self._clamp(call, admission.output, field)
+
+    @staticmethod
+    def _clamp(call: Call, output: int, field: str) -> None:
+        """The clamp (said in the x-agw-max-tokens header): ``output`` tokens at most."""
+        assert call.body is not None
+        _cap_holder(call.body, field, create=True)[_leaf(field)] = output
+        call.raw = b""  # the body goes up re-encoded
+
+    def _price(self, call: Call, target: Target) -> Price | None:
+        """The price of ``target``'s model (its managed model's, else the catalog's), once
+        per request: the row's cost reuses it."""
+        if call.price_of is not target:
+            managed = call.req.snapshot.state.get(
+                f.MANAGED_MODEL, f"{target.provider.id}/{target.upstream_model}"
+            )
+            call.price, call.cost_source = self.pricer.price(
+                target.provider.provider_type,
+                target.upstream_model,
+                managed.obj.pricing if managed is not None else None,
+            )
+            call.price_of = target
+        return call.price
 
     # --------------------------------------------------------------------------------- usage
 
@@ -321,15 +367,10 @@ class LlmPlane:
         cost: float | None = None
         cost_source: CostSource | None = None
         if target is not None and target.upstream_model:
-            managed = req.snapshot.state.get(
-                f.MANAGED_MODEL, f"{target.provider.id}/{target.upstream_model}"
-            )
-            cost, cost_source = self.pricer.cost(
-                target.provider.provider_type,
-                target.upstream_model,
-                managed.obj.pricing if managed is not None else None,
-                (tin, tout, cached, written, reasoning),
-            )
+            price = self._price(call, target)
+            cost_source = call.cost_source
+            if price is not None:
+                cost = price.cost(tin, tout, cached, written, reasoning)
         if admission is not None:
             admission.settle(cost or 0.0, tin, tout)
             if admission.action is not None:
@@ -386,7 +427,7 @@ def max_tokens_of(body: JsonObj, wire: str) -> tuple[str, int | None]:
     nested) and its value (None when the request sets none: the provider's default applies)."""
     fields = _MAX_FIELDS.get(wire, ())
     for name in fields:
-        value = _cap_holder(body, name).get(_leaf(name))
+        value = body.get(name) if "." not in name else _cap_holder(body, name).get(_leaf(name))
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

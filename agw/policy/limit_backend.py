@@ -3,7 +3,8 @@
 A request counts against one counter per limit that applies to it (a :class:`Charge`: the
 limit and the subject's value). Each counter keeps, per meter (dollars, tokens, requests,
 requests in flight), what is ``used`` (settled by answers that ended in the current window) and
-what is ``held`` (reserved by requests still in flight). The backend:
+what is ``held`` (reserved by requests still in flight), of the meters the limit caps (and
+requests, always, as used): nothing reads the others. The backend:
 
 - :meth:`LimitBackend.reserve`: all the charges of one request, checked and held together or
   not at all. What a request holds is its ``fixed`` part (the estimated input, one request, one
@@ -46,28 +47,6 @@ def zero() -> Vector:
     return [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
 
 
-# The hot path's vector arithmetic, in place and unrolled: a loop or a comprehension over six
-# meters costs two to four times as much in CPython, three times per counter per request.
-
-
-def _add(into: Vector, v: Vector) -> None:
-    into[0] += v[0]
-    into[1] += v[1]
-    into[2] += v[2]
-    into[3] += v[3]
-    into[4] += v[4]
-    into[5] += v[5]
-
-
-def _sub(into: Vector, v: Vector) -> None:
-    into[0] -= v[0]
-    into[1] -= v[1]
-    into[2] -= v[2]
-    into[3] -= v[3]
-    into[4] -= v[4]
-    into[5] -= v[5]
-
-
 def hold_of(fixed: Vector, per_output: Vector, output: int) -> Vector:
     """What a request holds: its fixed part plus ``output`` tokens at ``per_output``."""
     return [
@@ -93,6 +72,10 @@ class LimitSpec:
     min_output_tokens: int = 1024
     warn_at: float = 0.8
     capped: tuple[int, ...] = ()  # the meters with a cap (set by :func:`spec`)
+    # what a counter counts as used: its capped meters but requests in flight (held only),
+    # and requests (set by :func:`spec`)
+    counted: tuple[int, ...] = (REQUESTS,)
+    meter: int = -1  # the one capped meter, where there is one (the hot path's common case)
     sized: bool = False  # caps dollars or tokens: what the size of a request changes
     # how the limit is announced (RateLimit-Policy items; per capped meter, the start of its
     # RateLimit item and its scale): agw/policy/limits.py sets them when compiling
@@ -116,6 +99,7 @@ def spec(
     warn_at: float = 0.8,
 ) -> LimitSpec:
     capped = tuple(m for m, cap in enumerate(caps) if cap != NO_CAP)
+    counted = tuple(sorted({m for m in capped if m != CONCURRENT} | {REQUESTS}))
     sized = any(m < REQUESTS for m in capped)
     levels = tuple(
         warn_at * cap if cap != NO_CAP and m != CONCURRENT else NO_CAP for m, cap in enumerate(caps)
@@ -130,6 +114,8 @@ def spec(
         min_output_tokens,
         warn_at,
         capped,
+        counted,
+        capped[0] if len(capped) == 1 else -1,
         sized,
         levels=levels,
     )
@@ -161,6 +147,7 @@ class Counter:
     used: Vector = field(default_factory=zero)
     held: Vector = field(default_factory=zero)
     key: tuple[str, str] = ("", "")  # (limit_id, subject): its key in the backend
+    live: bool = True  # False once dropped from its backend (a config change, an eviction)
 
     def __post_init__(self) -> None:
         self.key = (self.limit_id, self.subject)
@@ -251,6 +238,7 @@ class InProcessBackend:
     seconds, injectable for tests of window boundaries."""
 
     saved_by_limiter = True  # the Limiter loads and saves these counters (a subclass may not)
+    sync_reserve = True  # reserve_now decides without awaiting (a subclass may not)
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
@@ -288,34 +276,50 @@ class InProcessBackend:
     # ------------------------------------------------------------------------- the hot path
 
     async def reserve(self, plan: Plan) -> Grant | Denial:
+        return self.reserve_now(plan)
+
+    def reserve_now(self, plan: Plan) -> Grant | Denial:
+        """:meth:`reserve` without a coroutine (:attr:`sync_reserve`: the Limiter calls it
+        directly; nothing here awaits)."""
         now = self.clock()
-        fixed, per_out, want = plan.fixed, plan.per_output, plan.want_output
+        want = plan.want_output
+        hold = hold_of(plan.fixed, plan.per_output, want)
         get = self._counters.get
         counters: list[Counter] = []
         warned = 0
         bit = 1
         # The common case first: every counter can pay for all that is asked (no clamp, no
-        # refusal, no shadow note); anything else takes the careful path.
+        # refusal, no shadow note), each held as it is checked; anything else gives back
+        # what was held and takes the careful path. A counter holds only what its limit caps
+        # (nothing reads the rest), and what it holds is not saved: nothing here is dirty.
         for charge in plan.charges:
             spec = charge.spec
             counter = get((spec.id, charge.subject))
             if counter is None or now >= counter.end or counter.window != spec.window:
                 counter = self._counter(spec, charge.subject, now)
-            counters.append(counter)
-            used, held, caps, levels = counter.used, counter.held, spec.caps, spec.levels
-            for m in spec.capped:
-                after = used[m] + held[m] + fixed[m] + per_out[m] * want
-                if after > caps[m]:
+            held = counter.held
+            m = spec.meter
+            if m >= 0:  # one capped meter: no loop
+                after = counter.used[m] + held[m] + hold[m]
+                if after > spec.caps[m]:
+                    _release(plan.charges, counters, hold, (counter, spec, m))
                     return self._reserve_tight(plan, now)
-                if after >= levels[m]:
+                if after >= spec.levels[m]:
                     warned |= bit
+                held[m] += hold[m]
+            else:
+                used = counter.used
+                for m in spec.capped:
+                    after = used[m] + held[m] + hold[m]
+                    if after > spec.caps[m]:
+                        _release(plan.charges, counters, hold, (counter, spec, m))
+                        return self._reserve_tight(plan, now)
+                    if after >= spec.levels[m]:
+                        warned |= bit
+                    held[m] += hold[m]
+            counters.append(counter)
             bit <<= 1
-        hold = hold_of(fixed, per_out, want)
-        dirty = self.dirty
-        for counter in counters:
-            _add(counter.held, hold)
-            dirty.add(counter.key)
-        return Grant(plan.charges, counters, hold, want, now=now, warned=warned)
+        return Grant(plan.charges, counters, hold, want, None, None, now, warned)
 
     def _caps(self, spec: LimitSpec, counter: Counter) -> Sequence[float]:
         """What ``counter`` may reach on each meter: the limit's caps here (a backend that
@@ -363,11 +367,10 @@ class InProcessBackend:
                     return deny(charge, counter, m, fixed, per_out, now)
         hold = hold_of(fixed, per_out, granted)
         warned = 0
-        dirty = self.dirty
         for i, (charge, counter) in enumerate(zip(plan.charges, counters, strict=True)):
-            _add(counter.held, hold)
             used, held, levels = counter.used, counter.held, charge.spec.levels
-            dirty.add(counter.key)
+            for m in charge.spec.capped:
+                held[m] += hold[m]
             if any(used[m] + held[m] >= levels[m] for m in charge.spec.capped):
                 warned |= 1 << i
         return Grant(plan.charges, counters, hold, granted, clamped_by, shadow, now, warned)
@@ -387,10 +390,12 @@ class InProcessBackend:
                         return Extension(cut_by=charge)
                     if spec.id not in exceeded:
                         exceeded.append(spec.id)
-        for counter in grant.counters:
-            _add(counter.held, extra)
-            self.dirty.add(counter.key)
-        _add(grant.held, extra)
+        for charge, counter in zip(grant.charges, grant.counters, strict=True):
+            held = counter.held
+            for m in charge.spec.capped:
+                held[m] += extra[m]
+        for m in range(6):
+            grant.held[m] += extra[m]
         return Extension(exceeded=tuple(exceeded))
 
     def settle(self, grant: Grant, actual: Vector) -> None:
@@ -399,16 +404,33 @@ class InProcessBackend:
         grant.settled = True
         now = self.clock()
         hold = grant.held
-        counters, dirty = self._counters, self.dirty
+        dirty = self.dirty
+        requests = actual[REQUESTS]
         for charge, counter in zip(grant.charges, grant.counters, strict=True):
-            if counters.get(counter.key) is counter:
+            spec = charge.spec
+            if counter.live:
                 if now >= counter.end:
-                    counter.roll(charge.spec, now)
+                    counter.roll(spec, now)
                 # no clamp at 0: a float's rounding leaves at most ~1e-18 of a dollar held
-                _sub(counter.held, hold)
+                m = spec.meter
+                if m >= 0:
+                    counter.held[m] -= hold[m]
+                else:
+                    held = counter.held
+                    for m in spec.capped:
+                        held[m] -= hold[m]
             else:  # reset or dropped meanwhile: what was used goes to the live one
-                counter = self._counter(charge.spec, charge.subject, now)
-            _add(counter.used, actual)  # actual[CONCURRENT] is 0
+                counter = self._counter(spec, charge.subject, now)
+            used = counter.used
+            m = spec.meter
+            if m in (REQUESTS, CONCURRENT):
+                used[REQUESTS] += requests
+            elif m >= 0:
+                used[m] += actual[m]
+                used[REQUESTS] += requests
+            else:
+                for m in spec.counted:
+                    used[m] += actual[m]
             dirty.add(counter.key)
 
     # ---------------------------------------------------------------------------- admin
@@ -427,7 +449,7 @@ class InProcessBackend:
         """Drop the counters of limits that no longer exist (a config change)."""
         gone = set(limit_ids)
         for key in [k for k in self._counters if k[0] in gone]:
-            del self._counters[key]
+            self._counters.pop(key).live = False
             self.dirty.discard(key)
             self.deleted.add(key)
 
@@ -456,6 +478,8 @@ class InProcessBackend:
             used[OUTPUT] = float(row.output_tokens)
             used[REQUESTS] = float(row.requests)
             key = (row.limit_id, row.subject)
+            if (old := self._counters.get(key)) is not None:
+                old.live = False
             self._counters[key] = Counter(row.limit_id, row.subject, spec.window, start, end, used)
             n += 1
         return n
@@ -471,7 +495,7 @@ class InProcessBackend:
             if now >= c.end and all(abs(x) < _EPS for x in c.held)
         ]
         for key in gone:
-            del self._counters[key]
+            self._counters.pop(key).live = False
             self.dirty.discard(key)
             self.deleted.add(key)
         return len(gone)
@@ -503,6 +527,25 @@ class InProcessBackend:
         self.dirty = set()
         self.deleted = set()
         return rows, deleted
+
+
+def _release(
+    charges: list[Charge],
+    counters: list[Counter],
+    hold: Vector,
+    partly: tuple[Counter, LimitSpec, int],
+) -> None:
+    """Give back what :meth:`InProcessBackend.reserve_now` held so far: on ``counters``,
+    and on ``partly``'s counter its limit's capped meters before the meter that failed."""
+    for charge, counter in zip(charges, counters, strict=False):  # the held prefix
+        held = counter.held
+        for m in charge.spec.capped:
+            held[m] -= hold[m]
+    counter, spec, failed = partly
+    for m in spec.capped:
+        if m == failed:
+            break
+        counter.held[m] -= hold[m]
 
 
 def deny(

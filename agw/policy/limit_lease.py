@@ -53,7 +53,6 @@ from agw.policy.limit_backend import (
     LimitSpec,
     Plan,
     Vector,
-    _add,
     hold_of,
     window_bounds,
     zero,
@@ -139,6 +138,7 @@ class LeaseBackend(InProcessBackend):
     this process's name in ``limit_leases`` (random by default)."""
 
     saved_by_limiter = False  # the shared rows are this backend's own
+    sync_reserve = False  # a lease that runs out is renewed from the store
 
     def __init__(
         self,
@@ -162,6 +162,8 @@ class LeaseBackend(InProcessBackend):
         counter = self._counters.get(key)
         if not isinstance(counter, LeaseCounter):
             start, end = window_bounds(spec.window, spec.window_s, now)
+            if counter is not None:
+                counter.live = False
             counter = LeaseCounter(spec.id, subject, spec.window, start, end)
             self._counters[key] = counter
         elif now >= counter.end or counter.window != spec.window:
@@ -184,6 +186,7 @@ class LeaseBackend(InProcessBackend):
             self._start()
         now = self.clock()
         fixed, per, want = plan.fixed, plan.per_output, plan.want_output
+        hold = hold_of(fixed, per, want)
         get = self._counters.get
         counters: list[Counter] = []
         warned = 0
@@ -206,16 +209,17 @@ class LeaseBackend(InProcessBackend):
                 spec.levels,
             )
             for m in spec.capped:
-                ask = fixed[m] + per[m] * want
+                ask = hold[m]
                 if unflushed[m] + held[m] + ask > lease[m] + _EPS:
                     return await self._reserve_slow(plan, now)
                 if used[m] + held[m] + ask >= levels[m]:
                     warned |= bit
             counters.append(counter)
             bit <<= 1
-        hold = hold_of(fixed, per, want)
-        for counter in counters:
-            _add(counter.held, hold)
+        for charge, counter in zip(plan.charges, counters, strict=True):
+            held = counter.held
+            for m in charge.spec.capped:  # a counter holds only what its limit caps
+                held[m] += hold[m]
             counter.busy = True  # type: ignore[attr-defined]
         return Grant(plan.charges, counters, hold, want, now=now, warned=warned)
 
@@ -286,17 +290,18 @@ class LeaseBackend(InProcessBackend):
         if not grant.counters:  # admitted uncounted
             return
         now = self.clock()
-        hold, counters = grant.held, self._counters
+        hold = grant.held
         for charge, counter in zip(grant.charges, grant.counters, strict=True):
             assert isinstance(counter, LeaseCounter)
-            if counters.get(counter.key) is counter:
+            if counter.live:
                 if now >= counter.end:
                     counter = self._counter(charge.spec, charge.subject, now)
-                for m in range(6):
-                    counter.held[m] -= hold[m]
+                held = counter.held
+                for m in charge.spec.capped:
+                    held[m] -= hold[m]
             else:  # reset or dropped meanwhile: what was used goes to the live one
                 counter = self._counter(charge.spec, charge.subject, now)
-            for m in range(5):  # actual[CONCURRENT] is 0
+            for m in charge.spec.counted:
                 counter.unflushed[m] += actual[m]
                 counter.used[m] += actual[m]
 
@@ -428,7 +433,7 @@ class LeaseBackend(InProcessBackend):
             and not (isinstance(c, LeaseCounter) and any(c.unflushed))
         ]
         for key in gone:
-            del self._counters[key]
+            self._counters.pop(key).live = False
         return len(gone)
 
     # ---------------------------------------------------------------------------- failures
@@ -494,7 +499,7 @@ class LeaseBackend(InProcessBackend):
         background."""
         gone = set(limit_ids)
         for key in [k for k in self._counters if k[0] in gone]:
-            del self._counters[key]
+            self._counters.pop(key).live = False
         asyncio.get_running_loop().create_task(self._forget(sorted(gone)))
 
     async def _forget(self, limit_ids: list[str]) -> None:

@@ -2,13 +2,15 @@
 (docs/limits.md).
 
 The snapshot compiles the ``limits`` family into a :class:`LimitTable` (each route's candidate
-limits, found once per config). Per request, a plane asks :func:`matching` which limits apply
-(the static ``match`` lists, then ``when``) and what each counts against (the subject's value),
-then :meth:`Limiter.admit` reserves what the request may take on every counter at once
-(agw/policy/limit_backend.py) or raises the 429 :class:`Refusal`. The :class:`Admission` it
-returns carries the answer's headers (``RateLimit-Policy``, ``RateLimit``, the soft warning,
-the clamp), lets a stream take more as it flows (:meth:`Admission.flow`), and settles to what
-the answer really used (:meth:`Admission.settle`), on success, error or cancellation alike.
+limits, found once per config: agw/policy/limit_table.py). Per request, a plane asks
+:func:`matching` which limits apply (the static ``match`` lists, then ``when``) and what each
+counts against (the subject's value), then :meth:`Limiter.admit` (or :meth:`Limiter.admit_now`
+where the backend decides in process) reserves what the request may take on every counter at
+once (agw/policy/limit_backend.py) or raises the 429 :class:`Refusal`. The :class:`Admission`
+it returns carries the answer's headers (``RateLimit-Policy``, ``RateLimit``, the soft warning,
+the clamp: agw/policy/limit_answers.py), lets a stream take more as it flows
+(:meth:`Admission.flow`), and settles to what the answer really used
+(:meth:`Admission.settle`), on success, error or cancellation alike.
 
 A route no limit names costs one dictionary lookup.
 """
@@ -18,23 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agw.config import families as f
-from agw.config.limits import Limit, window_seconds
-from agw.errors import Problem, Refusal
+from agw.policy.limit_answers import announced, headers_of, refusal
 from agw.policy.limit_backend import (
-    CONCURRENT,
     COST,
     INPUT,
-    METERS,
     NO_CAP,
     OUTPUT,
-    REQUESTS,
     TOKENS,
     Charge,
     Counter,
@@ -45,144 +40,43 @@ from agw.policy.limit_backend import (
     LimitSpec,
     Plan,
     Vector,
-    share,
 )
-from agw.policy.limit_backend import spec as limit_spec
-from agw.policy.rules import RuleError, RuleSet, compile_rules
+from agw.policy.limit_table import (
+    EMPTY_TABLE,
+    Announce,
+    CompiledLimit,
+    LimitTable,
+    RouteLimits,
+    compile_limits,
+)
+from agw.policy.rules import RuleSet
 from agw.policy.variables import variables_of
 from agw.types import Headers
 
+# what the planes and the snapshot use, compiled in limit_table.py
+__all__ = [
+    "EMPTY_TABLE",
+    "Admission",
+    "Announce",
+    "LimitTable",
+    "Limiter",
+    "RouteLimits",
+    "admit_request",
+    "compile_limits",
+    "matching",
+    "settle_request",
+]
+
 if TYPE_CHECKING:
     from agw.request import Request
-    from agw.runtime.state import ConfigState
     from agw.store.engine import Store
 
 log = logging.getLogger(__name__)
 
-# how a meter is named to clients: RateLimit-Policy's quota unit and the error body
-_UNITS = (
-    "usd-micros",
-    "tokens",
-    "input-tokens",
-    "output-tokens",
-    "requests",
-    "concurrent-requests",
-)
-_SCALE = (1_000_000, 1, 1, 1, 1, 1)  # quotas are integers: dollars in millionths
 SAVE_EVERY_S = 2.0
 EVICT_EVERY = 30  # saves: ended windows are forgotten about once a minute
 FLOW_SLACK_TOKENS = 64  # a stream past its hold takes this many output tokens more at once
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledLimit:
-    spec: LimitSpec
-    subject: str
-    key_ids: frozenset[str]
-    key_tags: frozenset[str]
-    models: frozenset[str]
-    provider_ids: frozenset[str]
-    users: frozenset[str]
-    orgs: frozenset[str]
-    when: RuleSet | None
-
-
-@dataclass(frozen=True, slots=True)
-class LimitTable:
-    by_route: Mapping[str, tuple[CompiledLimit, ...]]
-    specs: Mapping[str, LimitSpec]
-
-
-EMPTY_TABLE = LimitTable({}, {})
-
-
-def _spec(lim: Limit) -> LimitSpec:
-    caps = [NO_CAP] * 6
-    if lim.cost_usd is not None:
-        caps[COST] = lim.cost_usd
-    if lim.tokens is not None:
-        for m, value in ((TOKENS, lim.tokens.total), (INPUT, lim.tokens.input)):
-            if value is not None:
-                caps[m] = float(value)
-        if lim.tokens.output is not None:
-            caps[OUTPUT] = float(lim.tokens.output)
-    if lim.requests is not None:
-        caps[REQUESTS] = float(lim.requests)
-    if lim.concurrent is not None:
-        caps[CONCURRENT] = float(lim.concurrent)
-    spec = limit_spec(
-        lim.id,
-        tuple(caps),
-        lim.window,
-        window_seconds(lim.window),
-        lim.enforce,
-        lim.on_exceed,
-        lim.min_output_tokens,
-        lim.warn_at,
-    )
-    return replace(
-        spec,
-        policy=", ".join(_policy_item(spec, m) for m in spec.capped),
-        states=tuple(
-            (m, f"{_item_name(spec, m)};r=", _SCALE[m], m != CONCURRENT) for m in spec.capped
-        ),
-        unpriced=lim.unpriced or "deny",
-        default_output_tokens=lim.default_output_tokens,
-        on_failure=lim.on_backend_failure or ("closed" if lim.cost_usd is not None else "open"),
-    )
-
-
-def compile_limits(state: ConfigState, problems: list[Problem]) -> LimitTable:
-    """Each enabled limit, compiled, under each route it may apply to."""
-    routes: list[tuple[str, str]] = []
-    for family in (f.LLM_ROUTE, f.MCP_ROUTE, f.ACP_ROUTE, f.A2A_ROUTE):
-        routes += [(rid, family.route_kind or "") for rid, _ in state.records(family)]
-    by_route: dict[str, list[CompiledLimit]] = {}
-    specs: dict[str, LimitSpec] = {}
-    for lid, rec in state.records(f.LIMIT):
-        lim: Limit = rec.obj
-        if lim.disabled:
-            continue
-        when: RuleSet | None = None
-        if lim.when:
-            try:
-                when = compile_rules([lim.when], [])
-            except RuleError as exc:
-                problems.append(Problem(f'{f.LIMIT.name} "{lid}".when', exc.message))
-                continue
-        spec = _spec(lim)
-        specs[lid] = spec
-        m = lim.match
-        compiled = CompiledLimit(
-            spec,
-            lim.subject,
-            frozenset(m.key_ids),
-            frozenset(m.key_tags),
-            frozenset(m.models),
-            frozenset(m.provider_ids),
-            frozenset(m.users),
-            frozenset(m.orgs),
-            when,
-        )
-        kinds = set(m.route_kinds or ("llm", "mcp", "acp", "a2a"))
-        if lim.subject == "model" or m.models or m.provider_ids:
-            kinds &= {"llm"}  # only an LLM request has a model or a provider
-            if not kinds:
-                problems.append(
-                    Problem(
-                        f'{f.LIMIT.name} "{lid}".match',
-                        "subject model, match.models and match.provider_ids apply to LLM "
-                        "routes only, and match.route_kinds names none",
-                    )
-                )
-                continue
-        for rid, kind in routes:
-            if m.route_ids and rid not in m.route_ids:
-                continue
-            if kinds and kind not in kinds:
-                continue
-            by_route.setdefault(rid, []).append(compiled)
-    return LimitTable({rid: tuple(v) for rid, v in by_route.items()}, specs)
+CHARGES_KEPT = 4096  # per route: the charges of this many sets of subject values
 
 
 # ------------------------------------------------------------------------------ matching
@@ -197,55 +91,71 @@ def matching(
     provider_id: str = "",
     plane: Mapping[str, Mapping[str, object]] | None = None,
 ) -> list[Charge]:
-    """The limits that apply to ``req``, each with its subject's value (a :class:`Charge`).
+    """The limits that apply to ``req``, each with its subject's value (a :class:`Charge`); the
+    list may be shared with other requests of the same subjects (never to be changed).
     ``model`` and ``upstream_model``: the LLM request's logical and upstream model (either
     matches ``match.models``); ``plane``: the plane's CEL variable for ``when`` (``llm=...``)."""
     candidates = table.by_route.get(req.route.id)
-    if not candidates:
+    if candidates is None:
         return []
     principal = req.principal
-    key_id = principal.key_id if principal is not None else None
-    user = principal.user if principal is not None else None
-    org = principal.org if principal is not None else None
+    if principal is not None:
+        key_id, user, org = principal.key_id, principal.user, principal.org
+    else:
+        key_id = user = org = None
+    session: str | None = None
+    if candidates.sessions and (sid := req.session_id):
+        session = f"{req.owner_id or '-'}/{sid}"
+    # each subject's value, in SUBJECTS order (None: the request has none)
+    values = (key_id, user, org, req.route.id, model or upstream_model or None, session, "*")
+    if candidates.plain:
+        known = candidates.charges.get(values)
+        if known is not None:
+            return known
     out: list[Charge] = []
-    for lim in candidates:
-        if lim.key_ids and key_id not in lim.key_ids:
+    for lim in candidates.limits:
+        if not lim.plain and not _matches(
+            req, lim, key_id, user, org, model, upstream_model, provider_id
+        ):
             continue
-        if lim.key_tags:
-            rec = req.snapshot.state.get(f.VIRTUAL_KEY, key_id) if key_id else None
-            if rec is None or rec.obj.tag not in lim.key_tags:
-                continue
-        if lim.models and model not in lim.models and upstream_model not in lim.models:
-            continue
-        if lim.provider_ids and provider_id not in lim.provider_ids:
-            continue
-        if lim.users and user not in lim.users:
-            continue
-        if lim.orgs and org not in lim.orgs:
-            continue
-        subject = lim.subject
-        value: str | None
-        if subject == "key":
-            value = key_id
-        elif subject == "user":
-            value = user
-        elif subject == "org":
-            value = org
-        elif subject == "route":
-            value = req.route.id
-        elif subject == "model":
-            value = model or upstream_model or None
-        elif subject == "session":
-            sid = req.session_id
-            value = f"{req.owner_id or '-'}/{sid}" if sid else None
-        else:
-            value = "*"
+        value = values[lim.subject_ix]
         if value is None:
             continue
         if lim.when is not None and not _when(req, lim.when, plane or {}):
             continue
         out.append(Charge(lim.spec, value))
+    if candidates.plain:
+        if len(candidates.charges) >= CHARGES_KEPT:
+            candidates.charges.clear()
+        candidates.charges[values] = out
     return out
+
+
+def _matches(
+    req: Request,
+    lim: CompiledLimit,
+    key_id: str | None,
+    user: str | None,
+    org: str | None,
+    model: str,
+    upstream_model: str,
+    provider_id: str,
+) -> bool:
+    """Whether ``lim``'s static ``match`` lists let ``req`` through (``when`` is checked
+    last, once the subject has a value)."""
+    if lim.key_ids and key_id not in lim.key_ids:
+        return False
+    if lim.key_tags:
+        rec = req.snapshot.state.get(f.VIRTUAL_KEY, key_id) if key_id else None
+        if rec is None or rec.obj.tag not in lim.key_tags:
+            return False
+    if lim.models and model not in lim.models and upstream_model not in lim.models:
+        return False
+    if lim.provider_ids and provider_id not in lim.provider_ids:
+        return False
+    if lim.users and user not in lim.users:
+        return False
+    return not (lim.orgs and org not in lim.orgs)
 
 
 def _when(req: Request, rules: RuleSet, plane: Mapping[str, Mapping[str, object]]) -> bool:
@@ -367,6 +277,12 @@ class Limiter:
         self._saver: asyncio.Task[None] | None = None
         self._specs: Mapping[str, LimitSpec] = {}
         self._started = False
+        # the in-process backend decides without awaiting: admit_now calls it directly
+        self._reserve_now = (
+            backend.reserve_now
+            if isinstance(backend, InProcessBackend) and backend.sync_reserve
+            else None
+        )
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -436,16 +352,51 @@ class Limiter:
         fixed: Vector,
         per_output: Vector,
         want_output: int,
+        announce: Announce | None = None,
     ) -> Admission:
         """Reserve on every matched limit at once, or raise the 429 refusal (recorded on the
-        request: ``req.limit_id``, ``req.limit_action``)."""
+        request: ``req.limit_id``, ``req.limit_action``). ``announce``: the route's, when every
+        one of its limits charges the request (its headers are then built from it)."""
+        admission = self.admit_now(req, charges, fixed, per_output, want_output, announce)
+        if admission is not None:
+            return admission
         plan = Plan(charges, fixed, per_output, want_output)
-        verdict = await self.backend.reserve(plan)
+        return self._admitted(req, plan, await self.backend.reserve(plan), announce)
+
+    def admit_now(
+        self,
+        req: Request,
+        charges: list[Charge],
+        fixed: Vector,
+        per_output: Vector,
+        want_output: int,
+        announce: Announce | None = None,
+    ) -> Admission | None:
+        """:meth:`admit` without awaiting, where the backend decides in process; None where it
+        must await (then call :meth:`admit`)."""
+        if self._reserve_now is None:
+            return None
+        plan = Plan(charges, fixed, per_output, want_output)
+        verdict = self._reserve_now(plan)
+        if type(verdict) is Grant and announce is not None and len(charges) == announce.count:
+            headers = announced(verdict, announce)  # the common case, without another call
+            admission = Admission(self.backend, plan, verdict, headers)
+            req.limit_headers, req.admission = headers, admission
+            return admission
+        return self._admitted(req, plan, verdict, announce)
+
+    def _admitted(
+        self, req: Request, plan: Plan, verdict: Grant | Denial, announce: Announce | None
+    ) -> Admission:
         if isinstance(verdict, Denial):
             req.limit_id, req.limit_action = verdict.spec.id, "refused"
-            raise _refusal(verdict, self.backend.clock())
-        admission = Admission(self.backend, plan, verdict, _headers(verdict))
-        req.limit_headers = admission.headers
+            raise refusal(verdict, self.backend.clock())
+        if announce is not None and len(verdict.charges) == announce.count:
+            headers = announced(verdict, announce)
+        else:
+            headers = headers_of(verdict)
+        admission = Admission(self.backend, plan, verdict, headers)
+        req.limit_headers = headers
         req.admission = admission
         return admission
 
@@ -483,115 +434,3 @@ def settle_request(req: Request) -> None:
     admission.settle(0.0, 0, 0)
     if admission.action is not None:
         req.limit_id, req.limit_action = admission.limit_id, admission.action
-
-
-# ------------------------------------------------------------------------------ answers
-
-
-def _amount(meter: int, value: float) -> float | int:
-    if meter == COST:
-        return round(value, 6)
-    return int(value)
-
-
-def _rfc3339(ts: float | None) -> str | None:
-    if ts is None or math.isinf(ts):
-        return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _refusal(d: Denial, now: float) -> Refusal:
-    spec, meter = d.spec, d.meter
-    cap = spec.caps[meter]
-    remaining = max(0.0, cap - d.used)
-    name = METERS[meter]
-    what = f"${cap:g}" if meter == COST else f"{cap:g} {name.replace('_', ' ')}"
-    if meter == CONCURRENT:
-        when = "retry when a request in flight ends"
-    elif d.retry_after is not None and d.resets_at is not None:
-        when = f"resets at {_rfc3339(d.resets_at)}"
-    else:
-        when = "it does not reset (lifetime)"
-    message = (
-        f'limit "{spec.id}" reached for {d.subject}: {what}'
-        + (f" per {spec.window}" if spec.window_s or spec.window == "month" else "")
-        + f", {_amount(meter, remaining)} left; {when}"
-    )
-    detail: dict[str, Any] = {
-        "id": spec.id,
-        "subject": d.subject,
-        "meter": name,
-        "limit": _amount(meter, cap),
-        "used": _amount(meter, d.used),
-        "remaining": _amount(meter, remaining),
-        "window": spec.window,
-        "resets_at": _rfc3339(d.resets_at),
-        "retry_after_s": d.retry_after,
-    }
-    headers: list[tuple[bytes, bytes]] = [
-        (b"ratelimit-policy", _policy_item(spec, meter).encode()),
-        (b"ratelimit", _state_item(spec, meter, remaining, d.resets_at, now).encode()),
-    ]
-    if d.retry_after is None or d.retry_after > 600:
-        headers.append((b"x-should-retry", b"false"))  # the SDKs' own retries would only wait
-    return Refusal(
-        429,
-        "rate_limited",
-        message,
-        headers,
-        retry_after=d.retry_after,
-        detail={"limit": detail},
-    )
-
-
-def _item_name(spec: LimitSpec, meter: int) -> str:
-    name = spec.id if len(spec.capped) == 1 else f"{spec.id}/{METERS[meter]}"
-    return '"' + name.replace("\\", "").replace('"', "") + '"'
-
-
-def _policy_item(spec: LimitSpec, meter: int) -> str:
-    item = f"{_item_name(spec, meter)};q={int(spec.caps[meter] * _SCALE[meter])}"
-    item += f';qu="{_UNITS[meter]}"'
-    if spec.window_s is not None:
-        item += f";w={spec.window_s}"
-    return item
-
-
-def _state_item(
-    spec: LimitSpec, meter: int, remaining: float, resets_at: float | None, now: float
-) -> str:
-    item = f"{_item_name(spec, meter)};r={max(0, int(remaining * _SCALE[meter]))}"
-    if resets_at is not None and not math.isinf(resets_at) and meter != CONCURRENT:
-        item += f";t={max(0, math.ceil(resets_at - now))}"
-    return item
-
-
-def _headers(grant: Grant) -> Headers:
-    now = grant.now
-    policies: list[str] = []
-    states: list[str] = []
-    warnings: list[str] = []
-    warned = grant.warned
-    bit = 1
-    for charge, counter in zip(grant.charges, grant.counters, strict=True):
-        spec = charge.spec
-        if spec.enforce:
-            policies.append(spec.policy)
-            caps, used, held, end = spec.caps, counter.used, counter.held, counter.end
-            reset = "" if end == math.inf else f";t={max(0, math.ceil(end - now))}"
-            for m, prefix, scale, timed in spec.states:
-                left = int((caps[m] - used[m] - held[m]) * scale)
-                states.append(f"{prefix}{left if left > 0 else 0}{reset if timed else ''}")
-            if warned & bit:
-                warnings.append(f"{spec.id} {int(share(spec, counter) * 100)}% used")
-        bit <<= 1
-    out: Headers = []
-    if policies:
-        out.append((b"ratelimit-policy", ", ".join(policies).encode()))
-        out.append((b"ratelimit", ", ".join(states).encode()))
-    if warnings:
-        out.append((b"x-agw-limit-warning", "; ".join(warnings).encode()))
-    if grant.clamped_by is not None:
-        value = f'{grant.output}; limit="{grant.clamped_by}"'
-        out.append((b"x-agw-max-tokens", value.encode()))
-    return out

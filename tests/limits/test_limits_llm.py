@@ -16,6 +16,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import httpx2
 import openai
 import pytest
 from anthropic.types import MessageParam
@@ -95,10 +96,27 @@ def setup(gw: Agwd, fake: FakeUpstream, limits: list[dict[str, Any]]) -> dict[st
 CLIENTS: list[openai.OpenAI | anthropic.Anthropic] = []  # closed after each test
 
 
+SENT: list[int] = []  # the input estimate of each request the openai clients sent
+
+
+def _sent(request: httpx2.Request) -> None:
+    SENT.append(len(request.content) // 4)  # agw reserves the body's bytes / 4 of input
+
+
 def oa(gw: Agwd, key: str) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=f"{gw.data_url}/oa/v1", api_key=key, max_retries=0)
+    client = openai.OpenAI(
+        base_url=f"{gw.data_url}/oa/v1",
+        api_key=key,
+        max_retries=0,
+        http_client=httpx2.Client(event_hooks={"request": [_sent]}),
+    )
     CLIENTS.append(client)
     return client
+
+
+def estimate(body: dict[str, Any]) -> int:
+    """The input tokens agw reserves for ``body`` sent as httpx sends ``json=``."""
+    return len(httpx.Request("POST", "http://x", json=body).content) // 4
 
 
 def an(gw: Agwd, key: str) -> anthropic.Anthropic:
@@ -217,7 +235,7 @@ def test_a_lifetime_limit_tells_the_sdks_not_to_retry(gw: Agwd, fake: FakeUpstre
 
 def test_a_budget_lowers_max_tokens_to_what_it_can_pay_for(gw: Agwd, fake: FakeUpstream) -> None:
     fake.configure(reply_words=500)
-    # "hi" is estimated at 1 input token ($0.001): $1 pays for 999 output tokens
+    # the input is estimated at the body's bytes / 4 ($0.001 each): $1 pays for the rest
     keys = setup(
         gw, fake, [{"id": "budget", "subject": "key", "cost_usd": 1.0, "min_output_tokens": 100}]
     )
@@ -225,8 +243,10 @@ def test_a_budget_lowers_max_tokens_to_what_it_can_pay_for(gw: Agwd, fake: FakeU
     raw = client.chat.completions.with_raw_response.create(
         model="fake-gpt", messages=HI, max_tokens=4096
     )
-    assert raw.headers["x-agw-max-tokens"] == '999; limit="budget"'
-    assert fake.requests()[-1]["body"]["max_tokens"] == 999
+    est = SENT[-1]
+    assert 10 < est < 40
+    assert raw.headers["x-agw-max-tokens"] == f'{1000 - est}; limit="budget"'
+    assert fake.requests()[-1]["body"]["max_tokens"] == 1000 - est
     answer = raw.parse()
     assert answer.usage is not None
     row = rows(gw, 1)[0]
@@ -241,7 +261,7 @@ def test_a_budget_lowers_max_tokens_to_what_it_can_pay_for(gw: Agwd, fake: FakeU
     assert "x-agw-max-tokens" not in raw.headers
     assert fake.requests()[-1]["body"]["max_tokens"] == 10
     remaining = int(raw.headers["ratelimit"].split(";r=")[1].split(";")[0])
-    assert remaining == pytest.approx((1.0 - spent - 11 * PER_TOKEN) * 1e6, abs=2)
+    assert remaining == pytest.approx((1.0 - spent - (SENT[-1] + 10) * PER_TOKEN) * 1e6, abs=2)
     # each next request is lowered to what is left, until that is under min_output_tokens
     for _ in range(10):
         try:
@@ -258,8 +278,9 @@ def test_a_budget_lowers_max_tokens_to_what_it_can_pay_for(gw: Agwd, fake: FakeU
         pytest.fail("the budget never ran out")
     got = rows(gw, len(fake.requests()) + 1)  # the admitted ones and the refusal
     total = sum(r["cost_usd"] or 0 for r in got)
-    # over by at most the input under-estimate of each call (the fake counts 7, agw guessed 1)
-    assert total <= 1.0 + 6 * PER_TOKEN * len(got) + 1e-9
+    # never over: the input is over-estimated (the fake counts 7 tokens, agw reserved ~20),
+    # and the output never passes its (lowered) max_tokens
+    assert total <= 1.0 + 1e-9
 
 
 def test_a_request_without_max_tokens_reserves_the_default_and_is_clamped_when_short(
@@ -281,8 +302,10 @@ def test_a_request_without_max_tokens_reserves_the_default_and_is_clamped_when_s
     raw = oa(gw, keys["team-a"]).chat.completions.with_raw_response.create(
         model="fake-gpt", messages=HI
     )
-    assert fake.requests()[-1]["body"]["max_tokens"] == 49  # injected: 0.05 - 0.001 pays 49
-    assert raw.headers["x-agw-max-tokens"].startswith("49;")
+    pays = 50 - SENT[-1]  # injected: $0.05 less the input's estimate
+    assert pays >= 10
+    assert fake.requests()[-1]["body"]["max_tokens"] == pays
+    assert raw.headers["x-agw-max-tokens"].startswith(f"{pays};")
     # enough budget: a request without max_tokens goes up without one
     keys = setup(gw, fake, [{"id": "big", "cost_usd": 100}])
     oa(gw, keys["team-a"]).chat.completions.create(model="fake-gpt", messages=HI)
@@ -291,9 +314,11 @@ def test_a_request_without_max_tokens_reserves_the_default_and_is_clamped_when_s
 
 def test_absurd_and_invalid_max_tokens(gw: Agwd, fake: FakeUpstream) -> None:
     keys = setup(gw, fake, [{"id": "b", "cost_usd": 1, "min_output_tokens": 10}])
-    r = post(gw, keys["team-a"], {"model": "fake-gpt", "messages": HI, "max_tokens": 10**9})
+    absurd = {"model": "fake-gpt", "messages": HI, "max_tokens": 10**9}
+    r = post(gw, keys["team-a"], absurd)
     assert r.status_code == 200, r.text
-    assert fake.requests()[-1]["body"]["max_tokens"] == 999  # what $1 pays, not 10^9
+    # what $1 pays, not 10^9
+    assert fake.requests()[-1]["body"]["max_tokens"] == 1000 - estimate(absurd)
     for bad in ("12", -1, 0, 1.5, True):
         r = post(gw, keys["team-a"], {"model": "fake-gpt", "messages": HI, "max_tokens": bad})
         assert r.status_code == 400, (bad, r.text)
@@ -317,13 +342,14 @@ def test_200_concurrent_requests_against_a_budget_for_10_admit_at_most_10(
     gw: Agwd, fake: FakeUpstream
 ) -> None:
     fake.configure(delay_ms=300)
-    # each request reserves 1 input + 99 output tokens: $0.1; the budget pays for 10
+    # each request reserves its input estimate and 80 output tokens; the budget pays for 10.5
+    body = {"model": "fake-gpt", "messages": HI, "max_tokens": 80}
+    each = (estimate(body) + 80) * PER_TOKEN
     keys = setup(
         gw,
         fake,
-        [{"id": "ten", "subject": "key", "cost_usd": 1.0, "min_output_tokens": 99}],
+        [{"id": "ten", "subject": "key", "cost_usd": 10.5 * each, "min_output_tokens": 80}],
     )
-    body = {"model": "fake-gpt", "messages": HI, "max_tokens": 99}
 
     async def burst() -> list[int]:
         headers = {"authorization": f"Bearer {keys['team-a']}"}
@@ -473,9 +499,9 @@ def test_a_cut_limit_ends_an_openai_stream_cleanly_at_the_cap(gw: Agwd, fake: Fa
 
 def test_a_cut_limit_ends_an_anthropic_stream_with_max_tokens(gw: Agwd, fake: FakeUpstream) -> None:
     fake.configure(reply_words=400)
-    # the prompt is estimated at 750 tokens (characters / 4); the fake counts about 1,010 (7 +
-    # characters / 3), reported in message_start: the stream holds 750 + 300 and has used
-    # 1,010 before its first word, so it takes more as it flows, and is cut at 1,100
+    # the prompt is estimated at about 770 tokens (the body's bytes / 4); the fake counts about
+    # 1,010 (7 + characters / 3), reported in message_start: the stream holds 770 + 300 and has
+    # used 1,010 before its first word, so it takes more as it flows, and is cut at 1,100
     keys = setup(
         gw,
         fake,

@@ -1,0 +1,109 @@
+"""The hot path of admission on its own (agw/policy/limit_answers.py, limit_backend.py): the
+RateLimit headers built from a route's compiled :class:`Announce` say exactly what the general
+builder says, for every window and meter, shadow limits, the soft warning and the clamp; and a
+reservation that fails on a later counter gives back what it held on the earlier ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agw.config.limits import Limit
+from agw.policy.limit_answers import announced, headers_of
+from agw.policy.limit_backend import CONCURRENT, COST, TOKENS, Charge, Grant, InProcessBackend, Plan
+from agw.policy.limit_table import CompiledLimit, route_limits, spec_of
+
+NOW = 1_796_625_660.25  # 2026-12-07, mid-minute
+
+
+def compiled(*limits: dict[str, Any]) -> list[CompiledLimit]:
+    out = []
+    for raw in limits:
+        lim = Limit.model_validate(raw)
+        empty: frozenset[str] = frozenset()
+        out.append(
+            CompiledLimit(
+                spec_of(lim), lim.subject, empty, empty, empty, empty, empty, empty, None, True
+            )
+        )
+    return out
+
+
+def reserve(
+    backend: InProcessBackend, lims: list[CompiledLimit], want: int, est_in: float = 30.0
+) -> Grant:
+    charges = [Charge(lim.spec, "team-a") for lim in lims]
+    fixed = [est_in * 1e-6, est_in, est_in, 0.0, 1.0, 1.0]
+    verdict = backend.reserve_now(Plan(charges, fixed, [2e-6, 1.0, 0.0, 1.0, 0.0, 0.0], want))
+    assert isinstance(verdict, Grant)
+    return verdict
+
+
+LIMITS: list[dict[str, Any]] = [
+    {"id": "dollars", "window": "1d", "cost_usd": 0.01},
+    {
+        "id": "tpm",
+        "window": "1m",
+        "tokens": {"total": 2000, "output": 1500},
+        "min_output_tokens": 10,
+    },
+    {"id": "monthly", "window": "month", "requests": 50},
+    {"id": "lifetime", "window": "lifetime", "tokens": {"input": 10**6}},
+    {"id": "in-flight", "subject": "global", "concurrent": 8},
+    {"id": "shadow", "window": "1h", "requests": 2, "enforce": False},
+    {"id": 'odd "name" 100%', "window": "30s", "requests": 1000},
+]
+
+
+@pytest.mark.parametrize("count", [1, 3, len(LIMITS)])
+def test_the_compiled_headers_say_what_the_general_builder_says(count: int) -> None:
+    lims = compiled(*LIMITS[:count])
+    announce = route_limits(tuple(lims)).announce
+    backend = InProcessBackend(clock=lambda: NOW)
+    for want in (10, 200, 400, 600, 900):  # on the way to the warning, then the clamp
+        grant = reserve(backend, lims, want)
+        assert announced(grant, announce) == headers_of(grant)
+    names = [name for name, _ in headers_of(grant)]
+    if count >= 2:
+        assert b"x-agw-limit-warning" in names and b"x-agw-max-tokens" in names
+        assert grant.clamped_by is not None
+
+
+def test_only_shadow_limits_announce_nothing_but_their_warning() -> None:
+    lims = compiled({"id": "shadow", "window": "1h", "requests": 2, "enforce": False})
+    announce = route_limits(tuple(lims)).announce
+    backend = InProcessBackend(clock=lambda: NOW)
+    for _ in range(3):
+        grant = reserve(backend, lims, 10)
+        assert announced(grant, announce) == headers_of(grant)
+        assert all(name != b"ratelimit" for name, _ in announced(grant, announce))
+
+
+def test_a_later_counter_that_cannot_pay_releases_what_the_earlier_ones_held() -> None:
+    roomy, tight = compiled(
+        {"id": "roomy", "window": "1d", "cost_usd": 100},
+        {"id": "tight", "window": "1m", "tokens": {"total": 100}, "min_output_tokens": 1},
+    )
+    backend = InProcessBackend(clock=lambda: NOW)
+    grant = reserve(backend, [roomy, tight], want=500, est_in=30.0)
+    assert grant.output == 70 and grant.clamped_by == "tight"  # 100 tokens - 30 of input
+    held = {c.limit_id: c.held for c in grant.counters}
+    assert held["roomy"][COST] == pytest.approx(30e-6 + 70 * 2e-6)  # the clamped hold, once
+    assert held["tight"][TOKENS] == 100.0
+    backend.settle(grant, [0.0] * 6)
+    assert all(x == 0.0 for c in grant.counters for x in c.held)
+    # a refusal holds nothing anywhere
+    grant = reserve(backend, [roomy, tight], want=10, est_in=60.0)
+    denied = backend.reserve_now(
+        Plan(
+            [Charge(roomy.spec, "team-a"), Charge(tight.spec, "team-a")],
+            [60e-6, 60.0, 60.0, 0.0, 1.0, 1.0],
+            [2e-6, 1.0, 0.0, 1.0, 0.0, 0.0],
+            10,
+        )
+    )
+    assert not isinstance(denied, Grant)
+    assert held["roomy"][COST] == pytest.approx(60e-6 + 10 * 2e-6)  # the first grant's only
+    assert held["tight"][TOKENS] == 70.0
+    assert held["roomy"][CONCURRENT] == 0.0  # a dollar limit holds no requests in flight
