@@ -83,21 +83,18 @@ def state_item(
 def announced(grant: Grant, announce: Announce) -> Headers:
     """:func:`_headers` of a grant that every limit of its route charges, from the route's
     :class:`Announce`: one format of the remaining amounts."""
+    if not announce.slots:  # only shadow limits: nothing to announce
+        return headers_of(grant)
     now, counters = grant.now, grant.counters
-    values: list[float] = []  # formatted with %d: whole numbers, as the draft wants
+    values: list[int] = []
     add = values.append
     for i, m, cap, scale, timed in announce.slots:
         counter = counters[i]
-        left = (cap - counter.used[m] - counter.held[m]) * scale
+        left = int((cap - counter.used[m] - counter.held[m]) * scale)
         add(left if left > 0 else 0)
         if timed:
             add(ceil(counter.end - now))  # the window ends after now
-    if not announce.slots:  # only shadow limits: nothing to announce
-        return headers_of(grant)
-    out: Headers = [
-        (b"ratelimit-policy", announce.policy),
-        (b"ratelimit", (announce.state % tuple(values)).encode()),
-    ]
+    out: Headers = [announce.policy, (b"ratelimit", announce.state % tuple(values))]
     if grant.warned or grant.clamped_by is not None:
         out += headers_of(grant)[2:]
     return out

@@ -137,7 +137,7 @@ def window_bounds(window: str, window_s: int | None, now: float) -> tuple[float,
     return 0.0, math.inf
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashed by identity: the backend's dirty set holds counters
 class Counter:
     limit_id: str
     subject: str
@@ -243,7 +243,7 @@ class InProcessBackend:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._counters: dict[tuple[str, str], Counter] = {}
-        self.dirty: set[tuple[str, str]] = set()  # changed since the last save
+        self.dirty: set[Counter] = set()  # changed since the last save
         self.deleted: set[tuple[str, str]] = set()  # dropped since the last save
 
     # ------------------------------------------------------------------------------ counters
@@ -256,7 +256,7 @@ class InProcessBackend:
             counter = self._counters[key] = Counter(spec.id, subject, spec.window, start, end)
         elif now >= counter.end or counter.window != spec.window:
             counter.roll(spec, now)
-            self.dirty.add(key)
+            self.dirty.add(counter)
         return counter
 
     async def counters(self, limit_id: str | None = None) -> list[Counter]:
@@ -431,7 +431,7 @@ class InProcessBackend:
             else:
                 for m in spec.counted:
                     used[m] += actual[m]
-            dirty.add(counter.key)
+            dirty.add(counter)
 
     # ---------------------------------------------------------------------------- admin
 
@@ -441,7 +441,7 @@ class InProcessBackend:
         for (lid, subj), counter in list(self._counters.items()):
             if lid == limit_id and (subject is None or subj == subject):
                 counter.used = zero()
-                self.dirty.add((lid, subj))
+                self.dirty.add(counter)
                 n += 1
         return n
 
@@ -449,8 +449,9 @@ class InProcessBackend:
         """Drop the counters of limits that no longer exist (a config change)."""
         gone = set(limit_ids)
         for key in [k for k in self._counters if k[0] in gone]:
-            self._counters.pop(key).live = False
-            self.dirty.discard(key)
+            counter = self._counters.pop(key)
+            counter.live = False
+            self.dirty.discard(counter)
             self.deleted.add(key)
 
     async def close(self) -> None:
@@ -495,8 +496,9 @@ class InProcessBackend:
             if now >= c.end and all(abs(x) < _EPS for x in c.held)
         ]
         for key in gone:
-            self._counters.pop(key).live = False
-            self.dirty.discard(key)
+            counter = self._counters.pop(key)
+            counter.live = False
+            self.dirty.discard(counter)
             self.deleted.add(key)
         return len(gone)
 
@@ -504,9 +506,8 @@ class InProcessBackend:
         """The counters changed since the last call, as rows to save, and those to delete."""
         now_ms = int(self.clock() * 1000)
         rows = []
-        for key in self.dirty:
-            counter = self._counters.get(key)
-            if counter is None:
+        for counter in self.dirty:
+            if not counter.live:  # dropped since (forget, evict): its row is deleted
                 continue
             used = counter.used
             rows.append(

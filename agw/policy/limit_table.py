@@ -69,8 +69,8 @@ class Announce:
     remaining amount (and seconds to the reset, when timed) fill ``state``'s ``%d``s."""
 
     count: int  # the route's limits
-    policy: bytes
-    state: str
+    policy: tuple[bytes, bytes]  # the RateLimit-Policy header
+    state: bytes  # the RateLimit value, a %d per slot value
     slots: tuple[tuple[int, int, float, int, bool], ...]
 
 
@@ -223,7 +223,12 @@ def announce_of(specs: list[LimitSpec]) -> Announce:
             name = item_name(spec, m).replace("%", "%%")
             states.append(f"{name};r=%d;t=%d" if timed else f"{name};r=%d")
             slots.append((i, m, spec.caps[m], SCALE[m], timed))
-    return Announce(len(specs), ", ".join(policies).encode(), ", ".join(states), tuple(slots))
+    return Announce(
+        len(specs),
+        (b"ratelimit-policy", ", ".join(policies).encode()),
+        ", ".join(states).encode(),
+        tuple(slots),
+    )
 
 
 def item_name(spec: LimitSpec, meter: int) -> str:

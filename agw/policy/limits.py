@@ -235,8 +235,8 @@ class Admission:
 
     def settle(self, cost_usd: float, input_tokens: int, output_tokens: int) -> None:
         """The answer ended (any way it ends): drop the hold, count what was used."""
-        tin, tout = float(input_tokens), float(output_tokens)
-        actual = [cost_usd, tin + tout, tin, tout, 1.0, 0.0]
+        tin, tout = input_tokens, output_tokens  # counted into float vectors
+        actual: Vector = [cost_usd, tin + tout, tin, tout, 1.0, 0.0]
         hold = self.grant.held
         if self.action is None and (
             actual[COST] > hold[COST]
