@@ -198,6 +198,8 @@ async def relay_stream(
     chars = 0  # output characters of the events read so far
     pending: list[str] = []  # the data of the events not read yet
     unread = 0  # their bytes
+    room_for: int | None = None  # the reported input that ``room`` was found for
+    room = 0.0  # the output characters the stream may reach without a look (4 per token)
     try:
         while True:
             waited = clock()
@@ -225,11 +227,21 @@ async def relay_stream(
                     # what was relayed might pass what the request holds
                     pending.append(event.data)
                     unread += len(event.data)
-                    if observer.finished or not _may_pass(call, admission, chars + unread):
+                    if observer.finished:
+                        continue
+                    usage = observer.usage if observer.usage_seen else None
+                    if usage is None or usage.output_tokens * 4 <= room:
+                        reported = usage.input_tokens if usage is not None else 0
+                        if reported != room_for:  # what the hold covers, found once per input
+                            room_for, room = reported, admission.room(reported) * 4
+                        if chars + unread <= room:
+                            continue
+                    if not _may_pass(call, admission, chars + unread):
                         continue
                     chars += sum(event_output_chars(data) for data in pending)
                     pending.clear()
                     unread = 0
+                    room_for = None  # the hold may grow: found again
                     if await _metered(call, admission, chars):
                         out.append(_cut_tail(call, admission, chars, translator, closer))
                         break

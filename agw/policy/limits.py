@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -215,6 +216,26 @@ class Admission:
                     need = [0.0] * 6
                 need[m] = used - hold[m] + FLOW_SLACK_TOKENS * per[m]
         return need
+
+    def room(self, input_tokens: int) -> float:
+        """The output tokens a stream (``input_tokens`` as reported, 0 while unknown) may
+        reach before :meth:`need` asks for more, less one for the float's rounding (-1: it
+        already needs more; infinite: output costs nothing held)."""
+        plan, hold = self.plan, self.grant.held
+        per, fixed = plan.per_output, plan.fixed
+        est_in = fixed[INPUT]
+        extra_in = input_tokens - est_in if input_tokens > est_in else 0.0
+        room = math.inf
+        for m in (COST, TOKENS, INPUT, OUTPUT):
+            used = fixed[m]
+            if extra_in and est_in and m != OUTPUT:
+                used += extra_in * fixed[m] / est_in
+            left = hold[m] + 1e-12 - used
+            if left < 0:
+                return -1
+            if per[m] > 0:
+                room = min(room, math.floor(left / per[m]) - 1)
+        return room
 
     async def flow(self, need: Vector) -> Charge | None:
         """Takes ``need`` (from :meth:`need`) from the counters. Returns the ``cut`` charge

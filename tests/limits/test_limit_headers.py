@@ -13,6 +13,7 @@ from agw.config.limits import Limit
 from agw.policy.limit_answers import announced, headers_of
 from agw.policy.limit_backend import CONCURRENT, COST, TOKENS, Charge, Grant, InProcessBackend, Plan
 from agw.policy.limit_table import CompiledLimit, route_limits, spec_of
+from agw.policy.limits import Admission
 
 NOW = 1_796_625_660.25  # 2026-12-07, mid-minute
 
@@ -107,3 +108,30 @@ def test_a_later_counter_that_cannot_pay_releases_what_the_earlier_ones_held() -
     assert held["roomy"][COST] == pytest.approx(60e-6 + 10 * 2e-6)  # the first grant's only
     assert held["tight"][TOKENS] == 70.0
     assert held["roomy"][CONCURRENT] == 0.0  # a dollar limit holds no requests in flight
+
+
+@pytest.mark.parametrize("est_in", [0.0, 12.0, 750.0])
+def test_a_streams_room_never_skips_a_look_it_needs(est_in: float) -> None:
+    """``Admission.room``: while a stream's output stays within it, ``need`` asks nothing; one
+    token past it (plus the one of margin), ``need`` asks for more."""
+    lims = compiled(
+        {"id": "dollars", "window": "1d", "cost_usd": 10},
+        {"id": "tpm", "window": "1m", "tokens": {"total": 10**6}},
+    )
+    backend = InProcessBackend(clock=lambda: NOW)
+    charges = [Charge(lim.spec, "team-a") for lim in lims]
+    fixed = [est_in * 3e-6, est_in, est_in, 0.0, 1.0, 1.0]
+    per = [1.5e-5, 1.0, 0.0, 1.0, 0.0, 0.0]
+    grant = backend.reserve_now(Plan(charges, fixed, per, 300))
+    assert isinstance(grant, Grant)
+    admission = Admission(backend, Plan(charges, fixed, per, 300), grant, [])
+    for reported in (0, int(est_in), int(est_in) + 40, int(est_in) + 10**5):
+        room = admission.room(reported)
+        if room < 0:
+            assert admission.need(reported, 0) is not None
+            continue
+        if reported <= est_in:  # the estimate holds: the whole output cap, less the margin
+            assert 298 <= room <= 299
+        for tout in range(0, int(room) + 1):
+            assert admission.need(reported, tout) is None, (reported, tout, room)
+        assert admission.need(reported, int(room) + 2) is not None
