@@ -378,6 +378,16 @@ def test_rejections_answer_json_and_are_recorded(gw: AcpGateway) -> None:
     assert shut["error_type"] == "route_disabled" and shut["operation"] == "sessions"
 
 
+async def texted(client: SdkClient, want: str) -> bool:
+    """Whether ``client`` shows ``want`` within 5 s: the SDK runs each notification in a task of
+    its own, so a turn's last updates may be handled just after its prompt returns."""
+    for _ in range(500):
+        if client.text() == want:
+            return True
+        await asyncio.sleep(0.01)
+    return client.text() == want
+
+
 def test_http_transport_with_the_sdk_client(gw: AcpGateway) -> None:
     from acp import PROTOCOL_VERSION, connect_to_agent, text_block
     from acp.http import create_http_stream
@@ -401,12 +411,12 @@ def test_http_transport_with_the_sdk_client(gw: AcpGateway) -> None:
             assert session.session_id.startswith("sess-")
             done = await conn.prompt(session_id=session.session_id, prompt=[text_block("hello")])
             assert done.stop_reason == "end_turn"
-            assert client.text() == "echo: hello "
+            assert await texted(client, "echo: hello ")
             client.updates.clear()
             tool = await conn.prompt(session_id=session.session_id, prompt=[text_block("tool")])
             assert tool.stop_reason == "end_turn"
             assert client.asked == [(session.session_id, ["ok", "no"])]
-            assert client.text() == 'permission={"optionId":"ok","outcome":"selected"}'
+            assert await texted(client, 'permission={"optionId":"ok","outcome":"selected"}')
         finally:
             await conn.close()
             await http.aclose()
