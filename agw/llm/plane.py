@@ -256,8 +256,6 @@ class LlmPlane:
         ``max_tokens``."""
         req, body, target, limits = call.req, call.body, call.target, call.limits
         assert body is not None and target is not None and limits is not None
-        fixed = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
-        per_output = [0.0] * 6
         want = 0
         wire = CLIENT_WIRE.get(call.operation)
         field = ""
@@ -288,6 +286,10 @@ class LlmPlane:
                 field, asked = max_tokens_of(body, wire)
                 want = asked if asked is not None else default_output
                 per_output = [out_price, 1.0, 0.0, 1.0, 0.0, 0.0]
+            else:
+                per_output = [0.0] * 6
+        else:  # requests and requests in flight only
+            fixed, per_output = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0], [0.0] * 6
         admission = self.limiter.admit_now(req, charges, fixed, per_output, want, announce)
         if admission is None:
             return self._admit_later(call, charges, fixed, per_output, want, announce, field)

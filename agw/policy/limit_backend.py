@@ -166,6 +166,9 @@ class Counter:
 class Charge:
     spec: LimitSpec
     subject: str
+    # the in-process backend's counter for it, found last time (charges are cached per set of
+    # subject values: agw/policy/limits.py); checked before each use, never trusted blindly
+    counter: Counter | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -284,7 +287,6 @@ class InProcessBackend:
         now = self.clock()
         want = plan.want_output
         hold = hold_of(plan.fixed, plan.per_output, want)
-        get = self._counters.get
         counters: list[Counter] = []
         warned = 0
         bit = 1
@@ -294,9 +296,14 @@ class InProcessBackend:
         # (nothing reads the rest), and what it holds is not saved: nothing here is dirty.
         for charge in plan.charges:
             spec = charge.spec
-            counter = get((spec.id, charge.subject))
-            if counter is None or now >= counter.end or counter.window != spec.window:
-                counter = self._counter(spec, charge.subject, now)
+            counter = charge.counter
+            if (
+                counter is None
+                or not counter.live
+                or now >= counter.end
+                or counter.window != spec.window
+            ):
+                counter = charge.counter = self._counter(spec, charge.subject, now)
             held = counter.held
             m = spec.meter
             if m >= 0:  # one capped meter: no loop
