@@ -26,17 +26,14 @@ from agw.llm.content import Completion, prompt_of
 from agw.llm.credential_health import CredentialHealth
 from agw.llm.discovery import ModelCatalog
 from agw.llm.forward import Forwarder
-from agw.llm.observe import (
-    estimate_output_tokens,
-    estimate_tokens,
-    request_tools,
-)
+from agw.llm.observe import estimate_output_tokens, estimate_tokens, request_tools
 from agw.llm.pricing import Price, Pricer
 from agw.llm.providers import CredentialPicker, UpstreamPool, error_dialect
 from agw.llm.relay import count_tokens, list_models
 from agw.llm.routing import Target, resolve
 from agw.policy.authz import authorize, authorize_session
 from agw.policy.limit_backend import COST, NO_CAP, Charge
+from agw.policy.limit_table import sizes
 from agw.policy.limits import Announce, Limiter, matching
 from agw.request import ClientGone, DisconnectWatch, Request
 from agw.types import JsonObj
@@ -263,12 +260,8 @@ class LlmPlane:
             sized, dollars, default_output = limits.sized, limits.dollars, limits.default_output
             announce: Announce | None = limits.announce
         else:
-            sized = any(c.spec.sized for c in charges)
-            dollars, default_output, announce = False, 0, None
-            if sized:
-                specs = [c.spec for c in charges if c.spec.sized]
-                dollars = any(spec.caps[COST] != NO_CAP for spec in specs)
-                default_output = max(spec.default_output_tokens for spec in specs)
+            sized, dollars, default_output = sizes([c.spec for c in charges])
+            announce = None
         if sized:
             # the input estimate: the body's bytes / 4 as the client sent it (JSON syntax
             # included: an over-estimate of the text, at no cost per message)
@@ -276,7 +269,7 @@ class LlmPlane:
             est_in = float(len(raw) // 4 or 1) if raw else float(estimate_tokens(body))
             in_price = out_price = 0.0
             if dollars:
-                price = call.price if call.price_of is target else self._price(call, target)
+                price = self._price(call, target)
                 if price is None:
                     _unpriced(req, target, charges)
                 else:

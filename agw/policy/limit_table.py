@@ -196,16 +196,28 @@ def compile_limits(state: ConfigState, problems: list[Problem]) -> LimitTable:
 
 
 def route_limits(limits: tuple[CompiledLimit, ...]) -> RouteLimits:
-    sized = [lim.spec for lim in limits if lim.spec.sized]
+    sized, dollars, default_output = sizes([lim.spec for lim in limits])
     return RouteLimits(
         limits,
         when=any(lim.when is not None for lim in limits),
         sessions=any(lim.subject == "session" for lim in limits),
-        sized=bool(sized),
-        dollars=any(spec.caps[COST] != NO_CAP for spec in sized),
-        default_output=max((spec.default_output_tokens for spec in sized), default=0),
+        sized=sized,
+        dollars=dollars,
+        default_output=default_output,
         announce=announce_of([lim.spec for lim in limits]),
         plain=all(lim.plain for lim in limits),
+    )
+
+
+def sizes(specs: list[LimitSpec]) -> tuple[bool, bool, int]:
+    """What a request charged by ``specs`` reserves beyond one request: whether any caps
+    dollars or tokens, whether any caps dollars (the model's price is needed), and the
+    largest ``default_output_tokens`` of those (for a request without ``max_tokens``)."""
+    sized = [spec for spec in specs if spec.sized]
+    return (
+        bool(sized),
+        any(spec.caps[COST] != NO_CAP for spec in sized),
+        max((spec.default_output_tokens for spec in sized), default=0),
     )
 
 

@@ -398,13 +398,7 @@ class Limiter:
         if self._reserve_now is None:
             return None
         plan = Plan(charges, fixed, per_output, want_output)
-        verdict = self._reserve_now(plan)
-        if type(verdict) is Grant and announce is not None and len(charges) == announce.count:
-            headers = announced(verdict, announce)  # the common case, without another call
-            admission = Admission(self.backend, plan, verdict, headers)
-            req.limit_headers, req.admission = headers, admission
-            return admission
-        return self._admitted(req, plan, verdict, announce)
+        return self._admitted(req, plan, self._reserve_now(plan), announce)
 
     def _admitted(
         self, req: Request, plan: Plan, verdict: Grant | Denial, announce: Announce | None
