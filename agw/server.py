@@ -40,7 +40,7 @@ from agw.listener import (
 )
 from agw.llm import LlmPlane
 from agw.mcp import McpPlane, McpState, env_session_key
-from agw.policy.limit_backend import LimitBackend
+from agw.policy.limit_types import LimitBackend
 from agw.policy.limits import Limiter
 from agw.runtime.attribution import SessionDirectory
 from agw.runtime.manager import ConfigManager, load_static

@@ -20,7 +20,7 @@ from agw.clock import rfc3339
 from agw.config import families as f
 from agw.config.limits import Limit
 from agw.errors import InvalidRequest, NotFound
-from agw.policy.limit_backend import CONCURRENT, COST, METERS, REQUESTS, Counter
+from agw.policy.limit_types import CONCURRENT, COST, METERS, REQUESTS, Counter
 from agw.runtime.manager import ConfigManager
 from agw.usage.query import Params
 

@@ -12,7 +12,7 @@ from agw.llm.observe import Observer
 from agw.llm.pricing import Price
 from agw.llm.providers import Key
 from agw.llm.routing import Target
-from agw.policy.limit_backend import Charge
+from agw.policy.limit_types import Charge
 from agw.policy.limits import RouteLimits
 from agw.request import Request
 from agw.types import JsonObj

@@ -32,8 +32,8 @@ from agw.llm.providers import CredentialPicker, UpstreamPool, error_dialect
 from agw.llm.relay import count_tokens, list_models
 from agw.llm.routing import Target, resolve
 from agw.policy.authz import authorize, authorize_session
-from agw.policy.limit_backend import COST, NO_CAP, Charge
 from agw.policy.limit_table import sizes
+from agw.policy.limit_types import COST, NO_CAP, Charge
 from agw.policy.limits import Announce, Limiter, matching
 from agw.request import ClientGone, DisconnectWatch, Request
 from agw.types import JsonObj

@@ -38,7 +38,7 @@ from agw.llm.providers.tokens import Usage
 from agw.llm.routing import Target
 from agw.llm.stream_end import StreamCloser
 from agw.logs import scrub
-from agw.policy.limit_backend import INPUT
+from agw.policy.limit_types import INPUT
 from agw.policy.limits import Admission
 from agw.sse import EVENT_LIMIT, Event, EventTooLarge, SSESplitter, frame
 from agw.types import Headers, JsonObj
@@ -321,7 +321,7 @@ def _cut_tail(
     """The clean end of a stream a limit cuts, in the client's dialect: stop reason length /
     max_tokens, with the usage so far."""
     tin, tout = _counts(call, admission, chars)
-    usage = Usage(input_tokens=tin or int(admission.plan.fixed[INPUT]), output_tokens=tout)
+    usage = Usage(input_tokens=tin or int(admission.fixed[INPUT]), output_tokens=tout)
     if translator is not None:
         return translator.cut(usage)
     return closer.close(usage) if closer is not None else b""

@@ -10,8 +10,10 @@ from math import ceil
 from typing import Any
 
 from agw.errors import Refusal
-from agw.policy.limit_backend import CONCURRENT, COST, METERS, Denial, Grant, LimitSpec, share
+from agw.policy.limit_backend import share
+from agw.policy.limit_grant import Grant
 from agw.policy.limit_table import SCALE, Announce, item_name, policy_item
+from agw.policy.limit_types import CONCURRENT, COST, METERS, Denial, LimitSpec
 from agw.types import Headers
 
 

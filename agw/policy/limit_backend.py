@@ -29,211 +29,30 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Literal, Protocol
 
 from agw.config.limits import window_seconds
+from agw.policy.limit_grant import Grant
+from agw.policy.limit_tally import Charges, Tally, tally_of
+from agw.policy.limit_types import (
+    _EPS,
+    CONCURRENT,
+    COST,
+    INPUT,
+    OUTPUT,
+    REQUESTS,
+    TOKENS,
+    Charge,
+    Counter,
+    Denial,
+    Extension,
+    LimitSpec,
+    Plan,
+    Vector,
+    hold_of,
+    window_bounds,
+    zero,
+)
 from agw.store.limit_repo import CounterRow
-
-COST, TOKENS, INPUT, OUTPUT, REQUESTS, CONCURRENT = range(6)
-METERS = ("cost_usd", "total_tokens", "input_tokens", "output_tokens", "requests", "concurrent")
-NO_CAP = math.inf
-Vector = list[float]
-_EPS = 1e-9
-
-
-def zero() -> Vector:
-    return [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-
-
-def hold_of(fixed: Vector, per_output: Vector, output: int) -> Vector:
-    """What a request holds: its fixed part plus ``output`` tokens at ``per_output``."""
-    return [
-        fixed[0] + output * per_output[0],
-        fixed[1] + output * per_output[1],
-        fixed[2] + output * per_output[2],
-        fixed[3] + output * per_output[3],
-        fixed[4] + output * per_output[4],
-        fixed[5] + output * per_output[5],
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class LimitSpec:
-    """What the backend needs of a limit (the compiled config, agw/policy/limits.py)."""
-
-    id: str
-    caps: tuple[float, ...]  # per meter; NO_CAP where the limit sets none
-    window: str  # "1d", "month", "lifetime"
-    window_s: int | None  # seconds of a fixed window; None for month and lifetime
-    enforce: bool = True
-    on_exceed: Literal["finish", "cut"] = "finish"
-    min_output_tokens: int = 1024
-    warn_at: float = 0.8
-    capped: tuple[int, ...] = ()  # the meters with a cap (set by :func:`spec`)
-    # what a counter counts as used: its capped meters but requests in flight (held only),
-    # and requests (set by :func:`spec`)
-    counted: tuple[int, ...] = (REQUESTS,)
-    meter: int = -1  # the one capped meter, where there is one (the hot path's common case)
-    sized: bool = False  # caps dollars or tokens: what the size of a request changes
-    # how the limit is announced (RateLimit-Policy items; per capped meter, the start of its
-    # RateLimit item and its scale): agw/policy/limits.py sets them when compiling
-    policy: str = ""
-    states: tuple[tuple[int, str, int, bool], ...] = ()  # (meter, prefix, scale, has reset)
-    # per meter, warn_at x cap (the soft warning); infinite where none (requests in flight)
-    levels: tuple[float, ...] = (NO_CAP,) * 6
-    unpriced: str = "deny"  # a dollar limit on a model without a price: deny | allow
-    default_output_tokens: int = 4096  # what a request without max_tokens reserves
-    on_failure: str = "open"  # a shared backend that does not answer: open | closed
-
-
-def spec(
-    id: str,
-    caps: Sequence[float],
-    window: str,
-    window_s: int | None,
-    enforce: bool = True,
-    on_exceed: Literal["finish", "cut"] = "finish",
-    min_output_tokens: int = 1024,
-    warn_at: float = 0.8,
-) -> LimitSpec:
-    capped = tuple(m for m, cap in enumerate(caps) if cap != NO_CAP)
-    counted = tuple(sorted({m for m in capped if m != CONCURRENT} | {REQUESTS}))
-    sized = any(m < REQUESTS for m in capped)
-    levels = tuple(
-        warn_at * cap if cap != NO_CAP and m != CONCURRENT else NO_CAP for m, cap in enumerate(caps)
-    )
-    return LimitSpec(
-        id,
-        tuple(caps),
-        window,
-        window_s,
-        enforce,
-        on_exceed,
-        min_output_tokens,
-        warn_at,
-        capped,
-        counted,
-        capped[0] if len(capped) == 1 else -1,
-        sized,
-        levels=levels,
-    )
-
-
-def window_bounds(window: str, window_s: int | None, now: float) -> tuple[float, float]:
-    """(start, end) in unix seconds of the window ``now`` is in."""
-    if window_s is not None:
-        start = now - now % window_s
-        return start, start + window_s
-    if window == "month":
-        day = datetime.fromtimestamp(now, UTC)
-        start_dt = day.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        if start_dt.month == 12:
-            end_dt = start_dt.replace(year=start_dt.year + 1, month=1)
-        else:
-            end_dt = start_dt.replace(month=start_dt.month + 1)
-        return start_dt.timestamp(), end_dt.timestamp()
-    return 0.0, math.inf
-
-
-@dataclass(slots=True, eq=False)  # hashed by identity: the backend's dirty set holds counters
-class Counter:
-    limit_id: str
-    subject: str
-    window: str
-    start: float
-    end: float
-    used: Vector = field(default_factory=zero)
-    held: Vector = field(default_factory=zero)
-    key: tuple[str, str] = ("", "")  # (limit_id, subject): its key in the backend
-    live: bool = True  # False once dropped from its backend (a config change, an eviction)
-
-    def __post_init__(self) -> None:
-        self.key = (self.limit_id, self.subject)
-
-    def roll(self, spec: LimitSpec, now: float) -> None:
-        """A new window: what was used is forgotten; what is held stays held (those requests
-        are still in flight and settle into the window they end in)."""
-        if now < self.end and spec.window == self.window:
-            return
-        self.window = spec.window
-        self.start, self.end = window_bounds(spec.window, spec.window_s, now)
-        self.used = zero()
-
-
-@dataclass(slots=True)
-class Charge:
-    spec: LimitSpec
-    subject: str
-    # the in-process backend's counter for it, found last time (charges are cached per set of
-    # subject values: agw/policy/limits.py); checked before each use, never trusted blindly
-    counter: Counter | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(slots=True)
-class Plan:
-    """One request's charges and what it would take of each counter."""
-
-    charges: list[Charge]
-    fixed: Vector
-    per_output: Vector
-    want_output: int
-
-
-@dataclass(frozen=True, slots=True)
-class Denial:
-    """Why a request may not go on: the first counter that cannot pay."""
-
-    spec: LimitSpec
-    subject: str
-    meter: int
-    used: float  # used + held, before this request
-    retry_after: int | None  # seconds; None: this window never resets (lifetime)
-    resets_at: float | None  # unix seconds
-
-
-@dataclass(slots=True)
-class Grant:
-    """What one admitted request holds."""
-
-    charges: list[Charge]
-    counters: list[Counter]
-    held: Vector
-    output: int  # output tokens granted (== want_output unless clamped)
-    clamped_by: str | None = None  # the limit that lowered the output
-    shadow: str | None = None  # an enforce:false limit that would have refused
-    now: float = 0.0  # when it was granted (unix seconds)
-    warned: int = 0  # bit i: charge i is past its warn_at share
-    settled: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Extension:
-    """What :meth:`LimitBackend.extend` did: ``cut_by``, a cut limit that cannot pay (nothing
-    was taken); else the extra is held, and ``exceeded`` names the finish limits now past
-    their caps."""
-
-    cut_by: Charge | None = None
-    exceeded: tuple[str, ...] = ()
-
-
-class LimitBackend(Protocol):
-    clock: Callable[[], float]
-
-    async def reserve(self, plan: Plan) -> Grant | Denial: ...
-
-    async def extend(self, grant: Grant, extra: Vector) -> Extension: ...
-
-    def settle(self, grant: Grant, actual: Vector) -> None: ...
-
-    async def counters(self, limit_id: str | None = None) -> list[Counter]: ...
-
-    async def reset(self, limit_id: str, subject: str | None = None) -> int: ...
-
-    def forget(self, limit_ids: Iterable[str]) -> None: ...
-
-    async def close(self) -> None: ...
 
 
 class InProcessBackend:
@@ -248,6 +67,9 @@ class InProcessBackend:
         self._counters: dict[tuple[str, str], Counter] = {}
         self.dirty: set[Counter] = set()  # changed since the last save
         self.deleted: set[tuple[str, str]] = set()  # dropped since the last save
+        # counted up whenever a counter is dropped, replaced, rolled over or reset: the
+        # tallies of earlier generations are stale (agw/policy/limit_tally.py)
+        self.generation = 0
 
     # ------------------------------------------------------------------------------ counters
 
@@ -260,6 +82,7 @@ class InProcessBackend:
         elif now >= counter.end or counter.window != spec.window:
             counter.roll(spec, now)
             self.dirty.add(counter)
+            self.generation += 1
         return counter
 
     async def counters(self, limit_id: str | None = None) -> list[Counter]:
@@ -273,60 +96,73 @@ class InProcessBackend:
                         counter.window, window_seconds(counter.window), now
                     )
                     counter.used = zero()
+                    self.generation += 1
                 out.append(counter)
         return out
 
     # ------------------------------------------------------------------------- the hot path
 
     async def reserve(self, plan: Plan) -> Grant | Denial:
-        return self.reserve_now(plan)
+        return self.reserve_now(plan.charges, plan.fixed, plan.per_output, plan.want_output)
 
-    def reserve_now(self, plan: Plan) -> Grant | Denial:
-        """:meth:`reserve` without a coroutine (:attr:`sync_reserve`: the Limiter calls it
-        directly; nothing here awaits)."""
+    def reserve_now(
+        self, charges: list[Charge], fixed: Vector, per_output: Vector, want: int
+    ) -> Grant | Denial:
+        """:meth:`reserve` without a coroutine, of the :class:`Plan`'s fields
+        (:attr:`sync_reserve`: the Limiter calls it directly; nothing here awaits)."""
         now = self.clock()
-        want = plan.want_output
-        hold = hold_of(plan.fixed, plan.per_output, want)
-        counters: list[Counter] = []
+        tally = charges.tally if type(charges) is Charges else None
+        if tally is None or tally.generation != self.generation or now >= tally.end:
+            tally = self._tally(charges, now)
+        hold = [
+            fixed[0] + want * per_output[0],
+            fixed[1] + want * per_output[1],
+            fixed[2] + want * per_output[2],
+            fixed[3] + want * per_output[3],
+            fixed[4] + want * per_output[4],
+            fixed[5] + want * per_output[5],
+        ]
         warned = 0
-        bit = 1
         # The common case first: every counter can pay for all that is asked (no clamp, no
         # refusal, no shadow note), each held as it is checked; anything else gives back
         # what was held and takes the careful path. A counter holds only what its limit caps
         # (nothing reads the rest), and what it holds is not saved: nothing here is dirty.
-        for charge in plan.charges:
-            spec = charge.spec
-            counter = charge.counter
-            if (
-                counter is None
-                or not counter.live
-                or now >= counter.end
-                or counter.window != spec.window
-            ):
-                counter = charge.counter = self._counter(spec, charge.subject, now)
-            held = counter.held
-            m = spec.meter
-            if m >= 0:  # one capped meter: no loop
-                after = counter.used[m] + held[m] + hold[m]
-                if after > spec.caps[m]:
-                    _release(plan.charges, counters, hold, (counter, spec, m))
-                    return self._reserve_tight(plan, now)
-                if after >= spec.levels[m]:
-                    warned |= bit
-                held[m] += hold[m]
-            else:
-                used = counter.used
-                for m in spec.capped:
-                    after = used[m] + held[m] + hold[m]
-                    if after > spec.caps[m]:
-                        _release(plan.charges, counters, hold, (counter, spec, m))
-                        return self._reserve_tight(plan, now)
-                    if after >= spec.levels[m]:
-                        warned |= bit
-                    held[m] += hold[m]
-            counters.append(counter)
-            bit <<= 1
-        return Grant(plan.charges, counters, hold, want, None, None, now, warned)
+        for check in tally.checks:
+            used, held, m, cap, level, bit = check
+            after = used[m] + held[m] + hold[m]
+            if after > cap:
+                for held, m in tally.holds:  # give back what was held before this one
+                    if held is check[1] and m == check[2]:
+                        break
+                    held[m] -= hold[m]
+                return self._reserve_tight(Plan(charges, fixed, per_output, want), now)
+            if after >= level:
+                warned |= bit
+            held[m] += hold[m]
+        return Grant(
+            charges,
+            tally.counters,
+            hold,
+            want,
+            None,
+            None,
+            now,
+            warned,
+            False,
+            tally,
+            self,
+            fixed,
+            per_output,
+        )
+
+    def _tally(self, charges: list[Charge], now: float) -> Tally:
+        """The :class:`Tally` of ``charges``' counters as they are now (kept on a cached list
+        of charges)."""
+        counters = [self._counter(c.spec, c.subject, now) for c in charges]
+        tally = tally_of(charges, counters, self.generation)
+        if type(charges) is Charges:
+            charges.tally = tally
+        return tally
 
     def _caps(self, spec: LimitSpec, counter: Counter) -> Sequence[float]:
         """What ``counter`` may reach on each meter: the limit's caps here (a backend that
@@ -380,7 +216,19 @@ class InProcessBackend:
                 held[m] += hold[m]
             if any(used[m] + held[m] >= levels[m] for m in charge.spec.capped):
                 warned |= 1 << i
-        return Grant(plan.charges, counters, hold, granted, clamped_by, shadow, now, warned)
+        return Grant(
+            plan.charges,
+            counters,
+            hold,
+            granted,
+            clamped_by,
+            shadow,
+            now,
+            warned,
+            backend=self,
+            fixed=fixed,
+            per_output=per_out,
+        )
 
     async def extend(self, grant: Grant, extra: Vector) -> Extension:
         exceeded: list[str] = []
@@ -412,6 +260,15 @@ class InProcessBackend:
         now = self.clock()
         hold = grant.held
         dirty = self.dirty
+        tally = grant.tally
+        if tally is not None and tally.generation == self.generation and now < tally.end:
+            # the same counters, in the same windows: the flattened loops
+            for held, m in tally.holds:
+                held[m] -= hold[m]
+            for used, m in tally.counts:
+                used[m] += actual[m]
+            dirty.update(tally.counters)
+            return
         requests = actual[REQUESTS]
         for charge, counter in zip(grant.charges, grant.counters, strict=True):
             spec = charge.spec
@@ -450,6 +307,7 @@ class InProcessBackend:
                 counter.used = zero()
                 self.dirty.add(counter)
                 n += 1
+        self.generation += 1
         return n
 
     def forget(self, limit_ids: Iterable[str]) -> None:
@@ -460,6 +318,7 @@ class InProcessBackend:
             counter.live = False
             self.dirty.discard(counter)
             self.deleted.add(key)
+        self.generation += 1
 
     async def close(self) -> None:
         """Nothing to release: the :class:`~agw.policy.limits.Limiter` saves the counters."""
@@ -490,6 +349,7 @@ class InProcessBackend:
                 old.live = False
             self._counters[key] = Counter(row.limit_id, row.subject, spec.window, start, end, used)
             n += 1
+        self.generation += 1
         return n
 
     def evict(self) -> int:
@@ -507,6 +367,7 @@ class InProcessBackend:
             counter.live = False
             self.dirty.discard(counter)
             self.deleted.add(key)
+        self.generation += 1
         return len(gone)
 
     def take_changes(self) -> tuple[list[CounterRow], list[tuple[str, str]]]:
@@ -535,25 +396,6 @@ class InProcessBackend:
         self.dirty = set()
         self.deleted = set()
         return rows, deleted
-
-
-def _release(
-    charges: list[Charge],
-    counters: list[Counter],
-    hold: Vector,
-    partly: tuple[Counter, LimitSpec, int],
-) -> None:
-    """Give back what :meth:`InProcessBackend.reserve_now` held so far: on ``counters``,
-    and on ``partly``'s counter its limit's capped meters before the meter that failed."""
-    for charge, counter in zip(charges, counters, strict=False):  # the held prefix
-        held = counter.held
-        for m in charge.spec.capped:
-            held[m] -= hold[m]
-    counter, spec, failed = partly
-    for m in spec.capped:
-        if m == failed:
-            break
-        counter.held[m] -= hold[m]
 
 
 def deny(

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from agw.errors import Refusal
-from agw.policy.limit_backend import Charge, Plan
+from agw.policy.limit_types import Charge, Plan
 
 log = logging.getLogger("agw.policy.limits")
 

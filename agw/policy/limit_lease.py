@@ -43,13 +43,14 @@ from dataclasses import dataclass, field
 
 from agw.config.limits import window_seconds
 from agw.errors import StoreError
-from agw.policy.limit_backend import (
+from agw.policy.limit_backend import InProcessBackend
+from agw.policy.limit_failures import BackendFailures
+from agw.policy.limit_grant import Grant
+from agw.policy.limit_types import (
     NO_CAP,
     Counter,
     Denial,
     Extension,
-    Grant,
-    InProcessBackend,
     LimitSpec,
     Plan,
     Vector,
@@ -57,7 +58,6 @@ from agw.policy.limit_backend import (
     window_bounds,
     zero,
 )
-from agw.policy.limit_failures import BackendFailures
 from agw.store import lease_repo
 from agw.store.engine import Conn, Store
 

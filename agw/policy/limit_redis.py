@@ -40,23 +40,23 @@ from redis.exceptions import TimeoutError as RedisTimeout
 
 from agw.config.limits import window_seconds
 from agw.errors import AgwError
-from agw.policy.limit_backend import (
+from agw.policy.limit_backend import deny
+from agw.policy.limit_failures import BackendFailures
+from agw.policy.limit_grant import Grant
+from agw.policy.limit_redis_lua import EXTEND, RESERVE, RESET, SETTLE
+from agw.policy.limit_types import (
     NO_CAP,
     Charge,
     Counter,
     Denial,
     Extension,
-    Grant,
     LimitSpec,
     Plan,
     Vector,
-    deny,
     hold_of,
     window_bounds,
     zero,
 )
-from agw.policy.limit_failures import BackendFailures
-from agw.policy.limit_redis_lua import EXTEND, RESERVE, RESET, SETTLE
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from agw.config import families as f
 from agw.config.limits import Limit, window_seconds
 from agw.errors import Problem
-from agw.policy.limit_backend import (
+from agw.policy.limit_types import (
     CONCURRENT,
     COST,
     INPUT,
@@ -24,7 +24,7 @@ from agw.policy.limit_backend import (
     Charge,
     LimitSpec,
 )
-from agw.policy.limit_backend import spec as limit_spec
+from agw.policy.limit_types import spec as limit_spec
 from agw.policy.rules import RuleError, RuleSet, compile_rules
 
 if TYPE_CHECKING:

@@ -20,28 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from agw.config import families as f
 from agw.policy.limit_answers import announced, headers_of, refusal
-from agw.policy.limit_backend import (
-    COST,
-    INPUT,
-    NO_CAP,
-    OUTPUT,
-    TOKENS,
-    Charge,
-    Counter,
-    Denial,
-    Grant,
-    InProcessBackend,
-    LimitBackend,
-    LimitSpec,
-    Plan,
-    Vector,
-)
+from agw.policy.limit_backend import InProcessBackend
+from agw.policy.limit_grant import Grant
 from agw.policy.limit_table import (
     EMPTY_TABLE,
     Announce,
@@ -50,9 +35,13 @@ from agw.policy.limit_table import (
     RouteLimits,
     compile_limits,
 )
+from agw.policy.limit_tally import Charges
+from agw.policy.limit_types import Charge, Denial, LimitBackend, LimitSpec, Plan, Vector
 from agw.policy.rules import RuleSet
 from agw.policy.variables import variables_of
-from agw.types import Headers
+
+# one admitted request's hold: what the planes call it (agw/policy/limit_grant.py)
+Admission = Grant
 
 # what the planes and the snapshot use, compiled in limit_table.py
 __all__ = [
@@ -76,7 +65,6 @@ log = logging.getLogger(__name__)
 
 SAVE_EVERY_S = 2.0
 EVICT_EVERY = 30  # saves: ended windows are forgotten about once a minute
-FLOW_SLACK_TOKENS = 64  # a stream past its hold takes this many output tokens more at once
 CHARGES_KEPT = 4096  # per route: the charges of this many sets of subject values
 
 
@@ -125,10 +113,10 @@ def matching(
         if lim.when is not None and not _when(req, lim.when, plane or {}):
             continue
         out.append(Charge(lim.spec, value))
-    if candidates.plain:
+    if candidates.plain:  # the same subjects, the same charges: kept with their tally
         if len(candidates.charges) >= CHARGES_KEPT:
             candidates.charges.clear()
-        candidates.charges[values] = out
+        out = candidates.charges[values] = Charges(out)
     return out
 
 
@@ -164,124 +152,6 @@ def _when(req: Request, rules: RuleSet, plane: Mapping[str, Mapping[str, object]
 
 
 # ------------------------------------------------------------------------------ admission
-
-
-class Admission:
-    """One admitted request's hold on its counters (see the module docstring)."""
-
-    __slots__ = ("_backend", "action", "grant", "headers", "limit_id", "plan")
-
-    def __init__(self, backend: LimitBackend, plan: Plan, grant: Grant, headers: Headers) -> None:
-        self._backend = backend
-        self.plan = plan
-        self.grant = grant
-        self.headers = headers
-        # what the usage row says: the limit that acted and how (docs/limits.md)
-        self.action: str | None = None
-        self.limit_id: str | None = None
-        if grant.clamped_by is not None:
-            self.action, self.limit_id = "clamped", grant.clamped_by
-        elif grant.shadow is not None:
-            self.action, self.limit_id = "shadow", grant.shadow
-
-    @property
-    def metered(self) -> bool:
-        """Whether a limit of this request counts dollars or tokens: its stream is metered."""
-        return any(charge.spec.sized for charge in self.plan.charges)
-
-    @property
-    def can_cut(self) -> bool:
-        """Whether a limit of this request ends its stream at the cap (``on_exceed: cut``)."""
-        return any(c.spec.enforce and c.spec.on_exceed == "cut" for c in self.plan.charges)
-
-    @property
-    def output(self) -> int:
-        """Output tokens the request may produce (lower than asked when clamped)."""
-        return self.grant.output
-
-    def need(self, input_tokens: int, output_tokens: int) -> Vector | None:
-        """A stream so far (``input_tokens`` as reported, 0 while unknown): None while what it
-        used is within what it holds, else what it should take more (with some slack)."""
-        plan, hold = self.plan, self.grant.held
-        per, fixed = plan.per_output, plan.fixed
-        est_in = fixed[INPUT]
-        extra_in = input_tokens - est_in if input_tokens > est_in else 0.0
-        need: Vector | None = None
-        for m in (COST, TOKENS, INPUT, OUTPUT):
-            used = fixed[m] + output_tokens * per[m]
-            if extra_in and est_in and m != OUTPUT:
-                used += extra_in * fixed[m] / est_in
-            if used > hold[m] + 1e-12:
-                if need is None:
-                    need = [0.0] * 6
-                need[m] = used - hold[m] + FLOW_SLACK_TOKENS * per[m]
-        return need
-
-    def room(self, input_tokens: int) -> float:
-        """The output tokens a stream (``input_tokens`` as reported, 0 while unknown) may
-        reach before :meth:`need` asks for more, less one for the float's rounding (-1: it
-        already needs more; infinite: output costs nothing held)."""
-        plan, hold = self.plan, self.grant.held
-        per, fixed = plan.per_output, plan.fixed
-        est_in = fixed[INPUT]
-        extra_in = input_tokens - est_in if input_tokens > est_in else 0.0
-        room = math.inf
-        for m in (COST, TOKENS, INPUT, OUTPUT):
-            used = fixed[m]
-            if extra_in and est_in and m != OUTPUT:
-                used += extra_in * fixed[m] / est_in
-            left = hold[m] + 1e-12 - used
-            if left < 0:
-                return -1
-            if per[m] > 0:
-                room = min(room, math.floor(left / per[m]) - 1)
-        return room
-
-    async def flow(self, need: Vector) -> Charge | None:
-        """Takes ``need`` (from :meth:`need`) from the counters. Returns the ``cut`` charge
-        that cannot pay (the stream is to end now), else None."""
-        per = self.plan.per_output
-        ext = await self._backend.extend(self.grant, need)
-        if ext.cut_by is not None:  # near the cap: take only what was used, without slack
-            exact = [
-                n - FLOW_SLACK_TOKENS * p if n else 0.0 for n, p in zip(need, per, strict=True)
-            ]
-            ext = await self._backend.extend(self.grant, exact)
-        if ext.cut_by is not None:
-            self.action, self.limit_id = "cut", ext.cut_by.spec.id
-            return ext.cut_by
-        if ext.exceeded and self.action not in ("cut", "exceeded"):
-            self.action, self.limit_id = "exceeded", ext.exceeded[0]
-        return None
-
-    def settle(self, cost_usd: float, input_tokens: int, output_tokens: int) -> None:
-        """The answer ended (any way it ends): drop the hold, count what was used."""
-        tin, tout = input_tokens, output_tokens  # counted into float vectors
-        actual: Vector = [cost_usd, tin + tout, tin, tout, 1.0, 0.0]
-        hold = self.grant.held
-        if self.action is None and (
-            actual[COST] > hold[COST]
-            or actual[TOKENS] > hold[TOKENS]
-            or actual[INPUT] > hold[INPUT]
-            or actual[OUTPUT] > hold[OUTPUT]
-        ):  # the answer used more than it held: did it take a counter past its cap?
-            for charge, counter in zip(self.grant.charges, self.grant.counters, strict=True):
-                spec = charge.spec
-                if spec.enforce and _past(spec, counter, actual, self.grant.held):
-                    self.action, self.limit_id = "exceeded", spec.id
-                    break
-        self._backend.settle(self.grant, actual)
-
-
-def _past(spec: LimitSpec, counter: Counter, actual: Vector, hold: Vector) -> bool:
-    """Whether settling ``actual`` (more than the request held) takes the counter past a cap."""
-    for m in (COST, TOKENS, INPUT, OUTPUT):
-        cap = spec.caps[m]
-        if cap == NO_CAP or actual[m] <= hold[m] + 1e-9:
-            continue
-        if counter.used[m] + counter.held[m] - hold[m] + actual[m] > cap + 1e-9:
-            return True
-    return False
 
 
 class Limiter:
@@ -381,8 +251,8 @@ class Limiter:
         admission = self.admit_now(req, charges, fixed, per_output, want_output, announce)
         if admission is not None:
             return admission
-        plan = Plan(charges, fixed, per_output, want_output)
-        return self._admitted(req, plan, await self.backend.reserve(plan), announce)
+        verdict = await self.backend.reserve(Plan(charges, fixed, per_output, want_output))
+        return self._admitted(req, verdict, fixed, per_output, announce)
 
     def admit_now(
         self,
@@ -397,23 +267,42 @@ class Limiter:
         must await (then call :meth:`admit`)."""
         if self._reserve_now is None:
             return None
-        plan = Plan(charges, fixed, per_output, want_output)
-        return self._admitted(req, plan, self._reserve_now(plan), announce)
+        verdict = self._reserve_now(charges, fixed, per_output, want_output)
+        if type(verdict) is not Grant or verdict.clamped_by is not None or verdict.shadow:
+            return self._admitted(req, verdict, fixed, per_output, announce)
+        # the common case, as _admitted makes it: announced from the route's shape
+        if announce is not None and len(charges) == announce.count:
+            headers = announced(verdict, announce)
+        else:
+            headers = headers_of(verdict)
+        verdict.headers = req.limit_headers = headers
+        req.admission = verdict
+        return verdict
 
     def _admitted(
-        self, req: Request, plan: Plan, verdict: Grant | Denial, announce: Announce | None
+        self,
+        req: Request,
+        verdict: Grant | Denial,
+        fixed: Vector,
+        per_output: Vector,
+        announce: Announce | None,
     ) -> Admission:
         if isinstance(verdict, Denial):
             req.limit_id, req.limit_action = verdict.spec.id, "refused"
             raise refusal(verdict, self.backend.clock())
+        if verdict.backend is None:  # a backend that left them to the Limiter
+            verdict.backend, verdict.fixed, verdict.per_output = self.backend, fixed, per_output
+        if verdict.clamped_by is not None:
+            verdict.action, verdict.limit_id = "clamped", verdict.clamped_by
+        elif verdict.shadow is not None:
+            verdict.action, verdict.limit_id = "shadow", verdict.shadow
         if announce is not None and len(verdict.charges) == announce.count:
             headers = announced(verdict, announce)
         else:
             headers = headers_of(verdict)
-        admission = Admission(self.backend, plan, verdict, headers)
-        req.limit_headers = headers
-        req.admission = admission
-        return admission
+        verdict.headers = req.limit_headers = headers
+        req.admission = verdict
+        return verdict
 
 
 async def admit_request(

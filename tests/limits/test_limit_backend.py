@@ -15,7 +15,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agw.policy.limit_backend import (
+from agw.policy.limit_backend import InProcessBackend
+from agw.policy.limit_grant import Grant
+from agw.policy.limit_lease import LeaseBackend
+from agw.policy.limit_redis import RedisBackend
+from agw.policy.limit_types import (
     CONCURRENT,
     COST,
     NO_CAP,
@@ -23,16 +27,12 @@ from agw.policy.limit_backend import (
     REQUESTS,
     Charge,
     Denial,
-    Grant,
-    InProcessBackend,
     LimitBackend,
     LimitSpec,
     Plan,
     spec,
     window_bounds,
 )
-from agw.policy.limit_lease import LeaseBackend
-from agw.policy.limit_redis import RedisBackend
 from agw.store.engine import Store, open_store
 from agw.store.limit_repo import CounterRow
 from tests.support.engines import REDIS_URL, redis_prefix

@@ -11,9 +11,10 @@ import pytest
 
 from agw.config.limits import Limit
 from agw.policy.limit_answers import announced, headers_of
-from agw.policy.limit_backend import CONCURRENT, COST, TOKENS, Charge, Grant, InProcessBackend, Plan
+from agw.policy.limit_backend import InProcessBackend
+from agw.policy.limit_grant import Grant
 from agw.policy.limit_table import CompiledLimit, route_limits, spec_of
-from agw.policy.limits import Admission
+from agw.policy.limit_types import CONCURRENT, COST, TOKENS, Charge
 
 NOW = 1_796_625_660.25  # 2026-12-07, mid-minute
 
@@ -36,7 +37,7 @@ def reserve(
 ) -> Grant:
     charges = [Charge(lim.spec, "team-a") for lim in lims]
     fixed = [est_in * 1e-6, est_in, est_in, 0.0, 1.0, 1.0]
-    verdict = backend.reserve_now(Plan(charges, fixed, [2e-6, 1.0, 0.0, 1.0, 0.0, 0.0], want))
+    verdict = backend.reserve_now(charges, fixed, [2e-6, 1.0, 0.0, 1.0, 0.0, 0.0], want)
     assert isinstance(verdict, Grant)
     return verdict
 
@@ -97,12 +98,10 @@ def test_a_later_counter_that_cannot_pay_releases_what_the_earlier_ones_held() -
     # a refusal holds nothing anywhere
     grant = reserve(backend, [roomy, tight], want=10, est_in=60.0)
     denied = backend.reserve_now(
-        Plan(
-            [Charge(roomy.spec, "team-a"), Charge(tight.spec, "team-a")],
-            [60e-6, 60.0, 60.0, 0.0, 1.0, 1.0],
-            [2e-6, 1.0, 0.0, 1.0, 0.0, 0.0],
-            10,
-        )
+        [Charge(roomy.spec, "team-a"), Charge(tight.spec, "team-a")],
+        [60e-6, 60.0, 60.0, 0.0, 1.0, 1.0],
+        [2e-6, 1.0, 0.0, 1.0, 0.0, 0.0],
+        10,
     )
     assert not isinstance(denied, Grant)
     assert held["roomy"][COST] == pytest.approx(60e-6 + 10 * 2e-6)  # the first grant's only
@@ -112,8 +111,8 @@ def test_a_later_counter_that_cannot_pay_releases_what_the_earlier_ones_held() -
 
 @pytest.mark.parametrize("est_in", [0.0, 12.0, 750.0])
 def test_a_streams_room_never_skips_a_look_it_needs(est_in: float) -> None:
-    """``Admission.room``: while a stream's output stays within it, ``need`` asks nothing; one
-    token past it (plus the one of margin), ``need`` asks for more."""
+    """``Grant.room`` (the admission): while a stream's output stays within it, ``need`` asks
+    nothing; one token past it (plus the one of margin), ``need`` asks for more."""
     lims = compiled(
         {"id": "dollars", "window": "1d", "cost_usd": 10},
         {"id": "tpm", "window": "1m", "tokens": {"total": 10**6}},
@@ -122,9 +121,8 @@ def test_a_streams_room_never_skips_a_look_it_needs(est_in: float) -> None:
     charges = [Charge(lim.spec, "team-a") for lim in lims]
     fixed = [est_in * 3e-6, est_in, est_in, 0.0, 1.0, 1.0]
     per = [1.5e-5, 1.0, 0.0, 1.0, 0.0, 0.0]
-    grant = backend.reserve_now(Plan(charges, fixed, per, 300))
-    assert isinstance(grant, Grant)
-    admission = Admission(backend, Plan(charges, fixed, per, 300), grant, [])
+    admission = backend.reserve_now(charges, fixed, per, 300)
+    assert isinstance(admission, Grant)
     for reported in (0, int(est_in), int(est_in) + 40, int(est_in) + 10**5):
         room = admission.room(reported)
         if room < 0:

@@ -23,8 +23,9 @@ import pytest
 from psycopg import sql
 
 from agw.errors import Refusal
-from agw.policy.limit_backend import COST, NO_CAP, REQUESTS, Charge, Denial, Grant, Plan, spec
+from agw.policy.limit_grant import Grant
 from agw.policy.limit_lease import LEASE_TTL_S, LeaseBackend
+from agw.policy.limit_types import COST, NO_CAP, REQUESTS, Charge, Denial, Plan, spec
 from agw.store.engine import Store, open_store
 from tests.fakes.run import FakeUpstream
 from tests.support.agwd import AgwdLauncher

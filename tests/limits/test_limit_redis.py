@@ -26,18 +26,9 @@ from pydantic import ValidationError
 
 from agw.config.limits import Limit
 from agw.errors import Refusal
-from agw.policy.limit_backend import (
-    CONCURRENT,
-    COST,
-    NO_CAP,
-    REQUESTS,
-    Charge,
-    Denial,
-    Grant,
-    Plan,
-    spec,
-)
+from agw.policy.limit_grant import Grant
 from agw.policy.limit_redis import LimitBackendUnavailable, OfflineGrant, RedisBackend
+from agw.policy.limit_types import CONCURRENT, COST, NO_CAP, REQUESTS, Charge, Denial, Plan, spec
 from tests.fakes.run import FakeUpstream
 from tests.support.agwd import Agwd, AgwdLauncher, free_port
 from tests.support.balancer import Balancer

@@ -1,0 +1,138 @@
+"""The in-process backend's flattened hot path (agw/policy/limit_tally.py): a cached list of
+charges keeps a tally of its counters, reused while it is valid and rebuilt when a counter is
+reset, dropped, reloaded or its window rolls over, including for requests in flight across
+the change. The clock is injected (the only thing replaced)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pytest import approx
+
+from agw.policy.limit_backend import InProcessBackend
+from agw.policy.limit_grant import Grant
+from agw.policy.limit_tally import Charges
+from agw.policy.limit_types import COST, NO_CAP, REQUESTS, TOKENS, Charge, Counter, spec
+from agw.store.limit_repo import CounterRow
+
+DAY = 86400
+NOON = 1_765_000_000.0 - 1_765_000_000.0 % DAY + DAY / 2
+FIXED = [0.001, 10.0, 10.0, 0.0, 1.0, 1.0]  # $0.001 and 10 tokens of input, one request
+PER = [0.0001, 1.0, 0.0, 1.0, 0.0, 0.0]  # $0.0001 a token of output
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def budget() -> Charges:
+    dollars = spec("dollars", [1.0, NO_CAP, NO_CAP, NO_CAP, NO_CAP, NO_CAP], "1d", DAY)
+    tokens = spec("tpm", [NO_CAP, 10_000, NO_CAP, NO_CAP, NO_CAP, NO_CAP], "1m", 60)
+    inflight = spec("inflight", [NO_CAP] * 5 + [2], "lifetime", None)
+    return Charges([Charge(dollars, "k"), Charge(tokens, "k"), Charge(inflight, "*")])
+
+
+def admit(backend: InProcessBackend, charges: Charges, want: int = 100) -> Grant:
+    grant = backend.reserve_now(charges, FIXED, PER, want)
+    assert isinstance(grant, Grant), grant
+    return grant
+
+
+def counter(backend: InProcessBackend, limit_id: str, subject: str = "k") -> Counter:
+    found = [c for c in backend._counters.values() if c.key == (limit_id, subject)]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_a_cached_list_keeps_its_tally_and_counts_exactly() -> None:
+    backend = InProcessBackend(clock=Clock(NOON))
+    charges = budget()
+    first = admit(backend, charges)
+    tally = charges.tally
+    assert tally is not None and first.tally is tally
+    second = admit(backend, charges)
+    assert charges.tally is tally  # reused, not rebuilt
+    assert counter(backend, "inflight", "*").held[5] == 2.0
+    refused = backend.reserve_now(charges, FIXED, PER, 100)  # two in flight already
+    assert not isinstance(refused, Grant)
+    assert counter(backend, "dollars").held[COST] == approx(2 * (0.001 + 100 * 0.0001))
+    first.settle(0.002, 10, 10)
+    second.settle(0.003, 10, 20)
+    dollars, tokens = counter(backend, "dollars"), counter(backend, "tpm")
+    assert dollars.used[COST] == approx(0.005) and dollars.held[COST] == approx(0.0)
+    assert tokens.used[TOKENS] == 50.0 and tokens.held[TOKENS] == 0.0
+    assert dollars.used[REQUESTS] == tokens.used[REQUESTS] == 2.0
+    assert counter(backend, "inflight", "*").held[5] == 0.0
+    assert backend.dirty == {dollars, tokens, counter(backend, "inflight", "*")}
+
+
+def test_a_reset_while_in_flight_rebuilds_the_tally_and_loses_nothing() -> None:
+    backend = InProcessBackend(clock=Clock(NOON))
+    charges = budget()
+    admit(backend, charges).settle(0.5, 10, 10)
+    in_flight = admit(backend, charges)
+    old = charges.tally
+    assert asyncio.run(backend.reset("dollars")) == 1
+    in_flight.settle(0.25, 10, 10)  # settles into the reset counter (its hold dropped)
+    dollars = counter(backend, "dollars")
+    assert dollars.used[COST] == 0.25 and dollars.held[COST] == approx(0.0)
+    admit(backend, charges).settle(0.25, 10, 10)
+    assert charges.tally is not old  # the reset made the old one stale
+    assert dollars.used[COST] == 0.5
+
+
+def test_a_window_that_rolls_over_mid_flight_counts_the_answer_in_the_new_one() -> None:
+    clock = Clock(NOON + 30 - NOON % 60)  # 30 s into a minute
+    backend = InProcessBackend(clock=clock)
+    charges = budget()
+    in_flight = admit(backend, charges)
+    clock.now += 45  # the next minute
+    in_flight.settle(0.002, 10, 15)
+    tokens = counter(backend, "tpm")
+    assert tokens.start == clock.now - clock.now % 60  # rolled over
+    assert tokens.used[TOKENS] == 25.0 and tokens.held[TOKENS] == 0.0
+    grant = admit(backend, charges)
+    assert grant.tally is not None and grant.tally is charges.tally
+    assert grant.tally.end == tokens.end
+
+
+def test_a_dropped_counter_sends_what_was_used_to_the_live_one() -> None:
+    backend = InProcessBackend(clock=Clock(NOON))
+    charges = budget()
+    in_flight = admit(backend, charges)
+    backend.forget(["dollars"])  # a config change drops the limit's counters
+    in_flight.settle(0.003, 10, 10)
+    assert counter(backend, "dollars").used[COST] == 0.003  # a new live counter has it
+    assert counter(backend, "tpm").used[TOKENS] == 20.0
+    # saved counters loaded over live ones (a restore) make the tally stale too
+    row = CounterRow("tpm", "k", "1m", int((NOON - NOON % 60) * 1000), 0.0, 7, 0, 0, 1, 0)
+    backend.load([row], {"tpm": charges[1].spec})
+    admit(backend, charges).settle(0.0, 1, 2)
+    assert counter(backend, "tpm").used[TOKENS] == 10.0  # 7 loaded + 3
+
+
+def test_a_counter_that_cannot_pay_gives_back_what_the_others_took() -> None:
+    backend = InProcessBackend(clock=Clock(NOON))
+    charges = budget()
+    admit(backend, charges, want=9_000)  # most of the minute's tokens
+    refused = backend.reserve_now(charges, FIXED, PER, 2_000)  # tpm clamps to 990 (< 1024): no
+    assert not isinstance(refused, Grant)
+    assert counter(backend, "dollars").held[COST] == approx(0.001 + 9_000 * 0.0001)
+    assert counter(backend, "inflight", "*").held[5] == 1.0
+
+
+def test_a_window_changed_by_a_new_config_mid_flight_loses_nothing() -> None:
+    backend = InProcessBackend(clock=Clock(NOON))
+    old = budget()
+    in_flight = admit(backend, old)
+    hourly = spec("tpm", [NO_CAP, 10_000, NO_CAP, NO_CAP, NO_CAP, NO_CAP], "1h", 3600)
+    new = Charges([old[0], Charge(hourly, "k"), old[2]])
+    admit(backend, new).settle(0.0, 10, 10)  # the counter now counts per hour
+    in_flight.settle(0.0, 10, 30)  # the answer admitted under the old config
+    tokens = counter(backend, "tpm")
+    assert tokens.window == "1h" and tokens.used[TOKENS] == 60.0
+    assert tokens.held[TOKENS] == approx(0.0)
