@@ -425,7 +425,7 @@ def max_tokens_of(body: JsonObj, wire: str) -> tuple[str, int | None]:
         value = body.get(name) if "." not in name else _cap_holder(body, name).get(_leaf(name))
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if type(value) is not int or value < 1:  # JSON's integers are ints; a bool is not one
             raise Refusal(400, "protocol_validation_failed", f"{name} must be a positive integer")
         return name, value
     return (fields[-1] if fields else ""), None

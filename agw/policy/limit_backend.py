@@ -131,7 +131,7 @@ class InProcessBackend:
             used, held, m, cap, level, bit = check
             after = used[m] + held[m] + hold[m]
             if after > cap:
-                for held, m in tally.holds:  # give back what was held before this one
+                for held, _, m in tally.settles:  # give back what was held before this one
                     if held is check[1] and m == check[2]:
                         break
                     held[m] -= hold[m]
@@ -263,10 +263,12 @@ class InProcessBackend:
         tally = grant.tally
         if tally is not None and tally.generation == self.generation and now < tally.end:
             # the same counters, in the same windows: the flattened loops
-            for held, m in tally.holds:
+            for held, used, m in tally.settles:
                 held[m] -= hold[m]
-            for used, m in tally.counts:
                 used[m] += actual[m]
+            requests = actual[REQUESTS]
+            for used in tally.requests:
+                used[REQUESTS] += requests
             dirty.update(tally.counters)
             return
         requests = actual[REQUESTS]

@@ -5,7 +5,7 @@ they are announced (the ``RateLimit-Policy`` value and the shape of ``RateLimit`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -59,6 +59,7 @@ class CompiledLimit:
 
 # what a limit may count per: the order of the subject values matching() builds
 SUBJECTS = ("key", "user", "org", "route", "model", "session", "global")
+KEYED = frozenset({"key", "route", "global"})  # of these, only the key's id varies on a route
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +88,11 @@ class RouteLimits:
     default_output: int  # the largest default_output_tokens of the sized limits
     announce: Announce
     plain: bool = False  # every limit is plain: which apply depends on the subjects' values only
-    # plain routes: the charges of each set of subject values seen (shared: never changed)
-    charges: dict[tuple[str | None, ...], list[Charge]] = field(
-        default_factory=dict, compare=False, hash=False
-    )
+    # plain, and counted per key, route or globally: the key's id is the only value that varies
+    keyed: bool = False
+    # plain routes: the charges of each set of subject values seen, under that tuple (the key's
+    # id alone on a keyed route); shared: never changed
+    charges: dict[Hashable, list[Charge]] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +208,7 @@ def route_limits(limits: tuple[CompiledLimit, ...]) -> RouteLimits:
         default_output=default_output,
         announce=announce_of([lim.spec for lim in limits]),
         plain=all(lim.plain for lim in limits),
+        keyed=all(lim.plain and lim.subject in KEYED for lim in limits),
     )
 
 

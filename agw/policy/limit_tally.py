@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agw.policy.limit_types import Charge, Counter
+from agw.policy.limit_types import REQUESTS, Charge, Counter
 
 
 class Charges(list[Charge]):
@@ -37,22 +37,26 @@ class Tally:
     counters: list[Counter]  # per charge
     # per capped meter of each charge: (used, held, meter, cap, warning level, the charge's bit)
     checks: tuple[tuple[list[float], list[float], int, float, float, int], ...]
-    holds: tuple[tuple[list[float], int], ...]  # (held, meter) per capped meter
-    counts: tuple[tuple[list[float], int], ...]  # (used, meter) per counted meter
+    # per capped meter: (held, used, meter): the hold released and the use counted (in flight
+    # is held only: an answer that ended settles 0 of it)
+    settles: tuple[tuple[list[float], list[float], int], ...]
+    requests: tuple[list[float], ...]  # the used lists that count requests uncapped
 
 
 def tally_of(charges: list[Charge], counters: list[Counter], generation: int) -> Tally:
     """The tally of ``charges``, whose counters (in the current window) are ``counters``."""
     checks: list[tuple[list[float], list[float], int, float, float, int]] = []
-    holds: list[tuple[list[float], int]] = []
-    counts: list[tuple[list[float], int]] = []
+    settles: list[tuple[list[float], list[float], int]] = []
+    requests: list[list[float]] = []
     bit = 1
     for charge, counter in zip(charges, counters, strict=True):
         spec = charge.spec
+        used, held = counter.used, counter.held
         for m in spec.capped:
-            checks.append((counter.used, counter.held, m, spec.caps[m], spec.levels[m], bit))
-            holds.append((counter.held, m))
-        counts.extend((counter.used, m) for m in spec.counted)
+            checks.append((used, held, m, spec.caps[m], spec.levels[m], bit))
+            settles.append((held, used, m))
+        if REQUESTS not in spec.capped:
+            requests.append(used)
         bit <<= 1
     end = min((c.end for c in counters), default=float("inf"))
-    return Tally(generation, end, counters, tuple(checks), tuple(holds), tuple(counts))
+    return Tally(generation, end, counters, tuple(checks), tuple(settles), tuple(requests))

@@ -88,6 +88,10 @@ def matching(
     if candidates is None:
         return []
     principal = req.principal
+    if candidates.keyed:  # the common case: per key, route or globally
+        known = candidates.charges.get(principal.key_id if principal is not None else None)
+        if known is not None:
+            return known
     if principal is not None:
         key_id, user, org = principal.key_id, principal.user, principal.org
     else:
@@ -116,7 +120,7 @@ def matching(
     if candidates.plain:  # the same subjects, the same charges: kept with their tally
         if len(candidates.charges) >= CHARGES_KEPT:
             candidates.charges.clear()
-        out = candidates.charges[values] = Charges(out)
+        out = candidates.charges[key_id if candidates.keyed else values] = Charges(out)
     return out
 
 

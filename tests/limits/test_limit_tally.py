@@ -136,3 +136,15 @@ def test_a_window_changed_by_a_new_config_mid_flight_loses_nothing() -> None:
     tokens = counter(backend, "tpm")
     assert tokens.window == "1h" and tokens.used[TOKENS] == 60.0
     assert tokens.held[TOKENS] == approx(0.0)
+
+
+def test_a_requests_cap_counts_each_request_once() -> None:
+    backend = InProcessBackend(clock=Clock(NOON))
+    rpm = spec("rpm", [NO_CAP] * 4 + [2, NO_CAP], "1m", 60)
+    charges = Charges([Charge(rpm, "k"), budget()[0]])
+    admit(backend, charges).settle(0.001, 10, 1)
+    admit(backend, charges).settle(0.001, 10, 1)
+    assert not isinstance(backend.reserve_now(charges, FIXED, PER, 100), Grant)
+    assert counter(backend, "rpm").used[REQUESTS] == 2.0
+    assert counter(backend, "rpm").held[REQUESTS] == 0.0
+    assert counter(backend, "dollars").used[REQUESTS] == 2.0  # counted, uncapped
