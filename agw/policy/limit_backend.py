@@ -122,6 +122,15 @@ class InProcessBackend:
             fixed[4] + want * per_output[4],
             fixed[5] + want * per_output[5],
         ]
+        fast = tally.reserve
+        if fast is not None:  # compiled for a cached list of charges
+            done = fast(hold, now)
+            if done is None:
+                return self._reserve_tight(Plan(charges, fixed, per_output, want), now)
+            return Grant(
+                charges, tally.counters, hold, want, None, None, now, done[0], False, tally,
+                self, fixed, per_output, None, None, None, done[1],
+            )  # fmt: skip
         warned = 0
         # The common case first: every counter can pay for all that is asked (no clamp, no
         # refusal, no shadow note), each held as it is checked; anything else gives back
@@ -262,7 +271,11 @@ class InProcessBackend:
         dirty = self.dirty
         tally = grant.tally
         if tally is not None and tally.generation == self.generation and now < tally.end:
-            # the same counters, in the same windows: the flattened loops
+            # the same counters, in the same windows: the compiled code, or the flat loops
+            if tally.settle is not None:
+                tally.settle(hold, actual)
+                dirty.update(tally.counters)
+                return
             for held, used, m in tally.settles:
                 held[m] -= hold[m]
                 used[m] += actual[m]

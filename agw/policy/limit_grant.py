@@ -53,6 +53,7 @@ class Grant:
     headers: Headers | None = None
     action: str | None = None  # clamped | shadow | cut | exceeded (refused: no grant)
     limit_id: str | None = None
+    shown: tuple[int, ...] = ()  # the route's RateLimit values, where the backend found them
 
     @property
     def metered(self) -> bool:

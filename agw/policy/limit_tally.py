@@ -11,19 +11,27 @@ window that rolls over starts a new ``used`` list): anything else rebuilds it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from agw.policy.limit_types import REQUESTS, Charge, Counter
+from agw.policy.limit_compiled import Reserve, Settle, compiled
+from agw.policy.limit_types import CONCURRENT, REQUESTS, Charge, Counter
+
+if TYPE_CHECKING:
+    from agw.policy.limit_table import Announce
 
 
 class Charges(list[Charge]):
     """The charges of a request, shared by the requests of the same subjects (never to be
-    changed), with the :class:`Tally` the in-process backend keeps of them."""
+    changed), with the :class:`Tally` the in-process backend keeps of them. ``announce``: the
+    route's, when these are all of its limits (the tally then finds its ``RateLimit`` values)."""
 
-    __slots__ = ("tally",)
+    __slots__ = ("announce", "tally")
 
-    def __init__(self, charges: list[Charge]) -> None:
+    def __init__(self, charges: list[Charge], announce: Announce | None = None) -> None:
         super().__init__(charges)
+        self.announce = announce
         self.tally: Tally | None = None
 
 
@@ -41,6 +49,9 @@ class Tally:
     # is held only: an answer that ended settles 0 of it)
     settles: tuple[tuple[list[float], list[float], int], ...]
     requests: tuple[list[float], ...]  # the used lists that count requests uncapped
+    # a cached list's: the same, compiled for its shape (agw/policy/limit_compiled.py)
+    reserve: Reserve | None = None
+    settle: Settle | None = None
 
 
 def tally_of(charges: list[Charge], counters: list[Counter], generation: int) -> Tally:
@@ -59,4 +70,43 @@ def tally_of(charges: list[Charge], counters: list[Counter], generation: int) ->
             requests.append(used)
         bit <<= 1
     end = min((c.end for c in counters), default=float("inf"))
-    return Tally(generation, end, counters, tuple(checks), tuple(settles), tuple(requests))
+    tally = Tally(generation, end, counters, tuple(checks), tuple(settles), tuple(requests))
+    if type(charges) is Charges:  # kept: worth compiling (once per shape, then a closure)
+        tally.reserve, tally.settle = _compiled(charges, counters, tally)
+    return tally
+
+
+def _compiled(charges: Charges, counters: list[Counter], tally: Tally) -> tuple[Reserve, Settle]:
+    meters: list[int] = []
+    owners: list[int] = []
+    warns: list[bool] = []
+    caps: list[float] = []
+    levels: list[float] = []
+    where: dict[tuple[int, int], int] = {}  # (charge index, meter): check index
+    for i, charge in enumerate(charges):
+        spec = charge.spec
+        for m in spec.capped:
+            where[i, m] = len(meters)
+            meters.append(m)
+            owners.append(i)
+            warns.append(not math.isinf(spec.levels[m]))
+            caps.append(spec.caps[m])
+            levels.append(spec.levels[m])
+    apart = [i for i, c in enumerate(charges) if REQUESTS not in c.spec.capped]
+    slots: list[tuple[int, int]] = []
+    scales: list[float] = []
+    announce = charges.announce
+    if announce is not None and announce.count == len(charges):
+        for i, m, _, scale, timed in announce.slots:
+            slots.append((where[i, m], i if timed and m != CONCURRENT else -1))
+            scales.append(scale)
+    shape = (tuple(meters), tuple(owners), tuple(warns), tuple(apart), tuple(slots))
+    return compiled(
+        shape,
+        [c.used for c in counters],
+        [c.held for c in counters],
+        caps,
+        levels,
+        [c.end for c in counters],
+        scales,
+    )

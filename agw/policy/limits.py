@@ -120,7 +120,8 @@ def matching(
     if candidates.plain:  # the same subjects, the same charges: kept with their tally
         if len(candidates.charges) >= CHARGES_KEPT:
             candidates.charges.clear()
-        out = candidates.charges[key_id if candidates.keyed else values] = Charges(out)
+        whole = candidates.announce if len(out) == len(candidates.limits) else None
+        out = candidates.charges[key_id if candidates.keyed else values] = Charges(out, whole)
     return out
 
 
@@ -275,7 +276,10 @@ class Limiter:
         if type(verdict) is not Grant or verdict.clamped_by is not None or verdict.shadow:
             return self._admitted(req, verdict, fixed, per_output, announce)
         # the common case, as _admitted makes it: announced from the route's shape
-        if announce is not None and len(charges) == announce.count:
+        shown = verdict.shown
+        if shown and announce is not None and not verdict.warned:  # the values found
+            headers = [announce.policy, (b"ratelimit", announce.state % shown)]
+        elif announce is not None and len(charges) == announce.count:
             headers = announced(verdict, announce)
         else:
             headers = headers_of(verdict)
