@@ -28,6 +28,7 @@ Settle = Callable[[Sequence[float], Sequence[float]], None]
 Factory = Callable[..., tuple[Reserve, Settle]]
 
 _FACTORIES: dict[Shape, Factory] = {}
+SHAPES_KEPT = 512  # shapes compiled and kept (a config has a few; many configs over time: more)
 
 
 def compiled(
@@ -46,6 +47,8 @@ def compiled(
     values), or gives back what it held and returns None when a counter cannot pay."""
     factory = _FACTORIES.get(shape)
     if factory is None:
+        if len(_FACTORIES) >= SHAPES_KEPT:
+            _FACTORIES.clear()
         factory = _FACTORIES[shape] = _factory(shape)
     return factory(tuple(used), tuple(held), tuple(caps), tuple(levels), tuple(ends), tuple(scales))
 
