@@ -153,12 +153,21 @@ def test_a_limit_holds_across_workers_by_default(gw: Agwd) -> None:
             answers = await asyncio.gather(*(client.post(url, json=CHAT) for _ in range(n)))
         return [r.status_code for r in answers]
 
-    away_from_minute_end()
+    away_from_minute_end(25)  # room for the later bursts below
     time.sleep(0.6)  # every worker has the route and the limit
     codes = asyncio.run(burst())
     assert codes.count(200) == 16 and codes.count(429) == 32, codes
     time.sleep(0.3)
-    served = {x["worker"] for x in access_lines(gw.workdir.parent / "access.log", f"/{rid}/")}
+    log = gw.workdir.parent / "access.log"
+    served = {x["worker"] for x in access_lines(log, f"/{rid}/")}
+    # The workers race to accept; on a loaded machine one may take a whole burst. Later bursts
+    # in the same minute are refused whichever worker takes them: the cap is spent for both.
+    for _ in range(5):
+        if served == {0, 1}:
+            break
+        assert asyncio.run(burst()) == [429] * n
+        time.sleep(0.3)
+        served = {x["worker"] for x in access_lines(log, f"/{rid}/")}
     assert served == {0, 1}
 
 

@@ -26,6 +26,7 @@ counted in the new one.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -54,6 +55,8 @@ from agw.policy.limit_types import (
 )
 from agw.store.limit_repo import CounterRow
 
+GENERATIONS = itertools.count(1)  # the in-process backends' generations (see __init__)
+
 
 class InProcessBackend:
     """The counters in this process's memory (see the module docstring). ``clock``: unix
@@ -67,9 +70,11 @@ class InProcessBackend:
         self._counters: dict[tuple[str, str], Counter] = {}
         self.dirty: set[Counter] = set()  # changed since the last save
         self.deleted: set[tuple[str, str]] = set()  # dropped since the last save
-        # counted up whenever a counter is dropped, replaced, rolled over or reset: the
-        # tallies of earlier generations are stale (agw/policy/limit_tally.py)
-        self.generation = 0
+        # a new number whenever a counter is dropped, replaced, rolled over or reset: the
+        # tallies of earlier generations are stale (agw/policy/limit_tally.py). Drawn from one
+        # count for the process, so that no two backends ever share one: a list of charges
+        # (cached in the shared limit table) may be charged on another backend too
+        self.generation = next(GENERATIONS)
 
     # ------------------------------------------------------------------------------ counters
 
@@ -82,7 +87,7 @@ class InProcessBackend:
         elif now >= counter.end or counter.window != spec.window:
             counter.roll(spec, now)
             self.dirty.add(counter)
-            self.generation += 1
+            self.generation = next(GENERATIONS)
         return counter
 
     async def counters(self, limit_id: str | None = None) -> list[Counter]:
@@ -96,7 +101,7 @@ class InProcessBackend:
                         counter.window, window_seconds(counter.window), now
                     )
                     counter.used = zero()
-                    self.generation += 1
+                    self.generation = next(GENERATIONS)
                 out.append(counter)
         return out
 
@@ -290,6 +295,7 @@ class InProcessBackend:
             if counter.live:
                 if now >= counter.end:
                     counter.roll(spec, now)
+                    self.generation = next(GENERATIONS)  # a new used list: tallies are stale
                 # no clamp at 0: a float's rounding leaves at most ~1e-18 of a dollar held
                 m = spec.meter
                 if m >= 0:
@@ -322,7 +328,8 @@ class InProcessBackend:
                 counter.used = zero()
                 self.dirty.add(counter)
                 n += 1
-        self.generation += 1
+        if n:
+            self.generation = next(GENERATIONS)
         return n
 
     def forget(self, limit_ids: Iterable[str]) -> None:
@@ -333,7 +340,7 @@ class InProcessBackend:
             counter.live = False
             self.dirty.discard(counter)
             self.deleted.add(key)
-        self.generation += 1
+            self.generation = next(GENERATIONS)
 
     async def close(self) -> None:
         """Nothing to release: the :class:`~agw.policy.limits.Limiter` saves the counters."""
@@ -364,7 +371,8 @@ class InProcessBackend:
                 old.live = False
             self._counters[key] = Counter(row.limit_id, row.subject, spec.window, start, end, used)
             n += 1
-        self.generation += 1
+        if n:
+            self.generation = next(GENERATIONS)
         return n
 
     def evict(self) -> int:
@@ -382,7 +390,8 @@ class InProcessBackend:
             counter.live = False
             self.dirty.discard(counter)
             self.deleted.add(key)
-        self.generation += 1
+        if gone:
+            self.generation = next(GENERATIONS)
         return len(gone)
 
     def take_changes(self) -> tuple[list[CounterRow], list[tuple[str, str]]]:

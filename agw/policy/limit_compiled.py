@@ -17,11 +17,16 @@ from collections.abc import Callable, Sequence
 
 from agw.policy.limit_types import REQUESTS
 
-# per check (a capped meter of a counter): its meter, its counter's index, whether it has a
-# warning level; the counters that count requests apart; per announced slot, (check index,
-# the index of the counter whose window's end it tells, or -1)
+# the number of counters; per check (a capped meter of a counter): its meter, its counter's
+# index, whether it has a warning level; the counters that count requests apart; per
+# announced slot, (check index, the index of the counter whose window's end it tells, or -1)
 Shape = tuple[
-    tuple[int, ...], tuple[int, ...], tuple[bool, ...], tuple[int, ...], tuple[tuple[int, int], ...]
+    int,
+    tuple[int, ...],
+    tuple[int, ...],
+    tuple[bool, ...],
+    tuple[int, ...],
+    tuple[tuple[int, int], ...],
 ]
 Reserve = Callable[[Sequence[float], float], "tuple[int, tuple[int, ...]] | None"]
 Settle = Callable[[Sequence[float], Sequence[float]], None]
@@ -54,8 +59,7 @@ def compiled(
 
 
 def _factory(shape: Shape) -> Factory:
-    meters, owners, warns, apart, slots = shape
-    counters = max(owners, default=-1) + 1
+    counters, meters, owners, warns, apart, slots = shape
     lines = ["def make(U, H, C, L, E, S):"]
     for name, n in (("u", counters), ("h", counters), ("e", counters)):
         if n:
@@ -82,7 +86,8 @@ def _factory(shape: Shape) -> Factory:
     values = []
     for k, (j, timed) in enumerate(slots):
         i, m = owners[j], meters[j]  # what is left after this hold, as announced() says it
-        values.append(f"int((c{j} - u{i}[{m}] - h{i}[{m}]) * s{k})")  # it paid: not negative
+        left = f"int((c{j} - u{i}[{m}] - h{i}[{m}]) * s{k})"
+        values.append(f"(v{k} if (v{k} := {left}) > 0 else 0)")
         if timed >= 0:
             values.append(f"ceil(e{timed} - now)")  # the tally is valid: its windows go on
     lines.append(f"        return w, ({''.join(v + ', ' for v in values)})")

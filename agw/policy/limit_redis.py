@@ -79,14 +79,14 @@ class LimitBackendUnavailable(AgwError):
     code = "limit_backend_unavailable"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # one request's: compared by identity, as Grant
 class RedisGrant(Grant):
     """A grant whose hold Redis keeps under ``hold_key`` until its settle takes it."""
 
     hold_key: str = ""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class OfflineGrant(Grant):
     """A request admitted while Redis was unreachable and all its limits fail open: it holds
     nothing, so extending and settling it do nothing."""

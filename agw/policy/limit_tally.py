@@ -100,7 +100,7 @@ def _compiled(charges: Charges, counters: list[Counter], tally: Tally) -> tuple[
         for i, m, _, scale, timed in announce.slots:
             slots.append((where[i, m], i if timed and m != CONCURRENT else -1))
             scales.append(scale)
-    shape = (tuple(meters), tuple(owners), tuple(warns), tuple(apart), tuple(slots))
+    shape = (len(charges), tuple(meters), tuple(owners), tuple(warns), tuple(apart), tuple(slots))
     return compiled(
         shape,
         [c.used for c in counters],

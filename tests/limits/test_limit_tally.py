@@ -206,3 +206,36 @@ def test_the_compiled_path_agrees_with_the_loops_on_random_charges() -> None:
         for spec_ in specs:
             x, y = counter(compiled_backend, spec_.id), counter(loop_backend, spec_.id)
             assert x.used == approx(y.used) and x.held == approx(y.held), case
+
+
+def test_two_backends_charging_one_cached_list_keep_their_own_counters() -> None:
+    """A cached list belongs to the limit table, which two apps built from one snapshot may
+    share: each backend counts on its own counters, never through the other's tally."""
+    first, second = InProcessBackend(clock=Clock(NOON)), InProcessBackend(clock=Clock(NOON))
+    charges = budget()
+    admit(first, charges).settle(0.25, 10, 10)
+    admit(second, charges).settle(0.5, 10, 10)
+    assert counter(first, "dollars").used[COST] == 0.25
+    assert counter(second, "dollars").used[COST] == 0.5
+
+
+def test_a_clock_stepped_back_after_a_rollover_loses_nothing() -> None:
+    """A settle that rolls a counter over (the answer ended in the next window) makes the tally
+    stale: a clock stepped back (NTP) must not make it valid again."""
+    clock = Clock(NOON - NOON % 60 + 50)
+    backend = InProcessBackend(clock=clock)
+    charges = budget()
+    in_flight = admit(backend, charges)
+    clock.now += 11  # the next minute: the settle rolls the tpm counter over
+    in_flight.settle(0.0, 10, 10)
+    clock.now -= 1.5  # stepped back into the old minute
+    admit(backend, charges).settle(0.0, 10, 20)
+    assert counter(backend, "tpm").used[TOKENS] == 50.0  # both answers, in the live counter
+
+
+def test_a_charge_that_caps_nothing_compiles() -> None:
+    backend = InProcessBackend(clock=Clock(NOON))
+    bare = spec("bare", [NO_CAP] * 6, "1d", DAY)  # counts requests, caps nothing
+    charges = Charges([budget()[0], Charge(bare, "k")])
+    admit(backend, charges).settle(0.001, 1, 1)
+    assert counter(backend, "bare").used[REQUESTS] == 1.0
