@@ -19,6 +19,7 @@ import pytest
 from tests.fakes.run import FakeUpstream, start_fake_upstream
 from tests.support.admin import created, uid
 from tests.support.agwd import Agwd, AgwdLauncher, run_cli, usage_rows
+from tests.support.limits import away_from_minute_end
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -169,13 +170,6 @@ def test_a_limit_holds_across_workers_by_default(gw: Agwd) -> None:
         time.sleep(0.3)
         served = {x["worker"] for x in access_lines(log, f"/{rid}/")}
     assert served == {0, 1}
-
-
-def away_from_minute_end(margin_s: float = 8) -> None:
-    """A burst against a ``1m`` limit must not straddle the minute (at most ``margin_s`` s)."""
-    left = 60 - time.time() % 60
-    if left < margin_s:
-        time.sleep(left + 0.1)
 
 
 def test_a_worker_that_dies_is_started_again(gw: Agwd) -> None:

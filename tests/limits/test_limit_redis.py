@@ -33,7 +33,7 @@ from tests.fakes.run import FakeUpstream
 from tests.support.agwd import Agwd, AgwdLauncher, free_port
 from tests.support.balancer import Balancer
 from tests.support.engines import PATIENT_REDIS_URL, REDIS_URL, need_redis, redis_prefix
-from tests.support.limits import post, replica_bundle, subjects
+from tests.support.limits import away_from_midnight, post, replica_bundle, subjects
 
 REPLICAS = 3
 
@@ -197,7 +197,9 @@ def settled(gw: Agwd, limit_id: str) -> dict[str, int]:
 def test_three_replicas_share_one_limit(
     agwd_factory: AgwdLauncher, fake: FakeUpstream, tmp_path: Path, limit_id: str
 ) -> None:
-    limit = {"id": limit_id, "subject": "route", "window": "1h", "requests": 12}
+    # a day's window: an hour's rolled over once mid-test (a CI run at 11:00 UTC saw used 0)
+    limit = {"id": limit_id, "subject": "route", "window": "1d", "requests": 12}
+    away_from_midnight(60)  # the replicas start within it
     static = tmp_path / "bundle.json"
     static.write_text(json.dumps(replica_bundle(fake, [limit])))
     gws = [

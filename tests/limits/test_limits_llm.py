@@ -24,6 +24,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from tests.fakes.run import FakeUpstream
 from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.limits import away_from_minute_end
 
 # a price that makes the arithmetic plain: a token costs a tenth of a cent either way
 PRICE = {"input": 1000.0, "output": 1000.0}
@@ -174,6 +175,7 @@ def test_a_request_limit_refuses_in_the_openai_dialect_with_retry_after(
         fake,
         [{"id": "rpm", "subject": "key", "window": "1m", "requests": 2}],
     )
+    away_from_minute_end()
     client = oa(gw, keys["team-a"])
     first = client.chat.completions.with_raw_response.create(model="fake-gpt", messages=HI)
     assert first.headers["ratelimit-policy"] == '"rpm";q=2;qu="requests";w=60'

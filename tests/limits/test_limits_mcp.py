@@ -24,6 +24,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from tests.fakes.run import FakeUpstream
 from tests.support.agwd import Agwd, AgwdLauncher
+from tests.support.limits import away_from_minute_end
 from tests.support.mcp import initialize, post, rpc, sync
 from tests.support.mcp_server import McpServerHandle, run_mcp_server
 
@@ -177,6 +178,7 @@ def test_a_request_limit_refuses_the_third_tool_call_with_32029(
         server,
         [{"id": "calls", "subject": "key", "window": "1m", "requests": 2}],
     )
+    away_from_minute_end()
     seen = tool_calls_seen(server)
 
     @sync
@@ -212,6 +214,7 @@ def test_the_json_answer_carries_retry_after_and_the_ratelimit_headers(
     gw: Agwd, fake: FakeUpstream, server: McpServerHandle
 ) -> None:
     keys = setup(gw, fake, server, [{"id": "one", "subject": "key", "window": "1m", "requests": 1}])
+    away_from_minute_end()
     auth = {"authorization": f"Bearer {keys['team-a']}"}
     with httpx.Client(base_url=gw.data_url, timeout=30) as http:
         sid, _ = initialize(http, "/tools", headers=auth)

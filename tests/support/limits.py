@@ -85,6 +85,14 @@ def subjects(gw: Agwd, limit_id: str) -> dict[str, dict[str, Any]]:
     return {s["subject"]: s for s in item["subjects"]}
 
 
+def away_from_minute_end(margin_s: float = 10) -> None:
+    """A test of a ``1m`` window must not see it roll over: wait past the minute when it ends
+    in under ``margin_s`` (at most ``margin_s`` + 0.2 s)."""
+    left = 60 - time.time() % 60
+    if left < margin_s:
+        time.sleep(left + 0.2)
+
+
 def away_from_midnight(margin_s: float = 20) -> None:
     """A test of a ``1d`` window must not see it roll over (at midnight UTC): wait past it when
     it is under ``margin_s`` away (at most ``margin_s`` + 2 s)."""
