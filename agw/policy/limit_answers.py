@@ -82,6 +82,16 @@ def state_item(
     return item
 
 
+def headers_for(grant: Grant, announce: Announce | None) -> Headers:
+    """The headers of an admitted request's answer. ``announce``: its route's, when every one
+    of the route's limits charges it (the values then fill its template)."""
+    if announce is None or len(grant.charges) != announce.count:
+        return headers_of(grant)
+    if grant.shown and not grant.warned:  # the values the backend found as it held
+        return [announce.policy, (b"ratelimit", announce.state % grant.shown)]
+    return announced(grant, announce)
+
+
 def announced(grant: Grant, announce: Announce) -> Headers:
     """:func:`_headers` of a grant that every limit of its route charges, from the route's
     :class:`Announce`: one format of the remaining amounts."""

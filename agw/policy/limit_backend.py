@@ -119,14 +119,7 @@ class InProcessBackend:
         tally = charges.tally if type(charges) is Charges else None
         if tally is None or tally.generation != self.generation or now >= tally.end:
             tally = self._tally(charges, now)
-        hold = [
-            fixed[0] + want * per_output[0],
-            fixed[1] + want * per_output[1],
-            fixed[2] + want * per_output[2],
-            fixed[3] + want * per_output[3],
-            fixed[4] + want * per_output[4],
-            fixed[5] + want * per_output[5],
-        ]
+        hold = hold_of(fixed, per_output, want)
         fast = tally.reserve
         if fast is not None:  # compiled for a cached list of charges
             done = fast(hold, now)

@@ -90,8 +90,9 @@ class RouteLimits:
     plain: bool = False  # every limit is plain: which apply depends on the subjects' values only
     # plain, and counted per key, route or globally: the key's id is the only value that varies
     keyed: bool = False
-    # plain routes: the charges of each set of subject values seen, under that tuple (the key's
-    # id alone on a keyed route); shared: never changed
+    # routes without a when: the charges of each set of subject values seen, under that tuple
+    # (the key's id alone on a keyed route; with the models and provider where a limit has a
+    # match list: limits.matching); shared: never changed
     charges: dict[Hashable, list[Charge]] = field(default_factory=dict, compare=False, hash=False)
 
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING
 
 from agw.config import families as f
-from agw.policy.limit_answers import announced, headers_of, refusal
+from agw.policy.limit_answers import headers_for, refusal
 from agw.policy.limit_backend import InProcessBackend
 from agw.policy.limit_grant import Grant
 from agw.policy.limit_table import (
@@ -101,8 +101,18 @@ def matching(
         session = f"{req.owner_id or '-'}/{sid}"
     # each subject's value, in SUBJECTS order (None: the request has none)
     values = (key_id, user, org, req.route.id, model or upstream_model or None, session, "*")
-    if candidates.plain:
-        known = candidates.charges.get(values)
+    # Without a ``when``, which limits apply follows from the subjects' values, and, for the
+    # static match lists, the models and the provider: the same ones, the same charges, kept
+    # (with their tally) for the next request. A ``when`` looks at the whole request.
+    kept: Hashable = None
+    if not candidates.when:
+        if candidates.keyed:
+            kept = key_id
+        elif candidates.plain:
+            kept = values
+        else:
+            kept = (values, model, upstream_model, provider_id)
+        known = candidates.charges.get(kept)
         if known is not None:
             return known
     out: list[Charge] = []
@@ -117,11 +127,11 @@ def matching(
         if lim.when is not None and not _when(req, lim.when, plane or {}):
             continue
         out.append(Charge(lim.spec, value))
-    if candidates.plain:  # the same subjects, the same charges: kept with their tally
+    if not candidates.when:
         if len(candidates.charges) >= CHARGES_KEPT:
             candidates.charges.clear()
         whole = candidates.announce if len(out) == len(candidates.limits) else None
-        out = candidates.charges[key_id if candidates.keyed else values] = Charges(out, whole)
+        out = candidates.charges[kept] = Charges(out, whole)
     return out
 
 
@@ -275,15 +285,8 @@ class Limiter:
         verdict = self._reserve_now(charges, fixed, per_output, want_output)
         if type(verdict) is not Grant or verdict.clamped_by is not None or verdict.shadow:
             return self._admitted(req, verdict, fixed, per_output, announce)
-        # the common case, as _admitted makes it: announced from the route's shape
-        shown = verdict.shown
-        if shown and announce is not None and not verdict.warned:  # the values found
-            headers = [announce.policy, (b"ratelimit", announce.state % shown)]
-        elif announce is not None and len(charges) == announce.count:
-            headers = announced(verdict, announce)
-        else:
-            headers = headers_of(verdict)
-        verdict.headers = req.limit_headers = headers
+        # the common case, as _admitted ends
+        verdict.headers = req.limit_headers = headers_for(verdict, announce)
         req.admission = verdict
         return verdict
 
@@ -304,11 +307,7 @@ class Limiter:
             verdict.action, verdict.limit_id = "clamped", verdict.clamped_by
         elif verdict.shadow is not None:
             verdict.action, verdict.limit_id = "shadow", verdict.shadow
-        if announce is not None and len(verdict.charges) == announce.count:
-            headers = announced(verdict, announce)
-        else:
-            headers = headers_of(verdict)
-        verdict.headers = req.limit_headers = headers
+        verdict.headers = req.limit_headers = headers_for(verdict, announce)
         req.admission = verdict
         return verdict
 

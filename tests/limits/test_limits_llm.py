@@ -167,6 +167,21 @@ AHI: list[MessageParam] = [{"role": "user", "content": "hi"}]
 # ------------------------------------------------------------------------------ requests
 
 
+def test_a_limit_matching_one_model_counts_that_model_only(gw: Agwd, fake: FakeUpstream) -> None:
+    """A match list (here ``models``) decides per request, also when the charges of the same
+    subjects are kept from one request to the next: one key alternating two models."""
+    limit = {"id": "gpt-only", "subject": "key", "window": "1h", "requests": 1}
+    keys = setup(gw, fake, [{**limit, "match": {"models": ["fake-gpt"]}}])
+    client = oa(gw, keys["team-a"])
+    first = client.chat.completions.with_raw_response.create(model="fake-gpt", messages=HI)
+    assert first.headers["ratelimit"].startswith('"gpt-only";r=0')
+    other = client.chat.completions.with_raw_response.create(model="fake-other", messages=HI)
+    assert "ratelimit" not in other.headers  # no limit charges it
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="fake-gpt", messages=HI)
+    client.chat.completions.create(model="fake-other", messages=HI)  # still not counted
+
+
 def test_a_request_limit_refuses_in_the_openai_dialect_with_retry_after(
     gw: Agwd, fake: FakeUpstream
 ) -> None:
