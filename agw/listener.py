@@ -22,7 +22,8 @@ connection and the client would never see the answer.
 
 The data listener runs uvicorn with httptools (:func:`httptools_protocol`, a subclass of its
 protocol whose per-request cost is a few counter updates, and :func:`sweep_httptools`, one task
-per listener instead of a timer per request); the admin listener (and
+per listener instead of a timer per request; its request cycles take the ``agw.head`` extension,
+agw/head.py); the admin listener (and
 ``--data-server hypercorn``) runs hypercorn through :func:`serve_hypercorn`, its TCP server with
 the same limits and HTTP/1.1 only (no h2c: neither API needs it, and it is one more parser to
 bound).
@@ -56,6 +57,7 @@ from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from agw.listener_cycle import headers_complete
 from agw.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -165,7 +167,6 @@ class _HeadTooLarge(Exception):
 
 
 # uvicorn's callbacks, called directly: cheaper than super() on the per-request path
-_on_headers_complete = HttpToolsProtocol.on_headers_complete
 _on_body = HttpToolsProtocol.on_body
 _on_message_complete = HttpToolsProtocol.on_message_complete
 
@@ -321,7 +322,7 @@ class LimitedHttpTools(HttpToolsProtocol):
         self._in_head = False
         self._since_body = 0
         self._heads += 1
-        _on_headers_complete(self)
+        headers_complete(self)  # uvicorn's, with a cycle that takes rendered head lines
 
     def on_body(self, body: bytes) -> None:
         self._since_body = 0

@@ -19,6 +19,7 @@ from typing import Any
 from agw.auth.principal import Principal
 from agw.clock import now_ms
 from agw.errors import PayloadTooLarge
+from agw.head import EXTENSION, fields
 from agw.ids import new_span_id, new_trace_id
 from agw.runtime.snapshot import CompiledRoute, Snapshot
 from agw.types import Headers, Receive, Scope, Send
@@ -132,6 +133,7 @@ class Request:
     # answer carries (RateLimit-Policy, RateLimit, warnings), and what a limit did to it
     admission: Any = None
     limit_headers: Headers | None = None
+    limit_head: bytes = b""  # the same as checked head lines (agw/head.py): every answer's too
     limit_id: str | None = None
     limit_action: str | None = None
     # called once, just before the last bytes of a whole answer (:meth:`respond`) go out: a
@@ -213,13 +215,20 @@ class Request:
     async def start(self, status: int, headers: Headers) -> None:
         self.started = True
         self.status = status
-        await self.send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": headers + (self.limit_headers or []) + self.trace.response_headers(),
-            }
-        )
+        out = headers + (self.limit_headers or []) + self.trace.response_headers()
+        await self.send(self._start(status, out))
+
+    def _start(self, status: int, headers: Headers) -> dict[str, Any]:
+        """The ``http.response.start`` message, with the ``limit_head`` lines as the server
+        takes them (agw/head.py)."""
+        message = {"type": "http.response.start", "status": status, "headers": headers}
+        if self.limit_head:
+            extensions = self.scope.get("extensions")  # head.taken, inlined
+            if extensions is not None and EXTENSION in extensions:
+                message[EXTENSION] = self.limit_head
+            else:
+                headers += fields(self.limit_head)
+        return message
 
     async def body(self, data: bytes, more: bool = False) -> None:
         await self.send({"type": "http.response.body", "body": data, "more_body": more})
@@ -253,7 +262,10 @@ class Request:
             except Exception:
                 log.exception("answer_hook_failed", extra={"route_id": self.route.id})
         send = self.send  # no start()/body() frames: this is every JSON answer
-        await send({"type": "http.response.start", "status": status, "headers": out})
+        if self.limit_head:
+            await send(self._start(status, out))
+        else:
+            await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def watch_disconnect(self) -> None:

@@ -26,6 +26,7 @@ LAYERS = {
     "agw.envfile": 0,
     "agw.edge": 0,
     "agw.rpcids": 0,
+    "agw.head": 0,
     "agw.config": 1,
     "agw.store": 2,
     "agw.runtime": 3,
@@ -42,6 +43,7 @@ LAYERS = {
     "agw.dataplane": 4,
     "agw.server": 5,
     "agw.listener": 5,
+    "agw.listener_cycle": 5,
     "agw.workers": 5,  # agwd --workers: the supervisor and what a worker is given
     "agw.cli": 5,
     "agwd": 5,

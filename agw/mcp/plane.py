@@ -270,7 +270,7 @@ def _limit_headers(req: Request, calls: list[Call]) -> Headers | None:
     place of the admitted calls' (``req.limit_headers``, which every answer carries)."""
     headers = answer_headers(calls)
     if headers is not None:
-        req.limit_headers = None
+        req.limit_headers, req.limit_head = None, b""
     return headers
 
 

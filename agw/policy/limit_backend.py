@@ -127,7 +127,7 @@ class InProcessBackend:
                 return self._reserve_tight(Plan(charges, fixed, per_output, want), now)
             return Grant(
                 charges, tally.counters, hold, want, None, None, now, done[0], False, tally,
-                self, fixed, per_output, None, None, None, done[1],
+                self, fixed, per_output, None, None, done[1],
             )  # fmt: skip
         warned = 0
         # The common case first: every counter can pay for all that is asked (no clamp, no

@@ -1,6 +1,6 @@
 """One admitted request's hold on its limit counters (agw/policy/limits.py): what a backend
-granted, the answer's headers, and what happens as the answer flows and ends. One record per
-request, made by the backend that reserved it (agw/policy/limit_backend.py)."""
+granted, and what happens as the answer flows and ends. One record per request, made by the
+backend that reserved it (agw/policy/limit_backend.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from agw.policy.limit_types import (
     LimitSpec,
     Vector,
 )
-from agw.types import Headers
 
 if TYPE_CHECKING:
     from agw.policy.limit_tally import Tally
@@ -31,11 +30,11 @@ FLOW_SLACK_TOKENS = 64  # a stream past its hold takes this many output tokens m
 
 @dataclass(slots=True, eq=False)
 class Grant:
-    """What one admitted request holds (the planes call it its admission: ``req.admission``),
-    the headers its answer carries, and what a limit did to it (``action``, ``limit_id``: the
-    usage row's). ``backend``, ``fixed`` and ``per_output``: whom it holds from, and what it
-    takes per request and per output token (the :class:`~agw.policy.limit_types.Plan`'s),
-    set by the backend or the Limiter."""
+    """What one admitted request holds (the planes call it its admission: ``req.admission``)
+    and what a limit did to it (``action``, ``limit_id``: the usage row's). ``backend``,
+    ``fixed`` and ``per_output``: whom it holds from, and what it takes per request and per
+    output token (the :class:`~agw.policy.limit_types.Plan`'s), set by the backend or the
+    Limiter."""
 
     charges: list[Charge]
     counters: list[Counter]
@@ -50,7 +49,6 @@ class Grant:
     backend: LimitBackend | None = None
     fixed: Sequence[float] = ()
     per_output: Sequence[float] = ()
-    headers: Headers | None = None
     action: str | None = None  # clamped | shadow | cut | exceeded (refused: no grant)
     limit_id: str | None = None
     shown: tuple[int, ...] = ()  # the route's RateLimit values, where the backend found them

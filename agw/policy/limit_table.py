@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from agw.config import families as f
 from agw.config.limits import Limit, window_seconds
 from agw.errors import Problem
+from agw.head import lines
 from agw.policy.limit_types import (
     CONCURRENT,
     COST,
@@ -73,6 +74,9 @@ class Announce:
     policy: tuple[bytes, bytes]  # the RateLimit-Policy header
     state: bytes  # the RateLimit value, a %d per slot value
     slots: tuple[tuple[int, int, float, int, bool], ...]
+    # both fields as checked head lines (agw/head.py), the same %d's: None where a server
+    # would refuse them (then the answer's server checks and refuses them as fields)
+    head: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,12 +243,13 @@ def announce_of(specs: list[LimitSpec]) -> Announce:
             name = item_name(spec, m).replace("%", "%%")
             states.append(f"{name};r=%d;t=%d" if timed else f"{name};r=%d")
             slots.append((i, m, spec.caps[m], SCALE[m], timed))
-    return Announce(
-        len(specs),
-        (b"ratelimit-policy", ", ".join(policies).encode()),
-        ", ".join(states).encode(),
-        tuple(slots),
-    )
+    policy = (b"ratelimit-policy", ", ".join(policies).encode())
+    state = ", ".join(states).encode()
+    try:  # the %d's stay as they are: only digits fill them
+        head: bytes | None = lines([policy]).replace(b"%", b"%%") + lines([(b"ratelimit", state)])
+    except ValueError:
+        head = None
+    return Announce(len(specs), policy, state, tuple(slots), head)
 
 
 def item_name(spec: LimitSpec, meter: int) -> str:

@@ -285,8 +285,14 @@ class Limiter:
         verdict = self._reserve_now(charges, fixed, per_output, want_output)
         if type(verdict) is not Grant or verdict.clamped_by is not None or verdict.shadow:
             return self._admitted(req, verdict, fixed, per_output, announce)
-        # the common case, as _admitted ends
-        verdict.headers = req.limit_headers = headers_for(verdict, announce)
+        # the common case, as _admitted ends; the route's RateLimit fields as head lines
+        # when the tally found their values as it held (limit_answers.headers_for's first case)
+        shown = verdict.shown
+        if shown and not verdict.warned and announce is not None and announce.head is not None:
+            # (shown is only found for a list of all the route's charges: announce's count)
+            req.limit_head = announce.head % shown
+        else:
+            req.limit_headers = headers_for(verdict, announce)
         req.admission = verdict
         return verdict
 
@@ -307,7 +313,7 @@ class Limiter:
             verdict.action, verdict.limit_id = "clamped", verdict.clamped_by
         elif verdict.shadow is not None:
             verdict.action, verdict.limit_id = "shadow", verdict.shadow
-        verdict.headers = req.limit_headers = headers_for(verdict, announce)
+        req.limit_headers = headers_for(verdict, announce)
         req.admission = verdict
         return verdict
 
