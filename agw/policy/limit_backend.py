@@ -119,16 +119,13 @@ class InProcessBackend:
         tally = charges.tally if type(charges) is Charges else None
         if tally is None or tally.generation != self.generation or now >= tally.end:
             tally = self._tally(charges, now)
-        hold = hold_of(fixed, per_output, want)
-        fast = tally.reserve
-        if fast is not None:  # compiled for a cached list of charges
-            done = fast(hold, now)
-            if done is None:
+        admit = tally.admit
+        if admit is not None:  # compiled for a cached list of charges
+            grant = admit(self, fixed, per_output, want)
+            if grant is None:  # (the tally is current: a counter cannot pay)
                 return self._reserve_tight(Plan(charges, fixed, per_output, want), now)
-            return Grant(
-                charges, tally.counters, hold, want, None, None, now, done[0], False, tally,
-                self, fixed, per_output, None, None, done[1],
-            )  # fmt: skip
+            return grant  # type: ignore[no-any-return]
+        hold = hold_of(fixed, per_output, want)
         warned = 0
         # The common case first: every counter can pay for all that is asked (no clamp, no
         # refusal, no shadow note), each held as it is checked; anything else gives back
@@ -166,7 +163,7 @@ class InProcessBackend:
         """The :class:`Tally` of ``charges``' counters as they are now (kept on a cached list
         of charges)."""
         counters = [self._counter(c.spec, c.subject, now) for c in charges]
-        tally = tally_of(charges, counters, self.generation)
+        tally = tally_of(charges, counters, self.generation, self.clock)
         if type(charges) is Charges:
             charges.tally = tally
         return tally
@@ -269,11 +266,8 @@ class InProcessBackend:
         dirty = self.dirty
         tally = grant.tally
         if tally is not None and tally.generation == self.generation and now < tally.end:
-            # the same counters, in the same windows: the compiled code, or the flat loops
-            if tally.settle is not None:
-                tally.settle(hold, actual)
-                dirty.update(tally.counters)
-                return
+            # the same counters, in the same windows: the flat loops (a grant of compiled
+            # code settles there first: Grant.quick)
             for held, used, m in tally.settles:
                 held[m] -= hold[m]
                 used[m] += actual[m]

@@ -5,7 +5,7 @@ backend that reserved it (agw/policy/limit_backend.py)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,6 +52,8 @@ class Grant:
     action: str | None = None  # clamped | shadow | cut | exceeded (refused: no grant)
     limit_id: str | None = None
     shown: tuple[int, ...] = ()  # the route's RateLimit values, where the backend found them
+    # settles it and says so, or says the careful path must (agw/policy/limit_compiled.py)
+    quick: Callable[[Grant, float, int, int], bool] | None = None
 
     @property
     def metered(self) -> bool:
@@ -119,6 +121,9 @@ class Grant:
 
     def settle(self, cost_usd: float, input_tokens: int, output_tokens: int) -> None:
         """The answer ended (any way it ends): drop the hold, count what was used."""
+        quick = self.quick
+        if quick is not None and quick(self, cost_usd, input_tokens, output_tokens):
+            return
         assert self.backend is not None
         tin, tout = input_tokens, output_tokens  # counted into float vectors
         hold = self.held

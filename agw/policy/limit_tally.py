@@ -12,10 +12,12 @@ window that rolls over starts a new ``used`` list): anything else rebuilds it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agw.policy.limit_compiled import Reserve, Settle, compiled
+from agw.policy.limit_compiled import Admit, Quick, compiled
+from agw.policy.limit_grant import Grant
 from agw.policy.limit_types import CONCURRENT, REQUESTS, Charge, Counter
 
 if TYPE_CHECKING:
@@ -49,13 +51,17 @@ class Tally:
     # is held only: an answer that ended settles 0 of it)
     settles: tuple[tuple[list[float], list[float], int], ...]
     requests: tuple[list[float], ...]  # the used lists that count requests uncapped
-    # a cached list's: the same, compiled for its shape (agw/policy/limit_compiled.py)
-    reserve: Reserve | None = None
-    settle: Settle | None = None
+    # a cached list's: its admission and settle, compiled for its shape
+    # (agw/policy/limit_compiled.py)
+    admit: Admit | None = None
+    quick: Quick | None = None
 
 
-def tally_of(charges: list[Charge], counters: list[Counter], generation: int) -> Tally:
-    """The tally of ``charges``, whose counters (in the current window) are ``counters``."""
+def tally_of(
+    charges: list[Charge], counters: list[Counter], generation: int, clock: Callable[[], float]
+) -> Tally:
+    """The tally of ``charges``, whose counters (in the current window) are ``counters``, on
+    the backend now at ``generation`` whose clock is ``clock``."""
     checks: list[tuple[list[float], list[float], int, float, float, int]] = []
     settles: list[tuple[list[float], list[float], int]] = []
     requests: list[list[float]] = []
@@ -72,11 +78,13 @@ def tally_of(charges: list[Charge], counters: list[Counter], generation: int) ->
     end = min((c.end for c in counters), default=float("inf"))
     tally = Tally(generation, end, counters, tuple(checks), tuple(settles), tuple(requests))
     if type(charges) is Charges:  # kept: worth compiling (once per shape, then a closure)
-        tally.reserve, tally.settle = _compiled(charges, counters, tally)
+        tally.admit, tally.quick = _compiled(charges, counters, tally, clock)
     return tally
 
 
-def _compiled(charges: Charges, counters: list[Counter], tally: Tally) -> tuple[Reserve, Settle]:
+def _compiled(
+    charges: Charges, counters: list[Counter], tally: Tally, clock: Callable[[], float]
+) -> tuple[Admit, Quick]:
     meters: list[int] = []
     owners: list[int] = []
     warns: list[bool] = []
@@ -109,4 +117,5 @@ def _compiled(charges: Charges, counters: list[Counter], tally: Tally) -> tuple[
         levels,
         [c.end for c in counters],
         scales,
+        (tally.generation, tally.end, clock, charges, counters, tally, Grant),
     )

@@ -282,7 +282,12 @@ class Limiter:
         must await (then call :meth:`admit`)."""
         if self._reserve_now is None:
             return None
-        verdict = self._reserve_now(charges, fixed, per_output, want_output)
+        # a cached list with compiled code decides in one call (None: not now, or not there)
+        tally = charges.tally if type(charges) is Charges else None
+        admit = tally.admit if tally is not None else None
+        verdict = admit(self.backend, fixed, per_output, want_output) if admit else None
+        if verdict is None:
+            verdict = self._reserve_now(charges, fixed, per_output, want_output)
         if type(verdict) is not Grant or verdict.clamped_by is not None or verdict.shadow:
             return self._admitted(req, verdict, fixed, per_output, announce)
         # the common case, as _admitted ends; the route's RateLimit fields as head lines

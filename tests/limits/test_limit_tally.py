@@ -153,7 +153,8 @@ def test_a_requests_cap_counts_each_request_once() -> None:
 def test_the_compiled_path_agrees_with_the_loops_on_random_charges() -> None:
     """Random limits, holds and answers on two backends, one reserving through the compiled
     code of a cached list (limit_compiled.py), the other through the generic loops: the same
-    grants and refusals, the same RateLimit values, the same counters after settling."""
+    grants and refusals, the same RateLimit values, the same counters and marks after
+    settling."""
     import random
 
     from agw.config.limits import Limit
@@ -161,6 +162,7 @@ def test_the_compiled_path_agrees_with_the_loops_on_random_charges() -> None:
     from agw.policy.limit_table import announce_of, spec_of
 
     rng = random.Random(15)
+    exceeded = 0
     for case in range(200):
         raw = []
         for n in range(rng.randint(1, 4)):
@@ -203,9 +205,13 @@ def test_the_compiled_path_agrees_with_the_loops_on_random_charges() -> None:
                 tin, tout = rng.randint(1, 2_000), rng.randint(0, 5_000)
                 a.settle(tin * 1e-5 + tout * 3e-5, tin, tout)
                 b.settle(tin * 1e-5 + tout * 3e-5, tin, tout)
+                # the same limit marked that the answer took its counter past the cap
+                assert (a.action, a.limit_id) == (b.action, b.limit_id), case
+                exceeded += a.action == "exceeded"
         for spec_ in specs:
             x, y = counter(compiled_backend, spec_.id), counter(loop_backend, spec_.id)
             assert x.used == approx(y.used) and x.held == approx(y.held), case
+    assert exceeded > 10  # answers past their hold and a cap were among them
 
 
 def test_two_backends_charging_one_cached_list_keep_their_own_counters() -> None:
