@@ -40,7 +40,7 @@ import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 from agw.ids import new_event_id as new_event_id
 from agw.ids import new_span_id
@@ -212,20 +212,34 @@ class UsageEvent:
 
     def bound(self) -> None:
         """Make every value fit its column and the log, in place (see the module doc). Cheap
-        when nothing is out of bounds: a type check and a comparison or two per value."""
-        ints, texts, lists = _bounds(type(self))
-        for name in ints:
-            value = getattr(self, name)
-            if value is not None and (
-                type(value) is not int or not INT64_MIN <= value <= INT64_MAX
-            ):
-                setattr(self, name, clamp(value))
-        for name, limit in texts:
-            value = getattr(self, name)
-            if value is not None and (
-                type(value) is not str or len(value) > limit or not value.isascii()
-            ):
-                setattr(self, name, clip(value, limit))
+        when nothing is out of bounds: all the integers, then all the texts, are checked at
+        once in C (their types, the largest magnitude; the longest text against the shortest
+        limit, one ASCII test of them joined); only a family that fails is gone over value by
+        value, as it must be."""
+        plan = _bounds(type(self))
+        ints, texts, lists = plan.ints, plan.texts, plan.lists
+        values = plan.int_values(self)
+        if not _INT_KINDS.issuperset(map(type, values)) or (
+            max(map(abs, cast("list[int]", list(filter(None, values)))), default=0) > INT64_MAX
+        ):
+            for name in ints:
+                value = getattr(self, name)
+                if value is not None and (
+                    type(value) is not int or not INT64_MIN <= value <= INT64_MAX
+                ):
+                    setattr(self, name, clamp(value))
+        present = cast("list[str]", list(filter(None, plan.text_values(self))))
+        if not (
+            _TEXT_KINDS.issuperset(map(type, present))
+            and max(map(len, present), default=0) <= plan.shortest
+            and "".join(present).isascii()
+        ):
+            for name, limit in texts:
+                value = getattr(self, name)
+                if value is not None and (
+                    type(value) is not str or len(value) > limit or not value.isascii()
+                ):
+                    setattr(self, name, clip(value, limit))
         for name in lists:
             value = getattr(self, name)
             if value and not _names_fit(value):
@@ -256,12 +270,33 @@ class UsageEvent:
         return tuple(out)
 
 
-_BOUNDS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, int], ...], tuple[str, ...]]] = {}
+@dataclass(frozen=True, slots=True)
+class _Bounds:
+    """What :meth:`UsageEvent.bound` checks of one table's events."""
+
+    ints: tuple[str, ...]  # the integer fields
+    texts: tuple[tuple[str, int], ...]  # the text fields, with their limits
+    lists: tuple[str, ...]  # the name lists
+    int_values: Callable[[UsageEvent], tuple[object, ...]]
+    text_values: Callable[[UsageEvent], tuple[object, ...]]
+    shortest: int  # the smallest of the texts' limits
 
 
-def _bounds(
-    cls: type[UsageEvent],
-) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...], tuple[str, ...]]:
+_INT_KINDS = frozenset({int, type(None)})
+_TEXT_KINDS = frozenset({str})
+
+
+def _values(names: tuple[str, ...]) -> Callable[[UsageEvent], tuple[object, ...]]:
+    """A getter of these fields' values as a tuple (however many there are)."""
+    if len(names) >= 2:
+        return operator.attrgetter(*names)
+    return lambda event: tuple(getattr(event, name) for name in names)
+
+
+_BOUNDS: dict[str, _Bounds] = {}
+
+
+def _bounds(cls: type[UsageEvent]) -> _Bounds:
     """Per table, once: the integer fields, the text fields with their limits, the name lists
     (payloads are cut when encoded; floats and booleans are the gateway's own)."""
     plan = _BOUNDS.get(cls.table)
@@ -275,7 +310,14 @@ def _bounds(
                 texts.append((f.name, TEXT_LIMITS.get(f.name, TEXT_LIMIT)))
             elif kind == "list[str]":
                 lists.append(f.name)
-        plan = _BOUNDS[cls.table] = (tuple(ints), tuple(texts), tuple(lists))
+        plan = _BOUNDS[cls.table] = _Bounds(
+            tuple(ints),
+            tuple(texts),
+            tuple(lists),
+            _values(tuple(ints)),
+            _values(tuple(name for name, _ in texts)),
+            min((limit for _, limit in texts), default=0),
+        )
     return plan
 
 

@@ -152,6 +152,49 @@ def test_bound_cuts_text_to_its_limit_and_replaces_lone_surrogates() -> None:
     event.row()[0]  # encodes
 
 
+class _Name(str):
+    """A str subclass: stored as the plain text it holds."""
+
+
+@pytest.mark.parametrize(
+    ("field", "given", "kept"),
+    [
+        ("input_tokens", INT64_MAX, INT64_MAX),
+        ("input_tokens", INT64_MIN, INT64_MIN),
+        ("input_tokens", INT64_MAX + 1, INT64_MAX),
+        ("input_tokens", INT64_MIN - 1, INT64_MIN),
+        ("input_tokens", True, 1),
+        ("input_tokens", 0, 0),
+        ("http_path", "/p" * 1024, "/p" * 1024),  # its own limit, past the shortest
+        ("http_path", "/p" * 1025, "/p" * 1024),
+        ("upstream_model", "m" * TEXT_LIMIT, "m" * TEXT_LIMIT),
+        ("upstream_model", "m" * (TEXT_LIMIT + 1), "m" * TEXT_LIMIT),
+        ("upstream_model", "Zürich-1", "Zürich-1"),  # not ASCII, but UTF-8 encodes it
+        ("upstream_model", "z\ud800", "z?"),
+        ("upstream_model", _Name("named"), "named"),
+        ("upstream_model", 5, "5"),
+        ("upstream_model", "", ""),
+    ],
+)
+def test_bound_checks_each_value_of_a_family_the_others_pass(
+    field: str, given: object, kept: object
+) -> None:
+    """One value out of bounds among values that are not: the family-at-once check sends it
+    through the value-by-value one, which keeps what fits and mends what does not."""
+    event = LlmUsageEvent(
+        started_at=NOW_MS,
+        finished_at=NOW_MS,
+        output_tokens=7,
+        provider_id="oa",
+        session_id="s" * 200,
+        **{field: given},  # type: ignore[arg-type]
+    )
+    event.bound()
+    value = getattr(event, field)
+    assert value == kept and type(value) is type(kept)
+    assert (event.output_tokens, event.provider_id, event.session_id) == (7, "oa", "s" * 200)
+
+
 def test_bound_keeps_name_lists_within_their_budget() -> None:
     many = [f"tool-{i}-" + "x" * 300 for i in range(500)]
     event = LlmUsageEvent(
