@@ -53,12 +53,14 @@ def compiled(
 ) -> tuple[Admit, Quick]:
     """``admit`` and ``quick`` for counters with these ``used`` and ``held`` lists; ``caps``,
     ``levels`` per check, ``ends`` per counter, ``scales`` per slot; ``bound``: the tally's
-    ``(generation, end, clock, charges, counters, tally, grant class)``.
+    ``(generation, end, clock, charges, counters, tally, grant class, head template)`` (the
+    template: the route's ``Announce.head``, when the slots are its own, else None).
 
     ``admit(backend, fixed, per_output, want)`` holds ``fixed + want * per_output`` on every
-    counter and returns the :class:`~agw.policy.limit_grant.Grant` (with the warning bits and
-    the announced values), or None, holding nothing, when the tally is stale (another
-    generation of ``backend``, or a window ended) or a counter cannot pay. ``quick(grant,
+    counter and returns the :class:`~agw.policy.limit_grant.Grant` (with the warning bits, the
+    announced values and, when nothing warned, their head lines), or None, holding nothing,
+    when the tally is stale (another generation of ``backend``, or a window ended) or a
+    counter cannot pay. ``quick(grant,
     cost_usd, input_tokens, output_tokens)`` settles a grant it made and returns True, or
     returns False, changing nothing, where the careful path must (the tally stale, the grant
     settled or marked by a limit, or the answer used more than it held on a capped meter)."""
@@ -78,7 +80,7 @@ _USED = ("cost", "t", "tin", "tout", "1.0", None)
 
 def _factory(shape: Shape) -> Factory:
     counters, meters, owners, warns, apart, slots = shape
-    lines = ["def make(U, H, C, L, E, S, GEN, END, clock, CH, CO, T, Grant):"]
+    lines = ["def make(U, H, C, L, E, S, GEN, END, clock, CH, CO, T, Grant, HEAD):"]
     for name, n in (("u", counters), ("h", counters), ("e", counters)):
         if n:
             lines.append(f"    {', '.join(f'{name}{i}' for i in range(n))}, = {name.upper()}")
@@ -115,12 +117,11 @@ def _factory(shape: Shape) -> Factory:
         values.append(f"(v{k} if (v{k} := {left}) > 0 else 0)")
         if timed >= 0:
             values.append(f"ceil(e{timed} - now)")  # the tally is valid: its windows go on
-    shown = "".join(v + ", " for v in values)
+    lines.append(f"        shown = ({''.join(v + ', ' for v in values)})")
     lines.append("        return Grant(")
-    lines.append(
-        "            CH, CO, hold, want, None, None, now, w, False, T, backend, fixed, per,"
-    )
-    lines.append(f"            None, None, ({shown}), quick,")
+    lines.append("            CH, CO, hold, want, None, None, now, w, False, T, backend,")
+    lines.append("            fixed, per, None, None, shown, quick,")
+    lines.append("            HEAD % shown if HEAD and not w else b'',")
     lines.append("        )")
     lines.append("    def quick(grant, cost, tin, tout):")
     lines.append("        backend = grant.backend")

@@ -54,6 +54,7 @@ class Grant:
     shown: tuple[int, ...] = ()  # the route's RateLimit values, where the backend found them
     # settles it and says so, or says the careful path must (agw/policy/limit_compiled.py)
     quick: Callable[[Grant, float, int, int], bool] | None = None
+    head: bytes = b""  # its RateLimit fields as head lines (agw/head.py), made by compiled code
 
     @property
     def metered(self) -> bool:

@@ -104,7 +104,9 @@ def _compiled(
     slots: list[tuple[int, int]] = []
     scales: list[float] = []
     announce = charges.announce
+    head = None  # the route's RateLimit head lines, the values from these slots
     if announce is not None and announce.count == len(charges):
+        head = announce.head if announce.slots else None
         for i, m, _, scale, timed in announce.slots:
             slots.append((where[i, m], i if timed and m != CONCURRENT else -1))
             scales.append(scale)
@@ -117,5 +119,5 @@ def _compiled(
         levels,
         [c.end for c in counters],
         scales,
-        (tally.generation, tally.end, clock, charges, counters, tally, Grant),
+        (tally.generation, tally.end, clock, charges, counters, tally, Grant, head),
     )

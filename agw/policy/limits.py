@@ -282,12 +282,19 @@ class Limiter:
         must await (then call :meth:`admit`)."""
         if self._reserve_now is None:
             return None
-        # a cached list with compiled code decides in one call (None: not now, or not there)
+        # a cached list with compiled code decides in one call (None: not now, or not there);
+        # what it grants is plain (no clamp, no shadow note: those take the careful path), with
+        # the route's RateLimit fields as head lines when nothing warned
         tally = charges.tally if type(charges) is Charges else None
         admit = tally.admit if tally is not None else None
-        verdict = admit(self.backend, fixed, per_output, want_output) if admit else None
-        if verdict is None:
-            verdict = self._reserve_now(charges, fixed, per_output, want_output)
+        if admit is not None and (grant := admit(self.backend, fixed, per_output, want_output)):
+            if grant.head:
+                req.limit_head = grant.head
+            else:
+                req.limit_headers = headers_for(grant, announce)
+            req.admission = grant
+            return grant  # type: ignore[no-any-return]
+        verdict = self._reserve_now(charges, fixed, per_output, want_output)
         if type(verdict) is not Grant or verdict.clamped_by is not None or verdict.shadow:
             return self._admitted(req, verdict, fixed, per_output, announce)
         # the common case, as _admitted ends; the route's RateLimit fields as head lines

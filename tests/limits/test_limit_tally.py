@@ -199,6 +199,9 @@ def test_the_compiled_path_agrees_with_the_loops_on_random_charges() -> None:
                 assert (a.output, a.warned, a.clamped_by) == (b.output, b.warned, b.clamped_by)
                 if a.shown:  # the compiled values are what announced() computes
                     assert announce.state % a.shown == announced(b, announce)[1][1], case
+                    # and their head lines, unless a warning goes with them
+                    assert announce.head is not None
+                    assert a.head == (b"" if a.warned else announce.head % a.shown), case
                 grants.append((a, b))
             if grants and rng.random() < 0.5:  # an answer ends
                 a, b = grants.pop(rng.randrange(len(grants)))
