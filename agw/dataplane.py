@@ -49,8 +49,16 @@ class Plane(Protocol):
 
 
 def _headers(scope: Scope) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for raw_name, raw_value in scope["headers"]:
+    """The request's headers by lower-case name; a repeated header's values joined with ", "
+    (built in one comprehension: only a request that repeats a name takes the loop)."""
+    raw = scope["headers"]
+    if type(raw) is not list:  # an iterable, by the ASGI spec: uvicorn and hypercorn give lists
+        raw = list(raw)
+    out = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
+    if len(out) == len(raw):
+        return out
+    out = {}
+    for raw_name, raw_value in raw:
         name = raw_name.decode("latin-1").lower()
         value = raw_value.decode("latin-1")
         out[name] = f"{out[name]}, {value}" if name in out else value

@@ -285,6 +285,17 @@ def test_an_unbounded_agent_depth_is_a_400_on_every_route_kind(gw: Agwd, depth: 
         assert found and all(row["agent_depth"] == 0 for row in found), table
 
 
+def test_a_repeated_header_is_read_as_its_values_joined(gw: Agwd) -> None:
+    """Two ``X-Agent-Depth`` fields are one value, "1, 2" (RFC 9110's joining), not the last
+    one: a number neither field alone would make, so refused; one field is taken."""
+    with httpx.Client(trust_env=False, timeout=10) as http:
+        url = f"{gw.data_url}/open/v1/chat/completions"
+        r = http.post(url, json=CHAT, headers=[("x-agent-depth", "1"), ("x-agent-depth", "2")])
+        assert r.status_code == 400 and "X-Agent-Depth" in r.text
+        r = http.post(url, json=CHAT, headers=[("x-agent-depth", "2"), ("x-other", "x")])
+        assert r.status_code == 200 and r.headers["x-agent-depth"] == "3"
+
+
 def test_a_bounded_agent_depth_is_echoed(gw: Agwd) -> None:
     with httpx.Client(trust_env=False, timeout=10) as http:
         r = http.post(
