@@ -97,6 +97,15 @@ class Limit(Stamped):
     # cost_usd limit, open otherwise (docs/limits.md#state-and-backends)
     on_backend_failure: Literal["open", "closed"] | None = None
 
+    @field_validator("id")
+    @classmethod
+    def _printable_id(cls, v: str) -> str:
+        # the id is sent in every answer's RateLimit fields: a control character would break
+        # the head (a server refuses to write it), so every answer of its routes would fail
+        if any(ch < " " or ch == "\x7f" for ch in v):
+            raise ValueError("a limit id must not contain control characters")
+        return v
+
     @field_validator("window")
     @classmethod
     def _window(cls, v: str) -> str:

@@ -445,6 +445,8 @@ def test_the_soft_warning_once_a_subject_passes_its_share(gw: Agwd, fake: FakeUp
     ("limit", "message"),
     [
         ({"id": "w", "window": "7x", "requests": 1}, "unknown window '7x'"),
+        ({"id": "a\rb", "requests": 1}, "must not contain control characters"),
+        ({"id": "a\x01b", "requests": 1}, "must not contain control characters"),
         ({"id": "w", "window": "0s", "requests": 1}, "unknown window '0s'"),
         ({"id": "z", "cost_usd": 0}, "greater than 0"),
         ({"id": "n", "requests": -5}, "greater than 0"),
