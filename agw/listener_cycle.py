@@ -7,6 +7,7 @@ Both pieces follow uvicorn 0.55 (pinned in pyproject.toml), line for line where 
 ``RequestResponseCycle``, and :class:`HeadCycle` is that cycle, whose ``send`` writes a start
 message's ``agw.head`` bytes after the fields it checked. Made as uvicorn makes its own (not
 re-classed afterwards: an object whose class changes loses CPython's fast attribute paths).
+tests/test_head.py fails on a uvicorn whose copied functions differ from these.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 from typing import Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from agw.config.base import CelRule, Stamped, Strict, dedupe
+from agw.config.base import CelRule, Stamped, Strict, dedupe, from_store
 
 LimitSubject = Literal["key", "user", "org", "route", "model", "session", "global"]
 
@@ -99,10 +99,13 @@ class Limit(Stamped):
 
     @field_validator("id")
     @classmethod
-    def _printable_id(cls, v: str) -> str:
-        # the id is sent in every answer's RateLimit fields: a control character would break
-        # the head (a server refuses to write it), so every answer of its routes would fail
-        if any(ch < " " or ch == "\x7f" for ch in v):
+    def _printable_id(cls, v: str, info: ValidationInfo) -> str:
+        # the id is sent in every answer's RateLimit fields, which leave out such characters
+        # (limit_table.item_name): refused when written, so that the id a client reads is the
+        # configured one; a stored one was checked when written, and loads as it is
+        if not from_store(info.context) and any(
+            (ch < " " and ch != "\t") or ch == "\x7f" for ch in v
+        ):
             raise ValueError("a limit id must not contain control characters")
         return v
 

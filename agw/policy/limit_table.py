@@ -253,8 +253,14 @@ def announce_of(specs: list[LimitSpec]) -> Announce:
 
 
 def item_name(spec: LimitSpec, meter: int) -> str:
+    """The limit's (and meter's) name as a structured-field string of the RateLimit fields
+    (RFC 8941: printable ASCII): what such a string cannot hold (a backslash, a quote, a
+    control character, a character past ASCII) left out."""
     name = spec.id if len(spec.capped) == 1 else f"{spec.id}/{METERS[meter]}"
-    return '"' + name.replace("\\", "").replace('"', "") + '"'
+    name = name.replace("\\", "").replace('"', "")
+    if not (name.isascii() and name.isprintable()):
+        name = "".join(ch for ch in name if " " <= ch <= "~")
+    return '"' + name + '"'
 
 
 def policy_item(spec: LimitSpec, meter: int) -> str:

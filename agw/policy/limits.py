@@ -288,10 +288,11 @@ class Limiter:
         tally = charges.tally if type(charges) is Charges else None
         admit = tally.admit if tally is not None else None
         if admit is not None and (grant := admit(self.backend, fixed, per_output, want_output)):
+            # (each admission's fields replace an earlier one's: an MCP batch admits per call)
             if grant.head:
-                req.limit_head = grant.head
+                req.limit_head, req.limit_headers = grant.head, None
             else:
-                req.limit_headers = headers_for(grant, announce)
+                req.limit_head, req.limit_headers = b"", headers_for(grant, announce)
             req.admission = grant
             return grant  # type: ignore[no-any-return]
         verdict = self._reserve_now(charges, fixed, per_output, want_output)
@@ -302,9 +303,9 @@ class Limiter:
         shown = verdict.shown
         if shown and not verdict.warned and announce is not None and announce.head is not None:
             # (shown is only found for a list of all the route's charges: announce's count)
-            req.limit_head = announce.head % shown
+            req.limit_head, req.limit_headers = announce.head % shown, None
         else:
-            req.limit_headers = headers_for(verdict, announce)
+            req.limit_head, req.limit_headers = b"", headers_for(verdict, announce)
         req.admission = verdict
         return verdict
 
@@ -325,7 +326,7 @@ class Limiter:
             verdict.action, verdict.limit_id = "clamped", verdict.clamped_by
         elif verdict.shadow is not None:
             verdict.action, verdict.limit_id = "shadow", verdict.shadow
-        req.limit_headers = headers_for(verdict, announce)
+        req.limit_head, req.limit_headers = b"", headers_for(verdict, announce)
         req.admission = verdict
         return verdict
 

@@ -35,6 +35,7 @@ and ``span_id`` are generated, ``latency_ms`` defaults to ``finished_at - starte
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import operator
@@ -228,7 +229,7 @@ class UsageEvent:
                     type(value) is not int or not INT64_MIN <= value <= INT64_MAX
                 ):
                     setattr(self, name, clamp(value))
-        present = cast("list[str]", list(filter(None, plan.text_values(self))))
+        present = cast("list[str]", list(filter(_is_not_none, plan.text_values(self))))
         if not (
             _TEXT_KINDS.issuperset(map(type, present))
             and max(map(len, present), default=0) <= plan.shortest
@@ -283,6 +284,7 @@ class _Bounds:
 
 
 _INT_KINDS = frozenset({int, type(None)})
+_is_not_none = functools.partial(operator.is_not, None)  # every text but None: "" and 0 too
 _TEXT_KINDS = frozenset({str})
 
 

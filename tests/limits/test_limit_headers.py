@@ -133,3 +133,18 @@ def test_a_streams_room_never_skips_a_look_it_needs(est_in: float) -> None:
         for tout in range(0, int(room) + 1):
             assert admission.need(reported, tout) is None, (reported, tout, room)
         assert admission.need(reported, int(room) + 2) is not None
+
+
+def test_an_id_past_printable_ascii_is_left_out_of_the_fields_not_the_head_broken() -> None:
+    """The RateLimit items are structured-field strings (printable ASCII): what an id has
+    beyond that (a tab, non-ASCII, a line break in an id stored before ids were checked) is
+    left out of the item's name, and the fields stay well formed."""
+    from agw.config.base import FROM_STORE
+    from agw.policy.limit_table import announce_of
+
+    lim = Limit.model_validate({"id": "Zürich\trpm\r\nx", "requests": 5}, context=FROM_STORE)
+    announce = announce_of([spec_of(lim)])
+    assert announce.policy == (b"ratelimit-policy", b'"Zrichrpmx";q=5;qu="requests"')
+    assert announce.head == (
+        b'ratelimit-policy: "Zrichrpmx";q=5;qu="requests"\r\nratelimit: "Zrichrpmx";r=%d\r\n'
+    )

@@ -260,6 +260,28 @@ def test_each_request_of_a_batch_is_admitted_on_its_own(
     assert refused_row["limit_id"] == "two" and refused_row["error_type"] == "rate_limited"
 
 
+def test_a_batch_answer_carries_the_last_admissions_ratelimit_fields_once(
+    gw: Agwd, fake: FakeUpstream, server: McpServerHandle
+) -> None:
+    """Each call of a batch is admitted on its own, and each admission's fields replace the
+    one's before: the seventh call's come as rendered head lines, the eighth's and ninth's
+    (past the 80 % warning) as fields; the answer has the ninth's, once."""
+    keys = setup(
+        gw, fake, server, [{"id": "ten", "subject": "key", "window": "1h", "requests": 10}]
+    )
+    auth = {"authorization": f"Bearer {keys['team-a']}"}
+    batch = [rpc(CALL, {"name": "echo", "arguments": {"message": f"m{i}"}}, i) for i in range(9)]
+    with httpx.Client(base_url=gw.data_url, timeout=30) as http:
+        sid, _ = initialize(http, "/tools", "2025-03-26", headers=auth)
+        r = post(http, "/tools", batch, session=sid, version="2025-03-26", headers=auth)
+    assert r.status_code == 200, r.text
+    assert all("result" in a for a in r.json())
+    assert r.headers.get_list("ratelimit-policy") == ['"ten";q=10;qu="requests";w=3600']
+    (state,) = r.headers.get_list("ratelimit")
+    assert state.startswith('"ten";r=1;t='), state
+    assert r.headers.get_list("x-agw-limit-warning") == ["ten 90% used"]
+
+
 # ------------------------------------------------------------------------------- dollars
 
 

@@ -174,6 +174,9 @@ class _Name(str):
         ("upstream_model", _Name("named"), "named"),
         ("upstream_model", 5, "5"),
         ("upstream_model", "", ""),
+        ("upstream_model", 0, "0"),  # not text, though falsy
+        ("upstream_model", b"", "b''"),
+        ("upstream_model", [], "[]"),
     ],
 )
 def test_bound_checks_each_value_of_a_family_the_others_pass(
