@@ -18,7 +18,6 @@ ones. Only fields with no meaning to the HTTP framing go there (never ``content-
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from agw.types import Headers
 
@@ -51,9 +50,3 @@ def fields(head: bytes) -> Headers:
             name, _, value = line.partition(b": ")
             out.append((name, value))
     return out
-
-
-def taken(scope: Any) -> bool:
-    """Whether the server of ``scope`` writes the ``agw.head`` lines of a start message."""
-    extensions = scope.get("extensions")
-    return extensions is not None and EXTENSION in extensions

@@ -223,7 +223,7 @@ class Request:
         takes them (agw/head.py)."""
         message = {"type": "http.response.start", "status": status, "headers": headers}
         if self.limit_head:
-            extensions = self.scope.get("extensions")  # head.taken, inlined
+            extensions = self.scope.get("extensions")  # does the server take the lines?
             if extensions is not None and EXTENSION in extensions:
                 message[EXTENSION] = self.limit_head
             else:

@@ -87,8 +87,6 @@ def headers_for(grant: Grant, announce: Announce | None) -> Headers:
     of the route's limits charges it (the values then fill its template)."""
     if announce is None or len(grant.charges) != announce.count:
         return headers_of(grant)
-    if grant.shown and not grant.warned:  # the values the backend found as it held
-        return [announce.policy, (b"ratelimit", announce.state % grant.shown)]
     return announced(grant, announce)
 
 

@@ -74,9 +74,7 @@ class Announce:
     policy: tuple[bytes, bytes]  # the RateLimit-Policy header
     state: bytes  # the RateLimit value, a %d per slot value
     slots: tuple[tuple[int, int, float, int, bool], ...]
-    # both fields as checked head lines (agw/head.py), the same %d's: None where a server
-    # would refuse them (then the answer's server checks and refuses them as fields)
-    head: bytes | None = None
+    head: bytes  # both fields as checked head lines (agw/head.py), the same %d's
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,10 +243,9 @@ def announce_of(specs: list[LimitSpec]) -> Announce:
             slots.append((i, m, spec.caps[m], SCALE[m], timed))
     policy = (b"ratelimit-policy", ", ".join(policies).encode())
     state = ", ".join(states).encode()
-    try:  # the %d's stay as they are: only digits fill them
-        head: bytes | None = lines([policy]).replace(b"%", b"%%") + lines([(b"ratelimit", state)])
-    except ValueError:
-        head = None
+    # item_name keeps the names printable ASCII, so the lines pass; the %d's stay as they are
+    # (only digits fill them)
+    head = lines([policy]).replace(b"%", b"%%") + lines([(b"ratelimit", state)])
     return Announce(len(specs), policy, state, tuple(slots), head)
 
 

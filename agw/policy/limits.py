@@ -287,23 +287,14 @@ class Limiter:
         # the route's RateLimit fields as head lines when nothing warned
         tally = charges.tally if type(charges) is Charges else None
         admit = tally.admit if tally is not None else None
-        if admit is not None and (grant := admit(self.backend, fixed, per_output, want_output)):
-            # (each admission's fields replace an earlier one's: an MCP batch admits per call)
-            if grant.head:
-                req.limit_head, req.limit_headers = grant.head, None
-            else:
-                req.limit_head, req.limit_headers = b"", headers_for(grant, announce)
-            req.admission = grant
-            return grant  # type: ignore[no-any-return]
-        verdict = self._reserve_now(charges, fixed, per_output, want_output)
-        if type(verdict) is not Grant or verdict.clamped_by is not None or verdict.shadow:
-            return self._admitted(req, verdict, fixed, per_output, announce)
-        # the common case, as _admitted ends; the route's RateLimit fields as head lines
-        # when the tally found their values as it held (limit_answers.headers_for's first case)
-        shown = verdict.shown
-        if shown and not verdict.warned and announce is not None and announce.head is not None:
-            # (shown is only found for a list of all the route's charges: announce's count)
-            req.limit_head, req.limit_headers = announce.head % shown, None
+        verdict = admit(self.backend, fixed, per_output, want_output) if admit else None
+        if verdict is None:
+            verdict = self._reserve_now(charges, fixed, per_output, want_output)
+            if type(verdict) is not Grant or verdict.clamped_by is not None or verdict.shadow:
+                return self._admitted(req, verdict, fixed, per_output, announce)
+        # (each admission's fields replace an earlier one's: an MCP batch admits per call)
+        if verdict.head:
+            req.limit_head, req.limit_headers = verdict.head, None
         else:
             req.limit_head, req.limit_headers = b"", headers_for(verdict, announce)
         req.admission = verdict
