@@ -142,6 +142,13 @@ class Request:
     on_answer: Callable[[], None] | None = None
 
     @property
+    def media_type(self) -> str:
+        """The body's media type as the client named it: ``Content-Type`` without parameters,
+        lower case ("" without one). A body a browser may send cross-site without a CORS
+        preflight is never ``application/json`` (docs/security.md)."""
+        return self.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+    @property
     def virtual_key_id(self) -> str | None:
         principal = self.principal
         return principal.key_id if principal is not None else None

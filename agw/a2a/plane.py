@@ -338,8 +338,7 @@ def _upstream_path(req: Request) -> str:
 
 
 def _json_content(req: Request) -> bool:
-    content_type = req.headers.get("content-type", "").split(";")[0].strip().lower()
-    return content_type in _JSON_TYPES
+    return req.media_type in _JSON_TYPES
 
 
 def _invalid(message: str) -> Refusal:

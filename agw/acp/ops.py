@@ -98,8 +98,7 @@ def transcript_session_id(req: Request) -> str | None:
 def require_json(req: Request) -> None:
     """415 unless the request says ``Content-Type: application/json``: a browser cannot send
     that cross-site without a CORS preflight (a ``text/plain`` form post can)."""
-    media = req.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media != "application/json":
+    if req.media_type != "application/json":
         raise refuse(415, NOT_JSON)
 
 

@@ -7,8 +7,9 @@ messages); anything else is the streamable HTTP endpoint (POST, GET, DELETE).
 
 A POST is, in this order: the dispatcher's refusal (its status, a JSON-RPC error, and
 ``WWW-Authenticate: Bearer`` on 401; the dispatcher's ``Host`` (421) and ``Origin`` (403)
-checks, agw.edge.EdgeCheck, among them) -> ``Accept`` (neither JSON nor SSE: 406) -> body
-(over 4 MiB: 413; not JSON: 400 -32700; not a message: 400 -32600) -> the era:
+checks, agw.edge.EdgeCheck, among them) -> ``Accept`` (neither JSON nor SSE: 406) ->
+``Content-Type`` (not ``application/json``: 415 -32600, the body unread) -> body (over 4 MiB:
+413; not JSON: 400 -32700; not a message: 400 -32600) -> the era:
 
 - ``Mcp-Session-Id`` given: that session, held here or rebuilt from its sealed id (unknown,
   tampered, expired, or bound to another route or key: 404), its
@@ -202,7 +203,17 @@ def not_allowed(allow: str) -> Refusal:
 
 
 async def read(req: Request) -> Any:
-    """The body, parsed."""
+    """The body, parsed; it must say it is JSON (415 before it is read otherwise: what a
+    browser may send cross-site without a CORS preflight, ``text/plain``, forms or no type, is
+    never ``application/json``; the official SDKs' servers refuse the same)."""
+    mime = req.media_type
+    if mime != "application/json":
+        error = RpcError(
+            rpc.INVALID_REQUEST,
+            "Unsupported Media Type: Content-Type must be application/json, "
+            f"not {mime[:QUOTE_MAX] or 'none'}",
+        )
+        raise refuse(415, error)
     try:
         raw = await req.read_body(BODY_LIMIT)
     except PayloadTooLarge as exc:

@@ -68,7 +68,7 @@ def tools_list(agwd: Agwd, prefix: str) -> set[str]:
     }
     body = rpc("tools/list", {"_meta": META})
     with httpx.Client(base_url=agwd.data_url, timeout=30, trust_env=False) as http:
-        r = http.post(f"/{prefix}/mcp", content=json.dumps(body), headers=headers)
+        r = http.post(f"/{prefix}/mcp", json=body, headers=headers)
     assert r.status_code == 200, r.text
     return {t["name"] for t in r.json()["result"]["tools"]}
 
