@@ -22,6 +22,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from agw.errors import Refusal
@@ -209,3 +210,38 @@ class EdgeCheck:
             "origin_not_allowed",
             f"Origin {origin[:100]!r} is not allowed (see --allowed-origin)",
         )
+
+
+# ------------------------------------------------------------------------------- WebSockets
+
+WEBSOCKET_REFUSAL = (
+    b'{"error": {"message": "agw serves no WebSocket: send the request as plain HTTP", '
+    b'"type": "invalid_request_error", "code": "websocket_not_supported"}}'
+)
+
+
+def refuse_websockets(app: Any) -> Any:
+    """``app`` behind a refusal of every WebSocket handshake, for hypercorn (the admin
+    listener, and the data listener with ``--data-server hypercorn``), which takes them on its
+    own: no route of agw speaks WebSocket, and a handshake must not reach an app that would
+    fail on it (a 500 and a traceback per request). Answered ``400`` with a JSON error (the
+    ASGI denial response), or closed (hypercorn then answers ``403``) by a server without it.
+    uvicorn's data listener runs without WebSocket support instead (agw/server.py)."""
+
+    async def guarded(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            await app(scope, receive, send)
+            return
+        await receive()  # websocket.connect
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(WEBSOCKET_REFUSAL)).encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "websocket.http.response.start", "status": 400, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": WEBSOCKET_REFUSAL})
+
+    return guarded

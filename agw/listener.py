@@ -57,6 +57,7 @@ from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from agw.edge import refuse_websockets
 from agw.listener_cycle import headers_complete
 from agw.settings import Settings
 
@@ -244,12 +245,13 @@ class LimitedHttpTools(HttpToolsProtocol):
         return True
 
     def _parse_failed(self, exc: Exception) -> bool:
-        # uvicorn's handling (400, or the upgrade), and 431 for too many fields
+        # uvicorn's 400, and 431 for too many fields. An upgrade (WebSocket, h2c) is never
+        # taken (the listener runs with ws="none"): the request is served as the plain HTTP
+        # request it also is, in its route's dialect, and the connection closes after its
+        # answer, since the parser stops at the upgrade (no warning logged per request)
         if isinstance(exc, httptools.HttpParserUpgrade):
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+            if self.cycle is not None:
+                self.cycle.keep_alive = False
             return True
         if isinstance(exc.__context__, _HeadTooLarge):
             self._refuse(TOO_MANY_HEADERS)
@@ -522,7 +524,7 @@ async def serve_hypercorn(
     config.h11_max_incomplete_size = limits.max_header_bytes
     config.keep_alive_timeout = limits.keep_alive_timeout_s
     loop = asyncio.get_running_loop()
-    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    wrapped = wrap_app(refuse_websockets(app), config.wsgi_max_body_size, "asgi")
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, loop, lifespan_state)
     lifespan_task = loop.create_task(lifespan.handle_lifespan())

@@ -497,6 +497,7 @@ class Gateway:
             log_config=None,
             access_log=False,
             proxy_headers=False,  # X-Forwarded-* are not trusted for anything here
+            ws="none",  # no route speaks WebSocket: an upgrade is served as plain HTTP
             timeout_keep_alive=limits.keep_alive_timeout_s,  # type: ignore[arg-type]
             timeout_graceful_shutdown=int(self.settings.shutdown_grace_seconds),
         )

@@ -349,3 +349,42 @@ def test_the_caps_are_logged_and_derived_from_the_open_file_limit(gw: Agwd) -> N
     assert data >= 16 and admin >= 16
     assert connection_caps(7) == (7, 7)
     assert json.dumps(events[0])  # plain JSON values
+
+
+def data_server(gw: Agwd) -> str:
+    args = gw.proc.args
+    return "hypercorn" if isinstance(args, list) and "hypercorn" in args else "uvicorn"
+
+
+@pytest.mark.parametrize("listener", LISTENERS)
+def test_a_websocket_handshake_gets_a_clear_answer_and_the_connection_closes(
+    gw: Agwd, listener: str
+) -> None:
+    """No route speaks WebSocket. uvicorn's data listener runs without it: the handshake is
+    served as the plain GET it also is, in the route's dialect; hypercorn (the admin listener,
+    ``--data-server hypercorn``) answers 400 ``websocket_not_supported``. Before, both answered
+    500 and logged a traceback (hypercorn) or an error (uvicorn) per handshake."""
+    before = len(gw.logs())
+    path = b"/admin/health" if listener == "admin" else b"/llm/v1/chat/completions"
+    key = base64.b64encode(uuid.uuid4().bytes)
+    handshake = (
+        b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
+        b"Sec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1\r\n\r\n"
+    )
+    with connect(gw, listener) as sock:
+        sock.sendall(handshake)
+        answer, took = read_until_closed(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower() and took < 4, answer[:300]
+    if listener == "data" and data_server(gw) == "uvicorn":
+        assert status_of(head) == 405, answer[:300]
+        error = json.loads(body)["error"]  # the OpenAI dialect of the route
+        assert error["type"] == "invalid_request_error" and "GET" in error["message"]
+    else:
+        assert status_of(head) == 400, answer[:300]
+        assert json.loads(body)["error"]["code"] == "websocket_not_supported"
+    logged = gw.logs()[before:]
+    for sign in ("Traceback", "ASGI callable returned", "Unsupported upgrade", "Error in ASGI"):
+        assert sign not in logged, logged[-2000:]
+    assert served(gw, listener) in (200, 404)
