@@ -145,8 +145,12 @@ class Request:
     def media_type(self) -> str:
         """The body's media type as the client named it: ``Content-Type`` without parameters,
         lower case ("" without one). A body a browser may send cross-site without a CORS
-        preflight is never ``application/json`` (docs/security.md)."""
-        return self.headers.get("content-type", "").partition(";")[0].strip().lower()
+        preflight is never ``application/json`` (docs/security.md). The exact value most
+        clients send is returned as it is, without parsing (every JSON POST asks)."""
+        value = self.headers.get("content-type", "")
+        if value == "application/json":
+            return value
+        return value.partition(";")[0].strip().lower()
 
     @property
     def virtual_key_id(self) -> str | None:

@@ -93,8 +93,8 @@ class LlmPlane:
             if self._probe(call):
                 await req.respond(200, b"")
                 return
-            if req.method == "POST" and req.headers.get("content-type") != "application/json":
-                _check_content_type(req.media_type)
+            if req.method == "POST" and (mime := req.media_type) != "application/json":
+                raise _not_json(mime)
             try:
                 raw = await req.read_body(BODY_LIMIT)
             except PayloadTooLarge as exc:
@@ -468,14 +468,12 @@ def _unpriced(req: Request, target: Target, charges: list[Charge]) -> None:
             )
 
 
-def _check_content_type(mime: str) -> None:
+def _not_json(mime: str) -> Refusal:
     """LLM POST bodies are JSON, and say so: every SDK and agent sends ``application/json``.
     What a browser may send cross-site without a CORS preflight (``text/plain``, forms, no
     type at all) is refused, so a web page cannot make the operator's browser spend an open
-    route's credits (docs/security.md). ``mime``: :attr:`Request.media_type`."""
-    if mime == "application/json":
-        return
-    raise Refusal(
+    route's credits (docs/security.md). ``mime``: :attr:`Request.media_type`, not JSON."""
+    return Refusal(
         415,
         "protocol_validation_failed",
         f"Content-Type must be application/json, not {mime[:100] or 'none'}",

@@ -206,9 +206,8 @@ async def read(req: Request) -> Any:
     """The body, parsed; it must say it is JSON (415 before it is read otherwise: what a
     browser may send cross-site without a CORS preflight, ``text/plain``, forms or no type, is
     never ``application/json``; the official SDKs' servers refuse the same)."""
-    if req.headers.get("content-type") != "application/json" and (
-        (mime := req.media_type) != "application/json"
-    ):  # the exact header most clients send is checked without parsing it
+    mime = req.media_type
+    if mime != "application/json":
         error = RpcError(
             rpc.INVALID_REQUEST,
             "Unsupported Media Type: Content-Type must be application/json, "
