@@ -158,38 +158,28 @@ NOT_JSON_TYPES: list[str | None] = [
 ]
 
 
-def _typed(
-    http: httpx.Client, path: str, body: dict[str, Any], ctype: str | None, **headers: str
-) -> httpx.Response:
-    h = {"accept": BOTH} | headers
-    if ctype is not None:
-        h["content-type"] = ctype
-    return http.post(path, content=json.dumps(body).encode(), headers=h)
-
-
 def test_a_post_must_say_its_body_is_json(http: httpx.Client, gw: Gateway) -> None:
     """What a page may send cross-site without a CORS preflight (text/plain, forms, no type) is
     refused before its body is read, in both eras and on the legacy transport, as the official
     SDKs' servers refuse it; the upstream never hears of it and the gateway goes on serving."""
     alpha = gw.servers["alpha"]
     sid, _ = initialize(http)
-    session = {"mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
     sent = []
     for n, ctype in enumerate(NOT_JSON_TYPES):
         echo = {"name": "alpha_echo", "arguments": {"message": f"typed-{n}"}}
         sent.append(f"typed-{n}")
-        r = _typed(http, "/mcp", rpc("tools/call", echo, msg_id=f"t{n}"), ctype, **session)
+        call = rpc("tools/call", echo, msg_id=f"t{n}")
+        r = post(http, "/mcp", call, session=sid, version="2025-11-25", content_type=ctype)
         assert r.status_code == 415, (ctype, r.text)
         err = error_of(r)
         assert err["code"] == -32600, ctype
         assert "Content-Type must be application/json" in err["message"], err
         modern_call = rpc("tools/call", {**echo, "_meta": META}, msg_id=f"m{n}")
-        r = _typed(
-            http, "/mcp", modern_call, ctype,
-            mcp_protocol_version=MODERN, mcp_method="tools/call", mcp_name="alpha_echo",
-        )  # fmt: skip
+        named = {"mcp-method": "tools/call", "mcp-name": "alpha_echo"}
+        r = post(http, "/mcp", modern_call, version=MODERN, headers=named, content_type=ctype)
         assert r.status_code == 415 and error_of(r)["code"] == -32600, (ctype, r.text)
-    r = _typed(http, "/mcp", rpc("initialize", {"protocolVersion": "2025-11-25"}), "text/plain")
+    opening = rpc("initialize", {"protocolVersion": "2025-11-25"})
+    r = post(http, "/mcp", opening, content_type="text/plain")
     assert r.status_code == 415 and "mcp-session-id" not in r.headers  # no session opened
     # each refusal leaves its usage row, as every refused request does
     rows = gw.rows("status_code = 415 AND route_id = 'r-mcp'", count=2 * len(NOT_JSON_TYPES) + 1)
@@ -197,7 +187,14 @@ def test_a_post_must_say_its_body_is_json(http: httpx.Client, gw: Gateway) -> No
     # a JSON type with parameters, in any case, is JSON
     for ctype in ("application/json; charset=utf-8", "Application/JSON"):
         echo = {"name": "alpha_echo", "arguments": {"message": "typed-ok"}}
-        r = _typed(http, "/mcp", rpc("tools/call", echo), ctype, **session)
+        r = post(
+            http,
+            "/mcp",
+            rpc("tools/call", echo),
+            session=sid,
+            version="2025-11-25",
+            content_type=ctype,
+        )
         assert r.status_code == 200 and r.json()["result"]["content"][0]["text"] == "typed-ok"
     called = {e["args"].get("message") for e in alpha.events("call")}
     assert "typed-ok" in called and not called & set(sent)
@@ -207,9 +204,9 @@ def test_a_post_must_say_its_body_is_json(http: httpx.Client, gw: Gateway) -> No
         assert next(lines) == "event: endpoint"
         endpoint = next(lines).removeprefix("data:").strip()
         ping = rpc("ping", msg_id="legacy-typed")
-        r = _typed(http, endpoint, ping, "text/plain")
+        r = post(http, endpoint, ping, content_type="text/plain")
         assert r.status_code == 415 and error_of(r)["code"] == -32600, r.text
-        assert _typed(http, endpoint, ping, "application/json").status_code == 202
+        assert post(http, endpoint, ping).status_code == 202
 
 
 def test_notifications_and_responses_are_202(http: httpx.Client) -> None:

@@ -121,8 +121,9 @@ def post(
     version: str | None = None,
     accept: str | None = BOTH,
     headers: dict[str, str] | None = None,
+    content_type: str | None = "application/json",
 ) -> httpx.Response:
-    h = {"content-type": "application/json"}
+    h = {} if content_type is None else {"content-type": content_type}
     if accept is not None:
         h["accept"] = accept
     if session is not None:
